@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vstar-jax",
+    version="0.1.0",
+    description="JAX/Flax training-free long text-to-video generation (VideoCrafter2/ModelScope, VSTAR TAR+VSP)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vstar_jax", "vstar_jax.*", "checkpoints_convert", "checkpoints_convert.*", "configs", "configs.*"]),
+    include_package_data=True,
+    package_data={"vstar_jax": ["assets/*", "assets/**/*"], "configs": ["*.py", "*.txt", "*.yaml"]},
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax",
+        "orbax-checkpoint",
+        "transformers",
+        "einops",
+        "ml-collections",
+        "tensorflow-datasets",
+        "numpy",
+        "safetensors",
+        "pyyaml",
+        "tqdm",
+        "imageio",
+        "imageio-ffmpeg",
+        "ftfy",
+        "regex",
+    ],
+    extras_require={
+        # torch CPU 2.13.0 installs from a local wheel on the project's machines (`pip install torch==2.13.0`).
+        "convert": ["torch>=2.1"],
+        "test": ["pytest", "torch>=2.1", "diffusers>=0.30"],
+    },
+    entry_points={"console_scripts": ["vstar-jax=vstar_jax.cli:main"]},
+)

@@ -1,0 +1,38 @@
+"""Shared test fixtures.
+
+Golden vectors live in ``../shared/golden`` beside the checkout. Outside the
+project's machines they may be absent and the tests that need them skip; under
+``CI=true`` a missing folder is a failure, never a skip.
+"""
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = pathlib.Path(os.environ.get("VSTAR_GOLDEN", REPO.parent / "shared" / "golden"))
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        msg = f"golden vectors not found at {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg + " (CI=true: golden vectors are required)")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> pathlib.Path:
+    return _require(GOLDEN)
+
+
+def load_golden(rel: str):
+    """Load a golden safetensors file as a dict of numpy arrays (fails/skips like ``golden_dir``)."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(_require(GOLDEN / rel)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running; excluded from CI (run with -m slow)")
