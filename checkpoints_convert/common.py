@@ -1,0 +1,281 @@
+"""Shared pieces of every converter: reading PyTorch state dicts, kernel layouts,
+and applying a key-mapping plan with full reporting of what does not fit.
+
+A *plan* maps each source key the model needs to ``(flax_path, transform)``.
+It is built from the model config alone, so a checkpoint is checked against it
+before anything is written: missing keys, unexpected keys and wrong shapes are
+all collected and reported by name in one :class:`ConversionError`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+FlaxPath = Tuple[str, ...]
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model; lists every offending key."""
+
+    def __init__(self, component: str, missing=(), unexpected=(), mismatched=(), note: str = ""):
+        self.component = component
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.mismatched = sorted(mismatched)
+        parts = [f"{component}: checkpoint does not match the model config"]
+        if note:
+            parts.append(note)
+
+        def show(title, items):
+            if items:
+                head = ", ".join(str(i) for i in items[:20])
+                more = f" ... (+{len(items) - 20} more)" if len(items) > 20 else ""
+                parts.append(f"{len(items)} {title}: {head}{more}")
+
+        show("missing keys", self.missing)
+        show("unexpected keys", self.unexpected)
+        show("wrongly shaped keys", self.mismatched)
+        super().__init__("; ".join(parts))
+
+
+# ---------------------------------------------------------------- reading
+
+class _LazySafetensors(Mapping):
+    """A read-only mapping over a .safetensors file that loads one tensor at a time."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        self._path = path
+        self._f = safe_open(path, framework="np")
+        self._keys = list(self._f.keys())
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._f.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class _TorchStateDict(Mapping):
+    """A mapping over torch tensors that hands out numpy arrays (bf16 upcast to fp32)."""
+
+    def __init__(self, tensors):
+        self._t = tensors
+
+    def __getitem__(self, key):
+        t = self._t[key]
+        if not hasattr(t, "numpy"):
+            return np.asarray(t)
+        import torch
+
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        return t.detach().cpu().numpy()
+
+    def __iter__(self):
+        return iter(self._t)
+
+    def __len__(self):
+        return len(self._t)
+
+
+def load_state_dict(path: str, *, trust_pickle: bool = False) -> Mapping:
+    """Open a PyTorch checkpoint as a mapping ``key -> np.ndarray`` without copying it all.
+
+    ``.safetensors`` files are read one tensor at a time; torch pickles
+    (``model.ckpt``, ``*.bin``, ``*.pt``) are memory-mapped. A ``{"state_dict": ...}``
+    wrapper is unwrapped. Non-tensor pickles need ``trust_pickle=True``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            return _LazySafetensors(path)
+        import torch
+
+        try:
+            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=not trust_pickle)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs torch: pip install 'vstar-jax[convert]' ({e})") from e
+    except Exception as e:  # corrupt, truncated, or not a checkpoint at all
+        hint = " (if you trust this file, retry with --trust-pickle)" if "weights_only" in str(e) else ""
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}{hint}") from e
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return _TorchStateDict(obj)
+
+
+class PrefixView(Mapping):
+    """The keys of ``sd`` under ``prefix``, with the prefix stripped."""
+
+    def __init__(self, sd: Mapping, prefix: str):
+        self._sd, self._p = sd, prefix
+        self._keys = [k[len(prefix):] for k in sd if k.startswith(prefix)]
+
+    def __getitem__(self, key):
+        return self._sd[self._p + key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+# ---------------------------------------------------------------- layouts
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Linear (O, I) -> flax Dense (I, O)."""
+    return np.ascontiguousarray(np.asarray(w).T)
+
+
+def conv1x1_as_dense(w: np.ndarray) -> np.ndarray:
+    """torch Conv1d/Conv2d with a 1-wide kernel (O, I, 1[, 1]) or Linear (O, I) -> Dense (I, O)."""
+    w = np.asarray(w)
+    if w.ndim > 2:
+        if any(s != 1 for s in w.shape[2:]):
+            raise ValueError(f"expected a 1x1 kernel, got shape {w.shape}")
+        w = w.reshape(w.shape[:2])
+    return linear_kernel(w)
+
+
+def conv2d_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d (O, I, kh, kw) -> flax Conv (kh, kw, I, O)."""
+    return np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0))
+
+
+def conv3d_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Conv3d (O, I, t, h, w) -> flax Conv (t, h, w, I, O)."""
+    return np.ascontiguousarray(np.asarray(w).transpose(2, 3, 4, 1, 0))
+
+
+def identity(w: np.ndarray) -> np.ndarray:
+    return np.asarray(w)
+
+
+TRANSFORMS: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "dense": conv1x1_as_dense,
+    "conv2d": conv2d_kernel,
+    "conv3d": conv3d_kernel,
+    "identity": identity,
+}
+
+Plan = Dict[str, Tuple[FlaxPath, str]]
+
+
+# Plan builders for the leaf modules every layout uses.
+def p_dense(plan: Plan, src: str, dst: FlaxPath, bias: bool = True):
+    plan[f"{src}.weight"] = (dst + ("kernel",), "dense")
+    if bias:
+        plan[f"{src}.bias"] = (dst + ("bias",), "identity")
+
+
+def p_conv(plan: Plan, src: str, dst: FlaxPath, kind: str = "conv2d"):
+    plan[f"{src}.weight"] = (dst + ("kernel",), kind)
+    plan[f"{src}.bias"] = (dst + ("bias",), "identity")
+
+
+def p_norm(plan: Plan, src: str, dst: FlaxPath):
+    """LayerNorm or flax GroupNorm leaf (scale, bias)."""
+    plan[f"{src}.weight"] = (dst + ("scale",), "identity")
+    plan[f"{src}.bias"] = (dst + ("bias",), "identity")
+
+
+# ---------------------------------------------------------------- applying
+
+def flatten(tree, prefix: FlaxPath = ()) -> Dict[FlaxPath, object]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def unflatten(flat: Dict[FlaxPath, object]) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return tree
+
+
+def apply_plan(
+    sd: Mapping,
+    plan: Plan,
+    expected,
+    *,
+    component: str,
+    ignore_prefixes: Sequence[str] = (),
+    dtype: Optional[np.dtype] = None,
+) -> dict:
+    """Convert ``sd`` with ``plan`` into a nested params dict shaped like ``expected``.
+
+    ``expected`` is the model's params tree (arrays or ShapeDtypeStructs, e.g. from
+    ``jax.eval_shape``). Every key of the plan must be in ``sd``, every key of ``sd``
+    (outside ``ignore_prefixes``) must be in the plan, and every converted array must
+    have the expected shape; otherwise a ConversionError names them all.
+    """
+    exp_flat = flatten(expected)
+    planned = {dst for dst, _ in plan.values()}
+    if planned != set(exp_flat):
+        raise RuntimeError(
+            f"{component}: internal key plan does not cover the model (plan-only: "
+            f"{sorted(planned - set(exp_flat))[:5]}, model-only: {sorted(set(exp_flat) - planned)[:5]})")
+    keys = set(sd)
+    missing = [k for k in plan if k not in keys]
+    unexpected = [k for k in keys if k not in plan and not any(k.startswith(p) for p in ignore_prefixes)]
+    mismatched, out = [], {}
+    for key, (dst, kind) in plan.items():
+        if key not in keys:
+            continue
+        src = sd[key]
+        want = tuple(exp_flat[dst].shape)
+        try:
+            arr = TRANSFORMS[kind](src)
+        except ValueError:
+            arr = None
+        if arr is None or tuple(arr.shape) != want:
+            mismatched.append(f"{key} {tuple(np.shape(src))} (model wants {want} as {'/'.join(dst)})")
+            continue
+        out[dst] = arr.astype(dtype or exp_flat[dst].dtype, copy=False)
+    if missing or unexpected or mismatched:
+        raise ConversionError(component, missing, unexpected, mismatched)
+    return unflatten(out)
+
+
+def finalize(flat, expected, *, source_keys: Iterable[str], used_keys: Iterable[str], component: str) -> dict:
+    """For converters that build the flat params themselves: check against ``expected``."""
+    exp_flat = flatten(expected)
+    unexpected = sorted(set(source_keys) - set(used_keys))
+    missing = ["/".join(p) for p in exp_flat if p not in flat]
+    extra = ["/".join(p) for p in flat if p not in exp_flat]
+    mismatched = [f"{'/'.join(p)} {tuple(np.shape(v))} (model wants {tuple(exp_flat[p].shape)})"
+                  for p, v in flat.items() if p in exp_flat and tuple(np.shape(v)) != tuple(exp_flat[p].shape)]
+    if missing or unexpected or mismatched or extra:
+        raise ConversionError(component, missing + extra, unexpected, mismatched)
+    return unflatten({p: np.asarray(v) for p, v in flat.items()})
+
+
+def shape_tree(params) -> dict:
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)

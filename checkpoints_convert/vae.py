@@ -1,0 +1,175 @@
+"""VAE weights: LDM ``first_stage_model.*`` (VideoCrafter2) and diffusers ``vae/`` -> Flax params.
+
+The key plan is derived from the model's own param tree: every Flax path names one LDM key
+(``down_0_block_1/conv1/kernel`` <- ``encoder.down.0.block.1.conv1.weight``); the diffusers
+layout renames those LDM keys (``encoder.down_blocks.0.resnets.1.conv1.weight``). Every missing,
+unexpected or wrongly shaped key is reported by its checkpoint name in one ConversionError.
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+from checkpoints_convert.common import Plan, apply_plan, flatten
+
+_ATTN_DENSE = ("q", "k", "v", "proj_out")
+
+
+def vae_config_from_ldm(ddconfig: Mapping, *, embed_dim: Optional[int] = None, scale_factor: float = 0.18215):
+    """ConfigDict for :class:`AutoencoderKL` from an LDM ``ddconfig`` (+ ``embed_dim``, default z_channels)."""
+    try:
+        c = ml_collections.ConfigDict()
+        c.in_channels = int(ddconfig["in_channels"])
+        c.out_ch = int(ddconfig["out_ch"])
+        c.ch = int(ddconfig["ch"])
+        c.ch_mult = tuple(int(m) for m in ddconfig["ch_mult"])
+        c.num_res_blocks = int(ddconfig["num_res_blocks"])
+        c.attn_resolutions = tuple(int(r) for r in ddconfig.get("attn_resolutions", ()))
+        c.resolution = int(ddconfig["resolution"])
+        c.z_channels = int(ddconfig["z_channels"])
+        c.double_z = bool(ddconfig.get("double_z", True))
+    except KeyError as e:
+        raise ValueError(f"ddconfig lacks {e.args[0]!r}") from None
+    if ddconfig.get("attn_type", "vanilla") != "vanilla" or ddconfig.get("use_linear_attn", False):
+        raise ValueError("only attn_type 'vanilla' VAEs are supported")
+    c.embed_dim = int(embed_dim if embed_dim is not None else c.z_channels)
+    c.norm_num_groups = 32
+    c.norm_eps = 1e-6
+    c.mid_attention = True
+    c.use_quant_conv = True
+    c.use_post_quant_conv = True
+    c.scale_factor = float(scale_factor)
+    return c
+
+
+def vae_config_from_diffusers(config: Mapping):
+    """ConfigDict from a diffusers ``vae/config.json`` dict (``AutoencoderKL``)."""
+    boc = [int(x) for x in config.get("block_out_channels", (64,))]
+    ch = boc[0]
+    if any(c % ch for c in boc):
+        raise ValueError(f"block_out_channels {boc} are not multiples of the first")
+    down = config.get("down_block_types", ["DownEncoderBlock2D"] * len(boc))
+    up = config.get("up_block_types", ["UpDecoderBlock2D"] * len(boc))
+    if any(t != "DownEncoderBlock2D" for t in down) or any(t != "UpDecoderBlock2D" for t in up):
+        raise ValueError(f"unsupported diffusers VAE block types {down} / {up}")
+    if config.get("act_fn", "silu") != "silu":
+        raise ValueError(f"unsupported VAE act_fn {config.get('act_fn')!r}")
+    c = ml_collections.ConfigDict()
+    c.in_channels = int(config.get("in_channels", 3))
+    c.out_ch = int(config.get("out_channels", 3))
+    c.ch = ch
+    c.ch_mult = tuple(x // ch for x in boc)
+    c.num_res_blocks = int(config.get("layers_per_block", 1))
+    c.attn_resolutions = ()
+    c.resolution = int(config.get("sample_size", 32))
+    c.z_channels = int(config.get("latent_channels", 4))
+    c.double_z = True
+    c.embed_dim = c.z_channels
+    c.norm_num_groups = int(config.get("norm_num_groups", 32))
+    c.norm_eps = 1e-6
+    c.mid_attention = bool(config.get("mid_block_add_attention", True))
+    c.use_quant_conv = bool(config.get("use_quant_conv", True))
+    c.use_post_quant_conv = bool(config.get("use_post_quant_conv", True))
+    c.scale_factor = float(config.get("scaling_factor", 0.18215))
+    return c
+
+
+# -- Flax paths -> LDM names -----------------------------------------------------------------------
+
+def _module_to_ldm(name: str) -> str:
+    """``down_0_block_1`` -> ``down.0.block.1``; ``mid_attn_1`` -> ``mid.attn_1``; ``up_1_upsample`` -> ``up.1.upsample``."""
+    m = re.fullmatch(r"(down|up)_(\d+)_(block|attn)_(\d+)", name)
+    if m:
+        return f"{m[1]}.{m[2]}.{m[3]}.{m[4]}"
+    m = re.fullmatch(r"(down|up)_(\d+)_(downsample|upsample)", name)
+    if m:
+        return f"{m[1]}.{m[2]}.{m[3]}"
+    m = re.fullmatch(r"mid_(block_1|block_2|attn_1)", name)
+    if m:
+        return f"mid.{m[1]}"
+    return name
+
+
+def ldm_plan(expected) -> Plan:
+    """LDM key -> (Flax path, transform) for every leaf of the VAE param tree ``expected``."""
+    plan: Plan = {}
+    for path in flatten(expected):
+        *modules, leaf = path
+        names = [_module_to_ldm(m) for m in modules]
+        src = ".".join(names) + "." + ("bias" if leaf == "bias" else "weight")
+        if leaf == "kernel":
+            kind = "dense" if modules[-1] in _ATTN_DENSE else "conv2d"
+        elif leaf in ("scale", "bias"):
+            kind = "identity"
+        else:
+            raise RuntimeError(f"unexpected VAE param leaf {'/'.join(path)}")
+        plan[src] = (tuple(path), kind)
+    return plan
+
+
+def convert_vae_ldm(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes: Sequence[str] = ()):
+    """Flax params of an LDM VAE state dict (``first_stage_model.`` prefix already stripped).
+
+    ``loss.*`` keys (training-only LPIPS/discriminator weights) are ignored by default."""
+    from vstar_jax.models.vae import vae_param_shapes
+
+    expected = vae_param_shapes(cfg)
+    return apply_plan(sd, ldm_plan(expected), expected, component="vae (LDM)",
+                      ignore_prefixes=("loss.",) + tuple(ignore_prefixes))
+
+
+# -- LDM names -> diffusers names -----------------------------------------------------------------
+
+_DIFFUSERS_LEAF = {
+    "nin_shortcut": "conv_shortcut",
+    "norm": "group_norm",
+    "q": "to_q",
+    "k": "to_k",
+    "v": "to_v",
+    "proj_out": "to_out.0",
+}
+
+
+def ldm_key_to_diffusers(key: str, levels: int) -> str:
+    """The diffusers ``AutoencoderKL`` name of an LDM VAE key (``levels`` = len(ch_mult))."""
+    def leaf(rest: str, attn: bool) -> str:
+        head, _, tail = rest.partition(".")
+        if head == "nin_shortcut" or (attn and head in _DIFFUSERS_LEAF):
+            head = _DIFFUSERS_LEAF[head]
+        return f"{head}.{tail}"
+
+    m = re.fullmatch(r"encoder\.down\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key)
+    if m:
+        kind = "resnets" if m[2] == "block" else "attentions"
+        return f"encoder.down_blocks.{m[1]}.{kind}.{m[3]}.{leaf(m[4], m[2] == 'attn')}"
+    m = re.fullmatch(r"encoder\.down\.(\d+)\.downsample\.(.+)", key)
+    if m:
+        return f"encoder.down_blocks.{m[1]}.downsamplers.0.{m[2]}"
+    m = re.fullmatch(r"decoder\.up\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key)
+    if m:
+        kind = "resnets" if m[2] == "block" else "attentions"
+        return f"decoder.up_blocks.{levels - 1 - int(m[1])}.{kind}.{m[3]}.{leaf(m[4], m[2] == 'attn')}"
+    m = re.fullmatch(r"decoder\.up\.(\d+)\.upsample\.(.+)", key)
+    if m:
+        return f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.{m[2]}"
+    m = re.fullmatch(r"(encoder|decoder)\.mid\.(block|attn)_(\d)\.(.+)", key)
+    if m:
+        kind = "resnets" if m[2] == "block" else "attentions"
+        return f"{m[1]}.mid_block.{kind}.{int(m[3]) - 1}.{leaf(m[4], m[2] == 'attn')}"
+    m = re.fullmatch(r"(encoder|decoder)\.norm_out\.(.+)", key)
+    if m:
+        return f"{m[1]}.conv_norm_out.{m[2]}"
+    return key
+
+
+def convert_vae_diffusers(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes: Sequence[str] = ()):
+    """Flax params of a diffusers ``AutoencoderKL`` state dict (``vae/diffusion_pytorch_model``)."""
+    from vstar_jax.models.vae import vae_param_shapes
+
+    expected = vae_param_shapes(cfg)
+    levels = len(cfg.ch_mult)
+    plan = {ldm_key_to_diffusers(k, levels): v for k, v in ldm_plan(expected).items()}
+    return apply_plan(sd, plan, expected, component="vae (diffusers)", ignore_prefixes=tuple(ignore_prefixes))

@@ -1,0 +1,70 @@
+"""The embedded demo model: a tiny pixel-space UNet3D + CLIP-style text encoder trained from scratch
+on the procedural world (`vstar_jax/demo/world.py`) by `launch/train_demo.py`.
+
+Same architecture family as VideoCrafter2 (configs/unet_videocrafter2.py, configs/text_openclip_h14.py):
+the project's UNet3D and TextTransformer with small sizes and the real CLIP tokenizer (vocab 49408).
+Pixel space: x = 2 * rgb - 1, (b, 3, frames, size, size); no VAE.
+"""
+import ml_collections
+
+from configs import text_openclip_h14, unet_tiny
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "demo_tiny"
+    c.space = "pixel"            # pixel: x = 2 * rgb - 1 ; decode = clip((x + 1) / 2) -> uint8
+    c.frames = 8                 # trained clip length
+    c.size = 16                  # frame height = width (pixels)
+
+    u = unet_tiny.get_config()
+    u.layout = "demo"
+    u.in_channels = 3
+    u.out_channels = 3
+    u.model_channels = 32
+    u.channel_mult = (1, 2, 2)   # 16x16 -> 8x8 -> 4x4
+    u.num_res_blocks = 1
+    u.attention_resolutions = (1, 2, 4)
+    u.num_head_channels = 16
+    u.context_dim = 64
+    u.init_attn = True
+    u.init_attn_heads = 2
+    u.fps_cond = False
+    u.norm_groups = 8
+    c.unet = u
+
+    t = text_openclip_h14.get_config()
+    t.width = 64
+    t.heads = 4
+    t.layers = 2
+    t.mlp_dim = 256
+    t.output_dim = 0
+    t.layer = "last"
+    c.text = t
+
+    d = ml_collections.ConfigDict()
+    d.linear_start = 0.00085     # VideoCrafter2's sqrt-linear betas (schedules.make_alphas_cumprod)
+    d.linear_end = 0.012
+    d.num_timesteps = 1000
+    d.prediction = "eps"
+    d.use_scale = False          # no VideoCrafter2 latent rescaling in pixel space
+    d.cfg = 5.0                  # sampling defaults for this model
+    d.steps = 25
+    d.eta = 1.0
+    c.diffusion = d
+
+    tr = ml_collections.ConfigDict()
+    tr.batch = 16
+    tr.steps = 6000
+    tr.lr = 1e-3
+    tr.warmup = 200
+    tr.weight_decay = 0.01
+    tr.clip = 1.0
+    tr.uncond_prob = 0.1         # caption dropped ("" prompt) for classifier-free guidance
+    tr.data_seed = 0
+    tr.init_seed = 0
+    tr.kind = "any"              # world clip mix (see world.KINDS)
+    tr.ckpt_every = 200
+    tr.log_every = 20
+    c.train = tr
+    return c

@@ -1,0 +1,178 @@
+"""Guided DDIM sampling compiled as one ``jax.lax.scan`` over steps.
+
+One step (both flavours; the flavour lives in the schedule's coefficients)::
+
+    e      = e_uncond + s * (e_cond - e_uncond)                  # CFG
+    x0     = (x - sqrt(1 - a_t) e) / sqrt(a_t) / scale_t        # scale_t = 1 unless use_scale
+    x_prev = sqrt(a_prev) scale_prev x0 + sqrt(1 - a_prev - sigma^2) e + sigma noise
+
+The model is called once per step on the CFG batch ``[uncond rows; cond rows]``:
+``model_fn(x (2b, c, f, h, w), t (2b,) int32, context, step_index) -> eps`` (or
+``(eps, aux)`` with ``capture=True``), where ``step_index`` is the loop index ``i``
+(0 = the noisiest step), as the reference's ``for i, step in enumerate(time_range)``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vstar_jax.diffusion.schedules import DDIMSchedule
+
+ModelFn = Callable[..., Any]
+
+
+class SampleOutput(NamedTuple):
+    latents: jax.Array  # (b, c, f, h, w) final x_0
+    pred_x0: jax.Array | None  # (N, b, c, f, h, w) x0 prediction of each step (loop order)
+    aux: Any  # model_fn's aux stacked over steps (leading axis N), or None
+
+
+def cfg_combine(e_uncond: jax.Array, e_cond: jax.Array, scale) -> jax.Array:
+    """Classifier-free guidance: e_u + s (e_c - e_u)."""
+    return e_uncond + scale * (e_cond - e_uncond)
+
+
+def step_coefficients(schedule: DDIMSchedule, index: int, eta: float | None = None) -> dict:
+    """Float32 coefficients of the reference's DDIM array ``index`` (N-1 = noisiest step)."""
+    n = schedule.num_steps
+    if not 0 <= index < n:
+        raise ValueError(f"DDIM index {index} out of range [0, {n})")
+    coeffs = schedule.coefficients(eta)
+    return {k: v[n - 1 - index] for k, v in coeffs.items()}
+
+
+def ddim_step(x: jax.Array, eps: jax.Array, coeffs: dict, noise: jax.Array | None = None):
+    """One DDIM update from guided ``eps``; returns ``(x_prev, pred_x0)``.
+
+    ``coeffs``: one step's entries of :meth:`DDIMSchedule.coefficients` (scalars).
+    ``noise`` is scaled by ``coeffs["sigma"]``; None means no noise (eta = 0).
+    """
+    pred_x0 = (x - coeffs["sqrt_one_minus_alpha"] * eps) / coeffs["sqrt_alpha"]
+    pred_x0 = pred_x0 / coeffs["scale"]
+    x_prev = coeffs["prev_x0_coef"] * pred_x0 + coeffs["dir_coef"] * eps
+    if noise is not None:
+        x_prev = x_prev + coeffs["sigma"] * noise
+    return x_prev, pred_x0
+
+
+def guided_ddim_step(x, eps_cond, eps_uncond, coeffs: dict, cfg_scale, noise=None):
+    """CFG then :func:`ddim_step`; ``eps_uncond=None`` skips guidance."""
+    eps = eps_cond if eps_uncond is None else cfg_combine(eps_uncond, eps_cond, cfg_scale)
+    return ddim_step(x, eps, coeffs, noise)
+
+
+def _context_rows(ctx, b: int, f: int, name: str):
+    """Classify a context: returns (rows, per_frame) with rows (b, L, C) or (b, f, L, C)."""
+    ctx = jnp.asarray(ctx)
+    if ctx.ndim == 2:
+        ctx = ctx[None]
+    if ctx.ndim == 3:
+        n = ctx.shape[0]
+        if n == 1:
+            return jnp.broadcast_to(ctx, (b,) + ctx.shape[1:]), False
+        if b == 1 and n == f:  # (f, L, C): one context per frame (VSP)
+            return ctx[None], True
+        if n == b:
+            return ctx, False
+        if n == f:
+            return jnp.broadcast_to(ctx[None], (b,) + ctx.shape), True
+        raise ValueError(f"{name} context has {n} rows; expected 1, batch {b} or frames {f}")
+    if ctx.ndim == 4:
+        nb, nf = ctx.shape[:2]
+        if nb not in (1, b) or nf not in (1, f):
+            raise ValueError(f"{name} context shape {tuple(ctx.shape)} does not broadcast to "
+                             f"(batch {b}, frames {f}, L, C)")
+        return jnp.broadcast_to(ctx, (b, f) + ctx.shape[2:]), True
+    raise ValueError(f"{name} context must be 2-, 3- or 4-D, got shape {tuple(ctx.shape)}")
+
+
+def cfg_context(cond, uncond, batch: int, frames: int) -> jax.Array:
+    """Stack [uncond; cond] into one model batch: (2b, L, C), or (2b, f, L, C) if any is per frame.
+
+    Accepts (L, C), (1, L, C), (b, L, C), (f, L, C) per frame (VSP; with b == 1 a 3-D
+    context of ``frames`` rows is per frame), or (1|b, 1|f, L, C). ``uncond=None`` gives
+    just the cond rows (b, ...).
+    """
+    c, c_pf = _context_rows(cond, batch, frames, "cond")
+    if uncond is None:
+        return c
+    u, u_pf = _context_rows(uncond, batch, frames, "uncond")
+    if u.shape[-2:] != c.shape[-2:]:
+        raise ValueError(f"cond/uncond token shapes differ: {c.shape[-2:]} vs {u.shape[-2:]}")
+    if c_pf or u_pf:
+        shape = (batch, frames) + c.shape[-2:]
+        c = c if c_pf else jnp.broadcast_to(c[:, None], shape)
+        u = u if u_pf else jnp.broadcast_to(u[:, None], shape)
+    return jnp.concatenate([u, c.astype(u.dtype)], axis=0)
+
+
+def _sample(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided, use_noise,
+            return_x0, capture):
+    b = x_T.shape[0]
+
+    def body(x, xs):
+        co, i, k = xs
+        t = jnp.full((2 * b if guided else b,), co["timesteps"], jnp.int32)
+        x_in = jnp.concatenate([x, x], axis=0) if guided else x
+        out = model_fn(x_in, t, context, i)
+        eps, aux = out if capture else (out, None)
+        eps = eps.astype(jnp.float32)
+        if guided:
+            e_u, e_c = eps[:b], eps[b:]
+            eps = cfg_combine(e_u, e_c, cfg_scale)
+        noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
+        x_prev, pred_x0 = ddim_step(x, eps, co, noise)
+        ys = (pred_x0 if return_x0 else None, aux)
+        return x_prev, ys
+
+    n = coeffs["timesteps"].shape[0]
+    xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys)
+    x, (x0s, aux) = jax.lax.scan(body, x_T.astype(jnp.float32), xs)
+    return x, x0s, aux
+
+
+_sample_jit = jax.jit(_sample, static_argnames=("model_fn", "guided", "use_noise", "return_x0",
+                                                 "capture"))
+
+
+def ddim_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *,
+                cfg_scale: float = 12.0, key: jax.Array | None = None,
+                eta: float | None = None, return_x0: bool = False, capture: bool = False,
+                jit: bool = True):
+    """Run the whole DDIM loop as one ``lax.scan``.
+
+    x_T (b, c, f, h, w); cond/uncond as :func:`cfg_context` accepts (``uncond=None``: no
+    guidance, one model call on cond rows). ``eta=None`` uses the schedule's eta; noise
+    (eta > 0) needs ``key``: step i draws ``normal(split(key, N)[i], x.shape)``.
+    ``jit=True`` compiles once per (model_fn, shapes, flags), with ``model_fn`` a static
+    (hashable) argument: close over large params only with ``jit=False`` inside your own
+    ``jax.jit``, so they stay arguments rather than constants.
+    Returns latents (b, c, f, h, w) float32, or :class:`SampleOutput` when
+    ``return_x0`` or ``capture``.
+    """
+    x_T = jnp.asarray(x_T)
+    if x_T.ndim != 5:
+        raise ValueError(f"x_T must be (b, c, f, h, w), got shape {tuple(x_T.shape)}")
+    b, f = x_T.shape[0], x_T.shape[2]
+    coeffs_np = schedule.coefficients(eta)
+    use_noise = bool(np.any(coeffs_np["sigma"] > 0))
+    n = schedule.num_steps
+    if use_noise:
+        if key is None:
+            raise ValueError("ddim_sample with eta > 0 needs a PRNG key (key=jax.random.key(seed))")
+        keys = jax.random.split(key, n)
+    else:
+        keys = jnp.zeros((n,), jnp.uint32)  # unused placeholder
+    guided = uncond is not None
+    context = cfg_context(cond, uncond, b, f)
+    coeffs = {k: jnp.asarray(v) for k, v in coeffs_np.items()}
+    fn = _sample_jit if jit else _sample
+    x, x0s, aux = fn(model_fn, x_T, context, coeffs, jnp.float32(cfg_scale), keys,
+                     guided=guided, use_noise=use_noise, return_x0=return_x0, capture=capture)
+    if not (return_x0 or capture):
+        return x
+    return SampleOutput(x, x0s, aux)

@@ -1,0 +1,366 @@
+"""The text-to-video 3D UNet (VideoCrafter2 ``lvdm`` UNetModel and diffusers
+``UNet3DConditionModel`` / ModelScope) as one Flax module.
+
+The two checkpoints share one architecture (SPEC sections 1-2); a config
+switches what differs: fps conditioning (VideoCrafter2), the projection type of
+``init_attn`` / ``transformer_in`` (Conv1d k=1 vs Linear: the same map) and of
+the spatial transformers (``use_linear``).
+
+Layout: the public call takes latents as the reference does, (b, c, f, h, w);
+inside, spatial layers see (b*f, h, w, c) and temporal layers (b, f, h, w, c).
+GroupNorms always run in float32 (the reference's ResBlock norms do; running the
+others in float32 too only removes bf16 error). Matmul/conv dtype and parameter
+dtype come from the config.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vstar_jax.models.attention import attention
+from vstar_jax.vstar.tar import TARConfig, make_transform
+
+Dtype = Any
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding, [cos, sin] halves (lvdm / diffusers flip_sin_to_cos=True)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+class GroupNorm32(nn.Module):
+    """GroupNorm computed in float32, result cast back to the input dtype."""
+
+    groups: int = 32
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.GroupNorm(num_groups=self.groups, epsilon=self.eps, dtype=jnp.float32, param_dtype=jnp.float32,
+                         name="gn")(x.astype(jnp.float32))
+        return y.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """q/k/v projections (no bias) + the project's attention + output projection."""
+
+    heads: int
+    head_dim: int
+    out_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    backend: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, context=None, logit_transform=None, capture: bool = False):
+        ctx = x if context is None else context
+        inner = self.heads * self.head_dim
+        dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                                               name=name)
+        q = dense(inner, False, "to_q")(x)
+        k = dense(inner, False, "to_k")(ctx)
+        v = dense(inner, False, "to_v")(ctx)
+        split = lambda t: t.reshape(t.shape[:-1] + (self.heads, self.head_dim))
+        res = attention(split(q), split(k), split(v), logit_transform=logit_transform, backend=self.backend,
+                        return_weights=capture)
+        if capture:
+            out, weights = res
+            # Mean over heads; the caller averages over pixels.
+            self.sow("intermediates", "weights", weights.mean(axis=1))
+        else:
+            out = res
+        out = out.reshape(out.shape[:-2] + (inner,))
+        return dense(self.out_dim, True, "to_out")(out)
+
+
+class TransformerBlock(nn.Module):
+    """LayerNorm -> attn1 -> LayerNorm -> attn2 -> LayerNorm -> GEGLU feed-forward, each residual.
+
+    attn2 attends to ``context`` (spatial) or to itself (temporal, ``context=None``).
+    """
+
+    dim: int
+    heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    backend: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, context=None, logit_transform=None, capture: bool = False):
+        ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name=name)
+        attn = lambda name: Attention(self.heads, self.head_dim, self.dim, self.dtype, self.param_dtype,
+                                      self.backend, name=name)
+        x = x + attn("attn1")(ln("norm1")(x).astype(self.dtype), None, logit_transform, capture)
+        x = x + attn("attn2")(ln("norm2")(x).astype(self.dtype), context, logit_transform, capture)
+        h = ln("norm3")(x).astype(self.dtype)
+        inner = self.dim * 4
+        h = nn.Dense(inner * 2, dtype=self.dtype, param_dtype=self.param_dtype, name="ff_in")(h)
+        h, gate = jnp.split(h, 2, axis=-1)
+        h = h * jax.nn.gelu(gate, approximate=False)
+        x = x + nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="ff_out")(h)
+        return x
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm -> proj_in -> transformer blocks (self + cross attention) -> proj_out, residual.
+
+    x: (n, h, w, c), context: (n, L, C). Conv 1x1 and Linear projections are the same map.
+    """
+
+    heads: int
+    head_dim: int
+    depth: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    backend: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, context):
+        n, h, w, c = x.shape
+        inner = self.heads * self.head_dim
+        y = GroupNorm32(eps=1e-6, name="norm")(x).reshape(n, h * w, c)
+        y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
+        for i in range(self.depth):
+            y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                                 name=f"block_{i}")(y, context.astype(self.dtype))
+        y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
+        return x + y.reshape(n, h, w, c).astype(x.dtype)
+
+
+class TemporalTransformer(nn.Module):
+    """Self-attention over frames at every pixel (attn1 and attn2 both self-attention).
+
+    x: (b, f, h, w, c). GroupNorm spans the whole (f, h, w) volume, as the reference
+    normalizes the 5-D tensor. ``logit_transform`` (TAR) applies to both attentions.
+    """
+
+    heads: int
+    head_dim: int
+    depth: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    backend: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, logit_transform=None, capture: bool = False):
+        b, f, h, w, c = x.shape
+        inner = self.heads * self.head_dim
+        y = GroupNorm32(eps=1e-6, name="norm")(x)
+        y = y.transpose(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
+        y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
+        for i in range(self.depth):
+            y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                                 name=f"block_{i}")(y, None, logit_transform, capture)
+        y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
+        y = y.reshape(b, h, w, f, c).transpose(0, 3, 1, 2, 4)
+        return x + y.astype(x.dtype)
+
+
+class TemporalConvBlock(nn.Module):
+    """Four (GroupNorm, SiLU, Conv3d (3,1,1)) stages over frames, residual. x: (b, f, h, w, c)."""
+
+    channels: int
+    groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        h = x
+        for i in range(1, 5):
+            h = GroupNorm32(self.groups, 1e-5, name=f"norm{i}")(h)
+            h = nn.silu(h)
+            h = nn.Conv(self.channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), dtype=self.dtype,
+                        param_dtype=self.param_dtype, name=f"conv{i}")(h)
+        return x + h
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv, + time embedding, GroupNorm-SiLU-Conv, skip; then the temporal conv.
+
+    x: (b*f, h, w, c); emb: (b*f, E).
+    """
+
+    out_channels: int
+    frames: int
+    temporal_conv: bool = True
+    groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, emb):
+        conv = lambda n, k, name: nn.Conv(n, (k, k), padding=k // 2, dtype=self.dtype, param_dtype=self.param_dtype,
+                                          name=name)
+        h = nn.silu(GroupNorm32(self.groups, 1e-5, name="in_norm")(x))
+        h = conv(self.out_channels, 3, "in_conv")(h)
+        e = nn.Dense(self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype, name="emb_proj")(
+            nn.silu(emb))
+        h = h + e[:, None, None, :].astype(h.dtype)
+        h = nn.silu(GroupNorm32(self.groups, 1e-5, name="out_norm")(h))
+        h = conv(self.out_channels, 3, "out_conv")(h)
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, "skip")(x)
+        h = x + h
+        if self.temporal_conv:
+            n, hh, ww, c = h.shape
+            t = TemporalConvBlock(self.out_channels, self.groups, self.dtype, self.param_dtype,
+                                  name="temporal_conv")(h.reshape(n // self.frames, self.frames, hh, ww, c))
+            h = t.reshape(n, hh, ww, c)
+        return h
+
+
+def _dtype(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+class UNet3D(nn.Module):
+    """The 3D UNet. ``config`` is a ConfigDict (see ``configs/unet_*.py``) or a plain dict."""
+
+    config: Any
+
+    def _cfg(self, key, default=None):
+        cfg = self.config
+        return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        timesteps: jax.Array,
+        context: jax.Array,
+        fps: Optional[Any] = None,
+        step_index: Optional[Any] = None,
+        tar: Optional[TARConfig] = None,
+        capture_attention: bool = False,
+    ) -> jax.Array:
+        c = self._cfg
+        dtype, pdtype = _dtype(c("dtype", "float32")), _dtype(c("param_dtype", "float32"))
+        backend = c("attention_backend", "xla")
+        mc = c("model_channels")
+        mult: Sequence[int] = tuple(c("channel_mult"))
+        nres = c("num_res_blocks")
+        attn_res = tuple(c("attention_resolutions"))
+        head_ch = c("num_head_channels")
+        depth = c("transformer_depth", 1)
+        groups = c("norm_groups", 32)
+        use_tconv = c("temporal_conv", True)
+        use_tattn = c("temporal_attention", True)
+
+        if x.ndim != 5 or x.shape[1] != c("in_channels"):
+            raise ValueError(f"UNet3D expects latents (b, {c('in_channels')}, f, h, w), got {tuple(x.shape)}")
+        b, _, f, hgt, wid = x.shape
+        timesteps = jnp.broadcast_to(jnp.asarray(timesteps).reshape(-1), (b,))
+        ctx = _frame_context(context, b, f, c("context_dim"))
+
+        emb = timestep_embedding(timesteps, mc)
+        tdense = lambda n, name: nn.Dense(n, dtype=jnp.float32, param_dtype=pdtype, name=name)
+        emb = tdense(mc * 4, "time_embed_2")(nn.silu(tdense(mc * 4, "time_embed_1")(emb)))
+        if c("fps_cond", False):
+            fps_arr = jnp.broadcast_to(jnp.asarray(28 if fps is None else fps).reshape(-1), (b,))
+            femb = timestep_embedding(fps_arr, mc)
+            emb = emb + tdense(mc * 4, "fps_embed_2")(nn.silu(tdense(mc * 4, "fps_embed_1")(femb)))
+        emb = jnp.repeat(emb, f, axis=0).astype(dtype)  # (b*f, E), frame-major within each batch row
+
+        def temporal(h, ch, heads, hd, level, name, regularize=True):
+            transform = make_transform(tar, level, step_index) if regularize else None
+            out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, name=name)(
+                h.reshape(b, f, *h.shape[1:]), transform, capture_attention)
+            return out.reshape(h.shape)
+
+        def res_attn(h, out_ch, level, ds, name):
+            h = ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb)
+            if ds in attn_res:
+                heads = out_ch // head_ch
+                h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, name=f"{name}_spatial")(h, ctx)
+                if use_tattn:
+                    h = temporal(h, out_ch, heads, head_ch, level, f"{name}_temporal")
+            return h
+
+        h = x.transpose(0, 2, 3, 4, 1).reshape(b * f, hgt, wid, -1).astype(dtype)
+        h = nn.Conv(mc, (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_in")(h)
+        if c("init_attn", True):
+            h = temporal(h, mc, c("init_attn_heads", 8), head_ch, 0, "init_attn", regularize=False)
+        skips = [h]
+        ds = 1
+        for level, m in enumerate(mult):
+            for i in range(nres):
+                h = res_attn(h, m * mc, level, ds, f"down_{level}_{i}")
+                skips.append(h)
+            if level != len(mult) - 1:
+                h = nn.Conv(m * mc, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dtype,
+                            param_dtype=pdtype, name=f"downsample_{level}")(h)
+                skips.append(h)
+                ds *= 2
+
+        ch = mult[-1] * mc
+        top = len(mult) - 1
+        h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_0")(h, emb)
+        h = SpatialTransformer(ch // head_ch, head_ch, depth, dtype, pdtype, backend, name="mid_spatial")(h, ctx)
+        if use_tattn:
+            h = temporal(h, ch, ch // head_ch, head_ch, top, "mid_temporal")
+        h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_1")(h, emb)
+
+        for level in reversed(range(len(mult))):
+            out_ch = mult[level] * mc
+            for i in range(nres + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = res_attn(h, out_ch, level, ds, f"up_{level}_{i}")
+            if level != 0:
+                th, tw = skips[-1].shape[1:3]
+                h = jax.image.resize(h, (h.shape[0], th, tw, h.shape[-1]), method="nearest")
+                h = nn.Conv(out_ch, (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name=f"upsample_{level}")(h)
+                ds //= 2
+
+        h = nn.silu(GroupNorm32(groups, 1e-5, name="norm_out")(h))
+        h = nn.Conv(c("out_channels"), (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_out")(h)
+        return h.astype(jnp.float32).reshape(b, f, hgt, wid, -1).transpose(0, 4, 1, 2, 3)
+
+
+def _frame_context(context: jax.Array, b: int, f: int, dim: int) -> jax.Array:
+    """Text context as one row per (batch, frame): (b*f, L, C).
+
+    Accepts (b, L, C) (repeated over frames), (b, f, L, C) (per frame), or, as the
+    reference does, (f, L, C) with b == 1 (VSP per-frame embeddings).
+    """
+    if context.shape[-1] != dim:
+        raise ValueError(f"context last dim must be {dim}, got shape {tuple(context.shape)}")
+    if context.ndim == 4:
+        if context.shape[:2] != (b, f):
+            raise ValueError(f"per-frame context must be ({b}, {f}, L, {dim}), got {tuple(context.shape)}")
+        return context.reshape(b * f, *context.shape[2:])
+    if context.ndim != 3:
+        raise ValueError(f"context must be (b, L, C), (b, f, L, C) or (f, L, C); got {tuple(context.shape)}")
+    if context.shape[0] == b:
+        return jnp.repeat(context, f, axis=0)
+    if b == 1 and context.shape[0] == f:
+        return context
+    if context.shape[0] == b * f:
+        return context
+    raise ValueError(f"context batch {context.shape[0]} matches neither batch {b} nor {f} frames")
+
+
+def init_shapes(model: UNet3D, frames: int = 2, height: int = 8, width: int = 8):
+    """Parameter ShapeDtypeStructs without allocating anything (``jax.eval_shape``)."""
+    cfg = model.config
+    get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+    x = jax.ShapeDtypeStruct((1, get("in_channels"), frames, height, width), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    ctx = jax.ShapeDtypeStruct((1, 77, get("context_dim")), jnp.float32)
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), jnp.zeros(t.shape, jnp.int32),
+                                             jnp.zeros(ctx.shape)))["params"]
+
+
+def count_params(tree) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

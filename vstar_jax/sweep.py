@@ -1,0 +1,376 @@
+"""Benchmark sweeps: prompts x methods x frame counts x seeds -> one results table.
+
+``vstar-jax sweep CONFIG [--out DIR]``. CONFIG is a Python file with ``get_config()`` returning
+an ``ml_collections.ConfigDict``:
+
+- ``name``: sweep name (default out dir ``out/sweeps/<name>``).
+- ``prompts`` (list), ``prompts_file`` (text file, one prompt a line, ``#`` comments) and/or
+  ``prompts_tfds`` (``name``, ``data_dir``, ``split``, ``key``, ``limit``: a dataset already on
+  disk; nothing is downloaded).
+- ``methods``: name -> dict of keyword arguments for the generator (``tar``, ``synopsis``,
+  ``vsp_mode``, a long-video strategy, ...). A string in a ``synopsis`` list is formatted with
+  ``{prompt}``.
+- ``frames``, ``seeds``: lists. ``generate``: keyword arguments shared by every run.
+- ``run_fn``: dotted path (``pkg.module.fn`` or ``pkg.module:fn``) of ``fn(run, out_dir, config)
+  -> dict`` of results; default ``vstar_jax.sweep.generate_and_score``.
+- ``metrics``: ``flow_model``, ``mawe_size``, ``clip_checkpoint`` (optional), ``fps``.
+
+Each run has a stable id (hash of its settings). After every run the whole table is written to
+a temporary file and moved into place (``os.replace``), as Parquet and CSV, so a killed sweep
+loses at most the run in progress; on restart finished ids are skipped. A run that raises is
+recorded with ``status="error"`` and its message, and the sweep goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import time
+import traceback
+from typing import Any, Callable
+
+RESULTS_PARQUET = "results.parquet"
+RESULTS_CSV = "results.csv"
+SETTING_COLUMNS = ("run_id", "status", "error", "prompt", "method", "frames", "seed")
+DEFAULT_RUN_FN = "vstar_jax.sweep.generate_and_score"
+
+
+# --- config --------------------------------------------------------------------------------
+
+def load_config(path: str, overrides: list[str] = ()):
+    """Load ``get_config()`` from a Python file; apply ``key.sub=value`` overrides (YAML values)."""
+    import yaml
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"sweep config not found: {path}")
+    spec = importlib.util.spec_from_file_location("_vstar_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"sweep config {path} has no get_config()")
+    config = module.get_config()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override must be key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = yaml.safe_load(value)
+    config_dir = os.path.dirname(os.path.abspath(path))
+    return config, config_dir
+
+
+def _plain(value):
+    """ConfigDict / tuples -> plain JSON-able Python values."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _get(config, key, default=None):
+    try:
+        value = config[key]
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+# --- prompts -------------------------------------------------------------------------------
+
+def read_prompts_file(path: str, base_dir: str | None = None) -> list[str]:
+    """Prompts from a text file: one a line; blank lines and lines starting with ``#`` skipped."""
+    p = pathlib.Path(path)
+    if not p.is_absolute() and not p.exists() and base_dir is not None:
+        p = pathlib.Path(base_dir) / p
+    if not p.is_file():
+        raise ValueError(f"prompts file not found: {path}")
+    lines = (line.strip() for line in p.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def read_prompts_tfds(name: str, data_dir: str | None = None, split: str = "train", key: str = "caption", limit: int = 0) -> list[str]:
+    """Prompts from a tensorflow-datasets dataset that is already on disk (never downloaded)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # unknown dataset name
+        raise ValueError(f"tfds dataset {name!r} unknown: {e}") from None
+    if not builder.is_prepared():
+        raise ValueError(
+            f"tfds dataset {name!r} is not prepared in data_dir {builder.data_dir!r}; "
+            "prepare it first (tfds build), sweeps never download"
+        )
+    limit = int(limit or 0)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        examples = (source[i] for i in range(len(source) if not limit else min(limit, len(source))))
+    except NotImplementedError:  # tfrecord format: needs tensorflow
+        ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+        examples = tfds.as_numpy(ds.take(limit) if limit else ds)
+    prompts = []
+    for ex in examples:
+        value = ex
+        for part in key.split("/"):
+            value = value[part]
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        values = value if isinstance(value, list) else [value]
+        prompts.append(values[0].decode("utf-8") if isinstance(values[0], bytes) else str(values[0]))
+    return prompts
+
+
+def collect_prompts(config, config_dir: str | None = None) -> list[str]:
+    prompts = list(_get(config, "prompts", []) or [])
+    if _get(config, "prompts_file", ""):
+        prompts += read_prompts_file(config.prompts_file, config_dir)
+    tf_cfg = _get(config, "prompts_tfds", None)
+    if tf_cfg is not None and _get(tf_cfg, "name", ""):
+        prompts += read_prompts_tfds(
+            tf_cfg.name,
+            data_dir=_get(tf_cfg, "data_dir", None) or None,
+            split=_get(tf_cfg, "split", "train"),
+            key=_get(tf_cfg, "key", "caption"),
+            limit=_get(tf_cfg, "limit", 0),
+        )
+    if not prompts:
+        raise ValueError("sweep config has no prompts (prompts, prompts_file or prompts_tfds)")
+    return prompts
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+def run_id(settings: dict) -> str:
+    """Stable id of a run: hash of its settings (JSON, sorted keys)."""
+    blob = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _format_method(kwargs: dict, prompt: str) -> dict:
+    kwargs = dict(kwargs)
+    if isinstance(kwargs.get("synopsis"), list):
+        kwargs["synopsis"] = [s.format(prompt=prompt) if isinstance(s, str) else s for s in kwargs["synopsis"]]
+    return kwargs
+
+
+def expand_runs(config, config_dir: str | None = None) -> list[dict]:
+    """The grid as a list of runs: {"run_id", "prompt", "method", "frames", "seed", "kwargs"}."""
+    methods = _plain(_get(config, "methods", {}))
+    if not methods:
+        raise ValueError("sweep config has no methods")
+    frames_list = list(_get(config, "frames", [16]))
+    seeds = list(_get(config, "seeds", [0]))
+    shared = _plain(_get(config, "generate", {}))
+    runs = []
+    for prompt in collect_prompts(config, config_dir):
+        for method, mkwargs in methods.items():
+            for frames in frames_list:
+                for seed in seeds:
+                    kwargs = {**shared, **_format_method(mkwargs or {}, prompt)}
+                    settings = {"prompt": prompt, "method": method, "frames": int(frames), "seed": int(seed), "kwargs": kwargs}
+                    runs.append({"run_id": run_id(settings), **settings})
+    seen = set()
+    unique = []
+    for r in runs:
+        if r["run_id"] not in seen:
+            seen.add(r["run_id"])
+            unique.append(r)
+    return unique
+
+
+def resolve_fn(path: str) -> Callable:
+    """Import ``pkg.module.fn`` or ``pkg.module:fn``."""
+    module_name, _, attr = path.rpartition(":") if ":" in path else path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"run_fn must be a dotted path, got {path!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import run_fn {path!r}: {e}") from None
+
+
+_CLIP_CACHE: dict = {}
+
+
+def _clip_scorer(config):
+    path = _get(_get(config, "metrics", {}), "clip_checkpoint", "")
+    if not path:
+        return None
+    if path not in _CLIP_CACHE:
+        from vstar_jax.metrics.clip_score import ClipScorer
+
+        _CLIP_CACHE[path] = ClipScorer.load(path)
+    return _CLIP_CACHE[path]
+
+
+def score_video(video, prompt: str, config) -> dict:
+    """The metrics of one video as the sweep config asks for them."""
+    from vstar_jax.metrics import compute_metrics
+
+    mcfg = _get(config, "metrics", {})
+    size = _get(mcfg, "mawe_size", (720, 720))
+    return compute_metrics(
+        video,
+        prompt=prompt,
+        clip_scorer=_clip_scorer(config),
+        flow_model=_get(mcfg, "flow_model", "dis"),
+        mawe_size=tuple(size) if size else None,
+        fps=float(_get(mcfg, "fps", 8.0)),
+    )
+
+
+def generate_and_score(run: dict, out_dir: str, config) -> dict:
+    """Default run_fn: ``vstar_jax.pipeline.generate_video`` then the metrics of its video."""
+    from vstar_jax.pipeline import generate_video
+
+    video_rel = os.path.join("videos", run["run_id"] + ".mp4")
+    result = generate_video(
+        run["prompt"],
+        checkpoint=_get(config, "checkpoint", None) or None,
+        frames=run["frames"],
+        seed=run["seed"],
+        out=os.path.join(out_dir, video_rel),
+        **run["kwargs"],
+    )
+    return {"video": video_rel, **score_video(result.video, run["prompt"], config)}
+
+
+# --- the table -----------------------------------------------------------------------------
+
+def _columns(rows: list[dict]) -> list[str]:
+    cols = list(SETTING_COLUMNS)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _arrow_table(rows: list[dict]):
+    import pyarrow as pa
+
+    cols = _columns(rows)
+    arrays = {}
+    for c in cols:
+        values = [r.get(c) for r in rows]
+        try:
+            arrays[c] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[c] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(arrays)
+
+
+def write_table(rows: list[dict], out_dir: str) -> None:
+    """Write ``rows`` as results.parquet then results.csv, each atomically (temp + os.replace)."""
+    import pyarrow.parquet as pq
+
+    out = pathlib.Path(out_dir)
+    tmp = out / (RESULTS_PARQUET + f".tmp{os.getpid()}")
+    pq.write_table(_arrow_table(rows), tmp)
+    os.replace(tmp, out / RESULTS_PARQUET)
+    cols = _columns(rows)
+    tmp = out / (RESULTS_CSV + f".tmp{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / RESULTS_CSV)
+
+
+def read_table(out_dir: str) -> list[dict]:
+    """Rows of a sweep's results.parquet (the table of record); [] if there is none."""
+    import pyarrow.parquet as pq
+
+    path = pathlib.Path(out_dir) / RESULTS_PARQUET
+    if not path.exists():
+        return []
+    return pq.read_table(path).to_pylist()
+
+
+def _flat_result(result: dict) -> dict:
+    """Scalars kept as columns; lists/dicts JSON-encoded."""
+    out = {}
+    for k, v in (result or {}).items():
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        out[k] = v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(_plain(v))
+    return out
+
+
+def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True) -> list[dict]:
+    """Run every pending run of the grid; returns the final table rows."""
+    from tqdm import tqdm
+
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in pathlib.Path(out_dir).glob("results.*.tmp*"):
+        stale.unlink()
+    runs = expand_runs(config, config_dir)
+    run_fn = resolve_fn(_get(config, "run_fn", DEFAULT_RUN_FN))
+    with open(os.path.join(out_dir, "sweep_config.json"), "w", encoding="utf-8") as f:
+        json.dump(_plain(config), f, indent=1, default=str)
+
+    rows = read_table(out_dir)
+    if retry_errors:
+        rows = [r for r in rows if r.get("status") != "error"]
+    write_table(rows, out_dir)  # the CSV catches up with the Parquet if a kill fell between them
+    done = {r["run_id"] for r in rows}
+    pending = [r for r in runs if r["run_id"] not in done]
+    bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", disable=not progress)
+    for run in pending:
+        start = time.time()
+        row = {
+            "run_id": run["run_id"],
+            "prompt": run["prompt"],
+            "method": run["method"],
+            "frames": run["frames"],
+            "seed": run["seed"],
+            "settings": json.dumps(run["kwargs"], sort_keys=True),
+        }
+        try:
+            result = run_fn(run, out_dir, config)
+            row.update(status="ok", error=None, **_flat_result(result))
+        except Exception as e:  # a failed run is recorded, the sweep goes on
+            row.update(status="error", error=f"{type(e).__name__}: {e}")
+            tb = traceback.format_exc(limit=5)
+            row["traceback"] = tb[-2000:]
+        row["elapsed_s"] = time.time() - start
+        rows.append(row)
+        write_table(rows, out_dir)
+        bar.update(1)
+    bar.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vstar-jax sweep", description="Run a benchmark sweep.")
+    parser.add_argument("config", help="Python config file with get_config()")
+    parser.add_argument("--out", default=None, help="sweep directory (default out/sweeps/<name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
+    parser.add_argument("--retry-errors", action="store_true", help="rerun runs that failed before")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    config, config_dir = load_config(args.config, args.overrides)
+    out = args.out or os.path.join("out", "sweeps", _get(config, "name", "sweep"))
+    rows = run_sweep(config, out, config_dir, retry_errors=args.retry_errors, progress=not args.no_progress)
+    n_err = sum(r.get("status") == "error" for r in rows)
+    print(f"{len(rows)} runs in {out} ({n_err} failed)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
