@@ -1,0 +1,167 @@
+"""Sweeps: grid expansion, the results table, failed runs, and resuming after a real kill."""
+import csv
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from vstar_jax.sweep import (
+    expand_runs,
+    load_config,
+    read_prompts_file,
+    read_prompts_tfds,
+    read_table,
+    run_id,
+    run_sweep,
+    score_video,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "sweep_tiny.py")
+FAKE = "test_sweep.fake_run"
+
+
+def moving_square(frames, size, speed, seed=0):
+    """A white square moving right by ``speed`` pixels a frame over a fixed textured background."""
+    rng = np.random.default_rng(seed)
+    bg = (rng.random((size // 4, size // 4, 3)) * 120).astype(np.uint8)
+    bg = np.kron(bg, np.ones((4, 4, 1), np.uint8))
+    video = np.repeat(bg[None], frames, axis=0)
+    for t in range(frames):
+        x = 2 + t * speed
+        video[t, size // 3 : size // 3 + 8, x : x + 8] = 255
+    return video
+
+
+def fake_run(run, out_dir, config):
+    """The tests' run_fn: a synthetic video instead of a generated one (sleeps to be killable)."""
+    if run["method"] == "broken":
+        raise RuntimeError("this method always fails")
+    time.sleep(float(config.get("fake_sleep", 0.0)))
+    speed = 1 + run["seed"]
+    video = moving_square(run["frames"], 48, speed, seed=run["seed"])
+    result = {"speed": speed, **score_video(video, run["prompt"], config)}
+    if config.get("write_videos", False):
+        import imageio.v3 as iio
+
+        rel = os.path.join("videos", run["run_id"] + ".mp4")
+        os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+        iio.imwrite(os.path.join(out_dir, rel), video, fps=8, codec="libx264")
+        result["video"] = rel
+    return result
+
+
+def tiny_config(**overrides):
+    config, config_dir = load_config(TINY, [f"run_fn={FAKE}"])
+    for k, v in overrides.items():
+        config[k] = v
+    return config, config_dir
+
+
+def test_grid_and_stable_ids():
+    config, d = tiny_config()
+    runs = expand_runs(config, d)
+    assert len(runs) == 2 * 3 * 1 * 2
+    assert len({r["run_id"] for r in runs}) == len(runs)
+    assert [r["run_id"] for r in expand_runs(config, d)] == [r["run_id"] for r in runs]
+    vsp = [r for r in runs if r["method"] == "vsp"][0]
+    assert vsp["kwargs"]["synopsis"] == [vsp["prompt"] + ", slowly", vsp["prompt"] + ", fast"]
+    a = {"prompt": "p", "method": "m", "frames": 8, "seed": 0, "kwargs": {"tar": None}}
+    assert run_id(a) == run_id(dict(reversed(list(a.items()))))
+    assert run_id(a) != run_id({**a, "seed": 1})
+
+
+def test_prompt_sources(tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("# a comment\nfirst prompt\n\n  second prompt  \n")
+    assert read_prompts_file(str(f)) == ["first prompt", "second prompt"]
+    config, d = tiny_config(prompts=[], prompts_file=str(f))
+    assert {r["prompt"] for r in expand_runs(config, d)} == {"first prompt", "second prompt"}
+    with pytest.raises(ValueError, match="prompts file not found"):
+        read_prompts_file(str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="not prepared"):
+        read_prompts_tfds("mnist", data_dir=str(tmp_path / "tfds"))
+    config, d = tiny_config(prompts=[])
+    with pytest.raises(ValueError, match="no prompts"):
+        expand_runs(config, d)
+
+
+def test_sweep_table_and_failed_runs(tmp_path):
+    config, d = tiny_config(prompts=["only prompt"], seeds=[0])
+    config.methods["broken"] = {"tar": "64D4"}
+    rows = run_sweep(config, str(tmp_path), d, progress=False)
+    assert len(rows) == 4
+    by_method = {r["method"]: r for r in read_table(str(tmp_path))}
+    assert by_method["broken"]["status"] == "error"
+    assert "RuntimeError: this method always fails" in by_method["broken"]["error"]
+    ok = by_method["plain"]
+    assert ok["status"] == "ok" and ok["flow_model"].startswith("dis-fast")
+    assert abs(ok["ofs"] - 0) < 0.5 and ok["scuts"] == 0  # a small square on a still background
+    # the CSV holds the same runs as the Parquet
+    with open(tmp_path / "results.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert sorted(r["run_id"] for r in csv_rows) == sorted(by_method[m]["run_id"] for m in by_method)
+    assert {"prompt", "method", "frames", "seed", "settings", "ofs", "mawe", "warp_error"} <= set(csv_rows[0])
+    # a second start redoes nothing; --retry-errors reruns only the failed run, kept once
+    before = {r["run_id"]: r["elapsed_s"] for r in read_table(str(tmp_path))}
+    run_sweep(config, str(tmp_path), d, progress=False)
+    assert {r["run_id"]: r["elapsed_s"] for r in read_table(str(tmp_path))} == before
+    rows = run_sweep(config, str(tmp_path), d, retry_errors=True, progress=False)
+    assert len(rows) == 4 and len({r["run_id"] for r in rows}) == 4
+    again = {r["run_id"]: r["elapsed_s"] for r in rows}
+    assert [k for k in again if again[k] != before[k]] == [by_method["broken"]["run_id"]]
+
+
+def test_ofs_follows_the_square_speed(tmp_path):
+    # the square covers 64 of 48*48 pixels: OFS = speed * 64 / 2304 where the flow is exact
+    config, d = tiny_config(prompts=["p"], seeds=[0, 2])
+    config.methods = {"plain": {"tar": None}}
+    rows = {r["seed"]: r for r in run_sweep(config, str(tmp_path), d, progress=False)}
+    assert rows[2]["ofs"] > 2 * rows[0]["ofs"] > 0
+
+
+def _sweep_cmd(out):
+    return [sys.executable, "-m", "vstar_jax.sweep", TINY, "--out", str(out), "--no-progress",
+            "--set", f"run_fn={FAKE}", "--set", "fake_sleep=0.4"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, sig):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    proc = subprocess.Popen(_sweep_cmd(tmp_path), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    rows = []
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            rows = read_table(str(tmp_path))
+        except Exception:  # noqa: BLE001 - the file is replaced atomically; retry on a race
+            rows = []
+        if len(rows) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted: " + proc.stderr.read().decode()[-2000:]
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    first = {r["run_id"]: r["elapsed_s"] for r in read_table(str(tmp_path))}
+    assert 3 <= len(first) < 12
+
+    done = subprocess.run(_sweep_cmd(tmp_path), cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    final = read_table(str(tmp_path))
+    ids = [r["run_id"] for r in final]
+    config, d = load_config(TINY)
+    assert sorted(ids) == sorted(r["run_id"] for r in expand_runs(config, d))  # each run exactly once
+    assert all(r["status"] == "ok" for r in final)
+    kept = {r["run_id"]: r["elapsed_s"] for r in final if r["run_id"] in first}
+    assert kept == first  # finished runs were neither redone nor lost
+    with open(tmp_path / "results.csv", newline="") as fh:
+        assert sorted(r["run_id"] for r in csv.DictReader(fh)) == sorted(ids)
+    assert not list(tmp_path.glob("results.*.tmp*"))
