@@ -279,3 +279,14 @@ def finalize(flat, expected, *, source_keys: Iterable[str], used_keys: Iterable[
 
 def shape_tree(params) -> dict:
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+
+
+def count_params_tree(params) -> int:
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -71,11 +71,13 @@ def openclip_text_config_from_state_dict(sd: Mapping[str, np.ndarray], *, head_d
     return c
 
 
-def hf_clip_text_config(config: Mapping, *, layer: str = "last", pad_token_id: Optional[int] = None):
+def hf_clip_text_config(config: Mapping, *, layer: str = "last", pad_token_id: Optional[int] = None,
+                        with_projection: Optional[bool] = None):
     """ConfigDict from a transformers ``CLIPTextConfig`` dict (``text_encoder/config.json``).
 
-    ``projection_dim`` is used only when ``with_projection`` (set it for
-    ``CLIPTextModelWithProjection``); a bare ``CLIPTextModel`` has no projection."""
+    ``projection_dim`` is used only ``with_projection`` (``CLIPTextModelWithProjection``; when None,
+    read from ``architectures``); a bare ``CLIPTextModel`` (ModelScope) has no projection.
+    ``pad_token_id`` is the tokenizer's pad id (default: the end token, 49407)."""
     cfg = dict(config)
     if "text_config" in cfg:  # a full CLIPConfig
         cfg = dict(cfg["text_config"])
@@ -91,7 +93,8 @@ def hf_clip_text_config(config: Mapping, *, layer: str = "last", pad_token_id: O
     c.mlp_dim = int(cfg.get("intermediate_size", 2048))
     c.act = "gelu_tanh" if act in ("gelu_new", "gelu_pytorch_tanh") else act
     c.layer_norm_eps = float(cfg.get("layer_norm_eps", 1e-5))
-    with_projection = any("WithProjection" in a for a in cfg.get("architectures", []) or [])
+    if with_projection is None:
+        with_projection = any("WithProjection" in a for a in cfg.get("architectures") or [])
     c.output_dim = int(cfg.get("projection_dim", 512)) if with_projection else 0
     c.layer = layer
     eos = int(cfg.get("eos_token_id", 2))

@@ -152,3 +152,39 @@ def test_compute_metrics_records_flow_model():
     assert set(m) >= {"ofs", "warp_error", "mawe", "scuts", "flow_model", "num_frames"}
     assert abs(m["ofs"] - 2) < 0.1 and m["scuts"] == 0 and m["num_frames"] == 5
     assert m["flow_model"].startswith("dis-medium")
+
+
+# --- attention band score -----------------------------------------------------------------
+
+def test_band_score_of_captured_maps():
+    from vstar_jax.metrics.band import attention_band_score, layer_band_scores
+
+    f = 16
+    i = np.arange(f)
+    banded = np.exp(-5.0 * np.abs(i[:, None] - i[None, :]))
+    banded /= banded.sum(-1, keepdims=True)
+    uniform = np.full((f, f), 1.0 / f)
+    captured = {"down_0": {"temporal": (np.stack([banded, banded]),)}, "up_1": {"temporal": (uniform[None],)}}
+    scores = layer_band_scores(captured, width=1)
+    assert scores["up_1/temporal"] == pytest.approx((f + 2 * (f - 1)) / f**2)  # 46/256 of the mass
+    inside = np.abs(i[:, None] - i[None, :]) <= 1
+    assert scores["down_0/temporal"] == pytest.approx(banded[inside].sum() / f)
+    assert attention_band_score(captured, 1) == pytest.approx(np.mean(list(scores.values())))
+    with pytest.raises(ValueError, match="no \\(f, f\\) attention maps"):
+        attention_band_score({"x": np.zeros(3)})
+
+
+# --- command line -------------------------------------------------------------------------
+
+def test_metrics_cli_prints_json(tmp_path, capsys):
+    import json
+
+    from vstar_jax.io.video import write_video
+    from vstar_jax.metrics.cli import main
+
+    path = tmp_path / "still.mp4"
+    write_video(path, static(20, 48, 64), fps=8)
+    assert main([str(path), "--mawe-size", "0", "--flow", "dis-fast"]) == 0
+    out = json.loads(capsys.readouterr().out)[str(path)]
+    assert out["num_frames"] == 20 and out["scuts"] == 0 and out["ofs"] < 0.05
+    assert out["flow_model"].startswith("dis-fast")

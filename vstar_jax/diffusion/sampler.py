@@ -110,20 +110,28 @@ def cfg_context(cond, uncond, batch: int, frames: int) -> jax.Array:
     return jnp.concatenate([u, c.astype(u.dtype)], axis=0)
 
 
+def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
+               capture: bool = False):
+    """One CFG model evaluation: a single call on ``[x; x]`` with ``context`` = [uncond; cond]
+    rows (from :func:`cfg_context`). ``t`` is a scalar timestep. Returns ``(eps, aux)``
+    (``aux`` None unless ``capture``); eps is float32."""
+    b = x.shape[0]
+    tt = jnp.full((2 * b if guided else b,), t, jnp.int32)
+    x_in = jnp.concatenate([x, x], axis=0) if guided else x
+    out = model_fn(x_in, tt, context, step_index)
+    eps, aux = out if capture else (out, None)
+    eps = eps.astype(jnp.float32)
+    if guided:
+        eps = cfg_combine(eps[:b], eps[b:], cfg_scale)
+    return eps, aux
+
+
 def _sample(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided, use_noise,
             return_x0, capture):
-    b = x_T.shape[0]
-
     def body(x, xs):
         co, i, k = xs
-        t = jnp.full((2 * b if guided else b,), co["timesteps"], jnp.int32)
-        x_in = jnp.concatenate([x, x], axis=0) if guided else x
-        out = model_fn(x_in, t, context, i)
-        eps, aux = out if capture else (out, None)
-        eps = eps.astype(jnp.float32)
-        if guided:
-            e_u, e_c = eps[:b], eps[b:]
-            eps = cfg_combine(e_u, e_c, cfg_scale)
+        eps, aux = guided_eps(model_fn, x, co["timesteps"], context, i, cfg_scale,
+                              guided=guided, capture=capture)
         noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
         x_prev, pred_x0 = ddim_step(x, eps, co, noise)
         ys = (pred_x0 if return_x0 else None, aux)

@@ -43,8 +43,8 @@ class ClipScorer:
     @classmethod
     def from_converted(cls, params: dict, configs: dict, **kw) -> "ClipScorer":
         """From ``checkpoints_convert.clip`` output: params/configs keyed clip_vision, clip_text."""
-        cfg = {k: v if isinstance(v, ml_collections.ConfigDict) else ml_collections.ConfigDict(dict(v))
-               for k, v in configs.items()}
+        cfg = {k: configs[k] if isinstance(configs[k], ml_collections.ConfigDict)
+               else ml_collections.ConfigDict(dict(configs[k])) for k in ("clip_vision", "clip_text")}
         return cls(cfg["clip_vision"], params["clip_vision"], cfg["clip_text"], params["clip_text"], **kw)
 
     @classmethod

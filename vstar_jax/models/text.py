@@ -13,6 +13,7 @@ Param tree: ``token_embedding/embedding``, ``positional_embedding``, ``resblocks
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -158,9 +159,23 @@ def text_param_shapes(config, dtype=jnp.float32):
     return jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t), tokens)["params"]
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_apply(text_model: TextTransformer):
+    return jax.jit(text_model.apply, static_argnames=("layer", "return_pooled"))
+
+
+def _apply(text_model: TextTransformer, params, tokens, **kw):
+    """``text_model.apply``, jitted and cached when the module is hashable (FrozenConfigDict config)."""
+    try:
+        fn = _jitted_apply(text_model)
+    except TypeError:
+        fn = text_model.apply
+    return fn({"params": params}, jnp.asarray(tokens), **kw)
+
+
 def encode_tokens(text_model: TextTransformer, params, tokens, *, layer: Optional[str] = None):
     """Hidden states (n, L, width) of token ids (n, L)."""
-    return text_model.apply({"params": params}, jnp.asarray(tokens), layer=layer)
+    return _apply(text_model, params, tokens, layer=layer)
 
 
 def encode_prompts(text_model: TextTransformer, params, tokenizer, prompts: Sequence[str] | str, *,
@@ -176,5 +191,5 @@ def encode_prompts(text_model: TextTransformer, params, tokenizer, prompts: Sequ
 
 def encode_pooled(text_model: TextTransformer, params, tokens):
     """Projected end-token features (n, output_dim) (CLIP text embedding, unnormalized)."""
-    _, pooled = text_model.apply({"params": params}, jnp.asarray(tokens), return_pooled=True)
+    _, pooled = _apply(text_model, params, tokens, return_pooled=True)
     return pooled

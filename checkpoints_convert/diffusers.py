@@ -1,0 +1,140 @@
+"""Convert a diffusers text-to-video model directory (ModelScope layout) into a vstar-jax checkpoint.
+
+    python -m checkpoints_convert.diffusers MODEL_DIR --out checkpoints/modelscope [--components unet,vae,text]
+
+MODEL_DIR holds ``unet/`` (UNet3DConditionModel), ``vae/`` (AutoencoderKL),
+``text_encoder/`` (CLIPTextModel), ``tokenizer/`` and ``scheduler/``; each
+component's ``config.json`` and weights (``*.safetensors`` or ``*.bin``).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from checkpoints_convert.common import count_params_tree, load_state_dict, peak_rss_gib
+from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
+
+SUBDIRS = {"unet": "unet", "vae": "vae", "text": "text_encoder"}
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing {path}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def weights_file(component_dir: str) -> str:
+    """The component's weights: safetensors preferred, then a torch .bin (fp16 variants accepted)."""
+    for pattern in ("*.safetensors", "*.bin"):
+        found = sorted(glob.glob(os.path.join(component_dir, pattern)))
+        found = [f for f in found if not f.endswith(".index.json")]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            plain = [f for f in found if ".fp16." not in os.path.basename(f)]
+            if len(plain) == 1:
+                return plain[0]
+            raise ValueError(f"{component_dir}: several weight files {found}; sharded checkpoints are not supported")
+    raise FileNotFoundError(f"{component_dir}: no *.safetensors or *.bin weights")
+
+
+def _convert_unet(d, dtype):
+    cfg = unet_config_from_diffusers(_read_json(os.path.join(d, "config.json")))
+    return convert_unet(load_state_dict(weights_file(d)), cfg, "diffusers", dtype=dtype), cfg
+
+
+def _convert_vae(d, dtype):
+    from checkpoints_convert.vae import convert_vae_diffusers, vae_config_from_diffusers
+
+    cfg = vae_config_from_diffusers(_read_json(os.path.join(d, "config.json")))
+    return convert_vae_diffusers(load_state_dict(weights_file(d)), cfg, dtype=dtype), cfg
+
+
+def _convert_text(d, dtype):
+    from checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
+
+    cfg = hf_clip_text_config(_read_json(os.path.join(d, "config.json")))
+    return convert_hf_clip_text(load_state_dict(weights_file(d)), cfg, dtype=dtype), cfg
+
+
+CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
+
+
+def diffusion_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "scheduler", "scheduler_config.json")
+    sc = _read_json(path) if os.path.isfile(path) else {}
+    if sc.get("beta_schedule", "scaled_linear") != "scaled_linear":
+        raise ValueError(f"{path}: beta_schedule {sc.get('beta_schedule')!r} is not supported")
+    return {
+        "flavor": "diffusers",
+        "linear_start": float(sc.get("beta_start", 0.00085)),
+        "linear_end": float(sc.get("beta_end", 0.012)),
+        "num_timesteps": int(sc.get("num_train_timesteps", 1000)),
+        "steps_offset": int(sc.get("steps_offset", 1)),
+        "set_alpha_to_one": bool(sc.get("set_alpha_to_one", False)),
+        "timestep_spacing": sc.get("timestep_spacing", "leading"),
+        "scale_factor": 0.18215,
+        "use_scale": False,
+        "latent_size": [32, 32],
+        "latent_channels": 4,
+    }
+
+
+def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
+            dtype: Optional[str] = None, overwrite: bool = False, verbose: bool = True) -> str:
+    from vstar_jax.io.checkpoint import save_checkpoint
+
+    unknown = sorted(set(components) - set(CONVERTERS))
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(CONVERTERS)}")
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model directory not found: {model_dir}")
+    absent = [SUBDIRS[c] + "/" for c in components if not os.path.isdir(os.path.join(model_dir, SUBDIRS[c]))]
+    if absent:
+        raise ValueError(f"{model_dir}: missing component folder(s) {absent}; convert fewer with --components")
+    vae_cfg = os.path.join(model_dir, "vae", "config.json")
+    diff = diffusion_config(model_dir)
+    if os.path.isfile(vae_cfg):
+        diff["scale_factor"] = float(_read_json(vae_cfg).get("scaling_factor", 0.18215))
+    np_dtype = None if dtype is None else {"float32": np.float32, "float16": np.float16,
+                                           "bfloat16": __import__("ml_dtypes").bfloat16}[dtype]
+    params, cfgs = {}, {}
+    for comp in components:
+        t0 = time.time()
+        params[comp], cfg = CONVERTERS[comp](os.path.join(model_dir, SUBDIRS[comp]), np_dtype)
+        cfgs[comp] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        if verbose:
+            print(f"[convert] {comp}: {count_params_tree(params[comp]):,} parameters in {time.time() - t0:.1f}s "
+                  f"(peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
+    config_out = {"source": {"layout": "diffusers", "model_dir": str(model_dir)}, "diffusion": diff, **cfgs}
+    return save_checkpoint(out, params, config_out, overwrite=overwrite)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="vstar-jax convert diffusers", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_dir")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--components", default="unet,vae,text")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    ap.add_argument("--overwrite", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        convert(a.model_dir, a.out, components=[c for c in a.components.split(",") if c], dtype=a.dtype,
+                overwrite=a.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Convert a VideoCrafter2 ``model.ckpt`` (+ its inference YAML) into a vstar-jax checkpoint.
+
+    python -m checkpoints_convert.videocrafter2 --ckpt model.ckpt \
+        --config inference_t2v_512_v2.0.yaml --out checkpoints/vc2 [--components unet,vae,text]
+
+Every requested component is converted and checked (missing, unexpected and
+wrongly shaped keys are reported by name) before anything is written; the
+output directory appears only when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from checkpoints_convert.common import PrefixView, count_params_tree, load_state_dict, peak_rss_gib
+from checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
+
+PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "text": "cond_stage_model.model.",
+}
+# Keys of a real model.ckpt that no component uses (diffusion buffers, the CLIP image tower).
+IGNORED = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+           "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+           "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+           "scale_arr", "logvar", "model_ema.", "cond_stage_model.model.visual.")
+
+
+def read_yaml(path: str) -> dict:
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    try:
+        return doc["model"]["params"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not a VideoCrafter inference config (no model.params)") from None
+
+
+def diffusion_config(mp: Mapping) -> dict:
+    return {
+        "flavor": "videocrafter2",
+        "linear_start": float(mp.get("linear_start", 0.00085)),
+        "linear_end": float(mp.get("linear_end", 0.012)),
+        "num_timesteps": int(mp.get("timesteps", 1000)),
+        "scale_factor": float(mp.get("scale_factor", 0.18215)),
+        "use_scale": bool(mp.get("use_scale", False)),
+        "scale_b": float(mp.get("scale_b", 0.7)),
+        "latent_size": list(mp.get("image_size", [40, 64])),
+        "latent_channels": int(mp.get("channels", 4)),
+        "default_fps": 28,
+    }
+
+
+def _convert_unet(sd, mp, dtype):
+    up = mp["unet_config"]["params"]
+    if not up.get("temporal_selfatt_only", True) or up.get("use_causal_attention", False):
+        raise ValueError("only temporal_selfatt_only=true, use_causal_attention=false UNets are supported")
+    cfg = unet_config_from_lvdm(up)
+    return convert_unet(sd, cfg, "lvdm", dtype=dtype), cfg
+
+
+def _convert_vae(sd, mp, dtype):
+    from checkpoints_convert.vae import convert_vae_ldm, vae_config_from_ldm
+
+    fp = mp["first_stage_config"]["params"]
+    cfg = vae_config_from_ldm(fp["ddconfig"], embed_dim=fp.get("embed_dim", 4))
+    return convert_vae_ldm(sd, cfg, dtype=dtype), cfg
+
+
+def _convert_text(sd, mp, dtype):
+    from checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
+
+    layer = mp.get("cond_stage_config", {}).get("params", {}).get("layer", "penultimate")
+    cfg = openclip_text_config_from_state_dict(sd, layer=layer)
+    return convert_openclip_text(sd, cfg, dtype=dtype), cfg
+
+
+CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
+
+
+def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
+            dtype: Optional[str] = None, overwrite: bool = False, trust_pickle: bool = False,
+            verbose: bool = True) -> str:
+    from vstar_jax.io.checkpoint import save_checkpoint
+
+    unknown = sorted(set(components) - set(CONVERTERS))
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(CONVERTERS)}")
+    mp = read_yaml(config)
+    sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
+    absent = [c for c in components if not any(k.startswith(PREFIXES[c]) for k in sd)]
+    if absent:
+        raise ValueError(f"{ckpt}: no weights for component(s) {absent} "
+                         f"(no keys starting with {[PREFIXES[c] for c in absent]}); "
+                         f"convert fewer with --components")
+    np_dtype = None if dtype is None else {"float32": np.float32, "float16": np.float16,
+                                           "bfloat16": __import__("ml_dtypes").bfloat16}[dtype]
+    params, cfgs = {}, {}
+    for comp in components:
+        t0 = time.time()
+        params[comp], cfg = CONVERTERS[comp](PrefixView(sd, PREFIXES[comp]), mp, np_dtype)
+        cfgs[comp] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        if verbose:
+            print(f"[convert] {comp}: {count_params_tree(params[comp]):,} parameters in {time.time() - t0:.1f}s "
+                  f"(peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
+    # Keys no requested component claims are reported too, unless known to be unused.
+    claimed = tuple(PREFIXES[c] for c in components)
+    skipped = tuple(PREFIXES[c] for c in CONVERTERS if c not in components)
+    stray = sorted(k for k in sd if not k.startswith(claimed + skipped + IGNORED))
+    if stray:
+        from checkpoints_convert.common import ConversionError
+
+        raise ConversionError("checkpoint", unexpected=stray, note="keys outside every known component")
+    config_out = {"source": {"layout": "videocrafter2", "ckpt": str(ckpt), "config": str(config)},
+                  "diffusion": diffusion_config(mp), **cfgs}
+    path = save_checkpoint(out, params, config_out, overwrite=overwrite)
+    if verbose:
+        print(f"[convert] wrote {path} (peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="vstar-jax convert videocrafter2", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="model.ckpt (torch pickle) or .safetensors")
+    ap.add_argument("--config", required=True, help="VideoCrafter inference YAML (inference_t2v_512_v2.0.yaml)")
+    ap.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+    ap.add_argument("--components", default="unet,vae,text", help="comma list of unet,vae,text")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                    help="store weights in this dtype (default float32)")
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")
+    a = ap.parse_args(argv)
+    try:
+        convert(a.ckpt, a.config, a.out, components=[c for c in a.components.split(",") if c], dtype=a.dtype,
+                overwrite=a.overwrite, trust_pickle=a.trust_pickle)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

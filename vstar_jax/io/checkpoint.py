@@ -1,0 +1,128 @@
+"""Converted checkpoints on disk: one directory with an orbax tree and a config.
+
+Layout::
+
+    DIR/config.json      {"format": "vstar-jax/1", "components": [...], "unet": {...}, ...}
+    DIR/params/          orbax StandardCheckpointer tree {"unet": ..., "vae": ..., "text": ...}
+
+Writes are atomic: everything goes to a hidden temporary directory beside DIR
+that is renamed into place only when complete, so a failed or interrupted
+conversion leaves no partial DIR behind (and an existing DIR untouched).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import numpy as np
+
+FORMAT = "vstar-jax/1"
+
+
+def _jsonable(obj):
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    return obj
+
+
+def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str, Any], *,
+                    overwrite: bool = False) -> str:
+    """Write ``params`` (a dict of component trees) and ``config`` to ``out_dir`` atomically."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"output directory exists: {out_dir} (pass overwrite=True / --overwrite)")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write to {parent}")
+    cfg = dict(_jsonable(config))
+    cfg.setdefault("format", FORMAT)
+    cfg["components"] = sorted(params)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(os.path.join(tmp, "params"), dict(params))
+        ckptr.wait_until_finished()
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=1, sort_keys=True)
+        if os.path.exists(out_dir):
+            old = out_dir + ".old-" + os.path.basename(tmp)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_config(ckpt_dir: str) -> dict:
+    path = os.path.join(os.fspath(ckpt_dir), "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"not a vstar-jax checkpoint (no config.json): {ckpt_dir}")
+    with open(path) as f:
+        cfg = json.load(f)
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{ckpt_dir}: unknown checkpoint format {cfg.get('format')!r} (want {FORMAT})")
+    return cfg
+
+
+def load_checkpoint(ckpt_dir: str, shardings: Optional[Any] = None, *,
+                    components: Optional[list] = None) -> tuple[dict, dict]:
+    """Restore ``(params, config)``.
+
+    ``shardings``: None (host numpy arrays), one ``jax.sharding.Sharding`` for every
+    array, a pytree of shardings matching the params, or a callable
+    ``(path: tuple[str, ...], shape) -> Sharding`` (e.g. from sharding rules). Each
+    array is then restored directly into its sharded layout.
+    ``components``: restore only these top-level components.
+    """
+    import orbax.checkpoint as ocp
+
+    cfg = read_config(ckpt_dir)
+    path = os.path.join(os.path.abspath(os.fspath(ckpt_dir)), "params")
+    ckptr = ocp.StandardCheckpointer()
+    meta = ckptr.metadata(path).item_metadata.tree
+    if components is not None:
+        unknown = sorted(set(components) - set(meta))
+        if unknown:
+            raise KeyError(f"{ckpt_dir} has no component(s) {unknown}; it has {sorted(meta)}")
+    if shardings is None and components is None:
+        return ckptr.restore(path), cfg
+
+    def leaf_sharding(kp, m):
+        if shardings is None:
+            return None
+        if isinstance(shardings, jax.sharding.Sharding):
+            return shardings
+        if callable(shardings):
+            return shardings(tuple(getattr(k, "key", k) for k in kp), tuple(m.shape))
+        return None
+
+    abstract = jax.tree_util.tree_map_with_path(
+        lambda kp, m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=leaf_sharding(kp, m)), meta)
+    if shardings is not None and not isinstance(shardings, jax.sharding.Sharding) and not callable(shardings):
+        abstract = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    if components is not None:
+        abstract = {k: v for k, v in abstract.items() if k in components}
+        restore_args = ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True)
+        params = ocp.PyTreeCheckpointer().restore(path, args=restore_args)
+    else:
+        params = ckptr.restore(path, abstract)
+    return params, cfg

@@ -1,0 +1,59 @@
+"""``vstar-jax metrics VIDEO... [--prompt P] [--clip CKPT]``: the metrics of video files as JSON.
+
+Prints one JSON object: {video path: {metric: value}}. The prompt for the CLIP score comes from
+``--prompt`` or else from the video's JSON sidecar (``prompt``), when a CLIP checkpoint is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vstar-jax metrics", description="Video metrics (OFS, MAWE, SCuts, CLIP).")
+    parser.add_argument("videos", nargs="+", help="mp4 or gif files")
+    parser.add_argument("--prompt", default=None, help="prompt for the CLIP score (default: the sidecar's)")
+    parser.add_argument("--clip", default=None, help="CLIP checkpoint from checkpoints_convert.clip")
+    parser.add_argument("--flow", default="dis", help="flow model (dis, dis-fast, dis-ultrafast, ...)")
+    parser.add_argument("--mawe-size", type=int, default=720, help="square size for warp error/MAWE (0 = as is)")
+    parser.add_argument("--fps", type=float, default=None, help="fps for SCuts (default: the file's)")
+    args = parser.parse_args(argv)
+
+    from vstar_jax.io.video import read_sidecar, read_video
+    from vstar_jax.metrics import compute_metrics
+
+    scorer = None
+    if args.clip:
+        from vstar_jax.metrics.clip_score import ClipScorer
+
+        scorer = ClipScorer.load(args.clip)
+    results = {}
+    for path in args.videos:
+        frames, fps = read_video(path, return_fps=True)
+        prompt = args.prompt
+        if prompt is None and scorer is not None:
+            try:
+                prompt = read_sidecar(path).get("prompt")
+            except (OSError, ValueError):
+                prompt = None
+            if prompt is None:
+                raise ValueError(f"no --prompt and no sidecar prompt for {path}: needed for the CLIP score")
+        size = (args.mawe_size, args.mawe_size) if args.mawe_size else None
+        m = compute_metrics(frames, prompt=prompt, clip_scorer=scorer, flow_model=args.flow,
+                            mawe_size=size, fps=args.fps or fps or 8.0)
+        results[path] = {k: _jsonable(v) for k, v in m.items()}
+    json.dump(results, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
