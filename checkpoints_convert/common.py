@@ -290,3 +290,54 @@ def peak_rss_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def cast_tree(params, dtype: Optional[str]):
+    """Arrays that own their memory, cast to ``dtype`` (a name from DTYPES; None keeps the dtype).
+
+    Owning matters: a leaf that is a view into a memory-mapped source checkpoint would
+    keep the whole mapping resident while the output is written.
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {DTYPES}")
+    import ml_dtypes
+
+    target = {None: None, "float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+
+    def leaf(x):
+        x = np.asarray(x)
+        if target is not None and x.dtype != target:
+            return x.astype(target)
+        return x if x.flags.owndata else x.copy()
+
+    def cast(tree):
+        return {k: cast(v) if isinstance(v, Mapping) else leaf(v) for k, v in tree.items()}
+
+    return cast(params)
+
+
+def convert_components(converters: Mapping[str, Callable], components: Sequence[str], *,
+                       dtype: Optional[str] = None, verbose: bool = True):
+    """Run ``converters[name]() -> (params, config)`` for each component; returns (params, configs).
+
+    Every component is converted (and so checked) before the caller writes anything.
+    """
+    import sys
+    import time
+
+    unknown = sorted(set(components) - set(converters))
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(converters)}")
+    params, cfgs = {}, {}
+    for comp in components:
+        t0 = time.time()
+        p, cfg = converters[comp]()
+        params[comp] = cast_tree(p, dtype)
+        cfgs[comp] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        if verbose:
+            print(f"[convert] {comp}: {count_params_tree(params[comp]):,} parameters in {time.time() - t0:.1f}s "
+                  f"(peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
+    return params, cfgs

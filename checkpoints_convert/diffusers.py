@@ -9,16 +9,15 @@ component's ``config.json`` and weights (``*.safetensors`` or ``*.bin``).
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
-import numpy as np
 
-from checkpoints_convert.common import count_params_tree, load_state_dict, peak_rss_gib
+from checkpoints_convert.common import DTYPES, convert_components, load_state_dict
 from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
 
 SUBDIRS = {"unet": "unet", "vae": "vae", "text": "text_encoder"}
@@ -46,23 +45,23 @@ def weights_file(component_dir: str) -> str:
     raise FileNotFoundError(f"{component_dir}: no *.safetensors or *.bin weights")
 
 
-def _convert_unet(d, dtype):
+def _convert_unet(d):
     cfg = unet_config_from_diffusers(_read_json(os.path.join(d, "config.json")))
-    return convert_unet(load_state_dict(weights_file(d)), cfg, "diffusers", dtype=dtype), cfg
+    return convert_unet(load_state_dict(weights_file(d)), cfg, "diffusers"), cfg
 
 
-def _convert_vae(d, dtype):
+def _convert_vae(d):
     from checkpoints_convert.vae import convert_vae_diffusers, vae_config_from_diffusers
 
     cfg = vae_config_from_diffusers(_read_json(os.path.join(d, "config.json")))
-    return convert_vae_diffusers(load_state_dict(weights_file(d)), cfg, dtype=dtype), cfg
+    return convert_vae_diffusers(load_state_dict(weights_file(d)), cfg), cfg
 
 
-def _convert_text(d, dtype):
+def _convert_text(d):
     from checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
 
     cfg = hf_clip_text_config(_read_json(os.path.join(d, "config.json")))
-    return convert_hf_clip_text(load_state_dict(weights_file(d)), cfg, dtype=dtype), cfg
+    return convert_hf_clip_text(load_state_dict(weights_file(d)), cfg), cfg
 
 
 CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
@@ -104,16 +103,10 @@ def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "v
     diff = diffusion_config(model_dir)
     if os.path.isfile(vae_cfg):
         diff["scale_factor"] = float(_read_json(vae_cfg).get("scaling_factor", 0.18215))
-    np_dtype = None if dtype is None else {"float32": np.float32, "float16": np.float16,
-                                           "bfloat16": __import__("ml_dtypes").bfloat16}[dtype]
-    params, cfgs = {}, {}
-    for comp in components:
-        t0 = time.time()
-        params[comp], cfg = CONVERTERS[comp](os.path.join(model_dir, SUBDIRS[comp]), np_dtype)
-        cfgs[comp] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        if verbose:
-            print(f"[convert] {comp}: {count_params_tree(params[comp]):,} parameters in {time.time() - t0:.1f}s "
-                  f"(peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
+    params, cfgs = convert_components(
+        {c: (lambda c=c: CONVERTERS[c](os.path.join(model_dir, SUBDIRS[c]))) for c in components}, components,
+        dtype=dtype, verbose=verbose)
+    gc.collect()
     config_out = {"source": {"layout": "diffusers", "model_dir": str(model_dir)}, "diffusion": diff, **cfgs}
     return save_checkpoint(out, params, config_out, overwrite=overwrite)
 
@@ -124,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("model_dir")
     ap.add_argument("--out", required=True)
     ap.add_argument("--components", default="unet,vae,text")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    ap.add_argument("--dtype", choices=DTYPES, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     try:

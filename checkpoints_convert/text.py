@@ -77,7 +77,9 @@ def hf_clip_text_config(config: Mapping, *, layer: str = "last", pad_token_id: O
 
     ``projection_dim`` is used only ``with_projection`` (``CLIPTextModelWithProjection``; when None,
     read from ``architectures``); a bare ``CLIPTextModel`` (ModelScope) has no projection.
-    ``pad_token_id`` is the tokenizer's pad id (default: the end token, 49407)."""
+    ``pad_token_id`` is the tokenizer's pad id (default: the end token, 49407); for a real
+    pipeline folder read it with ``vstar_jax.models.tokenizer.pad_token_id_from_hf(dir/"tokenizer")``
+    (Stable-Diffusion-2-style folders name "!" = id 0)."""
     cfg = dict(config)
     if "text_config" in cfg:  # a full CLIPConfig
         cfg = dict(cfg["text_config"])

@@ -10,14 +10,14 @@ output directory appears only when complete.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
-import time
 from typing import Mapping, Optional, Sequence
 
-import numpy as np
 import yaml
 
-from checkpoints_convert.common import PrefixView, count_params_tree, load_state_dict, peak_rss_gib
+from checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, convert_components, load_state_dict,
+                                        peak_rss_gib)
 from checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
 
 PREFIXES = {
@@ -56,28 +56,29 @@ def diffusion_config(mp: Mapping) -> dict:
     }
 
 
-def _convert_unet(sd, mp, dtype):
+def _convert_unet(sd, mp):
     up = mp["unet_config"]["params"]
     if not up.get("temporal_selfatt_only", True) or up.get("use_causal_attention", False):
         raise ValueError("only temporal_selfatt_only=true, use_causal_attention=false UNets are supported")
     cfg = unet_config_from_lvdm(up)
-    return convert_unet(sd, cfg, "lvdm", dtype=dtype), cfg
+    return convert_unet(sd, cfg, "lvdm"), cfg
 
 
-def _convert_vae(sd, mp, dtype):
+def _convert_vae(sd, mp):
     from checkpoints_convert.vae import convert_vae_ldm, vae_config_from_ldm
 
     fp = mp["first_stage_config"]["params"]
-    cfg = vae_config_from_ldm(fp["ddconfig"], embed_dim=fp.get("embed_dim", 4))
-    return convert_vae_ldm(sd, cfg, dtype=dtype), cfg
+    cfg = vae_config_from_ldm(fp["ddconfig"], embed_dim=fp.get("embed_dim", 4),
+                              scale_factor=float(mp.get("scale_factor", 0.18215)))
+    return convert_vae_ldm(sd, cfg), cfg
 
 
-def _convert_text(sd, mp, dtype):
+def _convert_text(sd, mp):
     from checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
 
     layer = mp.get("cond_stage_config", {}).get("params", {}).get("layer", "penultimate")
     cfg = openclip_text_config_from_state_dict(sd, layer=layer)
-    return convert_openclip_text(sd, cfg, dtype=dtype), cfg
+    return convert_openclip_text(sd, cfg), cfg
 
 
 CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
@@ -98,24 +99,15 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
         raise ValueError(f"{ckpt}: no weights for component(s) {absent} "
                          f"(no keys starting with {[PREFIXES[c] for c in absent]}); "
                          f"convert fewer with --components")
-    np_dtype = None if dtype is None else {"float32": np.float32, "float16": np.float16,
-                                           "bfloat16": __import__("ml_dtypes").bfloat16}[dtype]
-    params, cfgs = {}, {}
-    for comp in components:
-        t0 = time.time()
-        params[comp], cfg = CONVERTERS[comp](PrefixView(sd, PREFIXES[comp]), mp, np_dtype)
-        cfgs[comp] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        if verbose:
-            print(f"[convert] {comp}: {count_params_tree(params[comp]):,} parameters in {time.time() - t0:.1f}s "
-                  f"(peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
-    # Keys no requested component claims are reported too, unless known to be unused.
-    claimed = tuple(PREFIXES[c] for c in components)
-    skipped = tuple(PREFIXES[c] for c in CONVERTERS if c not in components)
-    stray = sorted(k for k in sd if not k.startswith(claimed + skipped + IGNORED))
+    # Keys no component claims are reported too, unless known to be unused.
+    stray = sorted(k for k in sd if not k.startswith(tuple(PREFIXES.values()) + IGNORED))
     if stray:
-        from checkpoints_convert.common import ConversionError
-
         raise ConversionError("checkpoint", unexpected=stray, note="keys outside every known component")
+    params, cfgs = convert_components(
+        {c: (lambda c=c: CONVERTERS[c](PrefixView(sd, PREFIXES[c]), mp)) for c in components}, components,
+        dtype=dtype, verbose=verbose)
+    del sd  # unmap the source before writing: the peak stays near two checkpoint copies
+    gc.collect()
     config_out = {"source": {"layout": "videocrafter2", "ckpt": str(ckpt), "config": str(config)},
                   "diffusion": diffusion_config(mp), **cfgs}
     path = save_checkpoint(out, params, config_out, overwrite=overwrite)
@@ -131,7 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True, help="VideoCrafter inference YAML (inference_t2v_512_v2.0.yaml)")
     ap.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
     ap.add_argument("--components", default="unet,vae,text", help="comma list of unet,vae,text")
-    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+    ap.add_argument("--dtype", choices=DTYPES, default=None,
                     help="store weights in this dtype (default float32)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")

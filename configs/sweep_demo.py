@@ -28,7 +28,9 @@ def get_config():
     )
     c.frames = [16, 32]
     c.seeds = [0, 1, 2]
-    c.generate = ml_collections.ConfigDict({"steps": 25, "cfg": 12.0, "eta": 1.0})
+    # shared generate_video arguments (steps, cfg, eta, fps: the model's defaults when absent);
+    # record_attention keeps the temporal attention maps for the band score
+    c.generate = ml_collections.ConfigDict({"progress": False, "record_attention": True})
     c.metrics = ml_collections.ConfigDict(
         {"flow_model": "dis", "mawe_size": (720, 720), "clip_checkpoint": "", "fps": 8.0}
     )

@@ -21,7 +21,7 @@ def get_config():
     )
     c.frames = [8]
     c.seeds = [0, 1]
-    c.generate = ml_collections.ConfigDict({"steps": 2})
+    c.generate = ml_collections.ConfigDict({"steps": 2, "progress": False, "record_attention": True})
     c.metrics = ml_collections.ConfigDict(
         {"flow_model": "dis-fast", "mawe_size": (64, 64), "clip_checkpoint": "", "fps": 8.0}
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import jax
+import ml_collections
 
 from conftest import load_golden
 from configs import text_openclip_h14
@@ -56,7 +57,7 @@ def test_golden_hidden_states(golden, layer):
 
 def test_golden_pooled_and_encode_prompts(golden, golden_dir):
     cfg, params, sd, io = golden
-    model = TextTransformer(cfg)
+    model = TextTransformer(ml_collections.FrozenConfigDict(cfg))  # hashable: encode_* jit and cache
     tokens = io["token_ids"]
     pooled = encode_pooled(model, params, tokens)
     eot = tokens.argmax(-1)

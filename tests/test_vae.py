@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import jax
-import jax.numpy as jnp
 
 from conftest import load_golden
 from configs import vae_tiny, vae_videocrafter2
