@@ -89,12 +89,29 @@ class _TorchStateDict(Mapping):
         return len(self._t)
 
 
-def load_state_dict(path: str, *, trust_pickle: bool = False) -> Mapping:
+def _verify_zip(path: str) -> None:
+    """CRC-check every entry of a zip-format torch checkpoint (torch.load does not)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # legacy pickle format: no checksums to verify
+    with zipfile.ZipFile(path) as zf:
+        try:
+            bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise ValueError(f"corrupt zip archive ({e})") from None
+    if bad is not None:
+        raise ValueError(f"corrupted entry {bad!r} (CRC mismatch)")
+
+
+def load_state_dict(path: str, *, trust_pickle: bool = False, verify: bool = True) -> Mapping:
     """Open a PyTorch checkpoint as a mapping ``key -> np.ndarray`` without copying it all.
 
     ``.safetensors`` files are read one tensor at a time; torch pickles
     (``model.ckpt``, ``*.bin``, ``*.pt``) are memory-mapped. A ``{"state_dict": ...}``
-    wrapper is unwrapped. Non-tensor pickles need ``trust_pickle=True``.
+    wrapper is unwrapped. Non-tensor pickles need ``trust_pickle=True``. ``verify`` CRC-checks
+    zip-format torch files first (one sequential read), so flipped bytes are an error, not
+    silently wrong weights.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -104,6 +121,8 @@ def load_state_dict(path: str, *, trust_pickle: bool = False) -> Mapping:
             return _LazySafetensors(path)
         import torch
 
+        if verify:
+            _verify_zip(path)
         try:
             obj = torch.load(path, map_location="cpu", mmap=True, weights_only=not trust_pickle)
         except RuntimeError as e:

@@ -59,8 +59,12 @@ def _convert_vae(d):
 
 def _convert_text(d):
     from checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
+    from vstar_jax.models.tokenizer import pad_token_id_from_hf
 
-    cfg = hf_clip_text_config(_read_json(os.path.join(d, "config.json")))
+    tok_dir = os.path.join(os.path.dirname(d), "tokenizer")
+    pad = pad_token_id_from_hf(tok_dir) if os.path.isfile(os.path.join(tok_dir, "vocab.json")) else None
+    # The pipeline feeds last_hidden_state (after final_layer_norm) to the UNet.
+    cfg = hf_clip_text_config(_read_json(os.path.join(d, "config.json")), layer="last", pad_token_id=pad)
     return convert_hf_clip_text(load_state_dict(weights_file(d)), cfg), cfg
 
 

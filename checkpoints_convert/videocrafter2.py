@@ -73,11 +73,12 @@ def _convert_vae(sd, mp):
     return convert_vae_ldm(sd, cfg), cfg
 
 
-def _convert_text(sd, mp):
+def _convert_text(sd, mp, heads=None):
     from checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
 
     layer = mp.get("cond_stage_config", {}).get("params", {}).get("layer", "penultimate")
-    cfg = openclip_text_config_from_state_dict(sd, layer=layer)
+    # Head count is not in the weights' shapes; OpenCLIP text towers use 64-wide heads (ViT-H-14: 16).
+    cfg = openclip_text_config_from_state_dict(sd, layer=layer, heads=heads)
     return convert_openclip_text(sd, cfg), cfg
 
 
@@ -86,7 +87,7 @@ CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
 
 def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
             dtype: Optional[str] = None, overwrite: bool = False, trust_pickle: bool = False,
-            verbose: bool = True) -> str:
+            text_heads: Optional[int] = None, verbose: bool = True) -> str:
     from vstar_jax.io.checkpoint import save_checkpoint
 
     unknown = sorted(set(components) - set(CONVERTERS))
@@ -104,7 +105,8 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
     if stray:
         raise ConversionError("checkpoint", unexpected=stray, note="keys outside every known component")
     params, cfgs = convert_components(
-        {c: (lambda c=c: CONVERTERS[c](PrefixView(sd, PREFIXES[c]), mp)) for c in components}, components,
+        {c: (lambda c=c: CONVERTERS[c](PrefixView(sd, PREFIXES[c]), mp, *([text_heads] if c == "text" else [])))
+         for c in components}, components,
         dtype=dtype, verbose=verbose)
     del sd  # unmap the source before writing: the peak stays near two checkpoint copies
     gc.collect()
@@ -127,10 +129,12 @@ def main(argv=None) -> int:
                     help="store weights in this dtype (default float32)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")
+    ap.add_argument("--text-heads", type=int, default=None,
+                    help="text encoder attention heads (default width/64: 16 for ViT-H-14)")
     a = ap.parse_args(argv)
     try:
         convert(a.ckpt, a.config, a.out, components=[c for c in a.components.split(",") if c], dtype=a.dtype,
-                overwrite=a.overwrite, trust_pickle=a.trust_pickle)
+                overwrite=a.overwrite, trust_pickle=a.trust_pickle, text_heads=a.text_heads)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -78,7 +78,10 @@ def read_config(ckpt_dir: str) -> dict:
         cfg = json.load(f)
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{ckpt_dir}: unknown checkpoint format {cfg.get('format')!r} (want {FORMAT})")
-    return cfg
+    import ml_collections
+
+    # Component configs as ConfigDicts: the models read them by attribute.
+    return {k: ml_collections.ConfigDict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
 
 
 def load_checkpoint(ckpt_dir: str, shardings: Optional[Any] = None, *,
