@@ -25,6 +25,13 @@ setup(
         "imageio-ffmpeg",
         "ftfy",
         "regex",
+        "matplotlib",
+        "pyarrow",
+        "opencv-python-headless",
+        # SCuts: PySceneDetect's AdaptiveDetector, pinned (metrics must not drift between versions).
+        # The -headless build avoids a second, conflicting cv2 package.
+        "scenedetect-headless==0.7.2",
+        "ml_dtypes",
     ],
     extras_require={
         # torch CPU 2.13.0 installs from a local wheel on the project's machines (`pip install torch==2.13.0`).

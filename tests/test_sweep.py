@@ -91,6 +91,30 @@ def test_prompt_sources(tmp_path):
         expand_runs(config, d)
 
 
+def test_prompts_from_a_local_tfds_dataset(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class VstarTestCaptions(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"caption": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, c in enumerate(["a cat runs", "a dog swims", "a bird flies"]):
+                yield i, {"caption": c}
+
+    data_dir = str(tmp_path / "tfds")
+    VstarTestCaptions(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    assert read_prompts_tfds("vstar_test_captions", data_dir=data_dir) == ["a cat runs", "a dog swims", "a bird flies"]
+    config, d = tiny_config(prompts=["first"])
+    config.prompts_tfds.update({"name": "vstar_test_captions", "data_dir": data_dir, "limit": 2})
+    assert [r["prompt"] for r in expand_runs(config, d)][::6] == ["first", "a cat runs", "a dog swims"]
+
+
 def test_sweep_table_and_failed_runs(tmp_path):
     config, d = tiny_config(prompts=["only prompt"], seeds=[0])
     config.methods["broken"] = {"tar": "64D4"}
@@ -130,7 +154,7 @@ def _sweep_cmd(out):
             "--set", f"run_fn={FAKE}", "--set", "fake_sleep=0.4"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, sig):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
     env.setdefault("JAX_PLATFORMS", "cpu")
@@ -165,3 +189,51 @@ def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, sig):
     with open(tmp_path / "results.csv", newline="") as fh:
         assert sorted(r["run_id"] for r in csv.DictReader(fh)) == sorted(ids)
     assert not list(tmp_path.glob("results.*.tmp*"))
+
+
+def test_default_run_fn_calls_generate_video(tmp_path, monkeypatch):
+    """generate_and_score passes the run's settings to vstar_jax.pipeline.generate_video."""
+    import types
+
+
+    calls = []
+
+    def generate_video(prompt, **kwargs):
+        calls.append((prompt, kwargs))
+        maps = {"block": (np.full((2, 8, 8), 1 / 8),)}
+        return types.SimpleNamespace(video=moving_square(kwargs["frames"], 48, 2), sidecar={}, path=kwargs["out"],
+                                     attention=maps)
+
+    monkeypatch.setitem(sys.modules, "vstar_jax.pipeline", types.SimpleNamespace(generate_video=generate_video))
+    config, d = load_config(TINY)
+    config.prompts = ["p"]
+    config.seeds = [3]
+    rows = {r["method"]: r for r in run_sweep(config, str(tmp_path), d, progress=False)}
+    assert all(r["status"] == "ok" for r in rows.values()), [r.get("error") for r in rows.values()]
+    by_method = {kw.get("tar", "vsp") if "synopsis" not in kw else "vsp": (p, kw) for p, kw in calls}
+    prompt, kw = by_method["64D1"]
+    assert prompt == "p" and kw["frames"] == 8 and kw["seed"] == 3 and kw["steps"] == 2 and kw["checkpoint"] is None
+    assert kw["out"] == str(tmp_path / "videos" / (rows["tar_64D1"]["run_id"] + ".mp4"))
+    assert by_method["vsp"][1]["synopsis"] == ["p, slowly", "p, fast"]
+    assert rows["plain"]["video"] == os.path.join("videos", rows["plain"]["run_id"] + ".mp4")
+    assert rows["plain"]["band_score"] == pytest.approx(22 / 64)  # uniform 8x8 maps, |i - j| <= 1
+
+
+@pytest.mark.slow
+def test_sweep_with_the_real_pipeline_on_a_tiny_checkpoint(tmp_path):
+    """The default run_fn end to end: generate_video on a tiny random checkpoint, then metrics."""
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    config, d = load_config(TINY)
+    config.checkpoint = write_tiny_checkpoint(str(tmp_path / "ckpt"))
+    config.prompts = ["a red ball"]
+    config.seeds = [0]
+    config.methods = {"plain": {"tar": None}, "tar_64D1": {"tar": "64D1"}}
+    config.metrics.mawe_size = None
+    rows = {r["method"]: r for r in run_sweep(config, str(tmp_path / "sweep"), d, progress=False)}
+    for r in rows.values():
+        assert r["status"] == "ok", r.get("error")
+        assert (tmp_path / "sweep" / r["video"]).is_file()
+        assert r["num_frames"] == 8 and np.isfinite(r["ofs"]) and r["flow_model"].startswith("dis-fast")
+    # TAR adds a Gaussian band to the temporal logits: more attention mass near the diagonal
+    assert rows["tar_64D1"]["band_score"] > rows["plain"]["band_score"]

@@ -11,12 +11,14 @@ an ``ml_collections.ConfigDict``:
   ``vsp_mode``, a long-video strategy, ...). A string in a ``synopsis`` list is formatted with
   ``{prompt}``.
 - ``frames``, ``seeds``: lists. ``generate``: keyword arguments shared by every run.
+- ``checkpoint``: the model folder ("" = the embedded default model).
 - ``run_fn``: dotted path (``pkg.module.fn`` or ``pkg.module:fn``) of ``fn(run, out_dir, config)
   -> dict`` of results; default ``vstar_jax.sweep.generate_and_score``.
-- ``metrics``: ``flow_model``, ``mawe_size``, ``clip_checkpoint`` (optional), ``fps``.
+- ``metrics``: ``flow_model`` (``dis``, ``raft:PATH``, ...), ``mawe_size``, ``clip_checkpoint``
+  (optional), ``fps`` (SCuts), ``band_width`` (band score, when the generator returns attention maps).
 
-Each run has a stable id (hash of its settings). After every run the whole table is written to
-a temporary file and moved into place (``os.replace``), as Parquet and CSV, so a killed sweep
+Each run has a stable id (hash of its settings and checkpoint). After every run the whole table
+is written to a temporary file and moved into place (``os.replace``), as Parquet and CSV, so a killed sweep
 loses at most the run in progress; on restart finished ids are skipped. A run that raises is
 recorded with ``status="error"`` and its message, and the sweep goes on.
 """
@@ -32,7 +34,7 @@ import os
 import pathlib
 import time
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -166,28 +168,25 @@ def _format_method(kwargs: dict, prompt: str) -> dict:
 
 
 def expand_runs(config, config_dir: str | None = None) -> list[dict]:
-    """The grid as a list of runs: {"run_id", "prompt", "method", "frames", "seed", "kwargs"}."""
+    """The grid as a list of unique runs: {"run_id", "prompt", "method", "frames", "seed",
+    "checkpoint", "kwargs"}; the id hashes all of them (not the metric settings)."""
     methods = _plain(_get(config, "methods", {}))
     if not methods:
         raise ValueError("sweep config has no methods")
     frames_list = list(_get(config, "frames", [16]))
     seeds = list(_get(config, "seeds", [0]))
     shared = _plain(_get(config, "generate", {}))
-    runs = []
+    checkpoint = str(_get(config, "checkpoint", "") or "")
+    runs = {}
     for prompt in collect_prompts(config, config_dir):
         for method, mkwargs in methods.items():
             for frames in frames_list:
                 for seed in seeds:
                     kwargs = {**shared, **_format_method(mkwargs or {}, prompt)}
-                    settings = {"prompt": prompt, "method": method, "frames": int(frames), "seed": int(seed), "kwargs": kwargs}
-                    runs.append({"run_id": run_id(settings), **settings})
-    seen = set()
-    unique = []
-    for r in runs:
-        if r["run_id"] not in seen:
-            seen.add(r["run_id"])
-            unique.append(r)
-    return unique
+                    settings = {"prompt": prompt, "method": method, "frames": int(frames), "seed": int(seed),
+                                "checkpoint": checkpoint, "kwargs": kwargs}
+                    runs.setdefault(run_id(settings), settings)
+    return [{"run_id": rid, **settings} for rid, settings in runs.items()]
 
 
 def resolve_fn(path: str) -> Callable:
@@ -238,13 +237,19 @@ def generate_and_score(run: dict, out_dir: str, config) -> dict:
     video_rel = os.path.join("videos", run["run_id"] + ".mp4")
     result = generate_video(
         run["prompt"],
-        checkpoint=_get(config, "checkpoint", None) or None,
+        checkpoint=run["checkpoint"] or None,
         frames=run["frames"],
         seed=run["seed"],
         out=os.path.join(out_dir, video_rel),
         **run["kwargs"],
     )
-    return {"video": video_rel, **score_video(result.video, run["prompt"], config)}
+    out = {"video": video_rel, **score_video(result.video, run["prompt"], config)}
+    maps = getattr(result, "attention", None)  # captured temporal attention maps, if the run kept them
+    if maps is not None:
+        from vstar_jax.metrics.band import attention_band_score
+
+        out["band_score"] = attention_band_score(maps, int(_get(_get(config, "metrics", {}), "band_width", 1)))
+    return out
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -321,8 +326,10 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
         stale.unlink()
     runs = expand_runs(config, config_dir)
     run_fn = resolve_fn(_get(config, "run_fn", DEFAULT_RUN_FN))
-    with open(os.path.join(out_dir, "sweep_config.json"), "w", encoding="utf-8") as f:
+    snapshot = os.path.join(out_dir, "sweep_config.json")
+    with open(snapshot + ".tmp", "w", encoding="utf-8") as f:
         json.dump(_plain(config), f, indent=1, default=str)
+    os.replace(snapshot + ".tmp", snapshot)
 
     rows = read_table(out_dir)
     if retry_errors:
@@ -339,6 +346,7 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
             "method": run["method"],
             "frames": run["frames"],
             "seed": run["seed"],
+            "checkpoint": run["checkpoint"],
             "settings": json.dumps(run["kwargs"], sort_keys=True),
         }
         try:

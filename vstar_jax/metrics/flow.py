@@ -1,8 +1,9 @@
 """Optical flow between consecutive frames, and the optical-flow score (OFS).
 
 The papers use RAFT (torchvision ``raft_large``); its weights cannot be fetched here, so the
-default model is OpenCV's DIS (no weights). Every result names the model that produced it
-(``FlowModel.name``); another model (a RAFT port, say) plugs in with ``register_flow_model``.
+default model is OpenCV's DIS (no weights). ``raft:PATH`` selects the JAX RAFT port
+(``vstar_jax.metrics.raft``) with torchvision's weights. Every result names the model that
+produced it (``FlowModel.name``); other models plug in with ``register_flow_model``.
 A flow field is float32 (H, W, 2) holding (dx, dy) in pixels: frame_a[y, x] moves to
 frame_b[y + dy, x + dx].
 """
@@ -91,12 +92,43 @@ register_flow_model("dis", _REGISTRY["dis-medium"])
 DEFAULT_FLOW_MODEL = "dis"
 
 
+_RAFT_CACHE: dict[str, FlowModel] = {}
+
+
+def raft_flow_model(path: str, iters: int = 12) -> FlowModel:
+    """RAFT-large from a checkpoint folder written by ``checkpoints_convert.raft`` or from
+    torchvision's ``raft_large`` state dict file (.pth / .safetensors, converted on the fly)."""
+    import os
+
+    key = f"{os.path.abspath(path)}#{iters}"
+    if key not in _RAFT_CACHE:
+        from vstar_jax.metrics.raft import raft_flow_fn
+
+        if os.path.isdir(path):
+            from vstar_jax.io.checkpoint import load_checkpoint
+
+            params = load_checkpoint(path, components=["raft"])[0]["raft"]
+        elif os.path.isfile(path):
+            from checkpoints_convert.common import load_state_dict
+            from checkpoints_convert.raft import convert_raft
+
+            params = convert_raft(load_state_dict(path))
+        else:
+            raise ValueError(f"RAFT weights not found: {path} (torchvision raft_large .pth or a converted folder)")
+        name = f"raft-large {iters} iters ({os.path.basename(os.path.normpath(path))})"
+        _RAFT_CACHE[key] = FlowModel(name, raft_flow_fn(params, iters))
+    return _RAFT_CACHE[key]
+
+
 def get_flow_model(model: str | FlowModel = DEFAULT_FLOW_MODEL) -> FlowModel:
-    """Resolve a registered name (``dis``, ``dis-fast``, ...) or pass a ``FlowModel`` through."""
+    """Resolve a registered name (``dis``, ``dis-fast``, ...), ``raft:PATH`` (RAFT-large weights),
+    or pass a ``FlowModel`` through."""
     if isinstance(model, FlowModel):
         return model
+    if isinstance(model, str) and model.startswith("raft:"):
+        return raft_flow_model(model[len("raft:"):])
     if model not in _REGISTRY:
-        raise ValueError(f"unknown flow model {model!r}; known: {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown flow model {model!r}; known: {sorted(_REGISTRY)} or raft:PATH")
     return _REGISTRY[model]()
 
 

@@ -8,6 +8,7 @@ those of that version.
 """
 from __future__ import annotations
 
+import logging
 from fractions import Fraction
 
 import numpy as np
@@ -79,7 +80,13 @@ def scene_cuts(video, fps: float = 8.0) -> list[int]:
     video = check_video(video)
     manager = SceneManager()
     manager.add_detector(AdaptiveDetector())
-    manager.detect_scenes(video=_array_stream_class()(video, fps))
+    log = logging.getLogger("pyscenedetect")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))  # no "Detecting scenes..." line per video
+    try:
+        manager.detect_scenes(video=_array_stream_class()(video, fps))
+    finally:
+        log.setLevel(level)
     scenes = manager.get_scene_list(start_in_scene=True)
     return [int(start.frame_num) for start, _ in scenes[1:]]
 

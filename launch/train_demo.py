@@ -1,0 +1,261 @@
+"""Train the embedded demo model (configs/demo_tiny.py) on the procedural world.
+
+    python launch/train_demo.py --out /work/demo_ckpt --steps 6000 \
+        [--set train.batch=8 --set unet.model_channels=32 ...] [--export vstar_jax/assets/demo_model]
+
+eps-prediction DDPM loss on VideoCrafter2's schedule (``make_alphas_cumprod``), AdamW (optax), the
+UNet and the text encoder trained jointly from scratch. Every batch and every noise draw is a pure
+function of (data seed, step), and the orbax checkpoint (every ``train.ckpt_every`` steps, and on
+SIGINT/SIGTERM) holds params, optimizer state, step and the loss history, so an interrupted run resumes
+exactly where it stopped: rerun the same command. ``--export DIR`` writes the shipped model
+(``vstar_jax.demo.model.save_demo_model``) from the latest checkpoint when training ends;
+``--export-only`` exports without training.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import pathlib
+import signal
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+from configs import demo_tiny  # noqa: E402
+from vstar_jax.demo import model as demo_model  # noqa: E402
+from vstar_jax.demo import world  # noqa: E402
+from vstar_jax.diffusion.schedules import make_alphas_cumprod  # noqa: E402
+from vstar_jax.models.tokenizer import get_tokenizer  # noqa: E402
+
+
+def apply_overrides(config, overrides):
+    """``key.sub=value`` strings (value a Python literal, else a string) onto a ConfigDict."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        node = config
+        *path, last = key.split(".")
+        for p in path:
+            if p not in node:
+                raise ValueError(f"unknown config key {key!r}")
+            node = node[p]
+        if last not in node:
+            raise ValueError(f"unknown config key {key!r}")
+        node[last] = value
+    return config
+
+
+def clip_seed(data_seed: int, step: int, index: int, batch: int) -> int:
+    """World seed of clip ``index`` in the batch of ``step``."""
+    return int(data_seed) * 1_000_000_007 + int(step) * int(batch) + int(index)
+
+
+def make_batch(config, step: int, tokenizer, token_cache: dict):
+    """(videos float32 (b, F, H, W, 3), tokens int32 (b, 77), captions) of a step: a pure function."""
+    tr = config.train
+    vids, caps = [], []
+    for i in range(tr.batch):
+        v, cap, _ = world.sample_clip(clip_seed(tr.data_seed, step, i, tr.batch), config.frames, config.size,
+                                      tr.kind)
+        vids.append(v)
+        caps.append(cap)
+    drop = np.random.default_rng([tr.data_seed, step, 7]).random(tr.batch) < tr.uncond_prob
+    texts = ["" if d else c for c, d in zip(caps, drop)]
+    rows = []
+    for t in texts:
+        if t not in token_cache:
+            token_cache[t] = tokenizer([t])[0]
+        rows.append(token_cache[t])
+    return np.stack(vids), np.stack(rows).astype(np.int32), texts
+
+
+def _decay_mask(params):
+    """Weight decay on matrices/kernels only (not biases, norms, embeddings, positions)."""
+    def mask(path, x):
+        names = [getattr(p, "key", str(p)) for p in path]
+        return x.ndim >= 2 and "token_embedding" not in names and "positional_embedding" not in names
+    return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def make_optimizer(config):
+    tr = config.train
+    sched = optax.warmup_cosine_decay_schedule(0.0, tr.lr, tr.warmup, max(tr.steps, tr.warmup + 1),
+                                               end_value=tr.lr * 0.05)
+    return optax.chain(optax.clip_by_global_norm(tr.clip),
+                       optax.adamw(sched, b1=0.9, b2=0.99, weight_decay=tr.weight_decay, mask=_decay_mask))
+
+
+def make_train_step(config, unet, text, optimizer):
+    ac = jnp.asarray(make_alphas_cumprod(config.diffusion.linear_start, config.diffusion.linear_end,
+                                         config.diffusion.num_timesteps), jnp.float32)
+    patch = config.patch
+    seed = config.train.init_seed
+
+    def loss_fn(params, video, tokens, step):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed + 1), step)
+        kt, kn = jax.random.split(key)
+        x0 = demo_model.patchify(video, patch)
+        b = x0.shape[0]
+        t = jax.random.randint(kt, (b,), 0, ac.shape[0])
+        noise = jax.random.normal(kn, x0.shape)
+        a = ac[t][:, None, None, None, None]
+        xt = jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise
+        ctx = text.apply({"params": params["text"]}, tokens)
+        eps = unet.apply({"params": params["unet"]}, xt, t, ctx)
+        return jnp.mean((eps - noise) ** 2)
+
+    @jax.jit
+    def train_step(params, opt_state, video, tokens, step):
+        loss, grads = jax.value_and_grad(loss_fn)(params, video, tokens, step)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+
+    return train_step
+
+
+def _manager(out: pathlib.Path, config):
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(out.resolve(), options=opts)
+
+
+def _save(mngr, step, params, opt_state, meta):
+    state = {"params": params, "opt_state": opt_state}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+              force=True)
+    mngr.wait_until_finished()
+
+
+def restore_latest(mngr, abstract_state):
+    """(step, state, meta) of the newest checkpoint, or None."""
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    got = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                     meta=ocp.args.JsonRestore()))
+    return step, got["state"], got["meta"]
+
+
+def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, export_only: bool = False,
+          progress: bool = True, command: str = "") -> dict:
+    tr = config.train
+    unet, text = demo_model.build_modules(config)
+    tokenizer = get_tokenizer(int(config.text.get("pad_token_id", 0)), int(config.text.context_length))
+    optimizer = make_optimizer(config)
+    params = demo_model.init_params(config, tr.init_seed)
+    opt_state = optimizer.init(params)
+    mngr = _manager(out, config)
+    cfg_json = json.loads(config.to_json())
+    meta = {"config": cfg_json, "history": [], "wall_s": 0.0, "step": 0, "command": command}
+    restored = restore_latest(mngr, {"params": params, "opt_state": opt_state})
+    start = 0
+    if restored is not None:
+        step, state, old = restored
+        old_cfg = dict(old["config"])
+        new_cfg = dict(cfg_json)
+        old_cfg.pop("train", None), new_cfg.pop("train", None)
+        if old_cfg != new_cfg:
+            raise ValueError(f"checkpoint in {out} was trained with another model config; use a new --out")
+        params, opt_state = state["params"], state["opt_state"]
+        meta.update(history=old.get("history", []), wall_s=old.get("wall_s", 0.0), resumed=old.get("resumed", [])
+                    + [step], command=old.get("command", command))
+        start = step
+        print(json.dumps({"event": "resume", "step": step}), flush=True)
+    n_unet = sum(x.size for x in jax.tree_util.tree_leaves(params["unet"]))
+    n_text = sum(x.size for x in jax.tree_util.tree_leaves(params["text"]))
+    print(json.dumps({"event": "start", "step": start, "steps": tr.steps, "unet_params": int(n_unet),
+                      "text_params": int(n_text), "batch": tr.batch, "frames": config.frames,
+                      "size": config.size, "devices": str(jax.devices())}), flush=True)
+
+    stop = {"flag": False}
+
+    def _on_signal(signum, frame):
+        stop["flag"] = True
+
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    step = start
+    try:
+        if not export_only and start < tr.steps:
+            train_step = make_train_step(config, unet, text, optimizer)
+            cache: dict = {}
+            bar = None
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=tr.steps, initial=start, desc="train_demo", mininterval=5, file=sys.stderr)
+            losses, t_last, wall0 = [], time.time(), meta["wall_s"]
+            t_start = time.time()
+            while step < tr.steps and not stop["flag"]:
+                video, tokens, _ = make_batch(config, step, tokenizer, cache)
+                params, opt_state, loss, gnorm = train_step(params, opt_state, jnp.asarray(video),
+                                                            jnp.asarray(tokens), jnp.int32(step))
+                step += 1
+                losses.append(float(loss))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                if step % tr.log_every == 0 or step == tr.steps:
+                    now = time.time()
+                    rec = {"step": step, "loss": float(np.mean(losses)), "grad_norm": float(gnorm),
+                           "s_per_step": (now - t_last) / max(len(losses), 1),
+                           "wall_s": round(wall0 + now - t_start, 1)}
+                    meta["history"].append(rec)
+                    print(json.dumps(rec), flush=True)
+                    losses, t_last = [], now
+                if step % tr.ckpt_every == 0 or step == tr.steps or stop["flag"]:
+                    meta.update(step=step, wall_s=round(wall0 + time.time() - t_start, 1))
+                    _save(mngr, step, params, opt_state, meta)
+            if bar is not None:
+                bar.close()
+            if stop["flag"]:
+                print(json.dumps({"event": "interrupted", "step": step, "saved": True}), flush=True)
+        if export is not None and not stop["flag"]:
+            record = {"steps": step, "wall_s": meta["wall_s"], "command": meta.get("command", command),
+                      "history": meta["history"], "resumed": meta.get("resumed", []),
+                      "machine": f"{os.cpu_count()} CPU cores, JAX {jax.__version__} {jax.default_backend()}"}
+            demo_model.save_demo_model(export, params, config, record)
+            print(json.dumps({"event": "exported", "dir": str(export), "step": step}), flush=True)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        mngr.close()
+    return {"step": step, "params": params, "meta": meta}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="orbax checkpoint directory (resumed if it exists)")
+    ap.add_argument("--steps", type=int, default=None, help="total training steps (config train.steps)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. train.batch=8 (repeatable)")
+    ap.add_argument("--export", default=None, help="write the shipped model here when training ends")
+    ap.add_argument("--export-only", action="store_true", help="export the latest checkpoint, no training")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    config = apply_overrides(demo_tiny.get_config(), args.set)
+    if args.steps is not None:
+        config.train.steps = args.steps
+    if args.export_only and not args.export:
+        ap.error("--export-only needs --export DIR")
+    command = "python launch/train_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    train(config, pathlib.Path(args.out), export=pathlib.Path(args.export) if args.export else None,
+          export_only=args.export_only, progress=not args.no_progress, command=command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""``vstar-jax`` command line: generate end to end on a tiny random checkpoint, regeneration
+from the sidecar, flag mapping, one-line errors (exit 2) before any compute, forwarding of
+convert / sweep / report / metrics."""
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from tiny_checkpoint import shared_tiny_checkpoint
+from vstar_jax import cli
+from vstar_jax import pipeline as pl
+from vstar_jax.io.video import read_video
+
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork")
+
+PROMPT = "a red ball rolls to the right"
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    return shared_tiny_checkpoint()
+
+
+def test_generate_then_regenerate_from_sidecar(ckpt, tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    rc = cli.main(["generate", PROMPT, "--checkpoint", ckpt, "--frames", "4", "--steps", "2", "--seed", "3",
+                   "--out", str(out), "--gif"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    assert "denoising" in captured.err and "wrote" in captured.err  # progress bar and messages
+    frames = read_video(out)
+    assert frames.shape == (4, 16, 16, 3)
+    assert read_video(tmp_path / "clip.gif").shape == (4, 16, 16, 3)
+    sc = json.loads((tmp_path / "clip.json").read_text())
+    assert (sc["prompt"], sc["frames"], sc["steps"], sc["seed"]) == (PROMPT, 4, 2, 3)
+
+    again = tmp_path / "again.mp4"
+    rc = cli.main(["generate", "--from-sidecar", str(tmp_path / "clip.json"), "--out", str(again), "--quiet"])
+    assert rc == 0
+    assert "identical frames" in capsys.readouterr().out
+    assert json.loads((tmp_path / "again.json").read_text())["frames_sha256"] == sc["frames_sha256"]
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_flags_map_to_generate_video(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake(prompt, **kw):
+        seen.update(kw, prompt=prompt)
+        return pl.GenerationResult(None, {}, kw["out"])
+
+    monkeypatch.setattr(pl, "generate_video", fake)
+    assert cli.main(["generate", "A Red Ball!", "--checkpoint", "ck", "--frames", "32", "--steps", "50",
+                     "--cfg", "7.5", "--eta", "0", "--seed", "9", "--fps", "16", "--tar", "64D1_32D8",
+                     "--synopsis", "s1", "--synopsis", "s2", "--synopsis", "s3", "--vsp-mode", "same",
+                     "--height", "320", "--width", "512", "--attention-png", "a.png", "--quiet"]) == 0
+    assert seen["prompt"] == "A Red Ball!" and seen["checkpoint"] == "ck"
+    assert (seen["frames"], seen["steps"], seen["cfg"], seen["eta"], seen["seed"], seen["fps"]) == (32, 50, 7.5, 0.0, 9, 16.0)
+    assert seen["tar"] == "64D1_32D8" and seen["synopsis"] == ["s1", "s2", "s3"] and seen["vsp_mode"] == "same"
+    assert (seen["height"], seen["width"], seen["attention_png"], seen["progress"]) == (320, 512, "a.png", False)
+    assert seen["out"] == os.path.join("outputs", "a-red-ball-9.mp4") and seen["llm"] is None
+    # a synopsis file, and an LLM endpoint
+    f = tmp_path / "states.txt"
+    f.write_text("one\ntwo\n")
+    assert cli.main(["generate", "p", "--synopsis", str(f), "--out", "x.mp4"]) == 0
+    assert seen["synopsis"] == str(f)
+    assert cli.main(["generate", "p", "--llm", "http://localhost:9/v1", "--llm-model", "m", "--num-states", "4",
+                     "--out", "x.mp4"]) == 0
+    assert seen["llm"] == {"url": "http://localhost:9/v1", "model": "m", "api_key": None, "num_states": 4}
+    assert cli.main(["generate", "p", "--local-lm", "/models/lm", "--out", "x.mp4"]) == 0
+    assert seen["llm"] == {"local_path": "/models/lm", "num_states": None}
+
+
+def _bad_argvs(ckpt, tmp):
+    blocker = tmp / "a-file"
+    blocker.write_text("x")
+    base = ["--checkpoint", ckpt, "--frames", "4", "--steps", "2", "--out", str(tmp / "ok.mp4")]
+    return [
+        ["generate", "", *base],
+        ["generate", *base],
+        ["generate", PROMPT, *base, "--frames", "1"],
+        ["generate", PROMPT, *base, "--frames", "two"],
+        ["generate", PROMPT, *base, "--frames", "2", "--synopsis", "a", "--synopsis", "b", "--synopsis", "c"],
+        ["generate", PROMPT, *base, "--synopsis", "just one state"],
+        ["generate", PROMPT, *base, "--synopsis", str(tmp / "missing.json")],
+        ["generate", PROMPT, *base, "--tar", "64D5"],
+        ["generate", PROMPT, *base, "--out", str(blocker / "x.mp4")],
+        ["generate", PROMPT, *base, "--height", "18"],
+        ["generate", PROMPT, *base, "--steps", "3"],
+        ["generate", PROMPT, *base, "--llm", "http://x", "--local-lm", "/m"],
+        ["generate", PROMPT, *base, "--num-states", "3"],
+        ["generate", PROMPT, *base, "--bogus-flag"],
+        ["generate", PROMPT, "--checkpoint", str(tmp / "nope"), "--out", str(tmp / "ok.mp4")],
+        ["generate", "--from-sidecar", str(tmp / "nope.json")],
+    ]
+
+
+def test_bad_inputs_one_line_exit_2_without_compute(ckpt, tmp_path, monkeypatch, capsys):
+    def boom(*a, **k):
+        raise AssertionError("no model may be loaded or run for a bad input")
+
+    monkeypatch.setattr(pl, "load_pipeline", boom)
+    monkeypatch.setattr(pl, "_compiled_sampler", boom)
+    for argv in _bad_argvs(ckpt, tmp_path):
+        t0 = time.time()
+        rc = cli.main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2, (argv, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
+        assert time.time() - t0 < 5.0
+    assert not (tmp_path / "ok.mp4").exists()
+
+
+def test_llm_failure_is_one_line(ckpt, tmp_path, monkeypatch, capsys):
+    from vstar_jax.vstar import synopsis
+
+    def refuse(*a, **k):
+        raise synopsis.SynopsisError("LLM endpoint http://127.0.0.1:9/v1/chat/completions unreachable: refused")
+
+    monkeypatch.setattr(synopsis, "llm_synopsis", refuse)
+    monkeypatch.setattr(pl, "load_pipeline", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
+    rc = cli.main(["generate", PROMPT, "--checkpoint", ckpt, "--frames", "4", "--out", str(tmp_path / "v.mp4"),
+                   "--llm", "http://127.0.0.1:9/v1", "--llm-model", "m", "--quiet"])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == ("error: LLM endpoint http://127.0.0.1:9/v1/chat/completions "
+                                               "unreachable: refused")
+
+
+def test_forwarding(monkeypatch, capsys):
+    import checkpoints_convert.diffusers as conv_d
+    import checkpoints_convert.videocrafter2 as conv_v
+
+    calls = []
+    monkeypatch.setattr(conv_v, "main", lambda argv: calls.append(("vc2", argv)) or 0)
+    monkeypatch.setattr(conv_d, "main", lambda argv: calls.append(("diffusers", argv)) or 3)
+    assert cli.main(["convert", "videocrafter2", "--ckpt", "m.ckpt", "--out", "o"]) == 0
+    assert cli.main(["convert", "diffusers", "dir", "--out", "o"]) == 3
+    assert calls == [("vc2", ["--ckpt", "m.ckpt", "--out", "o"]), ("diffusers", ["dir", "--out", "o"])]
+    assert cli.main(["convert", "tensorflow"]) == 2
+    assert capsys.readouterr().err.startswith("error: convert needs a source layout")
+
+    import types
+
+    for cmd, (module, _) in cli.FORWARD.items():
+        fake = types.ModuleType(module)
+        fake.main = lambda argv, cmd=cmd: calls.append((cmd, argv)) or 0
+        monkeypatch.setitem(sys.modules, module, fake)
+        assert cli.main([cmd, "--x", "1"]) == 0
+        assert calls[-1] == (cmd, ["--x", "1"])
+    monkeypatch.setitem(sys.modules, "vstar_jax.report", None)  # a missing module
+    assert cli.main(["report", "r"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 'report' is not available") and "\n" not in err
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main([]) == 2
+    assert cli.main(["--help"]) == 0

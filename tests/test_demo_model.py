@@ -1,0 +1,152 @@
+"""The embedded demo model: latent space, shipped-checkpoint format, training resume, and the CI check
+that the shipped model loads, generates 8 frames in under a minute and shows the prompt's colour."""
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo_tiny
+from vstar_jax.demo import checker, model as dm, world
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "launch" / "train_demo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny_config():
+    c = demo_tiny.get_config()
+    c.frames, c.size, c.patch = 4, 8, 4
+    c.unet.in_channels = c.unet.out_channels = 48
+    c.unet.channel_mult = (1,)
+    c.unet.attention_resolutions = (1,)
+    c.unet.context_dim = 32
+    c.text.width, c.text.heads, c.text.layers, c.text.mlp_dim = 32, 2, 1, 64
+    c.train.batch, c.train.steps, c.train.warmup, c.train.log_every, c.train.ckpt_every = 2, 4, 2, 1, 2
+    return c
+
+
+def test_patchify_roundtrip_and_layout():
+    rng = np.random.default_rng(0)
+    video = rng.random((2, 3, 8, 12, 3)).astype(np.float32)
+    z = np.asarray(dm.patchify(video, 4))
+    assert z.shape == (2, 48, 3, 2, 3)
+    # channel (py * p + px) * 3 + c of latent pixel (i, j) is pixel (4i + py, 4j + px), channel c
+    b, f, i, j, py, px, c = 1, 2, 1, 2, 3, 1, 2
+    assert z[b, (py * 4 + px) * 3 + c, f, i, j] == pytest.approx(2 * video[b, f, 4 * i + py, 4 * j + px, c] - 1)
+    np.testing.assert_allclose(np.asarray(dm.unpatchify(z, 4)), video, atol=1e-6)
+    u8 = dm.decode_latents(z[0], 4, display_scale=2)
+    assert u8.shape == (3, 16, 24, 3) and u8.dtype == np.uint8
+    np.testing.assert_array_equal(u8[:, ::2, ::2], world.to_uint8(video[0]))
+    with pytest.raises(ValueError):
+        dm.patchify(video[:, :, :, :10], 4)
+
+
+def test_embedding_compaction_roundtrip():
+    from vstar_jax.models.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    ids = dm.world_token_ids(tok)
+    for seed in range(500, 700):  # captions not used to build the id list
+        used = set(tok([world.sample_spec(seed)["caption"]])[0].tolist())
+        assert used <= set(ids.tolist())
+    table = np.random.default_rng(1).standard_normal((tok.vocab_size, 8)).astype(np.float32)
+    full = dm.expand_embedding(dm.compact_embedding(table, ids), ids, tok.vocab_size)
+    np.testing.assert_array_equal(full[ids], table[ids])
+    other = np.setdiff1d(np.arange(tok.vocab_size), ids)
+    assert not full[other].any()
+    assert len(ids) < 100
+    with pytest.raises(ValueError):
+        dm.expand_embedding(table[:3], ids, tok.vocab_size)
+
+
+def test_save_load_roundtrip(tmp_path):
+    """Shipped format: in-vocabulary prompts encode exactly as with the full table; UNet params equal."""
+    config = _tiny_config()
+    params = dm.init_params(config, seed=3)
+    dm.save_demo_model(tmp_path, params, config, {"steps": 0})
+    m = dm.load_demo_model(tmp_path)
+    assert m.config.unet.channel_mult == (1,) and m.frames == 4
+    jax.tree_util.tree_map(np.testing.assert_array_equal, m.unet_params, params["unet"])
+    prompts = ["a red circle moves to the right", "a blue square grows, then turns green", ""]
+    tokens = np.asarray(m.tokenizer(prompts))
+    ref = m.text.apply({"params": params["text"]}, tokens)
+    np.testing.assert_array_equal(np.asarray(m.encode_prompts(prompts)), np.asarray(ref))
+    meta = json.loads((tmp_path / dm.CONFIG_FILE).read_text())
+    assert meta["record"] == {"steps": 0} and meta["embedding"]["kept_ids"] == len(dm.world_token_ids())
+    with pytest.raises(ValueError):
+        dm.load_demo_model(tmp_path / "missing")
+
+
+def test_vsp_context_interpolates_between_states():
+    e = np.stack([np.full((2, 3), 0.0), np.full((2, 3), 1.0), np.full((2, 3), 3.0)]).astype(np.float32)
+    ctx = np.asarray(dm.vsp_context(e, 9))
+    # anchors 0, 4, 8: frames 0..4 go 0 -> 1, frames 4..8 go 1 -> 3
+    np.testing.assert_allclose(ctx[:, 0, 0], [0, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3], atol=1e-6)
+    assert np.asarray(dm.vsp_context(e[:1], 5)).shape == (5, 2, 3)
+
+
+def test_train_batches_are_pure_functions_of_step():
+    td = _train_module()
+    from vstar_jax.models.tokenizer import get_tokenizer
+
+    config = _tiny_config()
+    v1, t1, c1 = td.make_batch(config, 5, get_tokenizer(), {})
+    v2, t2, c2 = td.make_batch(config, 5, get_tokenizer(), {})
+    v3, _, _ = td.make_batch(config, 6, get_tokenizer(), {})
+    np.testing.assert_array_equal(v1, v2)
+    np.testing.assert_array_equal(t1, t2)
+    assert c1 == c2 and not np.array_equal(v1, v3)
+    assert v1.shape == (2, 4, 8, 8, 3)
+    c = td.apply_overrides(demo_tiny.get_config(), ["train.batch=3", "unet.channel_mult=(1, 2, 2)"])
+    assert c.train.batch == 3 and tuple(c.unet.channel_mult) == (1, 2, 2)
+    with pytest.raises(ValueError):
+        td.apply_overrides(demo_tiny.get_config(), ["train.nope=1"])
+
+
+@pytest.mark.slow
+def test_training_resumes_exactly(tmp_path):
+    """4 steps in one go == 2 steps, stop, resume for 2 more (same params, bit for bit)."""
+    td = _train_module()
+    config = _tiny_config()
+    full = td.train(config, tmp_path / "a", progress=False)
+    config2 = _tiny_config()
+    config2.train.steps = 2
+    td.train(config2, tmp_path / "b", progress=False)
+    resumed = td.train(_tiny_config(), tmp_path / "b", progress=False, export=tmp_path / "export")
+    assert full["step"] == resumed["step"] == 4
+    jax.tree_util.tree_map(np.testing.assert_array_equal, full["params"], resumed["params"])
+    assert [h["step"] for h in resumed["meta"]["history"]] == [1, 2, 3, 4]
+    assert dm.load_demo_model(tmp_path / "export").record["steps"] == 4
+
+
+def _shipped():
+    if not (dm.ASSET_DIR / dm.PARAMS_FILE).exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"shipped demo model missing at {dm.ASSET_DIR}")
+        pytest.skip("shipped demo model not built yet")
+    return dm.load_demo_model()
+
+
+def test_shipped_model_is_small_and_generates_the_prompted_color():
+    """CI check: the shipped model loads, 8 frames in under a minute on CPU, and the checker sees red."""
+    m = _shipped()
+    size = sum(p.stat().st_size for p in dm.ASSET_DIR.iterdir())
+    assert size < 20 * 2**20, size
+    t0 = time.time()
+    video = dm.sample(m, "a red circle moves to the right", frames=8, seed=0)[0]
+    elapsed = time.time() - t0
+    assert video.shape == (8, m.config.size, m.config.size, 3)
+    assert elapsed < 60, elapsed
+    r = checker.check(video, "a red circle moves to the right")
+    assert r["found_ok"] and r["color_ok"], r["segments"]

@@ -1,0 +1,197 @@
+"""``vstar-jax``: generate | convert | sweep | report | metrics.
+
+    vstar-jax generate "a lighthouse at dusk, waves crash" --checkpoint ckpt/vc2 --frames 32 --tar 64D1
+    vstar-jax generate "..." --synopsis "state 1" --synopsis "state 2" --synopsis "state 3"
+    vstar-jax generate --from-sidecar outputs/a-lighthouse-0.json --out again.mp4
+    vstar-jax convert videocrafter2 --ckpt model.ckpt --config inference_t2v_512_v2.0.yaml --out ckpt/vc2
+    vstar-jax convert diffusers MODEL_DIR --out ckpt/modelscope
+    vstar-jax sweep ... | report ... | metrics ...
+
+Every bad input is reported as one line ``error: ...`` with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+# subcommand -> (module, function) forwarded with the remaining argv
+FORWARD = {
+    "sweep": ("vstar_jax.sweep", "main"),
+    "report": ("vstar_jax.report", "main"),
+    "metrics": ("vstar_jax.metrics.cli", "main"),
+}
+CONVERTERS = {
+    "videocrafter2": ("checkpoints_convert.videocrafter2", "main"),
+    "diffusers": ("checkpoints_convert.diffusers", "main"),
+}
+SYNOPSIS_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
+
+
+class UsageError(ValueError):
+    """A command-line mistake (reported in one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) so every bad input reads the same."""
+
+    def error(self, message):  # noqa: D401 - argparse hook
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _error(msg: str) -> int:
+    line = " ".join(str(msg).split()) or "unknown error"
+    print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
+def _call(module: str, func: str, argv: Sequence[str], what: str) -> int:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        return _error(f"'{what}' is not available: cannot import {module} ({e})")
+    fn = getattr(mod, func, None)
+    if fn is None:
+        return _error(f"'{what}' is not available: {module} has no {func}()")
+    try:
+        rc = fn(list(argv))
+    except SystemExit as e:  # argparse inside the subcommand
+        code = e.code
+        return code if isinstance(code, int) else (0 if code is None else _error(code))
+    return int(rc or 0)
+
+
+# ------------------------------------------------------------------------------ generate
+def generate_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vstar-jax generate", description="Generate a video from a text prompt (VSTAR: TAR + VSP).")
+    p.add_argument("prompt", nargs="?", help="the video prompt")
+    p.add_argument("--checkpoint", help="converted checkpoint directory (default: the embedded demo model)")
+    p.add_argument("--frames", type=int, help="number of frames (default: the model's, 16 for VideoCrafter2)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default 25)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 12)")
+    p.add_argument("--eta", type=float, help="DDIM eta (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--fps", type=float, help="fps conditioning of the UNet (default 28)")
+    p.add_argument("--save-fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
+    p.add_argument("--tar", help="temporal attention regularization: a preset (64D1, 64D1_32D8, ...) or "
+                                 "'L0:sigma[:scale],...[@until]'")
+    p.add_argument("--synopsis", action="append",
+                   help="a visual state (repeat for each, >= 2) or one file (.json/.yaml/.txt) of states")
+    p.add_argument("--llm", metavar="URL", help="OpenAI-compatible endpoint that writes the synopsis "
+                                                "(or set VSTAR_LLM_URL and pass --llm '')")
+    p.add_argument("--llm-model", help="model name for --llm (or VSTAR_LLM_MODEL)")
+    p.add_argument("--llm-key", help="API key for --llm (or VSTAR_LLM_API_KEY)")
+    p.add_argument("--local-lm", metavar="PATH", help="local transformers causal LM directory for the synopsis")
+    p.add_argument("--num-states", type=int, help="states to ask the LLM for (default min(5, frames))")
+    p.add_argument("--vsp-mode", default="linear", choices=["linear", "same"], help="VSP interpolation")
+    p.add_argument("--height", type=int, help="video height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, help="video width in pixels (default: the model's)")
+    p.add_argument("--frame-batch", type=int, default=16, help="frames per VAE decode batch (default 16)")
+    p.add_argument("--out", help="output video (.mp4 or .gif; default outputs/<prompt>-<seed>.mp4)")
+    p.add_argument("--gif", action="store_true", help="also write a GIF beside the video")
+    p.add_argument("--attention-png", metavar="PATH",
+                   help="record the temporal attention maps and plot them (VSTAR Fig. 4)")
+    p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _synopsis_arg(values: Optional[list[str]]):
+    """--synopsis values -> a list of states or one file path (None if not given)."""
+    if not values:
+        return None
+    if len(values) == 1:
+        v = values[0]
+        if os.path.isfile(v):
+            return v
+        if v.lower().endswith(SYNOPSIS_FILE_SUFFIXES):
+            raise UsageError(f"synopsis file not found: {v}")
+    return list(values)
+
+
+def _llm_arg(a) -> Optional[dict]:
+    if a.local_lm and a.llm is not None:
+        raise UsageError("give either --llm or --local-lm, not both")
+    if a.local_lm:
+        return {"local_path": a.local_lm, "num_states": a.num_states}
+    if a.llm is not None:
+        return {"url": a.llm or None, "model": a.llm_model, "api_key": a.llm_key, "num_states": a.num_states}
+    if a.num_states is not None:
+        raise UsageError("--num-states needs --llm or --local-lm")
+    return None
+
+
+def generate_main(argv: Sequence[str]) -> int:
+    from vstar_jax import pipeline as pl  # noqa: PLC0415
+
+    a = generate_parser().parse_args(list(argv))
+    progress = not a.quiet
+    if a.from_sidecar:
+        if a.prompt is not None:
+            raise UsageError("--from-sidecar takes no prompt (the sidecar has it)")
+        sc = pl.load_sidecar(a.from_sidecar)
+        out = a.out or _regen_output(a.from_sidecar, sc)
+        res = pl.regenerate(a.from_sidecar, out=out, checkpoint=a.checkpoint, gif=a.gif,
+                            attention_png=a.attention_png, progress=progress, verify=False)
+        same = res.sidecar["frames_sha256"] == sc.get("frames_sha256")
+        print(f"{res.path}\t{'identical frames' if same else 'FRAMES DIFFER from the sidecar'}")
+        return 0 if same else 1
+    if a.prompt is None or not a.prompt.strip():
+        raise UsageError("empty prompt: give a text description of the video")
+    out = a.out or pl.default_output(a.prompt, a.seed)
+    res = pl.generate_video(
+        a.prompt, checkpoint=a.checkpoint, frames=a.frames, steps=a.steps, cfg=a.cfg, eta=a.eta, seed=a.seed,
+        fps=a.fps, save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode,
+        llm=_llm_arg(a), height=a.height, width=a.width, out=out, gif=a.gif, attention_png=a.attention_png,
+        frame_batch=a.frame_batch, progress=progress)
+    print(res.path)
+    return 0
+
+
+def _regen_output(sidecar_path: str, sc: dict) -> str:
+    src = (sc.get("outputs") or {}).get("video") or os.path.splitext(sidecar_path)[0] + ".mp4"
+    root, ext = os.path.splitext(src)
+    return f"{root}-regen{ext or '.mp4'}"
+
+
+# ---------------------------------------------------------------------------------- main
+def _usage() -> str:
+    return ("usage: vstar-jax {generate,convert,sweep,report,metrics} ...\n"
+            "  generate PROMPT [--checkpoint DIR] [--frames N] [--steps N] [--cfg S] [--seed N] [--tar PRESET]\n"
+            "           [--synopsis STATE ... | --llm URL | --local-lm PATH] [--out video.mp4] [--gif]\n"
+            "           [--attention-png PATH] | --from-sidecar JSON   (vstar-jax generate --help)\n"
+            "  convert {videocrafter2,diffusers} ...\n"
+            "  sweep ... | report ... | metrics ...")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "generate":
+            return generate_main(rest)
+        if cmd == "convert":
+            if not rest or rest[0] not in CONVERTERS:
+                got = rest[0] if rest else "nothing"
+                return _error(f"convert needs a source layout ({' or '.join(CONVERTERS)}), got {got}")
+            module, func = CONVERTERS[rest[0]]
+            return _call(module, func, rest[1:], f"convert {rest[0]}")
+        if cmd in FORWARD:
+            module, func = FORWARD[cmd]
+            return _call(module, func, rest, cmd)
+        return _error(f"unknown command {cmd!r} (use generate, convert, sweep, report or metrics)")
+    except SystemExit as e:  # --help inside argparse
+        return e.code if isinstance(e.code, int) else 0
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
+        return _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        return _error("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
