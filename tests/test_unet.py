@@ -127,3 +127,27 @@ def test_diffusers_unet3d_parity(dcfg):
         want = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample.numpy()
     got = UNet3D(cfg).apply({"params": params}, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx))
     assert rel_err(got, want) < RTOL
+
+
+def test_bfloat16_config_runs_close_to_float32(golden_unet):
+    """Mixed precision by config: bf16 params and matmuls, GroupNorm/softmax in float32."""
+    params, _, _, io = golden_unet
+    cfg = unet_tiny.get_config()
+    cfg.dtype = cfg.param_dtype = "bfloat16"
+    p16 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.bfloat16), params)
+    y = UNet3D(cfg).apply({"params": p16}, io["x"], io["t"], io["context"], fps=28)
+    assert y.dtype == jnp.float32
+    err = rel_err(y, io["y"])
+    assert 1e-5 < err < 5e-2  # really ran in bf16, and still the same function
+
+
+def test_attention_backend_choice():
+    from vstar_jax.models.attention import attention
+
+    q = jnp.ones((1, 4, 2, 8), jnp.float32)
+    np.testing.assert_allclose(attention(q, q, q, backend="auto"), attention(q, q, q, backend="xla"))
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match="needs a GPU"):
+            attention(q, q, q, backend="cudnn")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attention(q, q, q, backend="flash")
