@@ -25,14 +25,14 @@ from checkpoints_convert.common import conv2d_kernel, linear_kernel, load_state_
 from checkpoints_convert.text import (
     HF_IGNORE,
     MultiPlan,
-    _dense,
     _ident,
     _norm,
-    _split,
     apply_multi_plan,
     convert_hf_clip_text,
     convert_openclip_text,
     hf_clip_text_config,
+    hf_encoder_layers_plan,
+    openclip_resblocks_plan,
     openclip_text_config_from_state_dict,
 )
 from vstar_jax.models.clip_vision import vision_config, vision_param_shapes
@@ -99,15 +99,7 @@ def hf_vision_plan(cfg, prefix: str = "vision_model.") -> MultiPlan:
     }
     _norm(plan, f"{p}pre_layrnorm", ("ln_pre",))
     _norm(plan, f"{p}post_layernorm", ("ln_post",))
-    for i in range(cfg.layers):
-        s, d = f"{p}encoder.layers.{i}", (f"resblocks_{i}",)
-        _norm(plan, f"{s}.layer_norm1", d + ("ln_1",))
-        _norm(plan, f"{s}.layer_norm2", d + ("ln_2",))
-        for n in "qkv":
-            _dense(plan, f"{s}.self_attn.{n}_proj", d + ("attn", n))
-        _dense(plan, f"{s}.self_attn.out_proj", d + ("attn", "out"))
-        _dense(plan, f"{s}.mlp.fc1", d + ("mlp", "c_fc"))
-        _dense(plan, f"{s}.mlp.fc2", d + ("mlp", "c_proj"))
+    hf_encoder_layers_plan(plan, f"{p}encoder.layers", cfg.layers)
     return plan
 
 
@@ -121,16 +113,7 @@ def openclip_vision_plan(cfg, prefix: str = "visual.") -> MultiPlan:
     }
     _norm(plan, f"{p}ln_pre", ("ln_pre",))
     _norm(plan, f"{p}ln_post", ("ln_post",))
-    for i in range(cfg.layers):
-        s, d = f"{p}transformer.resblocks.{i}", (f"resblocks_{i}",)
-        _norm(plan, f"{s}.ln_1", d + ("ln_1",))
-        _norm(plan, f"{s}.ln_2", d + ("ln_2",))
-        plan[f"{s}.attn.in_proj_weight"] = [
-            (d + ("attn", n, "kernel"), _split(j, linear_kernel)) for j, n in enumerate("qkv")]
-        plan[f"{s}.attn.in_proj_bias"] = [(d + ("attn", n, "bias"), _split(j)) for j, n in enumerate("qkv")]
-        _dense(plan, f"{s}.attn.out_proj", d + ("attn", "out"))
-        _dense(plan, f"{s}.mlp.c_fc", d + ("mlp", "c_fc"))
-        _dense(plan, f"{s}.mlp.c_proj", d + ("mlp", "c_proj"))
+    openclip_resblocks_plan(plan, f"{p}transformer.resblocks", cfg.layers)
     return plan
 
 

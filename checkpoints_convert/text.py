@@ -134,13 +134,10 @@ def _norm(plan: MultiPlan, src: str, dst: FlaxPath):
     plan[f"{src}.bias"] = [(dst + ("bias",), _ident)]
 
 
-def openclip_plan(cfg, *, projection_as_linear: bool = False) -> MultiPlan:
-    plan: MultiPlan = {
-        "token_embedding.weight": [(("token_embedding", "embedding"), _ident)],
-        "positional_embedding": [(("positional_embedding",), _ident)],
-    }
-    for i in range(cfg.layers):
-        s, d = f"transformer.resblocks.{i}", (f"resblocks_{i}",)
+def openclip_resblocks_plan(plan: MultiPlan, src: str, layers: int):
+    """OpenCLIP ``resblocks`` (fused in_proj split into q/k/v) -> ``resblocks_{i}``; text and image towers."""
+    for i in range(layers):
+        s, d = f"{src}.{i}", (f"resblocks_{i}",)
         _norm(plan, f"{s}.ln_1", d + ("ln_1",))
         _norm(plan, f"{s}.ln_2", d + ("ln_2",))
         plan[f"{s}.attn.in_proj_weight"] = [
@@ -149,6 +146,27 @@ def openclip_plan(cfg, *, projection_as_linear: bool = False) -> MultiPlan:
         _dense(plan, f"{s}.attn.out_proj", d + ("attn", "out"))
         _dense(plan, f"{s}.mlp.c_fc", d + ("mlp", "c_fc"))
         _dense(plan, f"{s}.mlp.c_proj", d + ("mlp", "c_proj"))
+
+
+def hf_encoder_layers_plan(plan: MultiPlan, src: str, layers: int):
+    """transformers CLIP ``encoder.layers`` -> ``resblocks_{i}``; text and vision models."""
+    for i in range(layers):
+        s, d = f"{src}.{i}", (f"resblocks_{i}",)
+        _norm(plan, f"{s}.layer_norm1", d + ("ln_1",))
+        _norm(plan, f"{s}.layer_norm2", d + ("ln_2",))
+        for n in "qkv":
+            _dense(plan, f"{s}.self_attn.{n}_proj", d + ("attn", n))
+        _dense(plan, f"{s}.self_attn.out_proj", d + ("attn", "out"))
+        _dense(plan, f"{s}.mlp.fc1", d + ("mlp", "c_fc"))
+        _dense(plan, f"{s}.mlp.fc2", d + ("mlp", "c_proj"))
+
+
+def openclip_plan(cfg, *, projection_as_linear: bool = False) -> MultiPlan:
+    plan: MultiPlan = {
+        "token_embedding.weight": [(("token_embedding", "embedding"), _ident)],
+        "positional_embedding": [(("positional_embedding",), _ident)],
+    }
+    openclip_resblocks_plan(plan, "transformer.resblocks", cfg.layers)
     _norm(plan, "ln_final", ("ln_final",))
     if cfg.output_dim:
         if projection_as_linear:
@@ -164,15 +182,7 @@ def hf_plan(cfg, prefix: str = "text_model.") -> MultiPlan:
         f"{p}embeddings.token_embedding.weight": [(("token_embedding", "embedding"), _ident)],
         f"{p}embeddings.position_embedding.weight": [(("positional_embedding",), _ident)],
     }
-    for i in range(cfg.layers):
-        s, d = f"{p}encoder.layers.{i}", (f"resblocks_{i}",)
-        _norm(plan, f"{s}.layer_norm1", d + ("ln_1",))
-        _norm(plan, f"{s}.layer_norm2", d + ("ln_2",))
-        for n in "qkv":
-            _dense(plan, f"{s}.self_attn.{n}_proj", d + ("attn", n))
-        _dense(plan, f"{s}.self_attn.out_proj", d + ("attn", "out"))
-        _dense(plan, f"{s}.mlp.fc1", d + ("mlp", "c_fc"))
-        _dense(plan, f"{s}.mlp.fc2", d + ("mlp", "c_proj"))
+    hf_encoder_layers_plan(plan, f"{p}encoder.layers", cfg.layers)
     _norm(plan, f"{p}final_layer_norm", ("ln_final",))
     if cfg.output_dim:
         plan["text_projection.weight"] = [(("text_projection",), linear_kernel)]

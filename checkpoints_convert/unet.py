@@ -19,7 +19,7 @@ from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
 
 def _transformer(plan: Plan, src: str, dst: tuple, depth: int):
     """Spatial or temporal transformer: identical leaf names in lvdm and diffusers."""
-    p_norm(plan, f"{src}.norm", dst + ("norm", "gn"))
+    p_norm(plan, f"{src}.norm", dst + ("norm",))
     p_dense(plan, f"{src}.proj_in", dst + ("proj_in",))
     p_dense(plan, f"{src}.proj_out", dst + ("proj_out",))
     for d in range(depth):
@@ -36,7 +36,7 @@ def _transformer(plan: Plan, src: str, dst: tuple, depth: int):
 
 def _temporal_conv(plan: Plan, src: str, dst: tuple):
     for n in range(1, 5):
-        p_norm(plan, f"{src}.conv{n}.0", dst + (f"norm{n}", "gn"))
+        p_norm(plan, f"{src}.conv{n}.0", dst + (f"norm{n}",))
         p_conv(plan, f"{src}.conv{n}.{2 if n == 1 else 3}", dst + (f"conv{n}",), "conv3d")
 
 
@@ -62,10 +62,10 @@ def _needs_skip(cfg, level: int, i: int, up: bool) -> bool:
 
 
 def _lvdm_res(plan: Plan, src: str, dst: tuple, skip: bool, tconv: bool):
-    p_norm(plan, f"{src}.in_layers.0", dst + ("in_norm", "gn"))
+    p_norm(plan, f"{src}.in_layers.0", dst + ("in_norm",))
     p_conv(plan, f"{src}.in_layers.2", dst + ("in_conv",))
     p_dense(plan, f"{src}.emb_layers.1", dst + ("emb_proj",))
-    p_norm(plan, f"{src}.out_layers.0", dst + ("out_norm", "gn"))
+    p_norm(plan, f"{src}.out_layers.0", dst + ("out_norm",))
     p_conv(plan, f"{src}.out_layers.3", dst + ("out_conv",))
     if skip:
         p_conv(plan, f"{src}.skip_connection", dst + ("skip",))
@@ -118,7 +118,7 @@ def plan_unet_lvdm(cfg) -> Plan:
             if level != 0 and i == cfg.num_res_blocks:
                 p_conv(plan, f"output_blocks.{k}.{j}.conv", (f"upsample_{level}",))
             k += 1
-    p_norm(plan, "out.0", ("norm_out", "gn"))
+    p_norm(plan, "out.0", ("norm_out",))
     p_conv(plan, "out.2", ("conv_out",))
     return plan
 
@@ -127,10 +127,10 @@ def plan_unet_lvdm(cfg) -> Plan:
 
 
 def _diffusers_res(plan: Plan, src: str, tsrc: Optional[str], dst: tuple, skip: bool):
-    p_norm(plan, f"{src}.norm1", dst + ("in_norm", "gn"))
+    p_norm(plan, f"{src}.norm1", dst + ("in_norm",))
     p_conv(plan, f"{src}.conv1", dst + ("in_conv",))
     p_dense(plan, f"{src}.time_emb_proj", dst + ("emb_proj",))
-    p_norm(plan, f"{src}.norm2", dst + ("out_norm", "gn"))
+    p_norm(plan, f"{src}.norm2", dst + ("out_norm",))
     p_conv(plan, f"{src}.conv2", dst + ("out_conv",))
     if skip:
         p_conv(plan, f"{src}.conv_shortcut", dst + ("skip",))
@@ -174,7 +174,7 @@ def plan_unet_diffusers(cfg) -> Plan:
                 _transformer(plan, f"{b}.temp_attentions.{i}", (f"{name}_temporal",), depth)
         if level != 0:
             p_conv(plan, f"{b}.upsamplers.0.conv", (f"upsample_{level}",))
-    p_norm(plan, "conv_norm_out", ("norm_out", "gn"))
+    p_norm(plan, "conv_norm_out", ("norm_out",))
     p_conv(plan, "conv_out", ("conv_out",))
     return plan
 

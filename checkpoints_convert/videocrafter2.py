@@ -108,7 +108,7 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
         {c: (lambda c=c: CONVERTERS[c](PrefixView(sd, PREFIXES[c]), mp, *([text_heads] if c == "text" else [])))
          for c in components}, components,
         dtype=dtype, verbose=verbose)
-    del sd  # unmap the source before writing: the peak stays near two checkpoint copies
+    sd = None  # unmap the source before writing: the peak stays near two checkpoint copies
     gc.collect()
     config_out = {"source": {"layout": "videocrafter2", "ckpt": str(ckpt), "config": str(config)},
                   "diffusion": diffusion_config(mp), **cfgs}

@@ -111,7 +111,6 @@ def test_diffusers_whole_folder_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 3, 8, 8)).astype(np.float32)
     ctx = rng.standard_normal((1, 77, 32)).astype(np.float32)
-    img = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
     tokens = np.zeros((2, 77), np.int64)
     tokens[:, :4] = [[49406, 320, 1929, 49407], [49406, 49407, 0, 0]]
     with torch.no_grad():

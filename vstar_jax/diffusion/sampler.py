@@ -13,7 +13,6 @@ The model is called once per step on the CFG batch ``[uncond rows; cond rows]``:
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax

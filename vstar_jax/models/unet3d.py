@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from vstar_jax.models.attention import attention
+from vstar_jax.models.layers import GroupNorm32
 from vstar_jax.vstar.tar import TARConfig, make_transform
 
 Dtype = Any
@@ -36,19 +37,6 @@ def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
     return emb
-
-
-class GroupNorm32(nn.Module):
-    """GroupNorm computed in float32, result cast back to the input dtype."""
-
-    groups: int = 32
-    eps: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x):
-        y = nn.GroupNorm(num_groups=self.groups, epsilon=self.eps, dtype=jnp.float32, param_dtype=jnp.float32,
-                         name="gn")(x.astype(jnp.float32))
-        return y.astype(x.dtype)
 
 
 class Attention(nn.Module):
@@ -129,7 +117,7 @@ class SpatialTransformer(nn.Module):
     def __call__(self, x, context):
         n, h, w, c = x.shape
         inner = self.heads * self.head_dim
-        y = GroupNorm32(eps=1e-6, name="norm")(x).reshape(n, h * w, c)
+        y = GroupNorm32(epsilon=1e-6, name="norm")(x).reshape(n, h * w, c)
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
             y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
@@ -156,7 +144,7 @@ class TemporalTransformer(nn.Module):
     def __call__(self, x, logit_transform=None, capture: bool = False):
         b, f, h, w, c = x.shape
         inner = self.heads * self.head_dim
-        y = GroupNorm32(eps=1e-6, name="norm")(x)
+        y = GroupNorm32(epsilon=1e-6, name="norm")(x)
         y = y.transpose(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
