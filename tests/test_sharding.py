@@ -66,3 +66,45 @@ def test_frame_sharded_unet_matches_unsharded():
     assert float(line[1]) < 1e-5
     assert int(line[-1]) > 0  # FSDP actually sharded some kernels
     assert "not divisible by mesh axis 'frames'" in r.stdout
+
+
+GEN_SCRIPT = textwrap.dedent("""
+    import sys, tempfile, os, numpy as np
+    sys.path.insert(0, "tests")
+    from tiny_checkpoint import write_tiny_checkpoint
+    from vstar_jax import pipeline as pl
+    ckpt = write_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "ck"))
+    kw = dict(checkpoint=ckpt, frames=4, steps=2, seed=1, progress=False, tar="L0:1")
+    plain = pl.generate_video("a red circle", **kw)
+    split = pl.generate_video("a red circle", mesh={"frames": 2, "model": 2}, **kw)
+    err = float(np.abs(split.latents - plain.latents).max() / np.abs(plain.latents).max())
+    print("ERR", err, "MESH", split.sidecar["mesh"])
+    try:
+        pl.generate_video("a red circle", mesh={"frames": 4}, **dict(kw, frames=6))
+    except ValueError as e:
+        print("FRAMES_ERR", e)
+""")
+
+
+def test_generation_spread_over_frames_matches_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=REPO)
+    r = subprocess.run([sys.executable, "-c", GEN_SCRIPT], capture_output=True, text=True, env=env, cwd=REPO,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [l for l in r.stdout.splitlines() if l.startswith("ERR")][0]
+    assert float(line.split()[1]) < 1e-4, line
+    assert "{'frames': 2, 'model': 2}" in line
+    assert "not divisible by mesh axis 'frames'" in r.stdout
+
+
+def test_cli_mesh_errors_are_one_line(capsys):
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from tiny_checkpoint import shared_tiny_checkpoint
+    from vstar_jax.cli import main
+
+    ckpt = shared_tiny_checkpoint()
+    assert main(["generate", "a red circle", "--mesh", "frames=64", "--checkpoint", ckpt, "--frames", "4"]) == 2
+    assert "needs 64 devices" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--mesh", "pixels=4", "--checkpoint", ckpt]) == 2
+    assert "bad --mesh" in capsys.readouterr().err

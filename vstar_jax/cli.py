@@ -94,8 +94,23 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-png", metavar="PATH",
                    help="record the temporal attention maps and plot them (VSTAR Fig. 4)")
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
+    p.add_argument("--mesh", metavar="AXES",
+                   help="spread frames over devices, e.g. frames=4 or frames=4,model=2 (FSDP params)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
+
+
+def _mesh_arg(spec: Optional[str]):
+    """'frames=4,model=2' -> {"frames": 4, "model": 2} (None if not given)."""
+    if not spec:
+        return None
+    axes = {}
+    for part in spec.split(","):
+        name, _, n = part.partition("=")
+        if name.strip() not in ("frames", "model", "data") or not n.strip().lstrip("-").isdigit():
+            raise UsageError(f"bad --mesh {spec!r}: use e.g. frames=4 or frames=4,model=2")
+        axes[name.strip()] = int(n)
+    return axes
 
 
 def _synopsis_arg(values: Optional[list[str]]):
@@ -145,7 +160,7 @@ def generate_main(argv: Sequence[str]) -> int:
         a.prompt, checkpoint=a.checkpoint, frames=a.frames, steps=a.steps, cfg=a.cfg, eta=a.eta, seed=a.seed,
         fps=a.fps, save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode,
         llm=_llm_arg(a), height=a.height, width=a.width, out=out, gif=a.gif, attention_png=a.attention_png,
-        frame_batch=a.frame_batch, progress=progress)
+        frame_batch=a.frame_batch, progress=progress, mesh=_mesh_arg(a.mesh))
     print(res.path)
     return 0
 

@@ -313,6 +313,7 @@ class SamplePlan:
     latent_shape: tuple
     tar: Any
     capture: bool
+    latent_sharding: Any = None  # NamedSharding over the frame axis (vstar_jax.parallel), or None
 
     def schedule(self):
         from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
@@ -452,8 +453,12 @@ def _sample_jit(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: Sample
     k_x, k_steps = jax.random.split(key)
     x_T = jax.random.normal(k_x, plan.latent_shape, jnp.float32)
     batch = plan.latent_shape[0]
+    if plan.latent_sharding is not None:
+        x_T = jax.lax.with_sharding_constraint(x_T, plan.latent_sharding)
 
     def model_fn(x, t, ctx, i):
+        if plan.latent_sharding is not None:  # keep the CFG rows split over frames on the mesh
+            x = jax.lax.with_sharding_constraint(x, plan.latent_sharding)
         kw = dict(fps=fps, step_index=i, tar=plan.tar, capture_attention=plan.capture)
         if plan.capture:
             eps, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
@@ -578,7 +583,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                    llm: Optional[Mapping] = None, height: Optional[int] = None, width: Optional[int] = None,
                    out=None, gif: bool = False, attention_png=None, record_attention: bool = False,
                    frame_batch: int = 16, progress: bool = True, synopsis_source: Optional[Mapping] = None,
-                   _sampler: Optional[Callable] = None) -> GenerationResult:
+                   mesh=None, _sampler: Optional[Callable] = None) -> GenerationResult:
     """Generate one video; see the module docstring.
 
     ``frames``/``steps``/``cfg``/``eta``/``fps`` None: the model's defaults (16 / 25 / 12.0 /
@@ -591,6 +596,9 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     {layer: (steps, F, F)}, cond rows, averaged over heads and pixels) and plots them
     (plus a .npz of the maps); ``record_attention`` records without plotting.
     ``synopsis_source`` is recorded in the sidecar as where a given synopsis came from.
+    ``mesh``: a ``jax.sharding.Mesh`` (or ``{"frames": n, "model": m}``) to spread the frames
+    over devices (``vstar_jax.parallel.sharding``); results then match the single-device
+    run to float tolerance, not bit for bit.
     """
     t_start = time.time()
     # ---- validation: cheap checks only, each a one-line ValueError --------------------------
@@ -634,6 +642,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     states, syn_source = _resolve_synopsis_arg(synopsis, prompt, frames)
     if states is not None and synopsis_source is not None:
         syn_source = dict(synopsis_source)
+    latent_sharding = _latent_sharding(mesh, frames)
     paths = _check_output(out, gif, attention_png)  # creates the output folder: after the other checks
     if llm is not None:
         states, syn_source = _llm_synopsis(prompt, frames, dict(llm), progress)
@@ -645,7 +654,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     pipe = pipeline
     shape = (1, info.latent_channels, frames, lat_h, lat_w)
     plan = SamplePlan(d["flavor"], int(steps), float(eta), sched_kw, shape, tar_cfg,
-                      attention_png is not None or bool(record_attention))
+                      attention_png is not None or bool(record_attention), latent_sharding)
 
     _log(progress, "encoding the prompt" + (f" and {len(states)} synopsis states" if states else ""))
     uncond = pipe.encode([""])
@@ -657,7 +666,12 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
         cond = pipe.encode([prompt])  # (1, 77, C)
 
     # ---- sampling: one jit -----------------------------------------------------------------
-    args = (pipe.params["unet"], jnp.asarray(cond), jnp.asarray(uncond), jax.random.key(seed),
+    unet_params = pipe.params["unet"]
+    if latent_sharding is not None:
+        from vstar_jax.parallel.sharding import shard_params  # noqa: PLC0415
+
+        unet_params = shard_params(unet_params, latent_sharding.mesh)
+    args = (unet_params, jnp.asarray(cond), jnp.asarray(uncond), jax.random.key(seed),
             jnp.float32(fps), jnp.float32(cfg))
     if _sampler is not None:
         sampler = functools.partial(_sampler, pipe.unet, plan=plan)
@@ -729,6 +743,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                 "rule": "key=jax.random.key(seed); k_x,k_steps=split(key); x_T=normal(k_x); "
                         "noise_i=normal(split(k_steps,N)[i])"},
         "frames_sha256": frames_digest(video),
+        "mesh": dict(latent_sharding.mesh.shape) if latent_sharding is not None else None,
         "outputs": {k: (str(v) if v is not None else None) for k, v in paths.items()},
         "versions": _versions(),
         "backend": jax.default_backend(),
@@ -741,6 +756,19 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     result = GenerationResult(video, sidecar, None, latents, attention)
     _write_outputs(result, paths, save_fps, progress)
     return result
+
+
+def _latent_sharding(mesh, frames: int):
+    """The frame-axis sharding of the (2b, c, f, h, w) CFG latents on ``mesh``; checks divisibility."""
+    if mesh is None:
+        return None
+    from vstar_jax.parallel.sharding import check_divisible, make_mesh, named  # noqa: PLC0415
+
+    if isinstance(mesh, Mapping):
+        mesh = make_mesh(mesh)
+    sharding = named(mesh, (None, None, "frames", None, None))
+    check_divisible((1, 1, frames, 1, 1), sharding, "frames")
+    return sharding
 
 
 def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
