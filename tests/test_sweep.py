@@ -237,3 +237,18 @@ def test_sweep_with_the_real_pipeline_on_a_tiny_checkpoint(tmp_path):
         assert r["num_frames"] == 8 and np.isfinite(r["ofs"]) and r["flow_model"].startswith("dis-fast")
     # TAR adds a Gaussian band to the temporal logits: more attention mass near the diagonal
     assert rows["tar_64D1"]["band_score"] > rows["plain"]["band_score"]
+
+
+def test_per_prompt_synopsis_table():
+    import ml_collections
+
+    from vstar_jax.sweep import expand_runs
+
+    c = ml_collections.ConfigDict({"prompts": ["a red circle turns blue", "a blue square grows"],
+                                   "synopses": {"a red circle turns blue": ["a red circle", "a blue circle"]},
+                                   "methods": {"vsp": {"synopsis": "per_prompt"}}, "frames": [8], "seeds": [0]})
+    with pytest.raises(ValueError, match="a blue square grows"):
+        expand_runs(c)
+    c.prompts = ["a red circle turns blue"]
+    (run,) = expand_runs(c)
+    assert run["kwargs"]["synopsis"] == ["a red circle", "a blue circle"]

@@ -9,7 +9,8 @@ an ``ml_collections.ConfigDict``:
   disk; nothing is downloaded).
 - ``methods``: name -> dict of keyword arguments for the generator (``tar``, ``synopsis``,
   ``vsp_mode``, a long-video strategy, ...). A string in a ``synopsis`` list is formatted with
-  ``{prompt}``.
+  ``{prompt}``; ``synopsis: "per_prompt"`` takes the states from the config's ``synopses``
+  table (prompt -> list of states).
 - ``frames``, ``seeds``: lists. ``generate``: keyword arguments shared by every run.
 - ``checkpoint``: the model folder ("" = the embedded default model).
 - ``run_fn``: dotted path (``pkg.module.fn`` or ``pkg.module:fn``) of ``fn(run, out_dir, config)
@@ -160,9 +161,13 @@ def run_id(settings: dict) -> str:
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _format_method(kwargs: dict, prompt: str) -> dict:
+def _format_method(kwargs: dict, prompt: str, synopses: dict | None = None) -> dict:
     kwargs = dict(kwargs)
-    if isinstance(kwargs.get("synopsis"), list):
+    if kwargs.get("synopsis") == "per_prompt":  # the config's `synopses` table: prompt -> states
+        if not synopses or prompt not in synopses:
+            raise ValueError(f"method asks for a per-prompt synopsis but `synopses` has none for {prompt!r}")
+        kwargs["synopsis"] = list(synopses[prompt])
+    elif isinstance(kwargs.get("synopsis"), list):
         kwargs["synopsis"] = [s.format(prompt=prompt) if isinstance(s, str) else s for s in kwargs["synopsis"]]
     return kwargs
 
@@ -177,12 +182,13 @@ def expand_runs(config, config_dir: str | None = None) -> list[dict]:
     seeds = list(_get(config, "seeds", [0]))
     shared = _plain(_get(config, "generate", {}))
     checkpoint = str(_get(config, "checkpoint", "") or "")
+    synopses = _plain(_get(config, "synopses", {}) or {})
     runs = {}
     for prompt in collect_prompts(config, config_dir):
         for method, mkwargs in methods.items():
             for frames in frames_list:
                 for seed in seeds:
-                    kwargs = {**shared, **_format_method(mkwargs or {}, prompt)}
+                    kwargs = {**shared, **_format_method(mkwargs or {}, prompt, synopses)}
                     settings = {"prompt": prompt, "method": method, "frames": int(frames), "seed": int(seed),
                                 "checkpoint": checkpoint, "kwargs": kwargs}
                     runs.setdefault(run_id(settings), settings)
