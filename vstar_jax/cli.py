@@ -2,6 +2,7 @@
 
     vstar-jax generate "a lighthouse at dusk, waves crash" --checkpoint ckpt/vc2 --frames 32 --tar 64D1
     vstar-jax generate "..." --synopsis "state 1" --synopsis "state 2" --synopsis "state 3"
+    vstar-jax generate "..." --frames 64 --long-video genl:16:8
     vstar-jax generate --from-sidecar outputs/a-lighthouse-0.json --out again.mp4
     vstar-jax convert videocrafter2 --ckpt model.ckpt --config inference_t2v_512_v2.0.yaml --out ckpt/vc2
     vstar-jax convert diffusers MODEL_DIR --out ckpt/modelscope
@@ -96,6 +97,9 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
     p.add_argument("--mesh", metavar="AXES",
                    help="spread frames over devices, e.g. frames=4 or frames=4,model=2 (FSDP params)")
+    p.add_argument("--long-video", metavar="METHOD:F:K",
+                   help="chunked sampling of --frames with F-frame UNet windows: genl:16:8 (Gen-L-Video, "
+                        "stride 8) or blend:24:8 (StreamingT2V randomized blending, overlap 8)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -160,7 +164,7 @@ def generate_main(argv: Sequence[str]) -> int:
         a.prompt, checkpoint=a.checkpoint, frames=a.frames, steps=a.steps, cfg=a.cfg, eta=a.eta, seed=a.seed,
         fps=a.fps, save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode,
         llm=_llm_arg(a), height=a.height, width=a.width, out=out, gif=a.gif, attention_png=a.attention_png,
-        frame_batch=a.frame_batch, progress=progress, mesh=_mesh_arg(a.mesh))
+        frame_batch=a.frame_batch, progress=progress, mesh=_mesh_arg(a.mesh), long_video=a.long_video)
     print(res.path)
     return 0
 

@@ -314,6 +314,7 @@ class SamplePlan:
     tar: Any
     capture: bool
     latent_sharding: Any = None  # NamedSharding over the frame axis (vstar_jax.parallel), or None
+    long_video: Any = None  # vstar_jax.longvideo.config.LongVideoConfig (chunked sampling), or None
 
     def schedule(self):
         from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
@@ -470,6 +471,9 @@ def _sample_jit(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: Sample
         jax.debug.callback(_progress_tick, i, eps.reshape(-1)[0])
         return out
 
+    if plan.long_video is not None:  # windows of the long latent (vstar_jax.longvideo)
+        return plan.long_video.sample(model_fn, x_T, cond, uncond, plan.schedule(), cfg_scale=cfg_scale,
+                                      key=k_steps, capture=True, jit=False)
     return ddim_sample(model_fn, x_T, cond, uncond, plan.schedule(), cfg_scale=cfg_scale, key=k_steps,
                        capture=True, jit=False)
 
@@ -583,7 +587,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                    llm: Optional[Mapping] = None, height: Optional[int] = None, width: Optional[int] = None,
                    out=None, gif: bool = False, attention_png=None, record_attention: bool = False,
                    frame_batch: int = 16, progress: bool = True, synopsis_source: Optional[Mapping] = None,
-                   mesh=None, _sampler: Optional[Callable] = None) -> GenerationResult:
+                   mesh=None, long_video=None, _sampler: Optional[Callable] = None) -> GenerationResult:
     """Generate one video; see the module docstring.
 
     ``frames``/``steps``/``cfg``/``eta``/``fps`` None: the model's defaults (16 / 25 / 12.0 /
@@ -599,6 +603,9 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     ``mesh``: a ``jax.sharding.Mesh`` (or ``{"frames": n, "model": m}``) to spread the frames
     over devices (``vstar_jax.parallel.sharding``); results then match the single-device
     run to float tolerance, not bit for bit.
+    ``long_video``: None, ``{"method": "genl", "window": F, "stride": S}`` (Gen-L-Video) or
+    ``{"method": "blend", "window": F, "overlap": O}`` (StreamingT2V), or "genl:16:8": the UNet
+    sees F-frame windows of the ``frames``-frame latent (``vstar_jax.longvideo``).
     """
     t_start = time.time()
     # ---- validation: cheap checks only, each a one-line ValueError --------------------------
@@ -614,6 +621,13 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
             raise ValueError(f"frames must be >= 2, got {frames}")
     seed = _number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
     tar_cfg = tar if isinstance(tar, TARConfig) else parse_tar(tar)
+    from vstar_jax.longvideo.config import parse_long_video  # noqa: PLC0415
+
+    long_cfg = parse_long_video(long_video)
+    if long_cfg is not None and mesh is not None:
+        raise ValueError("long_video cannot be combined with a device mesh yet")
+    if long_cfg is not None and (attention_png is not None or record_attention):
+        raise ValueError("attention maps are not recorded with long_video (the UNet sees windows)")
     if vsp_mode not in MODES:
         raise ValueError(f"unknown VSP mode {vsp_mode!r} (use one of {', '.join(MODES)})")
     if synopsis is not None and llm is not None:
@@ -625,8 +639,11 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     frames = frames if frames is not None else int(d.get("default_frames", DEFAULTS["frames"]))
     if frames < 2:
         raise ValueError(f"frames must be >= 2, got {frames}")
-    if d.get("max_frames") and frames > int(d["max_frames"]):
-        raise ValueError(f"this model takes at most {d['max_frames']} frames, got {frames}")
+    n_windows = long_cfg.check(frames) if long_cfg is not None else 1  # ValueError naming valid lengths
+    unet_frames = long_cfg.window if long_cfg is not None else frames
+    if d.get("max_frames") and unet_frames > int(d["max_frames"]):
+        raise ValueError(f"this model takes at most {d['max_frames']} frames"
+                         f"{' per window' if long_cfg is not None else ''}, got {unet_frames}")
     steps = _number("steps", steps if steps is not None else d.get("default_steps", DEFAULTS["steps"]),
                     integer=True, minimum=1, maximum=d["num_timesteps"])
     cfg = _number("cfg", cfg if cfg is not None else d.get("default_cfg", DEFAULTS["cfg"]))
@@ -654,7 +671,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     pipe = pipeline
     shape = (1, info.latent_channels, frames, lat_h, lat_w)
     plan = SamplePlan(d["flavor"], int(steps), float(eta), sched_kw, shape, tar_cfg,
-                      attention_png is not None or bool(record_attention), latent_sharding)
+                      attention_png is not None or bool(record_attention), latent_sharding, long_cfg)
 
     _log(progress, "encoding the prompt" + (f" and {len(states)} synopsis states" if states else ""))
     uncond = pipe.encode([""])
@@ -678,13 +695,15 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     else:
         sampler = _compiled_sampler(pipe.unet, plan, args, progress)
     _log(progress, f"sampling {frames} frames at {lat_h}x{lat_w} latents, {steps} DDIM steps "
-                   f"(cfg {cfg}, eta {eta}, seed {seed}{', TAR' if tar_cfg else ''}{', VSP' if states else ''})")
+                   f"(cfg {cfg}, eta {eta}, seed {seed}{', TAR' if tar_cfg else ''}{', VSP' if states else ''}"
+                   f"{f', {long_cfg.method} over {n_windows} windows of {long_cfg.window}' if long_cfg else ''})")
     t0 = time.time()
     bar = None
     if progress:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        bar = tqdm(total=int(ddim_steps), desc="denoising", unit="step", file=sys.stderr, leave=True)
+        bar = tqdm(total=int(ddim_steps) * n_windows, desc="denoising", unit="window" if n_windows > 1 else "step",
+                   file=sys.stderr, leave=True)
     _PROGRESS["bar"] = bar
     try:
         res = sampler(*args)
@@ -744,6 +763,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                         "noise_i=normal(split(k_steps,N)[i])"},
         "frames_sha256": frames_digest(video),
         "mesh": dict(latent_sharding.mesh.shape) if latent_sharding is not None else None,
+        "long_video": long_cfg.to_dict() if long_cfg is not None else None,
         "outputs": {k: (str(v) if v is not None else None) for k, v in paths.items()},
         "versions": _versions(),
         "backend": jax.default_backend(),
@@ -818,7 +838,7 @@ def _write_outputs(result: GenerationResult, paths: dict, save_fps: float, progr
 
 # --------------------------------------------------------------------------- regenerate
 SIDECAR_ARGS = ("frames", "steps", "cfg", "eta", "seed", "fps", "save_fps", "synopsis", "vsp_mode",
-                "frame_batch")
+                "frame_batch", "long_video")
 
 
 def load_sidecar(path: str | os.PathLike) -> dict:

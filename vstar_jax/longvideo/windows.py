@@ -1,0 +1,107 @@
+"""Window arithmetic for chunked long-video sampling (pure numpy, host side).
+
+Two layouts of F-frame windows over N frames:
+
+* sliding windows (Gen-L-Video): starts 0, S, 2S, ... while the window fits, plus a
+  last window anchored at N - F when the stride does not land there;
+* overlapping chunks (StreamingT2V): chunk k starts at k (F - O); the chunks tile N
+  exactly only when (N - O) % (F - O) == 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def sliding_starts(frames: int, window: int, stride: int) -> np.ndarray:
+    """Gen-L-Video window starts (int32, ascending) covering every frame of ``frames``.
+
+    ``stride`` must be in [1, window] (a larger stride would leave frames uncovered).
+    """
+    n = _int("frames", frames, 1)
+    f = _int("window", window, 1)
+    s = _int("stride", stride, 1)
+    if f > n:
+        raise ValueError(f"window {f} is longer than the video ({n} frames)")
+    if s > f:
+        raise ValueError(f"stride {s} > window {f} would leave frames uncovered")
+    starts = list(range(0, n - f + 1, s))
+    if starts[-1] != n - f:
+        starts.append(n - f)
+    return np.asarray(starts, np.int32)
+
+
+def chunk_lengths(window: int, overlap: int, up_to: int) -> list[int]:
+    """Valid StreamingT2V lengths O + k (F - O), k >= 1, up to ``up_to`` inclusive."""
+    f, o = int(window), int(overlap)
+    return list(range(f, int(up_to) + 1, f - o))
+
+
+def nearest_chunk_lengths(frames: int, window: int, overlap: int) -> tuple[int | None, int]:
+    """The valid chunked lengths just below (None if none) and just above ``frames``."""
+    f, o = _check_chunking(window, overlap)
+    n = int(frames)
+    if n < f:
+        return None, f
+    k = (n - o) // (f - o)
+    lower = o + k * (f - o)
+    upper = lower if lower == n else lower + (f - o)
+    return lower, upper
+
+
+def _check_chunking(window, overlap) -> tuple[int, int]:
+    f = _int("window", window, 2)
+    o = _int("overlap", overlap, 1)
+    if o >= f:
+        raise ValueError(f"overlap {o} must be smaller than the window {f}")
+    return f, o
+
+
+def chunk_starts(frames: int, window: int, overlap: int, *, trim: bool = False) -> np.ndarray:
+    """StreamingT2V chunk starts k (F - O) (int32) for ``frames`` frames.
+
+    Needs (frames - O) % (F - O) == 0; otherwise a ValueError names the nearest valid
+    lengths, or with ``trim=True`` the chunks of the longest valid length <= frames are
+    returned (the caller drops the trailing frames: ``starts[-1] + window``).
+    """
+    f, o = _check_chunking(window, overlap)
+    n = _int("frames", frames, 1)
+    lower, upper = nearest_chunk_lengths(n, f, o)
+    if lower is None:
+        raise ValueError(f"window {f} is longer than the video ({n} frames)")
+    if lower != n and not trim:
+        raise ValueError(f"{n} frames do not split into chunks of {f} overlapping {o} "
+                         f"((frames - {o}) % {f - o} != 0): use {lower} or {upper} frames")
+    return np.arange(0, lower - f + 1, f - o, dtype=np.int32)
+
+
+def coverage(frames: int, window: int, starts) -> np.ndarray:
+    """How many windows cover each frame: (frames,) int32."""
+    counts = np.zeros(int(frames), np.int32)
+    for s in np.asarray(starts).tolist():
+        if s < 0 or s + window > frames:
+            raise ValueError(f"window [{s}, {s + window}) lies outside {frames} frames")
+        counts[s:s + window] += 1
+    return counts
+
+
+def blend_owner(frames: int, window: int, starts, offsets) -> np.ndarray:
+    """Which chunk's prediction each frame takes under randomized blending: (frames,) int32.
+
+    Chunks write in order; chunk k writes its frames from ``starts[k] + offsets[k]`` on
+    (``offsets[0]`` is ignored: the first chunk writes all its frames), so a frame keeps
+    the last chunk that wrote it -- frames before s_k + r_k keep chunk k-1's prediction.
+    """
+    owner = np.full(int(frames), -1, np.int32)
+    for k, (s, r) in enumerate(zip(np.asarray(starts).tolist(), np.asarray(offsets).tolist())):
+        owner[s + (0 if k == 0 else r):s + window] = k
+    if (owner < 0).any():
+        raise ValueError(f"chunks leave frames {np.flatnonzero(owner < 0).tolist()} uncovered")
+    return owner
