@@ -32,6 +32,7 @@ setup(
         # The -headless build avoids a second, conflicting cv2 package.
         "scenedetect-headless==0.7.2",
         "ml_dtypes",
+        "scipy",
     ],
     extras_require={
         # torch CPU 2.13.0 installs from a local wheel on the project's machines (`pip install torch==2.13.0`).

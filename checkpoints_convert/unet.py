@@ -241,6 +241,7 @@ def unet_config_from_diffusers(config: Mapping) -> ml_collections.ConfigDict:
     cfg.in_channels = config.get("in_channels", 4)
     cfg.out_channels = config.get("out_channels", 4)
     cfg.norm_groups = config.get("norm_num_groups", 32)
+    cfg.transformer_norm_groups = cfg.norm_groups  # diffusers' transformers share the resnets' groups
     if config.get("norm_eps", 1e-5) != 1e-5:
         raise ValueError("norm_eps other than 1e-5 is not supported")
     return cfg

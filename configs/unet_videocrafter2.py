@@ -21,6 +21,7 @@ def get_config():
     c.init_attn_heads = 8
     c.fps_cond = True
     c.norm_groups = 32
+    c.transformer_norm_groups = 32  # spatial/temporal transformer GroupNorm (lvdm: always 32)
     c.dtype = "float32"            # activations / matmuls: float32 | bfloat16 | float16
     c.param_dtype = "float32"
     c.attention_backend = "xla"    # xla | cudnn | auto

@@ -98,7 +98,7 @@ def test_converter_names_missing_unexpected_and_misshaped_keys(golden_unet):
 DIFFUSERS_CONFIGS = [
     dict(block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, cross_attention_dim=24,
          down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-         norm_num_groups=32, sample_size=8),
+         norm_num_groups=16, sample_size=8),  # transformers' GroupNorms follow norm_num_groups in diffusers
     dict(block_out_channels=(32, 64, 64), layers_per_block=2, attention_head_dim=16, cross_attention_dim=32,
          down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
          up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"), norm_num_groups=32, sample_size=8),

@@ -112,12 +112,13 @@ class SpatialTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
+    groups: int = 32
 
     @nn.compact
     def __call__(self, x, context):
         n, h, w, c = x.shape
         inner = self.heads * self.head_dim
-        y = GroupNorm32(epsilon=1e-6, name="norm")(x).reshape(n, h * w, c)
+        y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(n, h * w, c)
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
             y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
@@ -139,12 +140,13 @@ class TemporalTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
+    groups: int = 32
 
     @nn.compact
     def __call__(self, x, logit_transform=None, capture: bool = False):
         b, f, h, w, c = x.shape
         inner = self.heads * self.head_dim
-        y = GroupNorm32(epsilon=1e-6, name="norm")(x)
+        y = GroupNorm32(self.groups, 1e-6, name="norm")(x)
         y = y.transpose(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
@@ -245,6 +247,8 @@ class UNet3D(nn.Module):
         groups = c("norm_groups", 32)
         use_tconv = c("temporal_conv", True)
         use_tattn = c("temporal_attention", True)
+        # lvdm fixes the transformers' GroupNorm at 32 groups; diffusers uses norm_num_groups
+        tgroups = c("transformer_norm_groups", 32)
 
         if x.ndim != 5 or x.shape[1] != c("in_channels"):
             raise ValueError(f"UNet3D expects latents (b, {c('in_channels')}, f, h, w), got {tuple(x.shape)}")
@@ -263,7 +267,7 @@ class UNet3D(nn.Module):
 
         def temporal(h, ch, heads, hd, level, name, regularize=True):
             transform = make_transform(tar, level, step_index) if regularize else None
-            out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, name=name)(
+            out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, name=name)(
                 h.reshape(b, f, *h.shape[1:]), transform, capture_attention)
             return out.reshape(h.shape)
 
@@ -271,7 +275,8 @@ class UNet3D(nn.Module):
             h = ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb)
             if ds in attn_res:
                 heads = out_ch // head_ch
-                h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, name=f"{name}_spatial")(h, ctx)
+                h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups,
+                                       name=f"{name}_spatial")(h, ctx)
                 if use_tattn:
                     h = temporal(h, out_ch, heads, head_ch, level, f"{name}_temporal")
             return h
@@ -295,7 +300,8 @@ class UNet3D(nn.Module):
         ch = mult[-1] * mc
         top = len(mult) - 1
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_0")(h, emb)
-        h = SpatialTransformer(ch // head_ch, head_ch, depth, dtype, pdtype, backend, name="mid_spatial")(h, ctx)
+        h = SpatialTransformer(ch // head_ch, head_ch, depth, dtype, pdtype, backend, tgroups,
+                               name="mid_spatial")(h, ctx)
         if use_tattn:
             h = temporal(h, ch, ch // head_ch, head_ch, top, "mid_temporal")
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_1")(h, emb)
