@@ -45,7 +45,7 @@ def family_specs(family: str, n: int, seed: int) -> list[dict]:
     return out
 
 
-def run_cell(model, specs, frames, method, tar, *, steps, cfg, seed, batch):
+def run_cell(model, specs, frames, method, tar, *, steps, cfg, seed, batch, clip_x0=None):
     """Generate and check; returns per-video check dicts."""
     results = []
     use_tar = tar if "tar" in method else None
@@ -55,7 +55,7 @@ def run_cell(model, specs, frames, method, tar, *, steps, cfg, seed, batch):
         prompts = [s["caption"] for s in chunk]
         synopses = [world.synopsis(s) for s in chunk] if use_vsp else None
         videos = dm.sample_batch(model, prompts, frames=frames, seed=seed + lo, steps=steps, cfg=cfg,
-                                 tar=use_tar, synopses=synopses)
+                                 tar=use_tar, synopses=synopses, clip_x0=clip_x0)
         for spec, video in zip(chunk, videos):
             results.append(checker.check(video, spec))
     return results
@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg", type=float, default=None, help="guidance (default: the model's config)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--clip-x0", choices=("auto", "on", "off"), default="auto",
+                    help="clip predicted x0 to [-1, 1] (auto: the model config's diffusion.clip_x0)")
     ap.add_argument("--checkpoint", default=None, help="demo model folder (default: the shipped one)")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     ap.add_argument("--json", default=None, help="write raw summaries here")
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
 
     model = dm.load_demo_model(args.checkpoint)
     tar = parse_tar(args.tar)
+    clip_x0 = {"auto": None, "on": True, "off": False}[args.clip_x0]
     rows = []
     t0 = time.time()
     for fam in args.families.split(","):
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
                 if "vsp" in method and not multi:
                     continue  # one state: VSP's per-frame prompt is the prompt itself
                 res = run_cell(model, specs, frames, method, tar, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                               batch=args.batch)
+                               batch=args.batch, clip_x0=clip_x0)
                 row = {"family": fam, "frames": frames, "method": method, **summarize(res, multi)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -118,7 +121,8 @@ def main(argv=None) -> int:
         text = (f"## Demo model prompt-following (checker-verified)\n\nCommand: `{cmd}`\n\n"
                 f"Model: {dm.ASSET_DIR if args.checkpoint is None else args.checkpoint} "
                 f"(trained {rec.get('steps', '?')} steps, {rec.get('wall_s', '?')} s); "
-                f"DDIM {args.steps} steps, eta 1, cfg {args.cfg or model.config.diffusion.cfg}, TAR preset "
+                f"DDIM {args.steps} steps, eta 1, cfg {args.cfg or model.config.diffusion.cfg}, clip_x0 {args.clip_x0}, "
+                f"TAR preset "
                 f"{args.tar}; {elapsed:.0f} s on this machine.\n\n" + md)
         pathlib.Path(args.out).write_text(text)
     if args.json:

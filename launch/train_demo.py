@@ -166,14 +166,17 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
     start = 0
     if restored is not None:
         step, state, old = restored
-        old_cfg = dict(old["config"])
-        new_cfg = dict(cfg_json)
-        old_cfg.pop("train", None), new_cfg.pop("train", None)
+        model_keys = ("unet", "text", "space", "frames", "size", "patch")  # what the params depend on
+        old_cfg = {k: old["config"].get(k) for k in model_keys}
+        new_cfg = {k: cfg_json.get(k) for k in model_keys}
         if old_cfg != new_cfg:
             raise ValueError(f"checkpoint in {out} was trained with another model config; use a new --out")
         params, opt_state = state["params"], state["opt_state"]
+        runs = old.get("runs") or [{"command": old.get("command", ""), "from_step": 0}]
+        if not export_only:
+            runs = runs + [{"command": command, "from_step": step}]
         meta.update(history=old.get("history", []), wall_s=old.get("wall_s", 0.0), resumed=old.get("resumed", [])
-                    + [step], command=old.get("command", command))
+                    + ([step] if not export_only else []), command=old.get("command", command), runs=runs)
         start = step
         print(json.dumps({"event": "resume", "step": step}), flush=True)
     n_unet = sum(x.size for x in jax.tree_util.tree_leaves(params["unet"]))
@@ -225,6 +228,7 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
                 print(json.dumps({"event": "interrupted", "step": step, "saved": True}), flush=True)
         if export is not None and not stop["flag"]:
             record = {"steps": step, "wall_s": meta["wall_s"], "command": meta.get("command", command),
+                      "runs": meta.get("runs", [{"command": meta.get("command", command), "from_step": 0}]),
                       "history": meta["history"], "resumed": meta.get("resumed", []),
                       "machine": f"{os.cpu_count()} CPU cores, JAX {jax.__version__} {jax.default_backend()}"}
             demo_model.save_demo_model(export, params, config, record)

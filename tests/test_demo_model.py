@@ -150,3 +150,21 @@ def test_shipped_model_is_small_and_generates_the_prompted_color():
     assert elapsed < 60, elapsed
     r = checker.check(video, "a red circle moves to the right")
     assert r["found_ok"] and r["color_ok"], r["segments"]
+
+
+def test_clip_eps_bounds_the_implied_x0():
+    from vstar_jax.diffusion.schedules import make_alphas_cumprod
+
+    ac = make_alphas_cumprod().astype(np.float32)
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-0.9, 0.9, (2, 3, 2, 2, 2)).astype(np.float32)
+    eps = rng.standard_normal(x0.shape).astype(np.float32)
+    t = np.array([10, 700])
+    a = ac[t].reshape(-1, 1, 1, 1, 1)
+    x = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+    np.testing.assert_allclose(np.asarray(dm.clip_eps(eps, x, t, ac)), eps, atol=2e-3)  # in range: unchanged
+    wild = eps + 3.0
+    out = np.asarray(dm.clip_eps(wild, x, t, ac))
+    implied = (x - np.sqrt(1 - a) * out) / np.sqrt(a)
+    assert implied.min() >= -1 - 1e-3 and implied.max() <= 1 + 1e-3
+    assert not np.allclose(out, wild)

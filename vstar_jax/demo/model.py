@@ -265,18 +265,21 @@ def vsp_context(embeddings: jax.Array, frames: int, mode: str = "linear") -> jax
 
 def sample(model: DemoModel, prompt: str, *, frames: Optional[int] = None, seed: int = 0, steps: int = 25,
            cfg: Optional[float] = None, eta: float = 1.0, tar=None, synopsis: Optional[Sequence[str]] = None,
-           vsp_mode: str = "linear", batch: int = 1) -> np.ndarray:
+           vsp_mode: str = "linear", batch: int = 1, clip_x0: Optional[bool] = None) -> np.ndarray:
     """Generate ``batch`` videos for one prompt: uint8 (batch, F, H, W, 3) at the model's pixel size
     (no display upsampling). ``synopsis``: per-state prompts for VSP; ``tar``: a TARConfig."""
     return sample_batch(model, [prompt] * batch, frames=frames, seed=seed, steps=steps, cfg=cfg, eta=eta, tar=tar,
-                        synopses=[list(synopsis)] * batch if synopsis else None, vsp_mode=vsp_mode)
+                        synopses=[list(synopsis)] * batch if synopsis else None, vsp_mode=vsp_mode,
+                        clip_x0=clip_x0)
 
 
 def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[int] = None, seed: int = 0,
                  steps: int = 25, cfg: Optional[float] = None, eta: float = 1.0, tar=None,
-                 synopses: Optional[Sequence[Sequence[str]]] = None, vsp_mode: str = "linear") -> np.ndarray:
+                 synopses: Optional[Sequence[Sequence[str]]] = None, vsp_mode: str = "linear",
+                 clip_x0: Optional[bool] = None) -> np.ndarray:
     """One video per prompt, in one batch: uint8 (len(prompts), F, H, W, 3). ``synopses``: one list of
-    state prompts per prompt (all of the same length), fed per frame (VSP)."""
+    state prompts per prompt (all of the same length), fed per frame (VSP). ``clip_x0``: clip the
+    predicted x0 to [-1, 1] at every step (default: the config's ``diffusion.clip_x0``)."""
     if not prompts:
         raise ValueError("sample_batch needs at least one prompt")
     frames = frames or model.frames
@@ -295,8 +298,9 @@ def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[i
         cond = model.encode_prompts(list(prompts))
     kx, kn = jax.random.split(jax.random.PRNGKey(seed))
     x_T = jax.random.normal(kx, model.latent_shape(frames, batch))
+    clip = bool(d.get("clip_x0", False)) if clip_x0 is None else bool(clip_x0)
     run = _sampler(model.unet, tar, steps, float(eta), cfg, (d.linear_start, d.linear_end, d.num_timesteps),
-                   bool(d.use_scale))
+                   bool(d.use_scale), clip)
     lat = run(model.unet_params, x_T, cond, uncond, kn)
     return decode_latents(lat, model.config.patch, 1)
 
@@ -304,22 +308,41 @@ def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[i
 _SAMPLERS: dict = {}
 
 
-def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_scale: bool) -> Callable:
-    """A jitted ``run(params, x_T, cond, uncond, key) -> latents``, cached per settings."""
-    from vstar_jax.diffusion.sampler import ddim_sample
+def clip_eps(eps, x, t, alphas_cumprod, lo: float = -1.0, hi: float = 1.0):
+    """eps whose implied x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t) is clipped to [lo, hi] (pixel-space
+    DDPM practice): eps' = (x - sqrt(a_t) clip(x0)) / sqrt(1 - a_t). t: (b,) timesteps."""
+    a = jnp.asarray(alphas_cumprod, jnp.float32)[t].reshape((-1,) + (1,) * (x.ndim - 1))
+    x0 = jnp.clip((x - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a), lo, hi)
+    return (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+
+
+def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_scale: bool,
+             clip_x0: bool = False) -> Callable:
+    """A jitted ``run(params, x_T, cond, uncond, key) -> latents``, cached per settings.
+
+    With ``clip_x0`` the guided eps is replaced by :func:`clip_eps` (guidance is then applied inside
+    the model function, and the sampler's own guidance runs at scale 1 on two identical halves)."""
+    from vstar_jax.diffusion.sampler import cfg_combine, ddim_sample
     from vstar_jax.diffusion.schedules import videocrafter2_schedule
 
-    key = (id(unet), tar, steps, eta, cfg, betas, use_scale)
+    key = (id(unet), tar, steps, eta, cfg, betas, use_scale, clip_x0)
     if key not in _SAMPLERS:
         sched = videocrafter2_schedule(steps, eta, use_scale=use_scale, linear_start=betas[0],
                                        linear_end=betas[1], num_timesteps=betas[2])
+        ac = np.asarray(sched.alphas_cumprod, np.float32)
 
         @jax.jit
         def run(params, x_T, cond, uncond, rng):
             def model_fn(x, t, ctx, i):
-                return unet.apply({"params": params}, x, t, ctx, step_index=i, tar=tar)
+                eps = unet.apply({"params": params}, x, t, ctx, step_index=i, tar=tar)
+                if not clip_x0:
+                    return eps
+                b = x.shape[0] // 2
+                guided = clip_eps(cfg_combine(eps[:b], eps[b:], cfg), x[b:], t[b:], ac)
+                return jnp.concatenate([guided, guided], axis=0)
 
-            return ddim_sample(model_fn, x_T, cond, uncond, sched, cfg_scale=cfg, key=rng, jit=False)
+            return ddim_sample(model_fn, x_T, cond, uncond, sched, cfg_scale=1.0 if clip_x0 else cfg, key=rng,
+                               jit=False)
 
         _SAMPLERS[key] = run
     return _SAMPLERS[key]
