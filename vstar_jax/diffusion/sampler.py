@@ -146,6 +146,28 @@ _sample_jit = jax.jit(_sample, static_argnames=("model_fn", "guided", "use_noise
                                                  "capture"))
 
 
+def prepare_sampling(x_T, cond, uncond, schedule: DDIMSchedule, eta, key, what: str):
+    """Shared set-up of every DDIM loop (plain or windowed): checked x_T, CFG context, per-step
+    coefficients and noise keys. Returns (x_T, frames, context, coeffs, keys, use_noise, guided)."""
+    x_T = jnp.asarray(x_T)
+    if x_T.ndim != 5:
+        raise ValueError(f"x_T must be (b, c, f, h, w), got shape {tuple(x_T.shape)}")
+    b, frames = x_T.shape[0], x_T.shape[2]
+    coeffs_np = schedule.coefficients(eta)
+    use_noise = bool(np.any(coeffs_np["sigma"] > 0))
+    n = schedule.num_steps
+    if use_noise:
+        if key is None:
+            raise ValueError(f"{what} with eta > 0 needs a PRNG key (key=jax.random.key(seed))")
+        keys = jax.random.split(key, n)
+    else:
+        keys = jnp.zeros((n,), jnp.uint32)  # unused placeholder
+    guided = uncond is not None
+    context = cfg_context(cond, uncond, b, frames)
+    coeffs = {k: jnp.asarray(v) for k, v in coeffs_np.items()}
+    return x_T, frames, context, coeffs, keys, use_noise, guided
+
+
 def ddim_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *,
                 cfg_scale: float = 12.0, key: jax.Array | None = None,
                 eta: float | None = None, return_x0: bool = False, capture: bool = False,
@@ -161,22 +183,8 @@ def ddim_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *,
     Returns latents (b, c, f, h, w) float32, or :class:`SampleOutput` when
     ``return_x0`` or ``capture``.
     """
-    x_T = jnp.asarray(x_T)
-    if x_T.ndim != 5:
-        raise ValueError(f"x_T must be (b, c, f, h, w), got shape {tuple(x_T.shape)}")
-    b, f = x_T.shape[0], x_T.shape[2]
-    coeffs_np = schedule.coefficients(eta)
-    use_noise = bool(np.any(coeffs_np["sigma"] > 0))
-    n = schedule.num_steps
-    if use_noise:
-        if key is None:
-            raise ValueError("ddim_sample with eta > 0 needs a PRNG key (key=jax.random.key(seed))")
-        keys = jax.random.split(key, n)
-    else:
-        keys = jnp.zeros((n,), jnp.uint32)  # unused placeholder
-    guided = uncond is not None
-    context = cfg_context(cond, uncond, b, f)
-    coeffs = {k: jnp.asarray(v) for k, v in coeffs_np.items()}
+    x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
+        x_T, cond, uncond, schedule, eta, key, "ddim_sample")
     fn = _sample_jit if jit else _sample
     x, x0s, aux = fn(model_fn, x_T, context, coeffs, jnp.float32(cfg_scale), keys,
                      guided=guided, use_noise=use_noise, return_x0=return_x0, capture=capture)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import ModelFn, SampleOutput, cfg_context, ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import ModelFn, SampleOutput, ddim_step, guided_eps, prepare_sampling
 from vstar_jax.diffusion.schedules import DDIMSchedule
 from vstar_jax.longvideo import windows as W
 
@@ -114,26 +114,6 @@ _genl_jit = jax.jit(_genl, static_argnames=_STATIC)
 _blend_jit = jax.jit(_blend, static_argnames=_STATIC)
 
 
-def _prepare(x_T, cond, uncond, schedule: DDIMSchedule, eta, key, what: str):
-    x_T = jnp.asarray(x_T)
-    if x_T.ndim != 5:
-        raise ValueError(f"x_T must be (b, c, f, h, w), got shape {tuple(x_T.shape)}")
-    b, n_frames = x_T.shape[0], x_T.shape[2]
-    coeffs_np = schedule.coefficients(eta)
-    use_noise = bool(np.any(coeffs_np["sigma"] > 0))
-    n = schedule.num_steps
-    if use_noise:
-        if key is None:
-            raise ValueError(f"{what} with eta > 0 needs a PRNG key (key=jax.random.key(seed))")
-        keys = jax.random.split(key, n)
-    else:
-        keys = jnp.zeros((n,), jnp.uint32)  # unused placeholder
-    guided = uncond is not None
-    context = cfg_context(cond, uncond, b, n_frames)
-    coeffs = {k: jnp.asarray(v) for k, v in coeffs_np.items()}
-    return x_T, n_frames, context, coeffs, keys, use_noise, guided
-
-
 def _output(x, x0s, aux, return_x0: bool, capture: bool):
     if not (return_x0 or capture):
         return x
@@ -150,7 +130,7 @@ def genl_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *,
     window anchored at N - F). Other arguments and the return value as ``ddim_sample``;
     ``pred_x0`` is the window-averaged x0; ``aux`` is stacked (steps, windows, ...).
     """
-    x_T, n_frames, context, coeffs, keys, use_noise, guided = _prepare(
+    x_T, n_frames, context, coeffs, keys, use_noise, guided = prepare_sampling(
         x_T, cond, uncond, schedule, eta, key, "genl_sample")
     starts = W.sliding_starts(n_frames, window, stride)
     counts = W.coverage(n_frames, window, starts).astype(np.float32)
@@ -185,7 +165,7 @@ def blend_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *
     starts = W.chunk_starts(x_T_arr.shape[2], window, overlap)
     if len(starts) > 1 and key is None:
         raise ValueError("blend_sample with more than one chunk needs a PRNG key (key=jax.random.key(seed))")
-    x_T, _, context, coeffs, keys, use_noise, guided = _prepare(
+    x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
         x_T_arr, cond, uncond, schedule, eta, key, "blend_sample")
     n = schedule.num_steps
     if key is None:
