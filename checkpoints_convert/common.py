@@ -360,3 +360,15 @@ def convert_components(converters: Mapping[str, Callable], components: Sequence[
             print(f"[convert] {comp}: {count_params_tree(params[comp]):,} parameters in {time.time() - t0:.1f}s "
                   f"(peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
     return params, cfgs
+
+
+def run_cli(convert_call: Callable[[], object]) -> int:
+    """Run a converter from its command line: a one-line ``error: ...`` and exit code 2 on bad input."""
+    import sys
+
+    try:
+        convert_call()
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

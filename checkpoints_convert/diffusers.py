@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 
-from checkpoints_convert.common import DTYPES, convert_components, load_state_dict
+from checkpoints_convert.common import DTYPES, convert_components, load_state_dict, run_cli
 from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
 
 SUBDIRS = {"unet": "unet", "vae": "vae", "text": "text_encoder"}
@@ -124,13 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=DTYPES, default=None)
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
-    try:
-        convert(a.model_dir, a.out, components=[c for c in a.components.split(",") if c], dtype=a.dtype,
-                overwrite=a.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: convert(a.model_dir, a.out, components=[c for c in a.components.split(",") if c],
+                                   dtype=a.dtype, overwrite=a.overwrite))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 import yaml
 
 from checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, convert_components, load_state_dict,
-                                        peak_rss_gib)
+                                        peak_rss_gib, run_cli)
 from checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
 
 PREFIXES = {
@@ -132,13 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--text-heads", type=int, default=None,
                     help="text encoder attention heads (default width/64: 16 for ViT-H-14)")
     a = ap.parse_args(argv)
-    try:
-        convert(a.ckpt, a.config, a.out, components=[c for c in a.components.split(",") if c], dtype=a.dtype,
-                overwrite=a.overwrite, trust_pickle=a.trust_pickle, text_heads=a.text_heads)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: convert(a.ckpt, a.config, a.out, components=[c for c in a.components.split(",") if c],
+                                   dtype=a.dtype, overwrite=a.overwrite, trust_pickle=a.trust_pickle,
+                                   text_heads=a.text_heads))
 
 
 if __name__ == "__main__":

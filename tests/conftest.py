@@ -34,5 +34,13 @@ def load_golden(rel: str):
     return load_file(str(_require(GOLDEN / rel)))
 
 
+def rel_err(got, want) -> float:
+    """Max abs error relative to the reference's largest magnitude (float64)."""
+    import numpy as np
+
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; excluded from CI (run with -m slow)")

@@ -8,7 +8,7 @@ import yaml
 
 from checkpoints_convert import diffusers as conv_diffusers
 from checkpoints_convert import videocrafter2 as conv_vc2
-from conftest import load_golden
+from conftest import load_golden, rel_err
 from vstar_jax.io.checkpoint import load_checkpoint
 from vstar_jax.models.text import TextTransformer
 from vstar_jax.models.unet3d import UNet3D
@@ -18,9 +18,6 @@ torch = pytest.importorskip("torch")
 RTOL = 1e-4
 
 
-def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +47,15 @@ def test_vc2_whole_checkpoint_roundtrip(vc2_whole, tmp_path):
     assert cfg["components"] == ["text", "unet", "vae"]
     io = load_golden("videocrafter2/unet_tiny_io.safetensors")
     y = UNet3D(cfg["unet"]).apply({"params": params["unet"]}, io["x"], io["t"], io["context"], fps=28)
-    assert rel(y, io["y"]) < RTOL
+    assert rel_err(y, io["y"]) < RTOL
     vio = load_golden("videocrafter2/vae_tiny_io.safetensors")
     vae = AutoencoderKL(cfg["vae"])
-    assert rel(vae.apply({"params": params["vae"]}, vio["z"], method=AutoencoderKL.decode), vio["decoded"]) < RTOL
-    assert rel(vae.apply({"params": params["vae"]}, vio["image"], method=AutoencoderKL.encode), vio["moments"]) < RTOL
+    assert rel_err(vae.apply({"params": params["vae"]}, vio["z"], method=AutoencoderKL.decode), vio["decoded"]) < RTOL
+    assert rel_err(vae.apply({"params": params["vae"]}, vio["image"], method=AutoencoderKL.encode), vio["moments"]) < RTOL
     tio = load_golden("openclip/text_tiny_io.safetensors")
     assert cfg["text"]["layer"] == "penultimate"
     hidden = TextTransformer(cfg["text"]).apply({"params": params["text"]}, tio["token_ids"])
-    assert rel(hidden, tio["penultimate"]) < RTOL
+    assert rel_err(hidden, tio["penultimate"]) < RTOL
 
 
 def test_vc2_missing_component_and_corruption(vc2_whole, tmp_path):
@@ -120,7 +117,7 @@ def test_diffusers_whole_folder_roundtrip(tmp_path):
     got_unet = UNet3D(cfg["unet"]).apply({"params": params["unet"]}, x, np.array([10]), ctx)
     got_dec = AutoencoderKL(cfg["vae"]).apply({"params": params["vae"]}, x[:, :, 0], method=AutoencoderKL.decode)
     got_txt = TextTransformer(cfg["text"]).apply({"params": params["text"]}, tokens.astype(np.int32))
-    assert rel(got_unet, want_unet) < RTOL and rel(got_dec, want_dec) < RTOL and rel(got_txt, want_txt) < RTOL
+    assert rel_err(got_unet, want_unet) < RTOL and rel_err(got_dec, want_dec) < RTOL and rel_err(got_txt, want_txt) < RTOL
     # a folder without the text encoder: named, nothing written
     import shutil
 

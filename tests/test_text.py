@@ -9,7 +9,7 @@ import pytest
 import jax
 import ml_collections
 
-from conftest import load_golden
+from conftest import load_golden, rel_err
 from configs import text_openclip_h14
 from checkpoints_convert.common import ConversionError, PrefixView
 from checkpoints_convert.text import (
@@ -24,9 +24,6 @@ from vstar_jax.models.tokenizer import CLIPTokenizer, get_tokenizer
 RTOL = 1e-4
 
 
-def _rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +49,7 @@ def test_golden_hidden_states(golden, layer):
     model = TextTransformer(cfg)
     got = jax.jit(lambda p, t: model.apply({"params": p}, t, layer=layer))(params, io["token_ids"])
     assert got.shape == io[layer].shape
-    assert _rel_err(got, io[layer]) < RTOL
+    assert rel_err(got, io[layer]) < RTOL
 
 
 def test_golden_pooled_and_encode_prompts(golden, golden_dir):
@@ -63,16 +60,16 @@ def test_golden_pooled_and_encode_prompts(golden, golden_dir):
     eot = tokens.argmax(-1)
     want = io["last"][np.arange(len(tokens)), eot] @ np.asarray(sd["text_projection"])
     assert pooled.shape == (len(tokens), 32)
-    assert _rel_err(pooled, want) < RTOL
+    assert rel_err(pooled, want) < RTOL
 
     prompts = json.loads((golden_dir / "openclip" / "README.json").read_text())["prompts"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the long golden prompt is truncated
         emb = encode_prompts(model, params, get_tokenizer(), prompts)
     assert emb.shape == (len(prompts), 77, cfg.width)
-    assert _rel_err(emb, io["penultimate"]) < RTOL
+    assert rel_err(emb, io["penultimate"]) < RTOL
     uncond = encode_prompts(model, params, get_tokenizer(), [""])
-    assert _rel_err(uncond[0], io["penultimate"][0]) < RTOL
+    assert rel_err(uncond[0], io["penultimate"][0]) < RTOL
 
 
 def test_openclip_converter_errors_and_ignores(golden):
@@ -133,8 +130,8 @@ def test_hf_clip_text_parity(hf_model):
         out = model(input_ids=torch.from_numpy(tokens.astype(np.int64)))
     jmodel = TextTransformer(cfg)
     hidden, pooled = jax.jit(lambda p, t: jmodel.apply({"params": p}, t, return_pooled=True))(params, tokens)
-    assert _rel_err(hidden, out.last_hidden_state.numpy()) < RTOL
-    assert _rel_err(pooled, out.text_embeds.numpy()) < RTOL
+    assert rel_err(hidden, out.last_hidden_state.numpy()) < RTOL
+    assert rel_err(pooled, out.text_embeds.numpy()) < RTOL
 
 
 def test_hf_bare_text_model_and_errors(hf_model):
@@ -158,7 +155,7 @@ def test_hf_bare_text_model_and_errors(hf_model):
     tokens = CLIPTokenizer(pad_token_id=49407)(["a red car drives fast"])
     with torch.no_grad():
         want = bare(input_ids=torch.from_numpy(tokens.astype(np.int64))).last_hidden_state.numpy()
-    assert _rel_err(TextTransformer(cfg).apply({"params": params}, tokens), want) < RTOL
+    assert rel_err(TextTransformer(cfg).apply({"params": params}, tokens), want) < RTOL
     del prefixed["text_model.encoder.layers.1.self_attn.k_proj.bias"]
     with pytest.raises(ConversionError, match=r"text_model\.encoder\.layers\.1\.self_attn\.k_proj\.bias"):
         convert_hf_clip_text(prefixed, cfg)

@@ -12,16 +12,13 @@ import pytest
 from checkpoints_convert.common import ConversionError, PrefixView, load_state_dict
 from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
 from configs import unet_modelscope, unet_tiny, unet_videocrafter2
-from conftest import GOLDEN, load_golden
+from conftest import GOLDEN, load_golden, rel_err
 from vstar_jax.models.unet3d import UNet3D, count_params, init_shapes
 from vstar_jax.vstar.tar import TARConfig
 
 RTOL = 1e-4
 
 
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 import jax
 
-from conftest import load_golden
+from conftest import load_golden, rel_err
 from configs import vae_tiny, vae_videocrafter2
 from checkpoints_convert.common import ConversionError, PrefixView
 from checkpoints_convert.vae import (
@@ -26,9 +26,6 @@ from vstar_jax.models.vae import (
 RTOL = 1e-4
 
 
-def _rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +51,8 @@ def test_golden_moments_and_decoded(golden):
     moments = vae.apply({"params": params}, io["image"], method=AutoencoderKL.encode)
     decoded = vae.apply({"params": params}, io["z"], method=AutoencoderKL.decode)
     assert moments.shape == io["moments"].shape and decoded.shape == io["decoded"].shape
-    assert _rel_err(moments, io["moments"]) < RTOL
-    assert _rel_err(decoded, io["decoded"]) < RTOL
+    assert rel_err(moments, io["moments"]) < RTOL
+    assert rel_err(decoded, io["decoded"]) < RTOL
 
 
 def test_video_frame_batches_equal_one_batch(golden):
@@ -68,13 +65,13 @@ def test_video_frame_batches_equal_one_batch(golden):
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
     # frame order: frame t of row b is the reference decode of z[b, :, t]
     want = np.stack([io["decoded"], io["decoded"][::-1]], axis=0).transpose(0, 2, 1, 3, 4)
-    assert _rel_err(chunked, want) < RTOL
+    assert rel_err(chunked, want) < RTOL
 
     video = io["image"][None].transpose(0, 2, 1, 3, 4)  # (1, 3, f=3, 32, 32)
     lat = jax.jit(lambda p, v: encode_to_latents(vae, p, v, frame_batch=2))(params, video)
     mean = io["moments"][:, :4].transpose(1, 0, 2, 3)[None]
     assert lat.shape == (1, 4, 3, 16, 16)
-    assert _rel_err(lat, 0.18215 * mean) < RTOL
+    assert rel_err(lat, 0.18215 * mean) < RTOL
 
 
 def test_posterior_helpers(golden):
@@ -155,8 +152,8 @@ def test_diffusers_autoencoder_parity(diffusers_vae):
         want_d = model.decode(torch.from_numpy(z)).sample.numpy()
     got_m = vae.apply({"params": params}, x, method=AutoencoderKL.encode)
     got_d = vae.apply({"params": params}, z, method=AutoencoderKL.decode)
-    assert _rel_err(got_m, want_m) < RTOL
-    assert _rel_err(got_d, want_d) < RTOL
+    assert rel_err(got_m, want_m) < RTOL
+    assert rel_err(got_d, want_d) < RTOL
     assert cfg.scale_factor == pytest.approx(config["scaling_factor"])
 
 

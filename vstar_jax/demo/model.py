@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from checkpoints_convert.common import unflatten
 from vstar_jax.demo import world
 
 ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
@@ -146,16 +147,6 @@ def _flatten(tree, prefix=()) -> dict:
     return out
 
 
-def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
-
-
 def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None) -> pathlib.Path:
     """Write the shipped form of ``params`` ({'unet', 'text'}) + config + training record."""
     from safetensors.numpy import save_file
@@ -244,7 +235,7 @@ def load_demo_model(path=None) -> DemoModel:
     ids = tensors.pop(IDS_KEY)
     flat = {tuple(k.split("/")): v for k, v in tensors.items()}
     flat[EMBED_KEY] = expand_embedding(flat[EMBED_KEY], ids, config.text.vocab_size)
-    params = jax.tree_util.tree_map(jnp.asarray, _unflatten(flat))
+    params = jax.tree_util.tree_map(jnp.asarray, unflatten(flat))
     unet, text = build_modules(config)
     tok = get_tokenizer(int(config.text.get("pad_token_id", 0)), int(config.text.context_length))
     return DemoModel(unet, params["unet"], text, params["text"], tok, config, meta.get("record", {}),
