@@ -76,6 +76,10 @@ def diffusion_config(model_dir: str) -> dict:
     sc = _read_json(path) if os.path.isfile(path) else {}
     if sc.get("beta_schedule", "scaled_linear") != "scaled_linear":
         raise ValueError(f"{path}: beta_schedule {sc.get('beta_schedule')!r} is not supported")
+    kinds = {"epsilon": "eps", "v_prediction": "v"}
+    ptype = sc.get("prediction_type", "epsilon")
+    if ptype not in kinds:
+        raise ValueError(f"{path}: prediction_type {ptype!r} is not supported (epsilon or v_prediction)")
     return {
         "flavor": "diffusers",
         "linear_start": float(sc.get("beta_start", 0.00085)),
@@ -88,6 +92,7 @@ def diffusion_config(model_dir: str) -> dict:
         "use_scale": False,
         "latent_size": [32, 32],
         "latent_channels": 4,
+        "prediction": kinds[ptype],
     }
 
 

@@ -42,6 +42,9 @@ def read_yaml(path: str) -> dict:
 
 
 def diffusion_config(mp: Mapping) -> dict:
+    param = mp.get("parameterization", "eps")  # lvdm LatentDiffusion: "eps" (VideoCrafter2) or "v"
+    if param not in ("eps", "v"):
+        raise ValueError(f"model.params.parameterization {param!r} is not supported (eps or v)")
     return {
         "flavor": "videocrafter2",
         "linear_start": float(mp.get("linear_start", 0.00085)),
@@ -53,6 +56,7 @@ def diffusion_config(mp: Mapping) -> dict:
         "latent_size": list(mp.get("image_size", [40, 64])),
         "latent_channels": int(mp.get("channels", 4)),
         "default_fps": 28,
+        "prediction": param,
     }
 
 

@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 from configs import demo_tiny  # noqa: E402
 from vstar_jax.demo import model as demo_model  # noqa: E402
 from vstar_jax.demo import world  # noqa: E402
+from vstar_jax.diffusion.parameterization import check_prediction, min_snr_weight, target  # noqa: E402
 from vstar_jax.diffusion.schedules import make_alphas_cumprod  # noqa: E402
 from vstar_jax.models.tokenizer import get_tokenizer  # noqa: E402
 
@@ -102,8 +103,11 @@ def make_optimizer(config):
 
 
 def make_train_step(config, unet, text, optimizer):
-    ac = jnp.asarray(make_alphas_cumprod(config.diffusion.linear_start, config.diffusion.linear_end,
-                                         config.diffusion.num_timesteps), jnp.float32)
+    d = config.diffusion
+    ac = jnp.asarray(make_alphas_cumprod(d.linear_start, d.linear_end, d.num_timesteps), jnp.float32)
+    prediction = check_prediction(str(d.get("prediction", "eps")))
+    gamma = float(config.train.get("min_snr", 0.0))
+    ema_decay = float(config.train.get("ema", 0.0))
     patch = config.patch
     seed = config.train.init_seed
 
@@ -117,14 +121,21 @@ def make_train_step(config, unet, text, optimizer):
         a = ac[t][:, None, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise
         ctx = text.apply({"params": params["text"]}, tokens)
-        eps = unet.apply({"params": params["unet"]}, xt, t, ctx)
-        return jnp.mean((eps - noise) ** 2)
+        out = unet.apply({"params": params["unet"]}, xt, t, ctx)
+        per_clip = jnp.mean((out - target(x0, noise, a, prediction)) ** 2, axis=(1, 2, 3, 4))
+        return jnp.mean(min_snr_weight(ac[t], gamma, prediction) * per_clip)
 
     @jax.jit
-    def train_step(params, opt_state, video, tokens, step):
+    def train_step(params, opt_state, ema, video, tokens, step):
         loss, grads = jax.value_and_grad(loss_fn)(params, video, tokens, step)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+        params = optax.apply_updates(params, updates)
+        if ema_decay > 0:  # bias-free warm start: the average tracks params closely early on
+            decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+            ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+        else:
+            ema = params
+        return params, opt_state, ema, loss, optax.global_norm(grads)
 
     return train_step
 
@@ -134,8 +145,8 @@ def _manager(out: pathlib.Path, config):
     return ocp.CheckpointManager(out.resolve(), options=opts)
 
 
-def _save(mngr, step, params, opt_state, meta):
-    state = {"params": params, "opt_state": opt_state}
+def _save(mngr, step, params, opt_state, ema, meta):
+    state = {"params": params, "opt_state": opt_state, "ema": ema}
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
               force=True)
     mngr.wait_until_finished()
@@ -151,8 +162,35 @@ def restore_latest(mngr, abstract_state):
     return step, got["state"], got["meta"]
 
 
+def init_from_checkpoint(path: pathlib.Path, params):
+    """Params of the newest step of another run's orbax directory, for fine-tuning under new training
+    settings (another ``diffusion.prediction``) or a grown model (e.g. relative position added to the
+    temporal attention): every stored array must exist in ``params`` with its shape; parameters the old
+    run did not have keep their fresh initialisation. Returns (step, params, names of the new ones)."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    src = ocp.CheckpointManager(pathlib.Path(path).resolve())
+    try:
+        step = src.latest_step()
+        if step is None:
+            raise ValueError(f"--init-from {path}: no checkpoint there")
+        got = src.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+    finally:
+        src.close()
+    old = flatten_dict(got["state"]["params"])
+    new = flatten_dict(params)
+    extra = sorted("/".join(k) for k in old if k not in new)
+    wrong = sorted("/".join(k) for k in old if k in new and tuple(old[k].shape) != tuple(new[k].shape))
+    if extra or wrong:
+        raise ValueError(f"--init-from {path}: its model config differs from this one "
+                         f"(not in this model: {extra[:5]}; other shapes: {wrong[:5]})")
+    fresh = sorted("/".join(k) for k in new if k not in old)
+    merged = {k: jnp.asarray(old[k], new[k].dtype) if k in old else new[k] for k in new}
+    return step, unflatten_dict(merged), fresh
+
+
 def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, export_only: bool = False,
-          progress: bool = True, command: str = "") -> dict:
+          progress: bool = True, command: str = "", init_from: pathlib.Path | None = None) -> dict:
     tr = config.train
     unet, text = demo_model.build_modules(config)
     tokenizer = get_tokenizer(int(config.text.get("pad_token_id", 0)), int(config.text.context_length))
@@ -162,16 +200,26 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
     mngr = _manager(out, config)
     cfg_json = json.loads(config.to_json())
     meta = {"config": cfg_json, "history": [], "wall_s": 0.0, "step": 0, "command": command}
-    restored = restore_latest(mngr, {"params": params, "opt_state": opt_state})
+    ema = params
+    restored = restore_latest(mngr, {"params": params, "opt_state": opt_state, "ema": ema})
     start = 0
+    if restored is None and init_from is not None:
+        src_step, params, fresh = init_from_checkpoint(init_from, params)
+        opt_state = optimizer.init(params)
+        ema = params
+        meta["init_from"] = {"dir": str(init_from), "step": int(src_step), "new_params": len(fresh)}
+        print(json.dumps({"event": "init_from", "dir": str(init_from), "step": int(src_step),
+                          "new_params": fresh}), flush=True)
     if restored is not None:
         step, state, old = restored
-        model_keys = ("unet", "text", "space", "frames", "size", "patch")  # what the params depend on
+        model_keys = ("unet", "text", "space", "frames", "size", "patch", "diffusion")  # what params mean
         old_cfg = {k: old["config"].get(k) for k in model_keys}
         new_cfg = {k: cfg_json.get(k) for k in model_keys}
         if old_cfg != new_cfg:
             raise ValueError(f"checkpoint in {out} was trained with another model config; use a new --out")
-        params, opt_state = state["params"], state["opt_state"]
+        params, opt_state, ema = state["params"], state["opt_state"], state["ema"]
+        if "init_from" in old:
+            meta["init_from"] = old["init_from"]
         runs = old.get("runs") or [{"command": old.get("command", ""), "from_step": 0}]
         if not export_only:
             runs = runs + [{"command": command, "from_step": step}]
@@ -204,8 +252,8 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
             t_start = time.time()
             while step < tr.steps and not stop["flag"]:
                 video, tokens, _ = make_batch(config, step, tokenizer, cache)
-                params, opt_state, loss, gnorm = train_step(params, opt_state, jnp.asarray(video),
-                                                            jnp.asarray(tokens), jnp.int32(step))
+                params, opt_state, ema, loss, gnorm = train_step(params, opt_state, ema, jnp.asarray(video),
+                                                                 jnp.asarray(tokens), jnp.int32(step))
                 step += 1
                 losses.append(float(loss))
                 if bar is not None:
@@ -221,7 +269,7 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
                     losses, t_last = [], now
                 if step % tr.ckpt_every == 0 or step == tr.steps or stop["flag"]:
                     meta.update(step=step, wall_s=round(wall0 + time.time() - t_start, 1))
-                    _save(mngr, step, params, opt_state, meta)
+                    _save(mngr, step, params, opt_state, ema, meta)
             if bar is not None:
                 bar.close()
             if stop["flag"]:
@@ -231,13 +279,17 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
                       "runs": meta.get("runs", [{"command": meta.get("command", command), "from_step": 0}]),
                       "history": meta["history"], "resumed": meta.get("resumed", []),
                       "machine": f"{os.cpu_count()} CPU cores, JAX {jax.__version__} {jax.default_backend()}"}
-            demo_model.save_demo_model(export, params, config, record)
+            if "init_from" in meta:
+                record["init_from"] = meta["init_from"]
+            use_ema = float(tr.get("ema", 0.0)) > 0
+            record["weights"] = f"EMA (decay {tr.ema})" if use_ema else "last step"
+            demo_model.save_demo_model(export, ema if use_ema else params, config, record)
             print(json.dumps({"event": "exported", "dir": str(export), "step": step}), flush=True)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         mngr.close()
-    return {"step": step, "params": params, "meta": meta}
+    return {"step": step, "params": params, "ema": ema, "meta": meta}
 
 
 def main(argv=None) -> int:
@@ -248,6 +300,8 @@ def main(argv=None) -> int:
                     help="config override, e.g. train.batch=8 (repeatable)")
     ap.add_argument("--export", default=None, help="write the shipped model here when training ends")
     ap.add_argument("--export-only", action="store_true", help="export the latest checkpoint, no training")
+    ap.add_argument("--init-from", default=None,
+                    help="start from the params of another run's checkpoint directory (fresh optimizer)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     config = apply_overrides(demo_tiny.get_config(), args.set)
@@ -257,7 +311,8 @@ def main(argv=None) -> int:
         ap.error("--export-only needs --export DIR")
     command = "python launch/train_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     train(config, pathlib.Path(args.out), export=pathlib.Path(args.export) if args.export else None,
-          export_only=args.export_only, progress=not args.no_progress, command=command)
+          export_only=args.export_only, progress=not args.no_progress, command=command,
+          init_from=pathlib.Path(args.init_from) if args.init_from else None)
     return 0
 
 

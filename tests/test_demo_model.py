@@ -126,8 +126,34 @@ def test_training_resumes_exactly(tmp_path):
     resumed = td.train(_tiny_config(), tmp_path / "b", progress=False, export=tmp_path / "export")
     assert full["step"] == resumed["step"] == 4
     jax.tree_util.tree_map(np.testing.assert_array_equal, full["params"], resumed["params"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, full["ema"], resumed["ema"])
+    moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)),
+                                                              full["ema"], full["params"]))
+    assert any(moved)  # the EMA is its own average, not a copy of the last params
     assert [h["step"] for h in resumed["meta"]["history"]] == [1, 2, 3, 4]
     assert dm.load_demo_model(tmp_path / "export").record["steps"] == 4
+
+
+def test_init_from_starts_at_another_runs_params(tmp_path):
+    """--init-from: params of another run (e.g. an eps model fine-tuned to v), fresh optimizer, recorded."""
+    td = _train_module()
+    config = _tiny_config()
+    src = dm.init_params(config, seed=5)  # another run's step-3 checkpoint (no training compile needed)
+    mngr = td._manager(tmp_path / "src", config)
+    opt = td.make_optimizer(config)
+    td._save(mngr, 3, src, opt.init(src), src, {"config": {}, "history": []})
+    mngr.close()
+    config0 = _tiny_config()
+    config0.train.steps = 0
+    got = td.train(config0, tmp_path / "dst", progress=False, init_from=tmp_path / "src")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, src, got["params"])
+    assert got["meta"]["init_from"]["step"] == 3
+    other = _tiny_config()
+    other.text.width = 64
+    with pytest.raises(ValueError, match="model config differs"):
+        td.train(other, tmp_path / "dst2", progress=False, init_from=tmp_path / "src")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        td.train(_tiny_config(), tmp_path / "dst3", progress=False, init_from=tmp_path / "empty")
 
 
 def _shipped():

@@ -63,6 +63,35 @@ def test_diffusers_step_matches_ddimscheduler_over_50_steps(eta):
     assert worst < 1e-5, worst
 
 
+def test_v_prediction_step_matches_ddimscheduler():
+    """A v-model's output through ``to_eps`` then our DDIM step == DDIMScheduler(prediction_type=
+    "v_prediction") over 50 steps (eta 0)."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from vstar_jax.diffusion.parameterization import to_eps
+
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                    beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                                    steps_offset=1, prediction_type="v_prediction")
+    sched.set_timesteps(50)
+    s = S.diffusers_schedule(50, eta=0.0)
+    coeffs = s.coefficients()
+    rng = np.random.default_rng(1)
+    shape = (2, 4, 3, 4, 5)
+    x_ref = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    x = jnp.asarray(x_ref.numpy())
+    worst = 0.0
+    for i, t in enumerate(sched.timesteps):
+        v = rng.standard_normal(shape).astype(np.float32)
+        out = sched.step(torch.from_numpy(v), t, x_ref, eta=0.0)
+        eps = to_eps(jnp.asarray(v), x, jnp.full((shape[0],), int(t)), s.alphas_cumprod, "v")
+        x, x0 = SP.ddim_step(x, eps, {k: c[i] for k, c in coeffs.items()})
+        worst = max(worst, _scaled_err(x0, out.pred_original_sample.numpy()))
+        x_ref = out.prev_sample
+        worst = max(worst, _scaled_err(x, x_ref.numpy()))
+    assert worst < 1e-5, worst
+
+
 def _dummy_model(counter):
     def model_fn(x, t, context, step_index):
         counter.append(1)  # Python side effect: runs once per trace

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.diffusion.parameterization import check_prediction, to_eps
+
 SIDECAR_FORMAT = "vstar-jax-generation/1"
 DEMO_SOURCE = "builtin:demo"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
@@ -85,6 +87,7 @@ def diffusion_settings(config: Mapping) -> dict:
         "scale_b": float(d.get("scale_b", 0.7)),
         "latent_channels": int(d.get("latent_channels", unet.get("in_channels", 4))),
         "default_fps": d.get("default_fps", DEFAULTS["fps"]),
+        "prediction": check_prediction(str(d.get("prediction", "eps"))),
     }
     size = d.get("latent_size")
     if size is None and config.get("size") is not None:
@@ -315,6 +318,7 @@ class SamplePlan:
     capture: bool
     latent_sharding: Any = None  # NamedSharding over the frame axis (vstar_jax.parallel), or None
     long_video: Any = None  # vstar_jax.longvideo.config.LongVideoConfig (chunked sampling), or None
+    prediction: str = "eps"  # what the UNet predicts (vstar_jax.diffusion.parameterization)
 
     def schedule(self):
         from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
@@ -457,15 +461,18 @@ def _sample_jit(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: Sample
     if plan.latent_sharding is not None:
         x_T = jax.lax.with_sharding_constraint(x_T, plan.latent_sharding)
 
+    alphas_cumprod = plan.schedule().alphas_cumprod
+
     def model_fn(x, t, ctx, i):
         if plan.latent_sharding is not None:  # keep the CFG rows split over frames on the mesh
             x = jax.lax.with_sharding_constraint(x, plan.latent_sharding)
         kw = dict(fps=fps, step_index=i, tar=plan.tar, capture_attention=plan.capture)
         if plan.capture:
             eps, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
+            eps = to_eps(eps, x, t, alphas_cumprod, plan.prediction)
             out = (eps, _attention_rows(state["intermediates"], batch))
         else:
-            eps = unet.apply({"params": params}, x, t, ctx, **kw)
+            eps = to_eps(unet.apply({"params": params}, x, t, ctx, **kw), x, t, alphas_cumprod, plan.prediction)
             out = (eps, None)
         # always in the graph (progress on or off compiles the same program)
         jax.debug.callback(_progress_tick, i, eps.reshape(-1)[0])
@@ -671,7 +678,8 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     pipe = pipeline
     shape = (1, info.latent_channels, frames, lat_h, lat_w)
     plan = SamplePlan(d["flavor"], int(steps), float(eta), sched_kw, shape, tar_cfg,
-                      attention_png is not None or bool(record_attention), latent_sharding, long_cfg)
+                      attention_png is not None or bool(record_attention), latent_sharding, long_cfg,
+                      d["prediction"])
 
     _log(progress, "encoding the prompt" + (f" and {len(states)} synopsis states" if states else ""))
     uncond = pipe.encode([""])
@@ -757,6 +765,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
         "attention": plan.capture,
         "frame_batch": int(frame_batch),
         "schedule": {"flavor": d["flavor"], **dict(sched_kw)},
+        "prediction": d["prediction"],
         "scale_factor": d["scale_factor"],
         "rng": {"impl": str(jax.config.jax_default_prng_impl),
                 "rule": "key=jax.random.key(seed); k_x,k_steps=split(key); x_T=normal(k_x); "

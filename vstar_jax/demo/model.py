@@ -291,7 +291,7 @@ def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[i
     x_T = jax.random.normal(kx, model.latent_shape(frames, batch))
     clip = bool(d.get("clip_x0", False)) if clip_x0 is None else bool(clip_x0)
     run = _sampler(model.unet, tar, steps, float(eta), cfg, (d.linear_start, d.linear_end, d.num_timesteps),
-                   bool(d.use_scale), clip)
+                   bool(d.use_scale), clip, str(d.get("prediction", "eps")))
     lat = run(model.unet_params, x_T, cond, uncond, kn)
     return decode_latents(lat, model.config.patch, 1)
 
@@ -308,7 +308,7 @@ def clip_eps(eps, x, t, alphas_cumprod, lo: float = -1.0, hi: float = 1.0):
 
 
 def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_scale: bool,
-             clip_x0: bool = False) -> Callable:
+             clip_x0: bool = False, prediction: str = "eps") -> Callable:
     """A jitted ``run(params, x_T, cond, uncond, key) -> latents``, cached per settings.
 
     With ``clip_x0`` the guided eps is replaced by :func:`clip_eps` (guidance is then applied inside
@@ -316,7 +316,9 @@ def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_sc
     from vstar_jax.diffusion.sampler import cfg_combine, ddim_sample
     from vstar_jax.diffusion.schedules import videocrafter2_schedule
 
-    key = (id(unet), tar, steps, eta, cfg, betas, use_scale, clip_x0)
+    from vstar_jax.diffusion.parameterization import to_eps
+
+    key = (id(unet), tar, steps, eta, cfg, betas, use_scale, clip_x0, prediction)
     if key not in _SAMPLERS:
         sched = videocrafter2_schedule(steps, eta, use_scale=use_scale, linear_start=betas[0],
                                        linear_end=betas[1], num_timesteps=betas[2])
@@ -325,7 +327,7 @@ def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_sc
         @jax.jit
         def run(params, x_T, cond, uncond, rng):
             def model_fn(x, t, ctx, i):
-                eps = unet.apply({"params": params}, x, t, ctx, step_index=i, tar=tar)
+                eps = to_eps(unet.apply({"params": params}, x, t, ctx, step_index=i, tar=tar), x, t, ac, prediction)
                 if not clip_x0:
                     return eps
                 b = x.shape[0] // 2
