@@ -17,8 +17,9 @@ from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
 # ------------------------------------------------------------ shared sub-plans
 
 
-def _transformer(plan: Plan, src: str, dst: tuple, depth: int):
-    """Spatial or temporal transformer: identical leaf names in lvdm and diffusers."""
+def _transformer(plan: Plan, src: str, dst: tuple, depth: int, relative: bool = False):
+    """Spatial or temporal transformer: identical leaf names in lvdm and diffusers. ``relative``: lvdm
+    temporal attention with ``use_relative_position`` (k and v tables in attn1 and attn2)."""
     p_norm(plan, f"{src}.norm", dst + ("norm",))
     p_dense(plan, f"{src}.proj_in", dst + ("proj_in",))
     p_dense(plan, f"{src}.proj_out", dst + ("proj_out",))
@@ -28,6 +29,9 @@ def _transformer(plan: Plan, src: str, dst: tuple, depth: int):
             for qkv in ("to_q", "to_k", "to_v"):
                 p_dense(plan, f"{s}.{a}.{qkv}", t + (a, qkv), bias=False)
             p_dense(plan, f"{s}.{a}.to_out.0", t + (a, "to_out"))
+            if relative:
+                for r in ("relative_position_k", "relative_position_v"):
+                    plan[f"{s}.{a}.{r}.embeddings_table"] = (t + (a, r, "embeddings_table"), "identity")
         for n in ("norm1", "norm2", "norm3"):
             p_norm(plan, f"{s}.{n}", t + (n,))
         p_dense(plan, f"{s}.ff.net.0.proj", t + ("ff_in",))
@@ -76,6 +80,7 @@ def _lvdm_res(plan: Plan, src: str, dst: tuple, skip: bool, tconv: bool):
 def plan_unet_lvdm(cfg) -> Plan:
     plan: Plan = {}
     depth, tconv, tattn = cfg.transformer_depth, cfg.temporal_conv, cfg.temporal_attention
+    rel = bool(cfg.get("use_relative_position", False))
     p_dense(plan, "time_embed.0", ("time_embed_1",))
     p_dense(plan, "time_embed.2", ("time_embed_2",))
     if cfg.fps_cond:
@@ -83,7 +88,7 @@ def plan_unet_lvdm(cfg) -> Plan:
         p_dense(plan, "fps_embedding.2", ("fps_embed_2",))
     p_conv(plan, "input_blocks.0.0", ("conv_in",))
     if cfg.init_attn:
-        _transformer(plan, "init_attn.0", ("init_attn",), depth)
+        _transformer(plan, "init_attn.0", ("init_attn",), depth, rel)
     n_levels = len(cfg.channel_mult)
     k = 1
     for level, ds, attn in _levels(cfg):
@@ -93,7 +98,7 @@ def plan_unet_lvdm(cfg) -> Plan:
             if attn:
                 _transformer(plan, f"input_blocks.{k}.1", (f"{name}_spatial",), depth)
                 if tattn:
-                    _transformer(plan, f"input_blocks.{k}.2", (f"{name}_temporal",), depth)
+                    _transformer(plan, f"input_blocks.{k}.2", (f"{name}_temporal",), depth, rel)
             k += 1
         if level != n_levels - 1:
             p_conv(plan, f"input_blocks.{k}.0.op", (f"downsample_{level}",))
@@ -101,7 +106,7 @@ def plan_unet_lvdm(cfg) -> Plan:
     _lvdm_res(plan, "middle_block.0", ("mid_res_0",), False, tconv)
     _transformer(plan, "middle_block.1", ("mid_spatial",), depth)
     if tattn:
-        _transformer(plan, "middle_block.2", ("mid_temporal",), depth)
+        _transformer(plan, "middle_block.2", ("mid_temporal",), depth, rel)
     _lvdm_res(plan, f"middle_block.{3 if tattn else 2}", ("mid_res_1",), False, tconv)
     k = 0
     for level, ds, attn in reversed(list(_levels(cfg))):
@@ -113,7 +118,7 @@ def plan_unet_lvdm(cfg) -> Plan:
                 _transformer(plan, f"output_blocks.{k}.1", (f"{name}_spatial",), depth)
                 j = 2
                 if tattn:
-                    _transformer(plan, f"output_blocks.{k}.2", (f"{name}_temporal",), depth)
+                    _transformer(plan, f"output_blocks.{k}.2", (f"{name}_temporal",), depth, rel)
                     j = 3
             if level != 0 and i == cfg.num_res_blocks:
                 p_conv(plan, f"output_blocks.{k}.{j}.conv", (f"upsample_{level}",))
@@ -199,8 +204,8 @@ def unet_config_from_lvdm(params: Mapping) -> ml_collections.ConfigDict:
     """Build the Flax UNet config from the ``unet_config.params`` block of a VideoCrafter YAML."""
     from configs.unet_videocrafter2 import get_config
 
-    if params.get("use_relative_position", False):
-        raise ValueError("use_relative_position=true is not supported (VideoCrafter2 uses false)")
+    if params.get("use_relative_position", False) and int(params.get("temporal_length") or 0) < 1:
+        raise ValueError("use_relative_position=true needs temporal_length (the tables' max offset)")
     if params.get("num_head_channels", -1) in (-1, None):
         raise ValueError("only num_head_channels-style configs are supported (VideoCrafter2 sets 64)")
     cfg = get_config()
@@ -212,6 +217,9 @@ def unet_config_from_lvdm(params: Mapping) -> ml_collections.ConfigDict:
     cfg.channel_mult = tuple(params.get("channel_mult", cfg.channel_mult))
     cfg.attention_resolutions = tuple(params.get("attention_resolutions", cfg.attention_resolutions))
     cfg.init_attn = bool(params.get("addition_attention", False))
+    cfg.use_relative_position = bool(params.get("use_relative_position", False))
+    if cfg.use_relative_position:
+        cfg.temporal_length = int(params["temporal_length"])
     if params.get("temporal_transformer_depth", 1) != cfg.transformer_depth:
         raise ValueError("temporal_transformer_depth different from transformer_depth is not supported")
     if params.get("use_scale_shift_norm", False) or params.get("resblock_updown", False):

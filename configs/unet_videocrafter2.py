@@ -20,6 +20,8 @@ def get_config():
     c.init_attn = True             # `init_attn` after conv_in (Conv1d k=1 projections)
     c.init_attn_heads = 8
     c.fps_cond = True
+    c.use_relative_position = False  # lvdm relative-position tables in temporal attention (VideoCrafter1: on)
+    c.temporal_length = 16         # their max frame offset, when on
     c.norm_groups = 32
     c.transformer_norm_groups = 32  # spatial/temporal transformer GroupNorm (lvdm: always 32)
     c.dtype = "float32"            # activations / matmuls: float32 | bfloat16 | float16

@@ -90,6 +90,33 @@ def test_converter_names_missing_unexpected_and_misshaped_keys(golden_unet):
     assert "input_blocks.1.1.proj_in.weight" in str(err) and "out.2.weight" in str(err)
 
 
+def test_converter_maps_relative_position_tables(golden_unet):
+    """lvdm use_relative_position: the converter takes every attn1/attn2 k/v table of the temporal
+    transformers (and init_attn) as is, and names them when a checkpoint lacks them."""
+    from checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
+
+    load_golden("videocrafter2/unet_tiny.safetensors")
+    sd = dict(PrefixView(load_state_dict(str(GOLDEN / "videocrafter2/unet_tiny.safetensors")),
+                         "model.diffusion_model."))
+    cfg = unet_tiny.get_config()
+    cfg.use_relative_position, cfg.temporal_length = True, 4
+    with pytest.raises(ConversionError) as e:
+        convert_unet(sd, cfg, "lvdm")
+    assert e.value.missing and all("relative_position_" in k for k in e.value.missing)
+    assert "init_attn.0.transformer_blocks.0.attn1.relative_position_k.embeddings_table" in e.value.missing
+    rng = np.random.default_rng(0)
+    tables = {k: rng.standard_normal((9, cfg.num_head_channels)).astype(np.float32)
+              for k in plan_unet_lvdm(cfg) if "relative_position_" in k}
+    params = convert_unet({**sd, **tables}, cfg, "lvdm")
+    np.testing.assert_array_equal(
+        params["mid_temporal"]["block_0"]["attn2"]["relative_position_v"]["embeddings_table"],
+        tables["middle_block.2.transformer_blocks.0.attn2.relative_position_v.embeddings_table"])
+    got = unet_config_from_lvdm({"use_relative_position": True, "temporal_length": 16, "num_head_channels": 64})
+    assert got.use_relative_position and got.temporal_length == 16
+    with pytest.raises(ValueError, match="needs temporal_length"):
+        unet_config_from_lvdm({"use_relative_position": True, "num_head_channels": 64})
+
+
 # ---------------------------------------------------------------- diffusers UNet3DConditionModel
 
 DIFFUSERS_CONFIGS = [
@@ -148,3 +175,59 @@ def test_attention_backend_choice():
             attention(q, q, q, backend="cudnn")
     with pytest.raises(ValueError, match="unknown attention backend"):
         attention(q, q, q, backend="flash")
+
+
+def test_relative_position_attention_matches_lvdm_formula():
+    """rel_k / rel_v as lvdm's CrossAttention(relative_position=True) computes them, written out in
+    numpy on its (b h) n d layout: sim = (q k^T + q . K[i, j]) * scale; out = A v + sum_j A[i, j] V[i, j]."""
+    from vstar_jax.models.attention import attention
+    from vstar_jax.models.unet3d import relative_positions
+
+    rng = np.random.default_rng(0)
+    b, n, h, d, m = 2, 6, 3, 4, 3
+    q, k, v = (rng.standard_normal((b, n, h, d)).astype(np.float32) for _ in range(3))
+    tk, tv = (rng.standard_normal((2 * m + 1, d)).astype(np.float32) for _ in range(2))
+    idx = np.asarray(relative_positions(n, n, m))
+    assert idx[0, -1] == 2 * m and idx[-1, 0] == 0 and idx[2, 3] == m + 1  # clipped j - i, shifted by m
+    out = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), rel_k=jnp.asarray(tk[idx]),
+                    rel_v=jnp.asarray(tv[idx]))
+    fold = lambda t: t.transpose(0, 2, 1, 3).reshape(b * h, n, d)  # noqa: E731
+    qq, kk, vv = fold(q), fold(k), fold(v)
+    sim = (np.einsum("bid,bjd->bij", qq, kk) + np.einsum("btd,tsd->bts", qq, tk[idx])) * d ** -0.5
+    w = np.exp(sim - sim.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    ref = np.einsum("bij,bjd->bid", w, vv) + np.einsum("bts,tsd->btd", w, tv[idx])
+    ref = ref.reshape(b, h, n, d).transpose(0, 2, 1, 3)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_unet_relative_position_tables_and_zero_table_equivalence():
+    """use_relative_position adds a k and a v table to every temporal attn1/attn2 (init_attn too); with
+    zero tables the UNet is the plain one, and with trained tables frame order matters."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    cfg = unet_tiny.get_config()
+    cfg.fps_cond = False
+    plain = UNet3D(cfg)
+    cfg_rel = unet_tiny.get_config()
+    cfg_rel.fps_cond = False
+    cfg_rel.use_relative_position, cfg_rel.temporal_length = True, 3
+    rel = UNet3D(cfg_rel)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((1, 4, 5, 8, 8)).astype(np.float32))
+    t = jnp.array([500])
+    ctx = jnp.asarray(rng.standard_normal((1, 77, cfg.context_dim)).astype(np.float32))
+    p_rel = rel.init(jax.random.PRNGKey(0), x, t, ctx)["params"]
+    flat = flatten_dict(p_rel)
+    tables = [k for k in flat if k[-1] == "embeddings_table"]
+    n_temporal = sum(1 for k in flatten_dict(init_shapes(plain, 5))
+                     if k[-3:] == ("attn1", "to_q", "kernel") and ("temporal" in k[0] or k[0] == "init_attn"))
+    assert len(tables) == 4 * n_temporal > 0  # k and v tables in attn1 and attn2 of each temporal block
+    assert any(k[0] == "init_attn" for k in tables)
+    assert all(flat[k].shape == (2 * 3 + 1, cfg.num_head_channels) for k in tables)
+    zero = unflatten_dict({k: (jnp.zeros_like(a) if k[-1] == "embeddings_table" else a) for k, a in flat.items()})
+    p_plain = unflatten_dict({k: a for k, a in flat.items() if k[-1] != "embeddings_table"
+                              and k[-2] not in ("relative_position_k", "relative_position_v")})
+    y_plain = plain.apply({"params": p_plain}, x, t, ctx)
+    assert rel_err(rel.apply({"params": zero}, x, t, ctx), y_plain) < 1e-6
+    assert rel_err(rel.apply({"params": p_rel}, x, t, ctx), y_plain) > 1e-3

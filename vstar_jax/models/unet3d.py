@@ -39,8 +39,31 @@ def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000
     return emb
 
 
+def relative_positions(length_q: int, length_k: int, max_relative: int) -> jax.Array:
+    """(Lq, Lk) rows of a (2 m + 1)-row table: clip(j - i, -m, m) + m (lvdm ``RelativePosition``)."""
+    dist = jnp.arange(length_k)[None, :] - jnp.arange(length_q)[:, None]
+    return jnp.clip(dist, -max_relative, max_relative) + max_relative
+
+
+class RelativePosition(nn.Module):
+    """A learned (2 m + 1, head_dim) table indexed by the clipped frame offset j - i."""
+
+    max_relative: int
+    head_dim: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, length_q: int, length_k: int):
+        table = self.param("embeddings_table", nn.initializers.xavier_uniform(),
+                           (2 * self.max_relative + 1, self.head_dim), self.param_dtype)
+        return table[relative_positions(length_q, length_k, self.max_relative)]
+
+
 class Attention(nn.Module):
-    """q/k/v projections (no bias) + the project's attention + output projection."""
+    """q/k/v projections (no bias) + the project's attention + output projection.
+
+    ``relative_position`` > 0 adds lvdm's relative-position terms over the sequence axis (temporal
+    attention with ``use_relative_position``; m = ``temporal_length``)."""
 
     heads: int
     head_dim: int
@@ -48,6 +71,7 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
+    relative_position: int = 0
 
     @nn.compact
     def __call__(self, x, context=None, logit_transform=None, capture: bool = False):
@@ -59,8 +83,13 @@ class Attention(nn.Module):
         k = dense(inner, False, "to_k")(ctx)
         v = dense(inner, False, "to_v")(ctx)
         split = lambda t: t.reshape(t.shape[:-1] + (self.heads, self.head_dim))
+        rel = {}
+        if self.relative_position:
+            m, lq, lk = self.relative_position, x.shape[-2], ctx.shape[-2]
+            rel = {"rel_k": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_k")(lq, lk),
+                   "rel_v": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_v")(lq, lk)}
         res = attention(split(q), split(k), split(v), logit_transform=logit_transform, backend=self.backend,
-                        return_weights=capture)
+                        return_weights=capture, **rel)
         if capture:
             out, weights = res
             # Mean over heads; the caller averages over pixels.
@@ -83,12 +112,13 @@ class TransformerBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
+    relative_position: int = 0  # temporal blocks: lvdm's relative position in attn1 and attn2
 
     @nn.compact
     def __call__(self, x, context=None, logit_transform=None, capture: bool = False):
         ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name=name)
         attn = lambda name: Attention(self.heads, self.head_dim, self.dim, self.dtype, self.param_dtype,
-                                      self.backend, name=name)
+                                      self.backend, self.relative_position, name=name)
         x = x + attn("attn1")(ln("norm1")(x).astype(self.dtype), None, logit_transform, capture)
         x = x + attn("attn2")(ln("norm2")(x).astype(self.dtype), context, logit_transform, capture)
         h = ln("norm3")(x).astype(self.dtype)
@@ -141,6 +171,7 @@ class TemporalTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
     groups: int = 32
+    relative_position: int = 0  # lvdm use_relative_position: max frame offset (temporal_length); 0 = off
 
     @nn.compact
     def __call__(self, x, logit_transform=None, capture: bool = False):
@@ -151,7 +182,7 @@ class TemporalTransformer(nn.Module):
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
             y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                                 name=f"block_{i}")(y, None, logit_transform, capture)
+                                 self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
         y = y.reshape(b, h, w, f, c).transpose(0, 3, 1, 2, 4)
         return x + y.astype(x.dtype)
@@ -249,6 +280,10 @@ class UNet3D(nn.Module):
         use_tattn = c("temporal_attention", True)
         # lvdm fixes the transformers' GroupNorm at 32 groups; diffusers uses norm_num_groups
         tgroups = c("transformer_norm_groups", 32)
+        # lvdm use_relative_position (VideoCrafter1-style temporal attention; VideoCrafter2 and ModelScope: off)
+        rel = int(c("temporal_length", 16)) if c("use_relative_position", False) else 0
+        if c("use_relative_position", False) and rel < 1:
+            raise ValueError(f"use_relative_position needs temporal_length >= 1, got {c('temporal_length')}")
 
         if x.ndim != 5 or x.shape[1] != c("in_channels"):
             raise ValueError(f"UNet3D expects latents (b, {c('in_channels')}, f, h, w), got {tuple(x.shape)}")
@@ -267,7 +302,7 @@ class UNet3D(nn.Module):
 
         def temporal(h, ch, heads, hd, level, name, regularize=True):
             transform = make_transform(tar, level, step_index) if regularize else None
-            out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, name=name)(
+            out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, rel, name=name)(
                 h.reshape(b, f, *h.shape[1:]), transform, capture_attention)
             return out.reshape(h.shape)
 
