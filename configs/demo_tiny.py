@@ -7,6 +7,8 @@ Latent space: a fixed, lossless "patch" autoencoder (no training): x = 2 * rgb -
 patch x patch tiles stacked on channels, so a 12x12 RGB frame is a 4x4x27 latent
 (`vstar_jax/demo/model.py: patchify / unpatchify`). On these CPUs the UNet's cost follows the
 number of latent positions: 4x4 latents train ~3.5x faster than 8x8 (0.7 vs 2.4 s/step at batch 16).
+The shipped model is the last of five chained runs (eps -> v -> relative position -> noisier
+timesteps -> path-weighted loss; benchmarks/RESULTS.md); this file holds the last run's settings.
 Latent channels must stay well below model_channels: an eps-predictor has to carry the input noise
 through conv_in, GroupNorm+SiLU and conv_out (48 latent channels with 32 model channels did not
 learn; 27 with 32 trained to loss 0.2 but sampled noise; 27 with 64 is this config).
@@ -44,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
     # clipped at frames - 1 = 7, so longer videos reuse the trained rows.
     u.use_relative_position = True
     u.temporal_length = 7
+    u.frame_position = False     # UNet3D option outside VideoCrafter2: normalised frame-position embedding
+                                 # (600 steps with it on did not change the direction probe; off when shipped)
     u.norm_groups = 8
     c.unet = u
 
@@ -76,7 +80,12 @@ def get_config() -> ml_collections.ConfigDict:
     tr.warmup = 150
     tr.weight_decay = 0.01
     tr.clip = 1.0
-    tr.min_snr = 5.0             # Min-SNR-gamma loss weighting (0 = plain MSE)
+    tr.min_snr = 0.0             # Min-SNR-gamma loss weighting (0 = plain MSE). Off: with v-prediction it
+                                 # weights the noisiest steps by ~snr, and there the caption alone decides
+                                 # the motion; with it on the model ignored direction words entirely
+    tr.fg_weight = 4.0           # loss weight 1 + fg_weight on the pixels the object's path crosses: the
+                                 # object is ~6% of the frame, so its motion barely moved a plain MSE
+    tr.high_noise_frac = 0.5     # share of each batch with t drawn from the noisier half (train_demo.sample_timesteps)
     tr.ema = 0.999               # exported weights: EMA of the params (0 = last step)
     tr.uncond_prob = 0.1         # caption dropped ("" prompt) for classifier-free guidance
     tr.data_seed = 0

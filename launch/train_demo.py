@@ -1,15 +1,20 @@
 """Train the embedded demo model (configs/demo_tiny.py) on the procedural world.
 
     python launch/train_demo.py --out /work/demo_ckpt --steps 6000 \
-        [--set train.batch=8 --set unet.model_channels=32 ...] [--export vstar_jax/assets/demo_model]
+        [--set train.batch=8 --set unet.model_channels=32 ...] [--init-from OTHER_RUN] \
+        [--export vstar_jax/assets/demo_model]
 
-eps-prediction DDPM loss on VideoCrafter2's schedule (``make_alphas_cumprod``), AdamW (optax), the
-UNet and the text encoder trained jointly from scratch. Every batch and every noise draw is a pure
-function of (data seed, step), and the orbax checkpoint (every ``train.ckpt_every`` steps, and on
-SIGINT/SIGTERM) holds params, optimizer state, step and the loss history, so an interrupted run resumes
-exactly where it stopped: rerun the same command. ``--export DIR`` writes the shipped model
-(``vstar_jax.demo.model.save_demo_model``) from the latest checkpoint when training ends;
-``--export-only`` exports without training.
+The UNet and the text encoder are trained jointly from scratch (optax AdamW) on VideoCrafter2's
+schedule (``make_alphas_cumprod``) with the config's parameterization (``diffusion.prediction``: eps
+or v), optional Min-SNR weighting (``train.min_snr``), a loss weight on the pixels the object's path
+crosses (``train.fg_weight``) and a share of timesteps from the noisier half (``train.high_noise_frac``);
+the exported weights are an EMA of the params (``train.ema``). Every batch and every noise draw is a
+pure function of (data seed, step), and the orbax checkpoint (every ``train.ckpt_every`` steps, and on
+SIGINT/SIGTERM) holds params, optimizer state, EMA, step and the loss history, so an interrupted run
+resumes exactly where it stopped: rerun the same command. ``--init-from DIR`` starts a new run from
+another run's params (new parameters, e.g. relative-position tables, keep their initialisation).
+``--export DIR`` writes the shipped model (``vstar_jax.demo.model.save_demo_model``) from the latest
+checkpoint when training ends; ``--export-only`` exports without training.
 """
 from __future__ import annotations
 
@@ -68,14 +73,16 @@ def clip_seed(data_seed: int, step: int, index: int, batch: int) -> int:
 
 
 def make_batch(config, step: int, tokenizer, token_cache: dict):
-    """(videos float32 (b, F, H, W, 3), tokens int32 (b, 77), captions) of a step: a pure function."""
+    """(videos float32 (b, F, H, W, 3), tokens int32 (b, 77), captions, path masks float32 (b, H, W))
+    of a step: a pure function. A clip's path mask marks the pixels its object covers in any frame."""
     tr = config.train
-    vids, caps = [], []
+    vids, caps, masks = [], [], []
     for i in range(tr.batch):
-        v, cap, _ = world.sample_clip(clip_seed(tr.data_seed, step, i, tr.batch), config.frames, config.size,
-                                      tr.kind)
+        v, cap, spec = world.sample_clip(clip_seed(tr.data_seed, step, i, tr.batch), config.frames, config.size,
+                                         tr.kind)
         vids.append(v)
         caps.append(cap)
+        masks.append(path_mask(v, spec))
     drop = np.random.default_rng([tr.data_seed, step, 7]).random(tr.batch) < tr.uncond_prob
     texts = ["" if d else c for c, d in zip(caps, drop)]
     rows = []
@@ -83,7 +90,13 @@ def make_batch(config, step: int, tokenizer, token_cache: dict):
         if t not in token_cache:
             token_cache[t] = tokenizer([t])[0]
         rows.append(token_cache[t])
-    return np.stack(vids), np.stack(rows).astype(np.int32), texts
+    return np.stack(vids), np.stack(rows).astype(np.int32), texts, np.stack(masks)
+
+
+def path_mask(video: np.ndarray, spec: dict, threshold: float = 0.02) -> np.ndarray:
+    """(H, W) float32: 1 where the clip differs from its background in some frame (the object's path)."""
+    bg = world._background(spec["nuisance"], video.shape[1])
+    return (np.abs(video - bg[None]).max(axis=(0, 3)) > threshold).astype(np.float32)
 
 
 def _decay_mask(params):
@@ -102,32 +115,51 @@ def make_optimizer(config):
                        optax.adamw(sched, b1=0.9, b2=0.99, weight_decay=tr.weight_decay, mask=_decay_mask))
 
 
+def sample_timesteps(key, batch: int, num_timesteps: int, high_frac: float = 0.0):
+    """Training timesteps: uniform over [0, T), except a ``high_frac`` share of the batch drawn from the
+    noisier half [T/2, T) -- where the caption alone must decide the layout (which way the object
+    goes), so where a text-to-video model learns to follow motion words."""
+    ku, kh = jax.random.split(key)
+    t = jax.random.randint(ku, (batch,), 0, num_timesteps)
+    if high_frac <= 0:
+        return t
+    n_high = int(round(high_frac * batch))
+    high = jax.random.randint(kh, (batch,), num_timesteps // 2, num_timesteps)
+    return jnp.where(jnp.arange(batch) < n_high, high, t)
+
+
 def make_train_step(config, unet, text, optimizer):
     d = config.diffusion
     ac = jnp.asarray(make_alphas_cumprod(d.linear_start, d.linear_end, d.num_timesteps), jnp.float32)
     prediction = check_prediction(str(d.get("prediction", "eps")))
     gamma = float(config.train.get("min_snr", 0.0))
+    high_frac = float(config.train.get("high_noise_frac", 0.0))
+    fg_weight = float(config.train.get("fg_weight", 0.0))
     ema_decay = float(config.train.get("ema", 0.0))
     patch = config.patch
     seed = config.train.init_seed
 
-    def loss_fn(params, video, tokens, step):
+    def loss_fn(params, video, tokens, mask, step):
         key = jax.random.fold_in(jax.random.PRNGKey(seed + 1), step)
         kt, kn = jax.random.split(key)
         x0 = demo_model.patchify(video, patch)
         b = x0.shape[0]
-        t = jax.random.randint(kt, (b,), 0, ac.shape[0])
+        t = sample_timesteps(kt, b, ac.shape[0], high_frac)
         noise = jax.random.normal(kn, x0.shape)
         a = ac[t][:, None, None, None, None]
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise
         ctx = text.apply({"params": params["text"]}, tokens)
         out = unet.apply({"params": params["unet"]}, xt, t, ctx)
-        per_clip = jnp.mean((out - target(x0, noise, a, prediction)) ** 2, axis=(1, 2, 3, 4))
+        # path-weighted MSE: 1 + fg_weight on the pixels the object crosses (all frames; the patch latent
+        # is a rearrangement of pixels, so the mask maps onto it exactly)
+        on_path = demo_model.patchify(jnp.broadcast_to(mask[:, None, :, :, None], video.shape), patch) > 0.0
+        weight = 1.0 + fg_weight * on_path.astype(jnp.float32)
+        per_clip = jnp.mean(weight * (out - target(x0, noise, a, prediction)) ** 2, axis=(1, 2, 3, 4))
         return jnp.mean(min_snr_weight(ac[t], gamma, prediction) * per_clip)
 
     @jax.jit
-    def train_step(params, opt_state, ema, video, tokens, step):
-        loss, grads = jax.value_and_grad(loss_fn)(params, video, tokens, step)
+    def train_step(params, opt_state, ema, video, tokens, mask, step):
+        loss, grads = jax.value_and_grad(loss_fn)(params, video, tokens, mask, step)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if ema_decay > 0:  # bias-free warm start: the average tracks params closely early on
@@ -152,6 +184,15 @@ def _save(mngr, step, params, opt_state, ema, meta):
     mngr.wait_until_finished()
 
 
+def same_model_config(a, b) -> bool:
+    """Equal configs, where a key only one side has counts as equal when its value is off (False, 0,
+    None): an option added to the config later, default off, does not orphan older checkpoints."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return all(same_model_config(a[k], b[k]) if k in a and k in b else not (a.get(k) or b.get(k))
+                   for k in set(a) | set(b))
+    return a == b
+
+
 def restore_latest(mngr, abstract_state):
     """(step, state, meta) of the newest checkpoint, or None."""
     step = mngr.latest_step()
@@ -160,6 +201,29 @@ def restore_latest(mngr, abstract_state):
     got = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                      meta=ocp.args.JsonRestore()))
     return step, got["state"], got["meta"]
+
+
+def lineage(meta: dict, limit: int = 20) -> list[dict]:
+    """The chain of runs a checkpoint descends from through ``--init-from``, oldest first: per run its
+    directory, the step it was taken at, its wall time and the settings that differ between runs
+    (``diffusion``, ``train``, ``unet`` configs), read from each source's newest checkpoint metadata."""
+    chain, link = [], meta.get("init_from")
+    while link and len(chain) < limit:
+        src = ocp.CheckpointManager(pathlib.Path(link["dir"]).resolve())
+        try:
+            step = src.latest_step()
+            if step is None:
+                chain.append({"dir": link["dir"], "step": link.get("step"), "missing": True})
+                break
+            m = src.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        finally:
+            src.close()
+        cfg = m.get("config", {})
+        chain.append({"dir": link["dir"], "step": int(link.get("step", step)), "wall_s": m.get("wall_s"),
+                      "command": m.get("command"), "diffusion": cfg.get("diffusion"), "train": cfg.get("train"),
+                      "relative_position": (cfg.get("unet") or {}).get("use_relative_position", False)})
+        link = m.get("init_from")
+    return chain[::-1]
 
 
 def init_from_checkpoint(path: pathlib.Path, params):
@@ -215,7 +279,7 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
         model_keys = ("unet", "text", "space", "frames", "size", "patch", "diffusion")  # what params mean
         old_cfg = {k: old["config"].get(k) for k in model_keys}
         new_cfg = {k: cfg_json.get(k) for k in model_keys}
-        if old_cfg != new_cfg:
+        if not same_model_config(old_cfg, new_cfg):
             raise ValueError(f"checkpoint in {out} was trained with another model config; use a new --out")
         params, opt_state, ema = state["params"], state["opt_state"], state["ema"]
         if "init_from" in old:
@@ -251,9 +315,10 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
             losses, t_last, wall0 = [], time.time(), meta["wall_s"]
             t_start = time.time()
             while step < tr.steps and not stop["flag"]:
-                video, tokens, _ = make_batch(config, step, tokenizer, cache)
+                video, tokens, _, mask = make_batch(config, step, tokenizer, cache)
                 params, opt_state, ema, loss, gnorm = train_step(params, opt_state, ema, jnp.asarray(video),
-                                                                 jnp.asarray(tokens), jnp.int32(step))
+                                                                 jnp.asarray(tokens), jnp.asarray(mask),
+                                                                 jnp.int32(step))
                 step += 1
                 losses.append(float(loss))
                 if bar is not None:
@@ -281,6 +346,8 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
                       "machine": f"{os.cpu_count()} CPU cores, JAX {jax.__version__} {jax.default_backend()}"}
             if "init_from" in meta:
                 record["init_from"] = meta["init_from"]
+                record["lineage"] = lineage(meta)
+                record["total_wall_s"] = round(meta["wall_s"] + sum(r.get("wall_s") or 0 for r in record["lineage"]), 1)
             use_ema = float(tr.get("ema", 0.0)) > 0
             record["weights"] = f"EMA (decay {tr.ema})" if use_ema else "last step"
             demo_model.save_demo_model(export, ema if use_ema else params, config, record)

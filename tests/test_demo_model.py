@@ -101,9 +101,10 @@ def test_train_batches_are_pure_functions_of_step():
     from vstar_jax.models.tokenizer import get_tokenizer
 
     config = _tiny_config()
-    v1, t1, c1 = td.make_batch(config, 5, get_tokenizer(), {})
-    v2, t2, c2 = td.make_batch(config, 5, get_tokenizer(), {})
-    v3, _, _ = td.make_batch(config, 6, get_tokenizer(), {})
+    v1, t1, c1, m1 = td.make_batch(config, 5, get_tokenizer(), {})
+    v2, t2, c2, _ = td.make_batch(config, 5, get_tokenizer(), {})
+    v3, _, _, _ = td.make_batch(config, 6, get_tokenizer(), {})
+    assert m1.shape == (2, 8, 8) and 0 < m1.mean() < 0.8  # the object's path: part of the frame
     np.testing.assert_array_equal(v1, v2)
     np.testing.assert_array_equal(t1, t2)
     assert c1 == c2 and not np.array_equal(v1, v3)
@@ -112,6 +113,17 @@ def test_train_batches_are_pure_functions_of_step():
     assert c.train.batch == 3 and tuple(c.unet.channel_mult) == (1, 2, 2)
     with pytest.raises(ValueError):
         td.apply_overrides(demo_tiny.get_config(), ["train.nope=1"])
+
+
+def test_timestep_sampling_weights_the_noisy_half():
+    td = _train_module()
+    key = jax.random.PRNGKey(0)
+    plain = np.asarray(td.sample_timesteps(key, 4000, 1000, 0.0))
+    mixed = np.asarray(td.sample_timesteps(key, 4000, 1000, 0.5))
+    assert plain.min() >= 0 and plain.max() < 1000 and abs(plain.mean() - 500) < 20
+    assert (mixed[:2000] >= 500).all() and mixed.max() < 1000  # the first half: noisy half only
+    np.testing.assert_array_equal(mixed[2000:], plain[2000:])  # the rest: the uniform draw
+    assert abs((mixed >= 500).mean() - 0.75) < 0.02
 
 
 @pytest.mark.slow
@@ -148,6 +160,8 @@ def test_init_from_starts_at_another_runs_params(tmp_path):
     got = td.train(config0, tmp_path / "dst", progress=False, init_from=tmp_path / "src")
     jax.tree_util.tree_map(np.testing.assert_array_equal, src, got["params"])
     assert got["meta"]["init_from"]["step"] == 3
+    chain = td.lineage(got["meta"])  # the runs this one descends from, for the exported record
+    assert [(c["dir"], c["step"]) for c in chain] == [(str(tmp_path / "src"), 3)]
     other = _tiny_config()
     other.text.width = 64
     with pytest.raises(ValueError, match="model config differs"):

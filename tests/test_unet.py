@@ -231,3 +231,32 @@ def test_unet_relative_position_tables_and_zero_table_equivalence():
     y_plain = plain.apply({"params": p_plain}, x, t, ctx)
     assert rel_err(rel.apply({"params": zero}, x, t, ctx), y_plain) < 1e-6
     assert rel_err(rel.apply({"params": p_rel}, x, t, ctx), y_plain) > 1e-3
+
+
+def test_frame_position_option_starts_neutral_and_orders_frames():
+    """unet.frame_position (demo option): zero-initialised, so the UNet starts as the plain one; once
+    trained, frames with the same input and noise get different outputs by their place in the clip."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    cfg = unet_tiny.get_config()
+    cfg.fps_cond, cfg.temporal_conv, cfg.temporal_attention, cfg.init_attn = False, False, False, False
+    plain = UNet3D(cfg)
+    cfg_fp = unet_tiny.get_config()
+    cfg_fp.fps_cond, cfg_fp.temporal_conv, cfg_fp.temporal_attention, cfg_fp.init_attn = False, False, False, False
+    cfg_fp.frame_position = True
+    fp = UNet3D(cfg_fp)
+    rng = np.random.default_rng(2)
+    frame = rng.standard_normal((1, 4, 1, 8, 8)).astype(np.float32)
+    x = jnp.asarray(np.repeat(frame, 4, axis=2))  # 4 identical frames
+    t, ctx = jnp.array([300]), jnp.asarray(rng.standard_normal((1, 77, cfg.context_dim)).astype(np.float32))
+    p = fp.init(jax.random.PRNGKey(0), x, t, ctx)["params"]
+    flat = flatten_dict(p)
+    p_plain = unflatten_dict({k: a for k, a in flat.items() if not k[0].startswith("frame_embed")})
+    y = fp.apply({"params": p}, x, t, ctx)
+    assert rel_err(y, plain.apply({"params": p_plain}, x, t, ctx)) < 1e-6
+    y = np.asarray(y)
+    assert np.abs(y[:, :, 0] - y[:, :, 3]).max() < 1e-5  # no temporal layers, no position: frames equal
+    flat[("frame_embed_2", "kernel")] = jnp.asarray(rng.standard_normal(flat[("frame_embed_2", "kernel")].shape),
+                                                    jnp.float32)
+    y2 = np.asarray(fp.apply({"params": unflatten_dict(flat)}, x, t, ctx))
+    assert np.abs(y2[:, :, 0] - y2[:, :, 3]).max() > 1e-3

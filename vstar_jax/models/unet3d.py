@@ -298,7 +298,17 @@ class UNet3D(nn.Module):
             fps_arr = jnp.broadcast_to(jnp.asarray(28 if fps is None else fps).reshape(-1), (b,))
             femb = timestep_embedding(fps_arr, mc)
             emb = emb + tdense(mc * 4, "fps_embed_2")(nn.silu(tdense(mc * 4, "fps_embed_1")(femb)))
-        emb = jnp.repeat(emb, f, axis=0).astype(dtype)  # (b*f, E), frame-major within each batch row
+        emb = jnp.repeat(emb, f, axis=0)  # (b*f, E), frame-major within each batch row
+        if c("frame_position", False):
+            # Not in VideoCrafter2/ModelScope (demo model option): each frame's place in the clip,
+            # t = i / (f - 1) in [0, 1], embedded like a timestep and added to the ResBlocks' embedding.
+            # Normalised, so a longer video maps onto the same trained range. Zero-initialised output.
+            pos = jnp.linspace(0.0, 1.0, f) if f > 1 else jnp.zeros((1,))
+            pemb = nn.silu(tdense(mc * 4, "frame_embed_1")(timestep_embedding(pos * 1000.0, mc)))
+            pemb = nn.Dense(mc * 4, dtype=jnp.float32, param_dtype=pdtype, kernel_init=nn.initializers.zeros,
+                            name="frame_embed_2")(pemb)
+            emb = emb + jnp.tile(pemb, (b, 1))
+        emb = emb.astype(dtype)
 
         def temporal(h, ch, heads, hd, level, name, regularize=True):
             transform = make_transform(tar, level, step_index) if regularize else None
