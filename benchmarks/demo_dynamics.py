@@ -118,6 +118,10 @@ def main(argv=None) -> int:
     print(md)
     if args.out:
         rec = model.record
+        runs = rec.get("lineage", [])
+        if runs:  # a chain of --init-from runs: report the whole training
+            rec = {"steps": f"{sum(r.get('step') or 0 for r in runs) + rec.get('steps', 0)} (in {len(runs) + 1} runs; "
+                            f"last run {rec.get('steps', '?')})", "wall_s": rec.get("total_wall_s", rec.get("wall_s", "?"))}
         text = (f"## Demo model prompt-following (checker-verified)\n\nCommand: `{cmd}`\n\n"
                 f"Model: {dm.ASSET_DIR if args.checkpoint is None else args.checkpoint} "
                 f"(trained {rec.get('steps', '?')} steps, {rec.get('wall_s', '?')} s); "

@@ -220,6 +220,30 @@ def test_default_model_without_checkpoint(demo_asset, tmp_path):
     assert again.sidecar["frames_sha256"] == sc["frames_sha256"]
 
 
+def test_readme_command_shows_the_prompted_colour(tmp_path, monkeypatch):
+    """README's first command, on the shipped model (v-prediction through the pipeline's sampler): the
+    written mp4, shrunk back to the model's pixels, shows a red object for the checker."""
+    import os
+
+    from vstar_jax import cli
+    from vstar_jax.demo import checker, model as dm
+
+    if not (dm.ASSET_DIR / dm.PARAMS_FILE).exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"shipped demo model missing at {dm.ASSET_DIR}")
+        pytest.skip("shipped demo model not built yet")
+    monkeypatch.setattr(pl, "_PIPELINES", {})
+    out = tmp_path / "red_circle.mp4"
+    assert cli.main(["generate", "a red circle moves to the right", "--out", str(out), "--quiet"]) == 0
+    cfg = dm.load_demo_model().config
+    frames = read_video(out)
+    assert frames.shape[0] == cfg.frames
+    k = cfg.display_scale
+    small = frames.reshape(cfg.frames, cfg.size, k, cfg.size, k, 3).mean(axis=(2, 4)) / 255.0  # undo nearest x k
+    r = checker.check(small, "a red circle moves to the right")
+    assert r["found_ok"] and r["color_ok"], r["segments"]
+
+
 def test_llm_synopsis_reaches_the_sampler(ckpt, tmp_path):
     """An OpenAI-compatible endpoint (a local stub server) writes the synopsis; its states become
     the per-frame context handed to the sampler and are recorded (without the API key)."""
