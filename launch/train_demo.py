@@ -95,7 +95,7 @@ def make_batch(config, step: int, tokenizer, token_cache: dict):
 
 def path_mask(video: np.ndarray, spec: dict, threshold: float = 0.02) -> np.ndarray:
     """(H, W) float32: 1 where the clip differs from its background in some frame (the object's path)."""
-    bg = world._background(spec["nuisance"], video.shape[1])
+    bg = world.background(spec["nuisance"], video.shape[1])
     return (np.abs(video - bg[None]).max(axis=(0, 3)) > threshold).astype(np.float32)
 
 
@@ -205,8 +205,8 @@ def restore_latest(mngr, abstract_state):
 
 def lineage(meta: dict, limit: int = 20) -> list[dict]:
     """The chain of runs a checkpoint descends from through ``--init-from``, oldest first: per run its
-    directory, the step it was taken at, its wall time and the settings that differ between runs
-    (``diffusion``, ``train``, ``unet`` configs), read from each source's newest checkpoint metadata."""
+    directory, the step it was taken at, its wall time, command, ``diffusion`` and ``train`` settings
+    and whether its UNet had relative position, read from each source's newest checkpoint metadata."""
     chain, link = [], meta.get("init_from")
     while link and len(chain) < limit:
         src = ocp.CheckpointManager(pathlib.Path(link["dir"]).resolve())

@@ -115,6 +115,19 @@ def test_train_batches_are_pure_functions_of_step():
         td.apply_overrides(demo_tiny.get_config(), ["train.nope=1"])
 
 
+def test_path_mask_covers_the_object_track_only():
+    """The loss weight's mask: every frame's object centre is on the path; pixels away from the track are not."""
+    td = _train_module()
+    video, spec = world.render_caption("a red circle moves to the right", frames=8, size=12, seed=0)
+    mask = td.path_mask(video, spec)
+    tr = world.trajectory(spec, 8)
+    for x, y in zip(tr["x"], tr["y"]):
+        assert mask[int(y * 12), int(x * 12)] == 1.0
+    rows = sorted({int(y * 12) for y in tr["y"]})
+    far = [r for r in range(12) if min(abs(r - q) for q in rows) > 3]
+    assert far and not mask[far].any()  # a horizontal move: rows well above/below the track stay 0
+
+
 def test_timestep_sampling_weights_the_noisy_half():
     td = _train_module()
     key = jax.random.PRNGKey(0)

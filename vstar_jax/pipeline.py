@@ -461,27 +461,26 @@ def _sample_jit(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: Sample
     if plan.latent_sharding is not None:
         x_T = jax.lax.with_sharding_constraint(x_T, plan.latent_sharding)
 
-    alphas_cumprod = plan.schedule().alphas_cumprod
+    schedule = plan.schedule()
 
     def model_fn(x, t, ctx, i):
         if plan.latent_sharding is not None:  # keep the CFG rows split over frames on the mesh
             x = jax.lax.with_sharding_constraint(x, plan.latent_sharding)
         kw = dict(fps=fps, step_index=i, tar=plan.tar, capture_attention=plan.capture)
         if plan.capture:
-            eps, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
-            eps = to_eps(eps, x, t, alphas_cumprod, plan.prediction)
-            out = (eps, _attention_rows(state["intermediates"], batch))
+            raw, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
+            aux = _attention_rows(state["intermediates"], batch)
         else:
-            eps = to_eps(unet.apply({"params": params}, x, t, ctx, **kw), x, t, alphas_cumprod, plan.prediction)
-            out = (eps, None)
+            raw, aux = unet.apply({"params": params}, x, t, ctx, **kw), None
+        eps = to_eps(raw, x, t, schedule.alphas_cumprod, plan.prediction)
         # always in the graph (progress on or off compiles the same program)
         jax.debug.callback(_progress_tick, i, eps.reshape(-1)[0])
-        return out
+        return eps, aux
 
     if plan.long_video is not None:  # windows of the long latent (vstar_jax.longvideo)
-        return plan.long_video.sample(model_fn, x_T, cond, uncond, plan.schedule(), cfg_scale=cfg_scale,
+        return plan.long_video.sample(model_fn, x_T, cond, uncond, schedule, cfg_scale=cfg_scale,
                                       key=k_steps, capture=True, jit=False)
-    return ddim_sample(model_fn, x_T, cond, uncond, plan.schedule(), cfg_scale=cfg_scale, key=k_steps,
+    return ddim_sample(model_fn, x_T, cond, uncond, schedule, cfg_scale=cfg_scale, key=k_steps,
                        capture=True, jit=False)
 
 

@@ -313,10 +313,9 @@ def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_sc
 
     With ``clip_x0`` the guided eps is replaced by :func:`clip_eps` (guidance is then applied inside
     the model function, and the sampler's own guidance runs at scale 1 on two identical halves)."""
+    from vstar_jax.diffusion.parameterization import to_eps
     from vstar_jax.diffusion.sampler import cfg_combine, ddim_sample
     from vstar_jax.diffusion.schedules import videocrafter2_schedule
-
-    from vstar_jax.diffusion.parameterization import to_eps
 
     key = (id(unet), tar, steps, eta, cfg, betas, use_scale, clip_x0, prediction)
     if key not in _SAMPLERS:

@@ -315,7 +315,8 @@ def trajectory(spec: dict, frames: int) -> dict:
 
 # ----------------------------------------------------------------------------- rendering
 
-def _background(nz: dict, size: int) -> np.ndarray:
+def background(nz: dict, size: int) -> np.ndarray:
+    """The clip's background (size, size, 3) in [0, 1] from its nuisance dict (no object)."""
     v, u = np.meshgrid((np.arange(size) + 0.5) / size, (np.arange(size) + 0.5) / size, indexing="ij")
     base = nz["gray"] + np.asarray(nz["tint"])
     kind, amp = nz["background"], nz["amp"]
@@ -363,7 +364,7 @@ def render(spec: dict, frames: int, size: int) -> np.ndarray:
     if not isinstance(size, (int, np.integer)) or size < 8:
         raise ValueError(f"size must be an int >= 8, got {size!r}")
     tr = trajectory(spec, frames)
-    bg = _background(spec["nuisance"], size)
+    bg = background(spec["nuisance"], size)
     out = np.empty((frames, size, size, 3), np.float32)
     for f in range(frames):
         cov = _coverage(tr["shape"][f], tr["x"][f], tr["y"][f], tr["radius"][f], size)[..., None]
