@@ -209,6 +209,14 @@ def lineage(meta: dict, limit: int = 20) -> list[dict]:
     and whether its UNet had relative position, read from each source's newest checkpoint metadata."""
     chain, link = [], meta.get("init_from")
     while link and len(chain) < limit:
+        if is_export(link["dir"]):  # an export records its own lineage: splice it in, then this run
+            rec = json.loads((pathlib.Path(link["dir"]) / demo_model.CONFIG_FILE).read_text())
+            cfg, r = rec.get("config", {}), rec.get("record", {})
+            last = {"dir": link["dir"], "step": int(link.get("step", r.get("steps", 0))), "export": True,
+                    "wall_s": r.get("wall_s"), "command": r.get("command"), "diffusion": cfg.get("diffusion"),
+                    "train": cfg.get("train"),
+                    "relative_position": (cfg.get("unet") or {}).get("use_relative_position", False)}
+            return list(r.get("lineage", [])) + [last] + chain[::-1]
         src = ocp.CheckpointManager(pathlib.Path(link["dir"]).resolve())
         try:
             step = src.latest_step()
@@ -226,6 +234,12 @@ def lineage(meta: dict, limit: int = 20) -> list[dict]:
     return chain[::-1]
 
 
+def is_export(path) -> bool:
+    """Whether ``path`` holds an exported demo model (``--export`` output, e.g. the shipped one)."""
+    p = pathlib.Path(path)
+    return (p / demo_model.PARAMS_FILE).is_file() and (p / demo_model.CONFIG_FILE).is_file()
+
+
 def init_from_checkpoint(path: pathlib.Path, params):
     """Params of the newest step of another run's orbax directory, for fine-tuning under new training
     settings (another ``diffusion.prediction``) or a grown model (e.g. relative position added to the
@@ -233,15 +247,20 @@ def init_from_checkpoint(path: pathlib.Path, params):
     run did not have keep their fresh initialisation. Returns (step, params, names of the new ones)."""
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    src = ocp.CheckpointManager(pathlib.Path(path).resolve())
-    try:
-        step = src.latest_step()
-        if step is None:
-            raise ValueError(f"--init-from {path}: no checkpoint there")
-        got = src.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
-    finally:
-        src.close()
-    old = flatten_dict(got["state"]["params"])
+    if is_export(path):  # a shipped/exported model (its weights, EMA if it was trained with EMA)
+        m = demo_model.load_demo_model(path)
+        step = int(m.record.get("steps", 0))
+        old = flatten_dict({"unet": jax.device_get(m.unet_params), "text": jax.device_get(m.text_params)})
+    else:
+        src = ocp.CheckpointManager(pathlib.Path(path).resolve())
+        try:
+            step = src.latest_step()
+            if step is None:
+                raise ValueError(f"--init-from {path}: no checkpoint there")
+            got = src.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+        finally:
+            src.close()
+        old = flatten_dict(got["state"]["params"])
     new = flatten_dict(params)
     extra = sorted("/".join(k) for k in old if k not in new)
     wrong = sorted("/".join(k) for k in old if k in new and tuple(old[k].shape) != tuple(new[k].shape))

@@ -183,6 +183,38 @@ def test_init_from_starts_at_another_runs_params(tmp_path):
         td.train(_tiny_config(), tmp_path / "dst3", progress=False, init_from=tmp_path / "empty")
 
 
+def test_init_from_an_export_grows_the_model_and_keeps_its_lineage(tmp_path):
+    """--init-from an exported model (e.g. the shipped one) into a model with a new option
+    (unet.text_frame_cond): its weights carried over, the new branch starts at its (neutral) init, and
+    the export's own lineage leads the new run's."""
+    from flax.traverse_util import flatten_dict
+
+    td = _train_module()
+    old_cfg = _tiny_config()
+    old_cfg.unet.text_frame_cond = False
+    src = dm.init_params(old_cfg, seed=5)
+    dm.save_demo_model(tmp_path / "export", src, old_cfg,
+                       {"steps": 7, "wall_s": 12.0, "command": "python launch/train_demo.py ...",
+                        "lineage": [{"dir": "/runs/first", "step": 3, "wall_s": 5.0}]})
+    assert td.is_export(tmp_path / "export") and not td.is_export(tmp_path)
+    new_cfg = _tiny_config()
+    new_cfg.unet.text_frame_cond = True
+    new_cfg.train.steps = 0
+    got = td.train(new_cfg, tmp_path / "dst", progress=False, init_from=tmp_path / "export")
+    loaded = dm.load_demo_model(tmp_path / "export")
+    carried = flatten_dict({"unet": loaded.unet_params, "text": loaded.text_params})
+    params = flatten_dict(got["params"])
+    for k, v in carried.items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(params[k]))
+    fresh = sorted("/".join(k) for k in params if k not in carried)
+    assert fresh and all(k.startswith("unet/text_frame_embed/") for k in fresh)
+    assert not np.any(np.asarray(params[("unet", "text_frame_embed", "fc_2", "kernel")]))
+    assert got["meta"]["init_from"] == {"dir": str(tmp_path / "export"), "step": 7, "new_params": len(fresh)}
+    chain = td.lineage(got["meta"])
+    assert [(c["dir"], c["step"]) for c in chain] == [("/runs/first", 3), (str(tmp_path / "export"), 7)]
+    assert chain[-1]["wall_s"] == 12.0 and chain[-1]["export"]
+
+
 def _shipped():
     if not (dm.ASSET_DIR / dm.PARAMS_FILE).exists():
         if os.environ.get("CI", "").lower() == "true":

@@ -260,3 +260,51 @@ def test_frame_position_option_starts_neutral_and_orders_frames():
                                                     jnp.float32)
     y2 = np.asarray(fp.apply({"params": unflatten_dict(flat)}, x, t, ctx))
     assert np.abs(y2[:, :, 0] - y2[:, :, 3]).max() > 1e-3
+
+
+def test_text_frame_cond_starts_neutral_and_reads_caption_and_frame():
+    """unet.text_frame_cond (demo option, unet3d.TextFrameEmbed): zero-initialised, so the UNet starts as
+    the plain one; with its output layer trained, identical frames get outputs that depend on their place
+    in the clip and on the caption, also through a per-frame (VSP) context."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    def cfg(on):
+        c = unet_tiny.get_config()
+        c.fps_cond, c.temporal_conv, c.temporal_attention, c.init_attn = False, False, False, False
+        c.text_frame_cond = on
+        return c
+
+    plain, tfc = UNet3D(cfg(False)), UNet3D(cfg(True))
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(np.repeat(rng.standard_normal((1, 4, 1, 8, 8)).astype(np.float32), 4, axis=2))
+    t = jnp.array([500])
+    ctx_a = jnp.asarray(rng.standard_normal((1, 77, 32)).astype(np.float32))
+    ctx_b = jnp.asarray(rng.standard_normal((1, 77, 32)).astype(np.float32))
+    p = tfc.init(jax.random.PRNGKey(0), x, t, ctx_a)["params"]
+    flat = flatten_dict(p)
+    assert {k[0] for k in flat} - {k[0] for k in flatten_dict(plain.init(jax.random.PRNGKey(0), x, t, ctx_a)["params"])} \
+        == {"text_frame_embed"}
+    p_plain = unflatten_dict({k: a for k, a in flat.items() if k[0] != "text_frame_embed"})
+    assert rel_err(tfc.apply({"params": p}, x, t, ctx_a), plain.apply({"params": p_plain}, x, t, ctx_a)) < 1e-6
+    key = ("text_frame_embed", "fc_2", "kernel")
+    flat[key] = jnp.asarray(rng.standard_normal(flat[key].shape).astype(np.float32) * 0.1)
+    trained = {"params": unflatten_dict(flat)}
+    y_a = np.asarray(tfc.apply(trained, x, t, ctx_a))
+    assert np.abs(y_a[:, :, 0] - y_a[:, :, 3]).max() > 1e-3  # frames told apart by their place
+    y_plain = np.asarray(plain.apply({"params": p_plain}, x, t, ctx_a))
+    assert np.abs(y_plain[:, :, 0] - y_plain[:, :, 3]).max() < 1e-5  # (nothing else here orders frames)
+    # the branch itself: per frame, a function of the frame's mean text feature and its place in the clip
+    from vstar_jax.models.unet3d import TextFrameEmbed
+
+    branch = TextFrameEmbed(cfg(True).model_channels)
+    per_frame = jnp.concatenate([jnp.repeat(ctx_a, 2, axis=0), jnp.repeat(ctx_b, 2, axis=0)])  # b=1, f=4
+    bp = {"params": flatten_dict(trained["params"]["text_frame_embed"], sep="/")}
+    bp = {"params": unflatten_dict({tuple(k.split("/")): v for k, v in bp["params"].items()})}
+    e = np.asarray(branch.apply(bp, per_frame, 1, 4))
+    assert e.shape == (4, 4 * cfg(True).model_channels)
+    assert np.abs(e[0] - e[1]).max() > 1e-3  # same caption, other place in the clip
+    e_b = np.asarray(branch.apply(bp, jnp.repeat(ctx_b, 4, axis=0), 1, 4))
+    assert np.abs(e[0] - e_b[0]).max() > 1e-3  # same place, other caption (VSP: per-frame captions reach it)
+    np.testing.assert_allclose(e[2:], e_b[2:], atol=1e-6)
+    shuffled = jnp.repeat(ctx_b[:, ::-1], 4, axis=0)  # same tokens, other order: the same mean
+    np.testing.assert_allclose(np.asarray(branch.apply(bp, shuffled, 1, 4)), e_b, atol=1e-5)

@@ -207,6 +207,28 @@ class TemporalConvBlock(nn.Module):
         return x + h
 
 
+class TextFrameEmbed(nn.Module):
+    """Demo-model option ``text_frame_cond`` (not in VideoCrafter2 or ModelScope): an MLP of the frame's
+    mean text feature and its place in the clip (t = i / (f - 1), embedded like a timestep), added to the
+    ResBlocks' embedding. A motion caption asks for (direction x time x place) at once: through
+    cross-attention alone no lower-order part of that product lowers the loss (averaged over frames or
+    over directions the object sits in the middle), and the tiny demo model never learned it; this MLP
+    gives it a per-frame displacement code directly. Zero-initialised output: starts as the plain UNet.
+    ``ctx`` is per frame, (b*f, L, C), so VSP's per-frame prompts reach it too."""
+
+    channels: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, ctx: jax.Array, b: int, f: int) -> jax.Array:
+        pos = jnp.linspace(0.0, 1.0, f) if f > 1 else jnp.zeros((1,))
+        pe = jnp.tile(timestep_embedding(pos * 1000.0, self.channels), (b, 1))  # (b*f, mc)
+        h = jnp.concatenate([ctx.astype(jnp.float32).mean(axis=1), pe], axis=-1)
+        h = nn.silu(nn.Dense(4 * self.channels, param_dtype=self.param_dtype, name="fc_1")(h))
+        return nn.Dense(4 * self.channels, param_dtype=self.param_dtype, kernel_init=nn.initializers.zeros,
+                        name="fc_2")(h)
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-Conv, + time embedding, GroupNorm-SiLU-Conv, skip; then the temporal conv.
 
@@ -308,6 +330,8 @@ class UNet3D(nn.Module):
             pemb = nn.Dense(mc * 4, dtype=jnp.float32, param_dtype=pdtype, kernel_init=nn.initializers.zeros,
                             name="frame_embed_2")(pemb)
             emb = emb + jnp.tile(pemb, (b, 1))
+        if c("text_frame_cond", False):
+            emb = emb + TextFrameEmbed(mc, pdtype, name="text_frame_embed")(ctx, b, f)
         emb = emb.astype(dtype)
 
         def temporal(h, ch, heads, hd, level, name, regularize=True):
