@@ -220,9 +220,9 @@ def test_default_model_without_checkpoint(demo_asset, tmp_path):
     assert again.sidecar["frames_sha256"] == sc["frames_sha256"]
 
 
-def test_readme_command_shows_the_prompted_colour(tmp_path, monkeypatch):
+def test_readme_command_shows_the_prompted_colour_and_motion(tmp_path, monkeypatch):
     """README's first command, on the shipped model (v-prediction through the pipeline's sampler): the
-    written mp4, shrunk back to the model's pixels, shows a red object for the checker."""
+    written mp4, shrunk back to the model's pixels, shows a red object moving right for the checker."""
     import os
 
     from vstar_jax import cli
@@ -242,6 +242,7 @@ def test_readme_command_shows_the_prompted_colour(tmp_path, monkeypatch):
     small = frames.reshape(cfg.frames, cfg.size, k, cfg.size, k, 3).mean(axis=(2, 4)) / 255.0  # undo nearest x k
     r = checker.check(small, "a red circle moves to the right")
     assert r["found_ok"] and r["color_ok"], r["segments"]
+    assert r["motion_ok"], r["segments"]  # ... moving to the right
 
 
 def test_llm_synopsis_reaches_the_sampler(ckpt, tmp_path):
