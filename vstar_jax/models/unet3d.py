@@ -39,6 +39,13 @@ def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000
     return emb
 
 
+def frame_position_embedding(frames: int, dim: int) -> jax.Array:
+    """(frames, dim): each frame's place in the clip, t = i / (frames - 1) in [0, 1], embedded like a
+    timestep (x 1000). Normalised, so a longer video maps onto the trained range (demo-model options)."""
+    pos = jnp.linspace(0.0, 1.0, frames) if frames > 1 else jnp.zeros((1,))
+    return timestep_embedding(pos * 1000.0, dim)
+
+
 def relative_positions(length_q: int, length_k: int, max_relative: int) -> jax.Array:
     """(Lq, Lk) rows of a (2 m + 1)-row table: clip(j - i, -m, m) + m (lvdm ``RelativePosition``)."""
     dist = jnp.arange(length_k)[None, :] - jnp.arange(length_q)[:, None]
@@ -221,8 +228,7 @@ class TextFrameEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, ctx: jax.Array, b: int, f: int) -> jax.Array:
-        pos = jnp.linspace(0.0, 1.0, f) if f > 1 else jnp.zeros((1,))
-        pe = jnp.tile(timestep_embedding(pos * 1000.0, self.channels), (b, 1))  # (b*f, mc)
+        pe = jnp.tile(frame_position_embedding(f, self.channels), (b, 1))  # (b*f, mc)
         h = jnp.concatenate([ctx.astype(jnp.float32).mean(axis=1), pe], axis=-1)
         h = nn.silu(nn.Dense(4 * self.channels, param_dtype=self.param_dtype, name="fc_1")(h))
         return nn.Dense(4 * self.channels, param_dtype=self.param_dtype, kernel_init=nn.initializers.zeros,
@@ -325,8 +331,7 @@ class UNet3D(nn.Module):
             # Not in VideoCrafter2/ModelScope (demo model option): each frame's place in the clip,
             # t = i / (f - 1) in [0, 1], embedded like a timestep and added to the ResBlocks' embedding.
             # Normalised, so a longer video maps onto the same trained range. Zero-initialised output.
-            pos = jnp.linspace(0.0, 1.0, f) if f > 1 else jnp.zeros((1,))
-            pemb = nn.silu(tdense(mc * 4, "frame_embed_1")(timestep_embedding(pos * 1000.0, mc)))
+            pemb = nn.silu(tdense(mc * 4, "frame_embed_1")(frame_position_embedding(f, mc)))
             pemb = nn.Dense(mc * 4, dtype=jnp.float32, param_dtype=pdtype, kernel_init=nn.initializers.zeros,
                             name="frame_embed_2")(pemb)
             emb = emb + jnp.tile(pemb, (b, 1))
