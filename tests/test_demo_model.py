@@ -225,7 +225,7 @@ def _shipped():
 
 def test_shipped_model_is_small_and_generates_the_prompted_color():
     """CI check: the shipped model loads, 8 frames in under a minute on CPU, and the checker sees red,
-    moving right (fixed seed; over 50 random move prompts the model is right 92% of the time)."""
+    moving right (fixed seed; over 50 random move prompts the model is right 84-88% of the time)."""
     m = _shipped()
     size = sum(p.stat().st_size for p in dm.ASSET_DIR.iterdir())
     assert size < 20 * 2**20, size
