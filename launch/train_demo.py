@@ -207,15 +207,17 @@ def lineage(meta: dict, limit: int = 20) -> list[dict]:
     """The chain of runs a checkpoint descends from through ``--init-from``, oldest first: per run its
     directory, the step it was taken at, its wall time, command, ``diffusion`` and ``train`` settings
     and whether its UNet had relative position, read from each source's newest checkpoint metadata."""
+    def run(link, step, cfg, wall_s, command, **extra):
+        return {"dir": link["dir"], "step": int(link.get("step", step)), "wall_s": wall_s, "command": command,
+                "diffusion": cfg.get("diffusion"), "train": cfg.get("train"),
+                "relative_position": (cfg.get("unet") or {}).get("use_relative_position", False), **extra}
+
     chain, link = [], meta.get("init_from")
     while link and len(chain) < limit:
         if is_export(link["dir"]):  # an export records its own lineage: splice it in, then this run
             rec = json.loads((pathlib.Path(link["dir"]) / demo_model.CONFIG_FILE).read_text())
-            cfg, r = rec.get("config", {}), rec.get("record", {})
-            last = {"dir": link["dir"], "step": int(link.get("step", r.get("steps", 0))), "export": True,
-                    "wall_s": r.get("wall_s"), "command": r.get("command"), "diffusion": cfg.get("diffusion"),
-                    "train": cfg.get("train"),
-                    "relative_position": (cfg.get("unet") or {}).get("use_relative_position", False)}
+            r = rec.get("record", {})
+            last = run(link, r.get("steps", 0), rec.get("config", {}), r.get("wall_s"), r.get("command"), export=True)
             return list(r.get("lineage", [])) + [last] + chain[::-1]
         src = ocp.CheckpointManager(pathlib.Path(link["dir"]).resolve())
         try:
@@ -226,10 +228,7 @@ def lineage(meta: dict, limit: int = 20) -> list[dict]:
             m = src.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         finally:
             src.close()
-        cfg = m.get("config", {})
-        chain.append({"dir": link["dir"], "step": int(link.get("step", step)), "wall_s": m.get("wall_s"),
-                      "command": m.get("command"), "diffusion": cfg.get("diffusion"), "train": cfg.get("train"),
-                      "relative_position": (cfg.get("unet") or {}).get("use_relative_position", False)})
+        chain.append(run(link, step, m.get("config", {}), m.get("wall_s"), m.get("command")))
         link = m.get("init_from")
     return chain[::-1]
 

@@ -298,10 +298,18 @@ def test_text_frame_cond_starts_neutral_and_reads_caption_and_frame():
 
     branch = TextFrameEmbed(cfg(True).model_channels)
     per_frame = jnp.concatenate([jnp.repeat(ctx_a, 2, axis=0), jnp.repeat(ctx_b, 2, axis=0)])  # b=1, f=4
-    bp = {"params": flatten_dict(trained["params"]["text_frame_embed"], sep="/")}
-    bp = {"params": unflatten_dict({tuple(k.split("/")): v for k, v in bp["params"].items()})}
+    bp = {"params": trained["params"]["text_frame_embed"]}
     e = np.asarray(branch.apply(bp, per_frame, 1, 4))
     assert e.shape == (4, 4 * cfg(True).model_channels)
+    # the formula, written out: fc_2(silu(fc_1([mean over tokens, frame-position embedding])))
+    from vstar_jax.models.unet3d import frame_position_embedding
+
+    w = jax.tree_util.tree_map(np.asarray, bp["params"])
+    pe = np.asarray(frame_position_embedding(4, cfg(True).model_channels))
+    z = np.concatenate([np.asarray(per_frame).mean(1), pe], -1)
+    hid = z @ w["fc_1"]["kernel"] + w["fc_1"]["bias"]
+    want = (hid / (1 + np.exp(-hid))) @ w["fc_2"]["kernel"] + w["fc_2"]["bias"]
+    np.testing.assert_allclose(e, want, rtol=1e-5, atol=1e-6)
     assert np.abs(e[0] - e[1]).max() > 1e-3  # same caption, other place in the clip
     e_b = np.asarray(branch.apply(bp, jnp.repeat(ctx_b, 4, axis=0), 1, 4))
     assert np.abs(e[0] - e_b[0]).max() > 1e-3  # same place, other caption (VSP: per-frame captions reach it)
