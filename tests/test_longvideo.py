@@ -1,5 +1,6 @@
-"""Chunked long-video sampling (vstar_jax.longvideo): window math, Gen-L-Video averaging,
-StreamingT2V randomized blending, reduction to ddim_sample at N == F, compile size."""
+"""Chunked long-video sampling (vstar_jax.longvideo): the strategy protocol and registry, window
+math, Gen-L-Video averaging, StreamingT2V randomized blending, reduction to ddim_sample at N == F,
+compile size."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +9,9 @@ import pytest
 from vstar_jax.diffusion import sampler as SP
 from vstar_jax.diffusion import schedules as S
 from vstar_jax.longvideo import windows as W
-from vstar_jax.longvideo.config import LongVideoConfig, parse_long_video
-from vstar_jax.longvideo.strategies import blend_offsets, blend_sample, genl_sample
+from vstar_jax.longvideo import Blend, GenL, parse_strategy
+from vstar_jax.longvideo.blend import blend_offsets, blend_sample
+from vstar_jax.longvideo.genl import genl_sample
 
 CFG = 7.5
 
@@ -160,22 +162,25 @@ def test_blend_owner_rule():
         W.blend_owner(56, 8, [0, 16], [0, 0])
 
 
-def test_parse_long_video():
-    assert parse_long_video(None) is None
-    assert parse_long_video("genl:16:8") == LongVideoConfig("genl", 16, 8)
-    cfg = parse_long_video({"method": "blend", "window": 24, "overlap": 8})
-    assert cfg == LongVideoConfig("blend", 24, 8) and hash(cfg) == hash(LongVideoConfig("blend", 24, 8))
+def test_parse_strategy():
+    assert parse_strategy(None).name == "single" and parse_strategy("none").name == "single"
+    assert parse_strategy("genl:16:8") == GenL(16, 8)
+    assert parse_strategy("genl:window=16,stride=8") == GenL(16, 8)
+    cfg = parse_strategy({"method": "blend", "window": 24, "overlap": 8})
+    assert cfg == Blend(24, 8) and hash(cfg) == hash(Blend(24, 8))
     assert cfg.to_dict() == {"method": "blend", "window": 24, "overlap": 8}
-    assert parse_long_video(cfg.to_dict()) == cfg
-    assert cfg.check(56) == 3 and LongVideoConfig("genl", 16, 8).check(64) == 7
-    for bad, msg in [("genl:16", "bad long-video spec"), ("fifo:16:4", "unknown long-video method"),
-                     ("genl:16:x", "stride must be a positive integer"), ("genl:8:16", "stride 16 > window 8"),
-                     ("blend:8:8", "overlap 8 must be smaller"),
+    assert parse_strategy(cfg.to_dict()) == cfg and parse_strategy(cfg.spec()) == cfg
+    assert cfg.check(56, 25).calls == 3 * 25 and GenL(16, 8).check(64, 25).calls == 7 * 25
+    for bad, msg in [("genl:16:8:2", "at most 2 numbers"), ("loop:16:4", "unknown long-video method 'loop'"),
+                     ("genl:16:x", "stride must be an int"), ("genl:8:16", "stride 16 > window 8"),
+                     ("genl:0:1", "window must be a positive integer"), ("blend:8:8", "overlap 8 must be smaller"),
                      ({"method": "genl", "window": 16, "overlap": 8}, "unexpected"), (3, "must be None")]:
         with pytest.raises(ValueError, match=msg):
-            parse_long_video(bad)
+            parse_strategy(bad)
+    with pytest.raises(ValueError, match="known: blend, fifo, freenoise, genl, single, vidrd"):
+        parse_strategy("loop")
     with pytest.raises(ValueError, match="use 56 or 72 frames"):
-        cfg.check(60)
+        cfg.check(60, 25)
 
 
 # ------------------------------------------------------------------------------ samplers
@@ -365,17 +370,22 @@ def test_pipeline_rejects_bad_long_video_before_loading(tiny_ckpt, monkeypatch, 
     monkeypatch.setattr(pl, "load_pipeline", boom)
     monkeypatch.setattr(pl, "_compiled_sampler", boom)
     cases = [
-        (dict(frames=12, long_video="genl:4"), "bad long-video spec"),
-        (dict(frames=12, long_video={"method": "fifo", "window": 4, "stride": 2}), "unknown long-video method"),
+        (dict(frames=12, long_video="genl:4:2:1"), "at most 2 numbers"),
+        (dict(frames=12, long_video={"method": "fifo", "window": 4, "stride": 2}), "unexpected ['stride']"),
+        (dict(frames=12, long_video={"method": "loop"}), "unknown long-video method"),
         (dict(frames=12, long_video="genl:16:8"), "window 16 is longer than the video (12 frames)"),
         (dict(frames=13, long_video="blend:6:2"), "use 10 or 14 frames"),
-        (dict(frames=12, long_video="genl:4:2", mesh={"frames": 1}), "device mesh"),
+        (dict(frames=13, long_video="freenoise:4:2"), "use 12 or 14"),
+        (dict(frames=12, long_video="fifo:4:2", steps=3), "runs exactly window x partitions = 8 DDIM steps"),
+        (dict(frames=12, long_video="vidrd:6:2"), "use 10 or 14 frames"),
+        (dict(frames=12, long_video="genl:6:2", mesh={"frames": 4}), "needs 4 devices"),
         (dict(frames=12, long_video="genl:4:2", record_attention=True), "attention maps"),
     ]
     for kwargs, msg in cases:
+        args = dict(steps=2, out=tmp_path / "x.mp4", progress=False, _sampler=boom)
+        args.update(kwargs)
         with pytest.raises(ValueError) as e:
-            pl.generate_video(PROMPT, checkpoint=tiny_ckpt, steps=2, out=tmp_path / "x.mp4", progress=False,
-                              _sampler=boom, **kwargs)
+            pl.generate_video(PROMPT, checkpoint=tiny_ckpt, **args)
         assert msg in str(e.value) and "\n" not in str(e.value), (kwargs, str(e.value))
     assert not (tmp_path / "x.mp4").exists()
 
@@ -392,7 +402,7 @@ def test_plan_carries_the_long_video_setting(tiny_ckpt):
 
     res = pl.generate_video(PROMPT, checkpoint=tiny_ckpt, frames=14, steps=2, progress=False,
                             long_video={"method": "blend", "window": 6, "overlap": 2}, _sampler=fake_sampler)
-    assert seen["plan"].long_video == LongVideoConfig("blend", 6, 2)
+    assert seen["plan"].long_video == Blend(6, 2)
     assert seen["plan"].latent_shape[2] == 14 and res.video.shape[0] == 14
     assert res.sidecar["long_video"] == {"method": "blend", "window": 6, "overlap": 2}
     assert pl.sidecar_kwargs(res.sidecar)["long_video"] == res.sidecar["long_video"]
@@ -413,7 +423,7 @@ def test_cli_long_video_flag(monkeypatch):
 
     monkeypatch.setattr(pl, "generate_video", fake)
     assert cli.main(["generate", PROMPT, "--frames", "64", "--long-video", "genl:16:8", "--quiet"]) == 0
-    assert seen["long_video"] == "genl:16:8" and parse_long_video(seen["long_video"]) == LongVideoConfig("genl", 16, 8)
+    assert seen["long_video"] == "genl:16:8" and parse_strategy(seen["long_video"]) == GenL(16, 8)
     assert cli.main(["generate", PROMPT, "--quiet"]) == 0 and seen["long_video"] is None
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from tiny_checkpoint import shared_tiny_checkpoint
 from vstar_jax import pipeline as pl
+from vstar_jax.generation import model as gm
 from vstar_jax.io.video import read_video
 from vstar_jax.vstar.analysis import band_score
 from vstar_jax.vstar.tar import preset
@@ -171,7 +172,7 @@ def test_bad_inputs_fail_fast_before_loading(ckpt, tmp_path, monkeypatch):
 
 
 def test_no_checkpoint_needs_one_until_the_demo_model_exists(monkeypatch):
-    monkeypatch.setattr(pl, "_demo_module", lambda: None)
+    monkeypatch.setattr(gm, "_demo_module", lambda: None)
     with pytest.raises(ValueError, match="checkpoint is required"):
         pl.generate_video(PROMPT, frames=FRAMES, progress=False)
 
@@ -187,7 +188,7 @@ def demo_asset(tmp_path, monkeypatch):
     """The shipped demo model if present, else a random one in its shipped format."""
     from vstar_jax.demo import model as dm
 
-    monkeypatch.setattr(pl, "_PIPELINES", {})
+    monkeypatch.setattr(gm, "_PIPELINES", {})
     if not (dm.ASSET_DIR / dm.PARAMS_FILE).exists():
         from configs import demo_tiny
         from tiny_checkpoint import _random_like
@@ -232,7 +233,7 @@ def test_readme_command_shows_the_prompted_colour_and_motion(tmp_path, monkeypat
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"shipped demo model missing at {dm.ASSET_DIR}")
         pytest.skip("shipped demo model not built yet")
-    monkeypatch.setattr(pl, "_PIPELINES", {})
+    monkeypatch.setattr(gm, "_PIPELINES", {})
     out = tmp_path / "red_circle.mp4"
     assert cli.main(["generate", "a red circle moves to the right", "--out", str(out), "--quiet"]) == 0
     cfg = dm.load_demo_model().config

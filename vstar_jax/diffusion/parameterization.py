@@ -21,12 +21,17 @@ def check_prediction(prediction: str) -> str:
 
 
 def _alpha(alphas_cumprod, t, ndim: int):
-    a = jnp.asarray(np.asarray(alphas_cumprod, np.float32))[jnp.asarray(t)]
+    """alpha_cumprod[t] shaped to broadcast over (b, c, f, h, w): t (b,) or per frame (b, f)."""
+    t = jnp.asarray(t)
+    a = jnp.asarray(np.asarray(alphas_cumprod, np.float32))[t]
+    if t.ndim == 2:
+        return a[:, None, :, None, None]
     return a.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def to_eps(output, x_t, t, alphas_cumprod, prediction: str = "eps"):
-    """The eps a model output stands for. ``t``: (b,) int timesteps of the rows of ``x_t``."""
+    """The eps a model output stands for. ``t``: (b,) int timesteps of the rows of ``x_t``,
+    or (b, f) one per frame."""
     if check_prediction(prediction) == "eps":
         return output
     a = _alpha(alphas_cumprod, t, x_t.ndim)

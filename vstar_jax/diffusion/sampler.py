@@ -112,10 +112,12 @@ def cfg_context(cond, uncond, batch: int, frames: int) -> jax.Array:
 def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
                capture: bool = False):
     """One CFG model evaluation: a single call on ``[x; x]`` with ``context`` = [uncond; cond]
-    rows (from :func:`cfg_context`). ``t`` is a scalar timestep. Returns ``(eps, aux)``
-    (``aux`` None unless ``capture``); eps is float32."""
+    rows (from :func:`cfg_context`). ``t`` is a scalar timestep, or one per frame (F,) (FIFO's
+    diagonal denoising; the model then gets (rows, F)). Returns ``(eps, aux)`` (``aux`` None
+    unless ``capture``); eps is float32."""
     b = x.shape[0]
-    tt = jnp.full((2 * b if guided else b,), t, jnp.int32)
+    t = jnp.asarray(t, jnp.int32)
+    tt = jnp.broadcast_to(t, (2 * b if guided else b,) + t.shape)
     x_in = jnp.concatenate([x, x], axis=0) if guided else x
     out = model_fn(x_in, tt, context, step_index)
     eps, aux = out if capture else (out, None)
@@ -146,13 +148,14 @@ _sample_jit = jax.jit(_sample, static_argnames=("model_fn", "guided", "use_noise
                                                  "capture"))
 
 
-def prepare_sampling(x_T, cond, uncond, schedule: DDIMSchedule, eta, key, what: str):
+def prepare_sampling(x_T, cond, uncond, schedule: DDIMSchedule, eta, key, what: str, frames: int | None = None):
     """Shared set-up of every DDIM loop (plain or windowed): checked x_T, CFG context, per-step
-    coefficients and noise keys. Returns (x_T, frames, context, coeffs, keys, use_noise, guided)."""
+    coefficients and noise keys. Returns (x_T, frames, context, coeffs, keys, use_noise, guided).
+    ``frames``: the video's length when x_T is not the whole video (FIFO's, VidRD's first clip)."""
     x_T = jnp.asarray(x_T)
     if x_T.ndim != 5:
         raise ValueError(f"x_T must be (b, c, f, h, w), got shape {tuple(x_T.shape)}")
-    b, frames = x_T.shape[0], x_T.shape[2]
+    b, frames = x_T.shape[0], (x_T.shape[2] if frames is None else int(frames))
     coeffs_np = schedule.coefficients(eta)
     use_noise = bool(np.any(coeffs_np["sigma"] > 0))
     n = schedule.num_steps

@@ -1,10 +1,17 @@
-"""Longer videos than one UNet pass: chunked denoising compiled as nested ``lax.scan`` loops.
+"""Longer videos than one UNet pass: every method is a :class:`~.base.Strategy` registered by name.
 
-``genl_sample`` (Gen-L-Video co-denoising) and ``blend_sample`` (StreamingT2V randomized
-blending) in :mod:`.strategies`; window arithmetic in :mod:`.windows`; the pipeline's
-``long_video`` setting in :mod:`.config`.
+``single`` (one pass), ``genl`` (Gen-L-Video co-denoising), ``blend`` (StreamingT2V randomized
+blending), ``freenoise`` (FreeNoise), ``fifo`` (FIFO-Diffusion), ``vidrd`` (Reuse and Diffuse);
+:func:`parse_strategy` turns a spec (``"genl:16:8"``, a dict or None) into one. Window arithmetic
+in :mod:`.windows`.
 """
-from vstar_jax.longvideo.config import LongVideoConfig, parse_long_video
-from vstar_jax.longvideo.strategies import blend_offsets, blend_sample, genl_sample
+from vstar_jax.longvideo.base import REGISTRY, Plan, SampleInputs, Strategy, known_methods, parse_strategy
+from vstar_jax.longvideo.blend import Blend, blend_offsets, blend_sample
+from vstar_jax.longvideo.fifo import FIFO
+from vstar_jax.longvideo.freenoise import FreeNoise
+from vstar_jax.longvideo.genl import GenL, genl_sample
+from vstar_jax.longvideo.single import Single
+from vstar_jax.longvideo.vidrd import VidRD
 
-__all__ = ["LongVideoConfig", "parse_long_video", "genl_sample", "blend_sample", "blend_offsets"]
+__all__ = ["REGISTRY", "Plan", "SampleInputs", "Strategy", "known_methods", "parse_strategy", "Single", "GenL",
+           "Blend", "FreeNoise", "FIFO", "VidRD", "genl_sample", "blend_sample", "blend_offsets"]

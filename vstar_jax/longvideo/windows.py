@@ -105,3 +105,26 @@ def blend_owner(frames: int, window: int, starts, offsets) -> np.ndarray:
     if (owner < 0).any():
         raise ValueError(f"chunks leave frames {np.flatnonzero(owner < 0).tolist()} uncovered")
     return owner
+
+
+# ---------------------------------------------------------------- traced window views (jax)
+def slice_frames(a, start, size: int, axis: int):
+    """``a[..., start:start + size, ...]`` along ``axis`` with a traced start."""
+    import jax  # noqa: PLC0415
+
+    return jax.lax.dynamic_slice_in_dim(a, start, size, axis=axis)
+
+
+def window_view(x, context, start, window: int):
+    """The window's latent (b, c, F, h, w) and context (per-frame contexts sliced on axis 1)."""
+    xw = slice_frames(x, start, window, 2)
+    ctx = slice_frames(context, start, window, 1) if context.ndim == 4 else context
+    return xw, ctx
+
+
+def add_frames(acc, value, start):
+    """acc[:, :, start:start+F] += value (traced start)."""
+    import jax  # noqa: PLC0415
+
+    old = slice_frames(acc, start, value.shape[2], 2)
+    return jax.lax.dynamic_update_slice_in_dim(acc, old + value, start, axis=2)

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 from vstar_jax.models.attention import attention
 from vstar_jax.models.layers import GroupNorm32
-from vstar_jax.vstar.tar import TARConfig, make_transform
 
 Dtype = Any
 
@@ -81,7 +80,7 @@ class Attention(nn.Module):
     relative_position: int = 0
 
     @nn.compact
-    def __call__(self, x, context=None, logit_transform=None, capture: bool = False):
+    def __call__(self, x, context=None, logit_transform=None, capture: bool = False, attend=None):
         ctx = x if context is None else context
         inner = self.heads * self.head_dim
         dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -95,8 +94,8 @@ class Attention(nn.Module):
             m, lq, lk = self.relative_position, x.shape[-2], ctx.shape[-2]
             rel = {"rel_k": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_k")(lq, lk),
                    "rel_v": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_v")(lq, lk)}
-        res = attention(split(q), split(k), split(v), logit_transform=logit_transform, backend=self.backend,
-                        return_weights=capture, **rel)
+        res = (attend or attention)(split(q), split(k), split(v), logit_transform=logit_transform,
+                                    backend=self.backend, return_weights=capture, **rel)
         if capture:
             out, weights = res
             # Mean over heads; the caller averages over pixels.
@@ -122,12 +121,14 @@ class TransformerBlock(nn.Module):
     relative_position: int = 0  # temporal blocks: lvdm's relative position in attn1 and attn2
 
     @nn.compact
-    def __call__(self, x, context=None, logit_transform=None, capture: bool = False):
+    def __call__(self, x, context=None, logit_transform=None, capture: bool = False, attend=None):
         ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name=name)
         attn = lambda name: Attention(self.heads, self.head_dim, self.dim, self.dtype, self.param_dtype,
                                       self.backend, self.relative_position, name=name)
-        x = x + attn("attn1")(ln("norm1")(x).astype(self.dtype), None, logit_transform, capture)
-        x = x + attn("attn2")(ln("norm2")(x).astype(self.dtype), context, logit_transform, capture)
+        # attend (a wrapper of the attention function, e.g. FreeNoise's windows) serves self-attention only
+        x = x + attn("attn1")(ln("norm1")(x).astype(self.dtype), None, logit_transform, capture, attend)
+        x = x + attn("attn2")(ln("norm2")(x).astype(self.dtype), context, logit_transform, capture,
+                              attend if context is None else None)
         h = ln("norm3")(x).astype(self.dtype)
         inner = self.dim * 4
         h = nn.Dense(inner * 2, dtype=self.dtype, param_dtype=self.param_dtype, name="ff_in")(h)
@@ -181,7 +182,7 @@ class TemporalTransformer(nn.Module):
     relative_position: int = 0  # lvdm use_relative_position: max frame offset (temporal_length); 0 = off
 
     @nn.compact
-    def __call__(self, x, logit_transform=None, capture: bool = False):
+    def __call__(self, x, logit_transform=None, capture: bool = False, attend=None):
         b, f, h, w, c = x.shape
         inner = self.heads * self.head_dim
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x)
@@ -189,7 +190,8 @@ class TemporalTransformer(nn.Module):
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
             y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                                 self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture)
+                                 self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture,
+                                                                            attend)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
         y = y.reshape(b, h, w, f, c).transpose(0, 3, 1, 2, 4)
         return x + y.astype(x.dtype)
@@ -291,10 +293,17 @@ class UNet3D(nn.Module):
         context: jax.Array,
         fps: Optional[Any] = None,
         step_index: Optional[Any] = None,
-        tar: Optional[TARConfig] = None,
+        tar: Optional[Any] = None,
         capture_attention: bool = False,
+        hooks: tuple = (),
     ) -> jax.Array:
+        """``timesteps``: (b,) or one per frame (b, f) (FIFO-Diffusion; the embedding is then per
+        frame). ``hooks``: temporal-attention hooks, each with optional methods
+        ``logit_transform(level, step_index)`` (TAR: every temporal transformer but ``init_attn``)
+        and ``attend(attention) -> attention`` (FreeNoise's windows: every temporal transformer);
+        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``)."""
         c = self._cfg
+        hooks = ((tar,) if tar is not None else ()) + tuple(hooks or ())
         dtype, pdtype = _dtype(c("dtype", "float32")), _dtype(c("param_dtype", "float32"))
         backend = c("attention_backend", "xla")
         mc = c("model_channels")
@@ -316,7 +325,14 @@ class UNet3D(nn.Module):
         if x.ndim != 5 or x.shape[1] != c("in_channels"):
             raise ValueError(f"UNet3D expects latents (b, {c('in_channels')}, f, h, w), got {tuple(x.shape)}")
         b, _, f, hgt, wid = x.shape
-        timesteps = jnp.broadcast_to(jnp.asarray(timesteps).reshape(-1), (b,))
+        timesteps = jnp.asarray(timesteps)
+        per_frame = timesteps.ndim == 2
+        if per_frame:  # one timestep per frame: (b, f) -> (b*f,), frame-major like the activations
+            if timesteps.shape != (b, f):
+                raise ValueError(f"per-frame timesteps must be ({b}, {f}), got {tuple(timesteps.shape)}")
+            timesteps = timesteps.reshape(-1)
+        else:
+            timesteps = jnp.broadcast_to(timesteps.reshape(-1), (b,))
         ctx = _frame_context(context, b, f, c("context_dim"))
 
         emb = timestep_embedding(timesteps, mc)
@@ -325,8 +341,10 @@ class UNet3D(nn.Module):
         if c("fps_cond", False):
             fps_arr = jnp.broadcast_to(jnp.asarray(28 if fps is None else fps).reshape(-1), (b,))
             femb = timestep_embedding(fps_arr, mc)
-            emb = emb + tdense(mc * 4, "fps_embed_2")(nn.silu(tdense(mc * 4, "fps_embed_1")(femb)))
-        emb = jnp.repeat(emb, f, axis=0)  # (b*f, E), frame-major within each batch row
+            femb = tdense(mc * 4, "fps_embed_2")(nn.silu(tdense(mc * 4, "fps_embed_1")(femb)))
+            emb = emb + (jnp.repeat(femb, f, axis=0) if per_frame else femb)
+        if not per_frame:
+            emb = jnp.repeat(emb, f, axis=0)  # (b*f, E), frame-major within each batch row
         if c("frame_position", False):
             # Not in VideoCrafter2/ModelScope (demo model option): each frame's place in the clip,
             # t = i / (f - 1) in [0, 1], embedded like a timestep and added to the ResBlocks' embedding.
@@ -340,9 +358,9 @@ class UNet3D(nn.Module):
         emb = emb.astype(dtype)
 
         def temporal(h, ch, heads, hd, level, name, regularize=True):
-            transform = make_transform(tar, level, step_index) if regularize else None
+            transform = _logit_transform(hooks, level, step_index) if regularize else None
             out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, rel, name=name)(
-                h.reshape(b, f, *h.shape[1:]), transform, capture_attention)
+                h.reshape(b, f, *h.shape[1:]), transform, capture_attention, _attend(hooks))
             return out.reshape(h.shape)
 
         def res_attn(h, out_ch, level, ds, name):
@@ -394,6 +412,33 @@ class UNet3D(nn.Module):
         h = nn.silu(GroupNorm32(groups, 1e-5, name="norm_out")(h))
         h = nn.Conv(c("out_channels"), (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_out")(h)
         return h.astype(jnp.float32).reshape(b, f, hgt, wid, -1).transpose(0, 4, 1, 2, 3)
+
+
+def _logit_transform(hooks: tuple, level: int, step_index):
+    """The hooks' logit transforms for one temporal attention at ``level``, chained (or None)."""
+    fns = [fn for fn in (getattr(h, "logit_transform", lambda *_: None)(level, step_index) for h in hooks)
+           if fn is not None]
+    if not fns:
+        return None
+    if len(fns) == 1:
+        return fns[0]
+
+    def chained(logits):
+        for fn in fns:
+            logits = fn(logits)
+        return logits
+
+    return chained
+
+
+def _attend(hooks: tuple):
+    """The attention function wrapped by the hooks that replace how self-attention is computed."""
+    fn = None
+    for h in hooks:
+        wrap = getattr(h, "attend", None)
+        if wrap is not None:
+            fn = wrap(fn or attention)
+    return fn
 
 
 def _frame_context(context: jax.Array, b: int, f: int, dim: int) -> jax.Array:

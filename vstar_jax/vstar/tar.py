@@ -58,6 +58,10 @@ class TARConfig:
     def to_dict(self) -> dict:
         return {"levels": [list(x) for x in self.levels], "until_time": self.until_time}
 
+    def logit_transform(self, level: int, step_index):
+        """The UNet's temporal-attention hook: TAR's transform at ``level`` (or None)."""
+        return make_transform(self, level, step_index)
+
 
 def _from_widths(spec: dict, until_time: int = 13) -> TARConfig:
     return TARConfig(

@@ -1,0 +1,278 @@
+"""The model side of generation: the modules and params of a checkpoint, what validation needs
+to know about it (:class:`ModelInfo`, read without loading params), and the one-model cache.
+
+``load_pipeline(None)`` is the embedded demo model; ``load_pipeline(dir)`` a converted checkpoint
+(cached per path and config mtime, one model in memory at a time).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from vstar_jax.diffusion.parameterization import check_prediction
+from vstar_jax.errors import VstarError
+
+DEMO_SOURCE = "builtin:demo"
+DEFAULTS = {"frames": 16, "steps": 25, "cfg": 12.0, "eta": 1.0, "fps": 28}  # VSTAR on VideoCrafter2
+FLAVOR_DEFAULTS = {"diffusers": {"steps": 50, "cfg": 9.0, "eta": 0.0}}  # ModelScope's pipeline defaults
+
+
+def _frozen(cfg):
+    import ml_collections  # noqa: PLC0415
+
+    if isinstance(cfg, ml_collections.FrozenConfigDict):
+        return cfg
+    if isinstance(cfg, ml_collections.ConfigDict):
+        return ml_collections.FrozenConfigDict(cfg)
+    return ml_collections.FrozenConfigDict(dict(cfg))
+
+
+def _plain(obj):
+    """ConfigDicts / tuples -> plain dicts / lists (JSON-able), recursively."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def diffusion_settings(config: Mapping) -> dict:
+    """The checkpoint's "diffusion" section with defaults filled in (VideoCrafter2 values)."""
+    d = dict(config.get("diffusion") or {})
+    unet = config.get("unet") or {}
+    pixel = _is_pixel(config)
+    out = {
+        "flavor": d.get("flavor", "videocrafter2"),
+        "linear_start": float(d.get("linear_start", 0.00085)),
+        "linear_end": float(d.get("linear_end", 0.012)),
+        "num_timesteps": int(d.get("num_timesteps", 1000)),
+        "scale_factor": float(d.get("scale_factor", 1.0 if pixel else 0.18215)),
+        "use_scale": bool(d.get("use_scale", False)),
+        "scale_b": float(d.get("scale_b", 0.7)),
+        "latent_channels": int(d.get("latent_channels", unet.get("in_channels", 4))),
+        "default_fps": d.get("default_fps", DEFAULTS["fps"]),
+        "prediction": check_prediction(str(d.get("prediction", "eps"))),
+    }
+    size = d.get("latent_size")
+    if size is None and config.get("size") is not None:
+        side = int(config["size"]) // _pixel_factor(config)
+        size = [side, side]
+    out["latent_size"] = [int(s) for s in (size if size is not None else [40, 64])]
+    for key in ("steps_offset", "set_alpha_to_one", "timestep_spacing", "max_frames"):
+        if key in d:
+            out[key] = d[key]
+    for key in ("steps", "cfg", "eta"):  # model-specific sampling defaults (demo model, ModelScope)
+        if key in d:
+            out["default_" + key] = d[key]
+        elif key in FLAVOR_DEFAULTS.get(out["flavor"], {}):
+            out["default_" + key] = FLAVOR_DEFAULTS[out["flavor"]][key]
+    if "frames" in config:
+        out["default_frames"] = int(config["frames"])
+    return out
+
+
+def _is_pixel(config: Mapping) -> bool:
+    """No VAE: pixel space, or the demo model's fixed "patch" space (decoded by the model)."""
+    return config.get("space") in ("pixel", "patch") or not config.get("vae")
+
+
+def _pixel_factor(config: Mapping) -> int:
+    """Pixels per latent cell: the VAE's downsampling, the demo model's patch, or 1."""
+    if config.get("space") == "patch":
+        return int(config.get("patch", 1))
+    if _is_pixel(config):
+        return 1
+    return 2 ** (len(config["vae"]["ch_mult"]) - 1)
+
+
+@dataclasses.dataclass(eq=False)
+class Pipeline:
+    """UNet3D + text encoder + tokenizer + VAE (None in pixel space) + params + config."""
+
+    unet: Any
+    text_model: Any
+    tokenizer: Any
+    vae: Any
+    params: dict
+    config: dict
+    source: str
+    decoder: Optional[Callable] = None  # latents (b, c, F, h, w) -> uint8 (b, F, H, W, 3); else VAE / pixels
+
+    @classmethod
+    def from_params(cls, params: Mapping, config, source: str = "<memory>", *,
+                    decoder: Optional[Callable] = None) -> "Pipeline":
+        """Build the modules of ``config`` ({"unet", "text", "vae"?, "diffusion"}) around ``params``."""
+        from vstar_jax.models.text import TextTransformer  # noqa: PLC0415
+        from vstar_jax.models.tokenizer import get_tokenizer  # noqa: PLC0415
+        from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
+
+        config = _plain(config)
+        missing = [k for k in ("unet", "text") if k not in config or k not in params]
+        if missing:
+            raise VstarError(f"{source}: checkpoint lacks component(s) {missing} needed to generate")
+        ucfg, tcfg = _frozen(config["unet"]), _frozen(config["text"])
+        if int(tcfg.width) != int(ucfg.context_dim):
+            raise VstarError(f"{source}: text width {tcfg.width} != UNet context_dim {ucfg.context_dim}")
+        vae = None
+        if config.get("space") == "patch" and decoder is None:
+            raise VstarError(f"{source}: a 'patch' latent space needs the model's decoder")
+        if not _is_pixel(config):
+            from vstar_jax.models.vae import AutoencoderKL  # noqa: PLC0415
+
+            if "vae" not in params:
+                raise VstarError(f"{source}: checkpoint has no 'vae' params (convert with --components unet,vae,text)")
+            vae = AutoencoderKL(_frozen(config["vae"]))
+        tok = get_tokenizer(int(tcfg.get("pad_token_id", 0) or 0), int(tcfg.get("context_length", 77)))
+        params = jax.device_put(dict(params))  # once, not at every call
+        return cls(UNet3D(ucfg), TextTransformer(tcfg), tok, vae, params, config, source, decoder)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_dir: str | os.PathLike) -> "Pipeline":
+        """Load a converted checkpoint directory (``vstar_jax.io.checkpoint`` layout)."""
+        from vstar_jax.io.checkpoint import load_checkpoint, read_config  # noqa: PLC0415
+
+        path = os.path.abspath(os.fspath(ckpt_dir))
+        config = read_config(path)
+        comps = [c for c in ("unet", "text", "vae") if c in config.get("components", [])]
+        if _is_pixel(config):
+            comps = [c for c in comps if c != "vae"]
+        params, config = load_checkpoint(path, components=comps)
+        return cls.from_params(params, config, path)
+
+    # -- shapes -----------------------------------------------------------------------------
+    @property
+    def diffusion(self) -> dict:
+        return diffusion_settings(self.config)
+
+    @property
+    def pixel_space(self) -> bool:
+        return self.vae is None
+
+    def describe(self) -> "ModelInfo":
+        return ModelInfo.from_config(self.config, self.source)
+
+    # -- text -------------------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        """Text context (n, 77, C) float32 of prompts ("" is the unconditional embedding)."""
+        from vstar_jax.models.text import encode_prompts  # noqa: PLC0415
+
+        return np.asarray(encode_prompts(self.text_model, self.params["text"], self.tokenizer, list(prompts)),
+                          np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What validation needs from a checkpoint's config (read without loading params)."""
+
+    source: str
+    diffusion: dict
+    unet_levels: int
+    vae_factor: int
+    latent_channels: int
+
+    @classmethod
+    def from_config(cls, config: Mapping, source: str) -> "ModelInfo":
+        config = _plain(config)
+        if "unet" not in config:
+            raise VstarError(f"{source}: checkpoint has no 'unet' component")
+        vae_factor = _pixel_factor(config)
+        return cls(source, diffusion_settings(config), len(config["unet"]["channel_mult"]), vae_factor,
+                   int(config["unet"]["in_channels"]))
+
+    def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
+        """Latent (h, w) of a video size; None = the checkpoint's default. Raises VstarError."""
+        dh, dw = self.diffusion["latent_size"]
+        unet_factor = 2 ** (self.unet_levels - 1)
+        out = []
+        for name, px, default in (("height", height, dh), ("width", width, dw)):
+            if px is None:
+                lat = default
+            else:
+                if int(px) != px or px < 1:
+                    raise VstarError(f"{name} must be a positive integer, got {px}")
+                if px % self.vae_factor:
+                    raise VstarError(f"{name} {px} is not a multiple of the VAE factor {self.vae_factor}")
+                lat = int(px) // self.vae_factor
+            if lat % unet_factor:
+                raise VstarError(f"{name} {lat * self.vae_factor} gives latent size {lat}, which the UNet "
+                                 f"({self.unet_levels} levels) needs divisible by {unet_factor}; "
+                                 f"use a multiple of {unet_factor * self.vae_factor}")
+            out.append(int(lat))
+        return out[0], out[1]
+
+
+# ---------------------------------------------------------------- checkpoint resolution
+_PIPELINES: dict = {}
+
+
+def load_pipeline(checkpoint: Optional[str | os.PathLike] = None) -> Pipeline:
+    """The pipeline of a checkpoint directory (cached per path and config mtime), or the
+    embedded demo model when ``checkpoint`` is None."""
+    if checkpoint is None:
+        return _demo_pipeline()
+    path = os.path.abspath(os.fspath(checkpoint))
+    cfg = os.path.join(path, "config.json")
+    key = (path, os.path.getmtime(cfg) if os.path.exists(cfg) else None)
+    if key not in _PIPELINES:
+        _PIPELINES.clear()  # keep at most one model in memory
+        _PIPELINES[key] = Pipeline.from_checkpoint(path)
+    return _PIPELINES[key]
+
+
+def _demo_module():
+    try:
+        from vstar_jax.demo import model as demo_model  # noqa: PLC0415
+    except ImportError:
+        return None
+    return demo_model if hasattr(demo_model, "load_demo_model") else None
+
+
+def _demo_pipeline() -> Pipeline:
+    mod = _demo_module()
+    if mod is None:
+        raise VstarError("no embedded default model is available yet: a checkpoint is required (--checkpoint DIR)")
+    if "demo" not in _PIPELINES:
+        try:
+            got = mod.load_demo_model()
+        except (ValueError, FileNotFoundError, OSError) as e:
+            raise VstarError(f"the embedded demo model cannot be loaded ({' '.join(str(e).split())}): "
+                             "a checkpoint is required (--checkpoint DIR)") from None
+        _PIPELINES["demo"] = pipeline_from_demo(got)
+    return _PIPELINES["demo"]
+
+
+def pipeline_from_demo(model) -> Pipeline:
+    """A :class:`Pipeline` around ``vstar_jax.demo.model.DemoModel`` (its modules rebuilt with
+    frozen, hashable configs; frames decoded by the model at its display scale)."""
+    if isinstance(model, Pipeline):
+        return model
+    params = {"unet": model.unet_params, "text": model.text_params}
+    return Pipeline.from_params(params, model.config, DEMO_SOURCE,
+                                decoder=lambda z: np.asarray(model.decode(z)))
+
+
+def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
+    """ModelInfo from a pipeline, a checkpoint's config.json (params not loaded), or the demo."""
+    if pipeline is not None:
+        return pipeline.describe()
+    if checkpoint is None:
+        return _demo_pipeline().describe()
+    from vstar_jax.io.checkpoint import read_config  # noqa: PLC0415
+
+    path = os.path.abspath(os.fspath(checkpoint))
+    if not os.path.isdir(path):
+        raise VstarError(f"checkpoint directory not found: {path}")
+    try:
+        return ModelInfo.from_config(read_config(path), path)
+    except FileNotFoundError as e:
+        raise VstarError(str(e)) from None
+
+

@@ -1,0 +1,331 @@
+"""The decode and write stages: latents -> frame batches -> mp4 (streamed) + sidecar.
+
+Frames are decoded ``frame_batch`` at a time and each batch goes straight into the mp4 writer and
+the frame hash, so peak host memory does not grow with the number of frames (a 1,024-frame video
+never exists as one array unless the caller asks to keep it). The hash equals
+:func:`frames_digest` of the whole video; files appear only when complete (temporary names,
+renamed at the end; removed on failure).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import re
+import warnings
+from typing import Iterator, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vstar_jax.errors import VstarError
+
+SIDECAR_FORMAT = "vstar-jax-generation/1"
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
+
+
+# ------------------------------------------------------------------------------- results
+@dataclasses.dataclass
+class GenerationResult:
+    video: Optional[np.ndarray]  # (F, H, W, 3) uint8 (None when not kept: streamed to the file only)
+    sidecar: dict
+    path: Optional[str]  # the video file, or None when nothing was written
+    latents: Optional[np.ndarray] = None  # (1, c, F, h, w) float32 final x_0
+    attention: Optional[dict] = None  # {layer: (steps, F, F)} when recorded
+    sidecar_path: Optional[str] = None
+    gif_path: Optional[str] = None
+    attention_png: Optional[str] = None
+
+
+class FrameHasher:
+    """sha256 of uint8 frames fed in batches; equals :func:`frames_digest` of the whole video."""
+
+    def __init__(self, total_frames: int):
+        self.total = int(total_frames)
+        self.h = None
+        self.seen = 0
+
+    def update(self, batch: np.ndarray) -> None:
+        b = np.ascontiguousarray(batch)
+        if self.h is None:
+            self.h = hashlib.sha256(repr(((self.total,) + b.shape[1:], str(b.dtype))).encode())
+        self.h.update(b.tobytes())
+        self.seen += b.shape[0]
+
+    def hexdigest(self) -> str:
+        if self.seen != self.total:
+            raise RuntimeError(f"hashed {self.seen} of {self.total} frames")
+        return self.h.hexdigest()
+
+
+def frames_digest(video: np.ndarray) -> str:
+    """sha256 of the uint8 frames (shape and bytes)."""
+    h = FrameHasher(len(video))
+    h.update(np.asarray(video))
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------- decoding
+@jax.jit
+def _identity(x):
+    return x
+
+
+def _decode_batch_fn(pipe):
+    """latents (1, c, k, h, w) float32 -> uint8 frames (k, H, W, 3)."""
+    from vstar_jax.io.video import video_to_uint8  # noqa: PLC0415
+
+    if pipe.decoder is not None:
+        return lambda z: np.asarray(pipe.decoder(z), np.uint8)[0]
+    if pipe.pixel_space:
+        return lambda z: video_to_uint8(np.asarray(z, np.float32))[0]
+    sf = jnp.float32(pipe.diffusion["scale_factor"])
+    return lambda z: video_to_uint8(np.asarray(_decode_jit(pipe.vae, pipe.params["vae"], jnp.asarray(z), sf),
+                                               np.float32))[0]
+
+
+def _decode_jit_impl(vae, params, latents, scale_factor):
+    from vstar_jax.models.vae import decode_video  # noqa: PLC0415
+
+    return decode_video(vae, params, latents / scale_factor, latents.shape[2])
+
+
+_decode_jit = jax.jit(_decode_jit_impl, static_argnames=("vae",))
+
+
+def decode_batches(pipe, latents, frame_batch: int = 16) -> Iterator[np.ndarray]:
+    """Latents (1, c, N, h, w) -> uint8 frame batches (k, H, W, 3), ``frame_batch`` frames at a
+    time (the last batch padded to the same shape, so one compiled decoder serves every batch)."""
+    z = np.asarray(latents, np.float32)
+    n, fb = z.shape[2], int(frame_batch)
+    fn = _decode_batch_fn(pipe)
+    for s in range(0, n, fb):
+        chunk = z[:, :, s:s + fb]
+        k = chunk.shape[2]
+        if k < fb and n > fb:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:, :, -1:], fb - k, axis=2)], axis=2)
+        yield np.asarray(fn(chunk))[:k]
+
+
+def decode(pipe, latents, frame_batch: int = 16) -> np.ndarray:
+    """Latents (b, c, f, h, w) -> video (b, 3, f, H, W) float32 in about [-1, 1] (whole video)."""
+    if pipe.pixel_space:
+        return np.asarray(latents, np.float32)
+    from vstar_jax.models.vae import decode_video  # noqa: PLC0415
+
+    sf = jnp.float32(pipe.diffusion["scale_factor"])
+    return np.asarray(decode_video(pipe.vae, pipe.params["vae"], jnp.asarray(latents) / sf, int(frame_batch)),
+                      np.float32)
+
+
+# ------------------------------------------------------------------------------- writing
+def check_outputs(out, gif: bool, attention_png) -> dict:
+    """Output paths, checked writable (one-line errors) before any compute."""
+    from vstar_jax.io.video import check_writable, sidecar_path  # noqa: PLC0415
+
+    paths = {"video": None, "gif": None, "sidecar": None, "attention_png": None, "attention_npz": None}
+    if out is not None:
+        p = pathlib.Path(out)
+        if p.suffix.lower() not in VIDEO_SUFFIXES:
+            raise VstarError(f"output {p} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+        paths["video"] = check_writable(p)
+        paths["sidecar"] = check_writable(sidecar_path(paths["video"]))
+        if gif and p.suffix.lower() != ".gif":
+            paths["gif"] = check_writable(paths["video"].with_suffix(".gif"))
+    elif gif:
+        raise VstarError("gif=True needs an output path (out=...)")
+    if attention_png is not None:
+        a = pathlib.Path(attention_png)
+        if a.suffix.lower() != ".png":
+            raise VstarError(f"attention plot path {a} must end in .png")
+        paths["attention_png"] = check_writable(a)
+        paths["attention_npz"] = check_writable(paths["attention_png"].with_suffix(".npz"))
+    return paths
+
+
+class VideoSink:
+    """Streams uint8 frame batches into an mp4 (or collects them for a GIF / the caller) and hashes
+    them. ``finish()`` renames the temporary file into place; ``abort()`` removes it."""
+
+    def __init__(self, path: Optional[pathlib.Path], total_frames: int, fps: float, *, gif: Optional[pathlib.Path] = None,
+                 keep: bool = False, crf: int = 10):
+        self.path, self.gif, self.fps, self.crf = path, gif, float(fps), crf
+        self.total = int(total_frames)
+        self.hasher = FrameHasher(total_frames)
+        self.keep = keep or gif is not None or (path is not None and path.suffix.lower() == ".gif")
+        self.kept: list = []
+        self.writer = None
+        self.tmp = None
+
+    def _open(self, h: int, w: int) -> None:
+        import imageio_ffmpeg  # noqa: PLC0415
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix or '.mp4'}")
+        self.writer = imageio_ffmpeg.write_frames(
+            str(self.tmp), (w + w % 2, h + h % 2), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p", quality=None, macro_block_size=1,
+            output_params=["-crf", str(int(self.crf)), "-movflags", "+faststart"])
+        self.writer.send(None)
+
+    def write(self, batch: np.ndarray) -> None:
+        from vstar_jax.io.video import pad_to_multiple  # noqa: PLC0415
+
+        batch = np.ascontiguousarray(batch, np.uint8)
+        self.hasher.update(batch)
+        if self.keep:
+            self.kept.append(batch)
+        if self.path is not None and self.path.suffix.lower() != ".gif":
+            if self.writer is None:
+                with warnings.catch_warnings():  # ffmpeg runs as a subprocess; JAX warns about fork()
+                    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                    self._open(batch.shape[1], batch.shape[2])
+            for frame in pad_to_multiple(batch, 2):
+                self.writer.send(frame)
+
+    def video(self) -> Optional[np.ndarray]:
+        return np.concatenate(self.kept) if self.kept else None
+
+    def finish(self) -> str:
+        """Close the files (atomically in place); returns the frame hash."""
+        from vstar_jax.io.video import write_gif  # noqa: PLC0415
+
+        digest = self.hasher.hexdigest()
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self.tmp, self.path)
+            self.writer = None
+        if self.path is not None and self.path.suffix.lower() == ".gif":
+            write_gif(self.path, self.video(), self.fps)
+        if self.gif is not None:
+            write_gif(self.gif, self.video(), self.fps)
+        return digest
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - already failing; the temp file goes either way
+                pass
+            self.writer = None
+        if self.tmp is not None:
+            pathlib.Path(self.tmp).unlink(missing_ok=True)
+
+
+def write_attention(attention: dict, paths: dict) -> Optional[str]:
+    if attention is None or paths["attention_png"] is None:
+        return None
+    from vstar_jax.vstar.analysis import plot_attention_grid  # noqa: PLC0415
+
+    plot_attention_grid(attention, paths["attention_png"], cell_inches=1.8 if len(attention) <= 8 else 1.2)
+    np.savez(paths["attention_npz"], **attention)
+    return str(paths["attention_png"])
+
+
+# ------------------------------------------------------------------------------- sidecar
+def versions() -> dict:
+    import flax  # noqa: PLC0415
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        vj = version("vstar-jax")
+    except Exception:  # noqa: BLE001 - not installed
+        vj = "unknown"
+    try:
+        import jaxlib  # noqa: PLC0415
+
+        vjl = jaxlib.__version__
+    except Exception:  # noqa: BLE001
+        vjl = "unknown"
+    return {"vstar_jax": vj, "jax": jax.__version__, "jaxlib": vjl, "flax": flax.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+RNG_RULE = "key=jax.random.key(seed); k_x,k_steps=split(key); x_T=normal(k_x); noise_i=normal(split(k_steps,N)[i])"
+
+
+def build_sidecar(request, *, checkpoint: str, video_size, latent_shape, vae_factor: int, frames_sha256: str,
+                  mesh, paths: dict, timing: dict, scale_factor) -> dict:
+    """The sidecar of one video: every setting of the request, what ran it, and the frame hash."""
+    strategy = request.strategy
+    rule = RNG_RULE + ("; " + strategy.rng_rule() if strategy.rng_rule() else "")
+    return {
+        "format": SIDECAR_FORMAT,
+        "prompt": request.prompt,
+        "checkpoint": checkpoint,
+        "frames": request.frames,
+        "steps": request.steps,
+        "ddim_steps": request.ddim_steps,
+        "cfg": request.cfg,
+        "eta": request.eta,
+        "seed": request.seed,
+        "fps": request.fps,
+        "save_fps": request.save_fps,
+        "height": int(request.latent_hw[0] * vae_factor),
+        "width": int(request.latent_hw[1] * vae_factor),
+        "video_size": [int(s) for s in video_size],
+        "latent_shape": list(latent_shape),
+        "tar": request.tar.to_dict() if request.tar is not None else None,
+        "tar_spec": request.tar_spec,
+        "synopsis": list(request.synopsis) if request.synopsis is not None else None,
+        "synopsis_source": request.synopsis_source,
+        "vsp_mode": request.vsp_mode,
+        "attention": request.capture,
+        "frame_batch": request.frame_batch,
+        "schedule": {"flavor": request.flavor, **dict(request.schedule_kwargs)},
+        "prediction": request.prediction,
+        "scale_factor": scale_factor,
+        "rng": {"impl": str(jax.config.jax_default_prng_impl), "rule": rule},
+        "frames_sha256": frames_sha256,
+        "mesh": mesh,
+        "long_video": request.long_video.to_dict() if request.long_video is not None else None,
+        "outputs": {k: (str(v) if v is not None else None) for k, v in paths.items()},
+        "versions": versions(),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timing_s": timing,
+    }
+
+
+SIDECAR_ARGS = ("frames", "steps", "cfg", "eta", "seed", "fps", "save_fps", "synopsis", "vsp_mode",
+                "frame_batch", "long_video")
+
+
+def load_sidecar(path) -> dict:
+    """Read a generation sidecar (the .json, or the video path beside it)."""
+    p = pathlib.Path(path)
+    if p.suffix.lower() != ".json":
+        p = p.with_suffix(".json")
+    if not p.is_file():
+        raise VstarError(f"sidecar not found: {p}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise VstarError(f"sidecar {p} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise VstarError(f"{p} is not a vstar-jax generation sidecar (format {SIDECAR_FORMAT})")
+    return data
+
+
+def sidecar_kwargs(sidecar: Mapping) -> dict:
+    """generate_video keyword arguments that reproduce a sidecar's video."""
+    from vstar_jax.generation.model import DEMO_SOURCE  # noqa: PLC0415
+
+    kw = {k: sidecar[k] for k in SIDECAR_ARGS if k in sidecar}
+    kw["tar"] = sidecar.get("tar")
+    kw["height"], kw["width"] = sidecar.get("height"), sidecar.get("width")
+    ck = sidecar.get("checkpoint")
+    kw["checkpoint"] = None if ck in (None, DEMO_SOURCE) else ck
+    return kw
+
+
+def default_output(prompt: str, seed: int, directory: str = "outputs") -> str:
+    """``outputs/<slug>-<seed>.mp4``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].strip("-") or "video"
+    return os.path.join(directory, f"{slug}-{seed}.mp4")

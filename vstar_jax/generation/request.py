@@ -1,0 +1,199 @@
+"""A generation request: every setting of one video, validated once, frozen, == the sidecar schema.
+
+:func:`make_request` checks everything that can be checked without the model's params (each bad
+input is a one-line :class:`~vstar_jax.errors.VstarError`), fills the model's defaults in from
+its :class:`~vstar_jax.generation.model.ModelInfo`, and returns a :class:`GenerationRequest`.
+Writing a request into a sidecar and reading it back gives the same request, which is what
+``--from-sidecar`` relies on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+from vstar_jax.errors import VstarError
+from vstar_jax.generation.model import DEFAULTS, ModelInfo
+
+SAVE_FPS = 8.0  # VSTAR's savefps
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    """One video's settings after validation (model defaults filled in)."""
+
+    prompt: str
+    frames: int
+    steps: int
+    ddim_steps: int
+    cfg: float
+    eta: float
+    seed: int
+    fps: Any
+    save_fps: float
+    latent_hw: tuple
+    tar: Any  # TARConfig or None
+    tar_spec: Optional[str]
+    synopsis: Optional[tuple]  # the visual states (VSP), or None
+    synopsis_source: Optional[Mapping]
+    vsp_mode: str
+    strategy: Any  # vstar_jax.longvideo.Strategy
+    frame_batch: int
+    capture: bool
+    schedule_kwargs: tuple
+    flavor: str
+    prediction: str
+
+    @property
+    def long_video(self):
+        """The strategy when it is not a single pass (the sidecar's ``long_video``), else None."""
+        return None if self.strategy.name == "single" else self.strategy
+
+
+def number(name: str, value, *, integer: bool = False, minimum=None, maximum=None):
+    """A finite number (int when ``integer``) within bounds, else a one-line VstarError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise VstarError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise VstarError(f"{name} must be finite, got {value!r}")
+    if integer:
+        if v != int(v) or isinstance(value, bool):
+            raise VstarError(f"{name} must be an integer, got {value!r}")
+        v = int(v)
+    if minimum is not None and v < minimum:
+        raise VstarError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and v > maximum:
+        raise VstarError(f"{name} must be <= {maximum}, got {value!r}")
+    return v
+
+
+def schedule_kwargs(d: dict) -> tuple:
+    """The DDIM schedule's keyword arguments for a checkpoint's diffusion settings (hashable)."""
+    if d["flavor"] == "videocrafter2":
+        kw = {"use_scale": d["use_scale"], "scale_b": d["scale_b"], "linear_start": d["linear_start"],
+              "linear_end": d["linear_end"], "num_timesteps": d["num_timesteps"]}
+    elif d["flavor"] in ("diffusers", "modelscope"):
+        kw = {"beta_start": d["linear_start"], "beta_end": d["linear_end"],
+              "num_train_timesteps": d["num_timesteps"]}
+        for k in ("steps_offset", "set_alpha_to_one", "timestep_spacing"):
+            if k in d:
+                kw[k] = d[k]
+    else:
+        raise VstarError(f"checkpoint has an unknown diffusion flavor {d['flavor']!r}")
+    return tuple(sorted(kw.items()))
+
+
+def check_schedule(flavor: str, steps: int, eta: float, sched_kw: tuple) -> int:
+    """Build the DDIM schedule once (numpy, cheap); returns its real number of steps."""
+    from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
+
+    try:
+        return make_schedule(flavor, steps, eta, **dict(sched_kw)).num_steps
+    except IndexError:
+        # uniform timesteps range(0, T, T // steps) + 1 can reach T (as in the reference, e.g. 3 of 1000)
+        n = dict(sched_kw).get("num_timesteps", 1000)
+        raise VstarError(f"{steps} steps do not fit the {flavor} DDIM schedule (a timestep would pass {n - 1}); "
+                         f"use e.g. a divisor of {n}") from None
+
+
+def check_tar_levels(tar, info: ModelInfo) -> None:
+    if tar is None:
+        return
+    bad = [lv for lv, _, _ in tar.levels if lv >= info.unet_levels]
+    if bad:
+        raise VstarError(f"TAR level(s) {bad} do not exist in this UNet (levels 0..{info.unet_levels - 1})")
+
+
+def check_states(states, frames: int) -> list[str]:
+    states = [str(s).strip() for s in states]
+    if any(not s for s in states):
+        raise VstarError("synopsis has an empty visual state")
+    if len(states) < 2:
+        raise VstarError(f"a synopsis needs at least 2 visual states, got {len(states)}")
+    if len(states) > frames:
+        raise VstarError(f"a synopsis of {len(states)} states needs at least {len(states)} frames, got {frames}")
+    return states
+
+
+def resolve_synopsis(synopsis, prompt: str, frames: int):
+    """User synopsis (list or file) -> (states, source dict); None -> (None, None)."""
+    if synopsis is None:
+        return None, None
+    from vstar_jax.vstar.synopsis import user_synopsis  # noqa: PLC0415
+
+    if isinstance(synopsis, (str, os.PathLike)):
+        states = user_synopsis(synopsis, prompt)
+        source = {"kind": "file", "path": os.path.abspath(os.fspath(synopsis))}
+    else:
+        if isinstance(synopsis, Mapping) or not isinstance(synopsis, Sequence):
+            raise VstarError(f"synopsis must be a list of states or a file path, got {type(synopsis).__name__}")
+        states = list(synopsis)
+        source = {"kind": "user"}
+    return check_states(states, frames), source
+
+
+def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=None, eta=None, seed=0, fps=None,
+                 save_fps=SAVE_FPS, tar=None, synopsis=None, vsp_mode="linear", height=None, width=None,
+                 frame_batch=16, capture=False, long_video=None, synopsis_source=None,
+                 llm_asked: bool = False) -> GenerationRequest:
+    """Validate every setting (cheap checks only) and fill in the model's defaults.
+
+    ``synopsis`` may be a list of states or a file; an LLM-written synopsis is resolved later
+    (``llm_asked``) and put in with :func:`dataclasses.replace`.
+    """
+    from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
+    from vstar_jax.vstar.tar import TARConfig, parse_tar  # noqa: PLC0415
+    from vstar_jax.vstar.vsp import MODES  # noqa: PLC0415
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise VstarError("empty prompt: give a text description of the video")
+    prompt = prompt.strip()
+    if frames is not None:
+        frames = number("frames", frames, integer=True)
+        if frames < 2:
+            raise VstarError(f"frames must be >= 2, got {frames}")
+    seed = number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
+    tar_cfg = tar if isinstance(tar, TARConfig) else parse_tar(tar)
+    strategy = parse_strategy(long_video)
+    if capture and strategy.name != "single":
+        raise VstarError(f"attention maps are not recorded with long_video {strategy.name} (the UNet sees windows)")
+    if vsp_mode not in MODES:
+        raise VstarError(f"unknown VSP mode {vsp_mode!r} (use one of {', '.join(MODES)})")
+    if synopsis is not None and llm_asked:
+        raise VstarError("give either a synopsis or an LLM to write one, not both")
+    save_fps = number("save_fps", save_fps, minimum=1e-3)
+    frame_batch = number("frame_batch", frame_batch, integer=True, minimum=1)
+    d = info.diffusion
+    frames = frames if frames is not None else int(d.get("default_frames", DEFAULTS["frames"]))
+    if frames < 2:
+        raise VstarError(f"frames must be >= 2, got {frames}")
+    steps = strategy.steps_for(steps)
+    steps = number("steps", steps if steps is not None else d.get("default_steps", DEFAULTS["steps"]),
+                   integer=True, minimum=1, maximum=d["num_timesteps"])
+    plan = strategy.check(frames, steps)  # VstarError naming valid lengths
+    if d.get("max_frames") and plan.unet_frames > int(d["max_frames"]):
+        raise VstarError(f"this model takes at most {d['max_frames']} frames"
+                         f"{' per window' if strategy.name != 'single' else ''}, got {plan.unet_frames}")
+    cfg = number("cfg", cfg if cfg is not None else d.get("default_cfg", DEFAULTS["cfg"]))
+    eta = number("eta", eta if eta is not None else d.get("default_eta", DEFAULTS["eta"]), minimum=0.0)
+    fps = number("fps", fps if fps is not None else d.get("default_fps", DEFAULTS["fps"]))
+    if fps <= 0:
+        raise VstarError(f"fps must be > 0, got {fps}")
+    fps = int(fps) if float(fps).is_integer() else fps
+    check_tar_levels(tar_cfg, info)
+    lat_hw = info.latent_hw(height, width)
+    sched_kw = schedule_kwargs(d)
+    ddim_steps = check_schedule(d["flavor"], int(steps), float(eta), sched_kw)
+    states, source = resolve_synopsis(synopsis, prompt, frames)
+    if states is not None and synopsis_source is not None:
+        source = dict(synopsis_source)
+    return GenerationRequest(
+        prompt=prompt, frames=int(frames), steps=int(steps), ddim_steps=int(ddim_steps), cfg=float(cfg),
+        eta=float(eta), seed=int(seed), fps=fps, save_fps=float(save_fps), latent_hw=tuple(lat_hw), tar=tar_cfg,
+        tar_spec=tar if isinstance(tar, (str, type(None))) else None,
+        synopsis=tuple(states) if states is not None else None, synopsis_source=source, vsp_mode=vsp_mode,
+        strategy=strategy, frame_batch=int(frame_batch), capture=bool(capture), schedule_kwargs=sched_kw,
+        flavor=d["flavor"], prediction=d["prediction"])

@@ -1,0 +1,193 @@
+"""The sampling stage: one jitted program from the seed's key to the final latents.
+
+PRNG (every strategy): ``key = jax.random.key(seed)``; ``k_x, k_steps = split(key)``; x_T =
+``strategy.init_noise(k_x, shape)`` (``normal(k_x, shape)`` unless the method reschedules it);
+step i's DDIM noise = ``normal(split(k_steps, N)[i])``; a method's extra draws fold ``k_steps``
+(its ``rng_rule``, recorded in the sidecar).
+
+The program is compiled ahead of time once per (model, plan, argument shapes) and cached, so
+the progress bar counts denoising only; params are arguments, never constants.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
+from vstar_jax.longvideo.base import SampleInputs
+from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
+
+
+def log(enabled: bool, msg: str) -> None:
+    if enabled:
+        print(f"[vstar-jax] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePlan:
+    """Static (hashable) description of one compiled sampling loop."""
+
+    flavor: str
+    steps: int
+    eta: float
+    schedule_kwargs: tuple
+    latent_shape: tuple  # (b, c, N, h, w) of the video
+    tar: Any
+    capture: bool
+    row_sharding: Any = None  # NamedSharding of the UNet's (2b, c, F, h, w) rows on a mesh, or None
+    strategy: Any = None  # vstar_jax.longvideo.Strategy (None: single pass)
+    prediction: str = "eps"  # what the UNet predicts (vstar_jax.diffusion.parameterization)
+
+    def schedule(self):
+        from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
+
+        return make_schedule(self.flavor, self.steps, self.eta, **dict(self.schedule_kwargs))
+
+    @property
+    def long_video(self):
+        return None if self.strategy is None or self.strategy.name == "single" else self.strategy
+
+    def denoiser_spec(self) -> DenoiserSpec:
+        hooks = ((self.tar,) if self.tar is not None else ())
+        if self.strategy is not None:
+            hooks = hooks + tuple(self.strategy.attention_hooks(self.latent_shape[2]))
+        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding)
+
+
+def plan_for(request, latent_channels: int, row_sharding=None) -> SamplePlan:
+    """The compiled loop's plan of a validated :class:`~vstar_jax.generation.request.GenerationRequest`."""
+    h, w = request.latent_hw
+    return SamplePlan(request.flavor, request.steps, request.eta, request.schedule_kwargs,
+                      (1, int(latent_channels), request.frames, h, w), request.tar, request.capture, row_sharding,
+                      request.strategy, request.prediction)
+
+
+# ------------------------------------------------------------------------------- progress
+_PROGRESS: dict = {"bar": None}
+
+
+def _progress_tick(step, _probe) -> None:
+    bar = _PROGRESS.get("bar")
+    if bar is not None:
+        bar.update(1)
+
+
+@functools.partial(jax.jit, static_argnames=("unet", "plan"))
+def sample_jit(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):
+    """The whole guided loop of ``plan.strategy`` from the seed's key; returns :class:`SampleOutput`."""
+    from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
+
+    strategy = plan.strategy or parse_strategy(None)
+    k_x, k_steps = jax.random.split(key)
+    x_T = strategy.init_noise(k_x, plan.latent_shape)
+    schedule = plan.schedule()
+    model_fn = make_denoiser(unet, params, plan.denoiser_spec(), alphas_cumprod=schedule.alphas_cumprod, fps=fps,
+                             on_call=_progress_tick)
+    frames = plan.latent_shape[2]
+    x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
+        x_T, cond, uncond, schedule, None, k_steps, "sampling", frames=frames)
+    inputs = SampleInputs(x_T, context, coeffs, keys, k_steps, cfg_scale, frames, guided, use_noise)
+    latents, aux = strategy.run(model_fn, inputs, capture=plan.capture)
+    return SampleOutput(latents, None, aux)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_sampler(unet, plan: SamplePlan, args: tuple, progress: bool):
+    """The AOT-compiled :func:`sample_jit` for these static settings and argument shapes (cached)."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    key = (unet, plan, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+    if key not in _COMPILED:
+        log(progress, "compiling the sampling loop (once per model, shape and setting)")
+        t0 = time.time()
+        lowered = sample_jit.lower(unet, *args, plan=plan)
+        if len(_COMPILED) >= 8:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = lowered.compile()
+        log(progress, f"compiled in {time.time() - t0:.1f}s")
+    return _COMPILED[key]
+
+
+def run_sampler(sampler, args: tuple, *, total_calls: int, progress: bool, unit: str = "step"):
+    """Run a compiled sampler under a progress bar of ``total_calls`` UNet calls; (latents, aux, seconds)."""
+    t0 = time.time()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=int(total_calls), desc="denoising", unit=unit, file=sys.stderr, leave=True)
+    _PROGRESS["bar"] = bar
+    try:
+        res = sampler(*args)
+        latents = jax.block_until_ready(res.latents)
+    finally:
+        _PROGRESS["bar"] = None
+        if bar is not None:
+            bar.close()
+    return latents, res.aux, time.time() - t0
+
+
+def sampler_args(params, cond, uncond, seed: int, fps, cfg) -> tuple:
+    return (params, jnp.asarray(cond), jnp.asarray(uncond), jax.random.key(int(seed)), jnp.float32(fps),
+            jnp.float32(cfg))
+
+
+def row_sharding(mesh, frames: int, rows: int = 2):
+    """The sharding of the UNet's (rows, c, F, h, w) input on ``mesh`` (CFG/batch rows over ``data``,
+    frames over ``frames``); divisibility is checked on the window the UNet is given."""
+    if mesh is None:
+        return None
+    from vstar_jax.errors import VstarError  # noqa: PLC0415
+    from vstar_jax.parallel.sharding import LATENT_AXES, check_divisible, make_mesh, named  # noqa: PLC0415
+
+    if not hasattr(mesh, "shape"):
+        try:
+            mesh = make_mesh(dict(mesh))
+        except ValueError as e:
+            raise VstarError(str(e)) from None
+    sharding = named(mesh, LATENT_AXES)
+    try:
+        check_divisible((rows, 1, frames, 1, 1), sharding, "the UNet's input (CFG rows, c, frames, h, w)")
+    except ValueError as e:
+        raise VstarError(str(e)) from None
+    return sharding
+
+
+def capture_maps(aux) -> Optional[dict]:
+    """Attention maps of a capturing run: {label: (steps, F, F)} cond rows, in UNet order."""
+    import re  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from vstar_jax.vstar.analysis import flatten_maps  # noqa: PLC0415
+
+    def label(path: str) -> str:
+        parts = [p for p in path.split("/") if p != "weights"]
+        if parts and parts[0].endswith("_temporal"):
+            parts[0] = parts[0][: -len("_temporal")]
+        return ".".join(p for p in parts if p != "block_0")
+
+    def order(lab: str):
+        head, _, tail = lab.partition(".")
+        m = re.fullmatch(r"(down|up)_(\d+)_(\d+)", head)
+        if head == "init_attn":
+            k = (0, 0, 0)
+        elif m and m.group(1) == "down":
+            k = (1, int(m.group(2)), int(m.group(3)))
+        elif head == "mid":
+            k = (2, 0, 0)
+        elif m:
+            k = (3, -int(m.group(2)), int(m.group(3)))
+        else:
+            k = (4, 0, 0)
+        return k + (tail,)
+
+    maps = {label(k): np.asarray(v, np.float32)[:, 0] for k, v in flatten_maps(jax.device_get(aux)).items()}
+    return {k: maps[k] for k in sorted(maps, key=order)}

@@ -1,0 +1,211 @@
+"""The long-video strategy protocol and its registry.
+
+A strategy decides how one video of ``frames`` frames is denoised with a UNet that sees a
+window of frames at a time: which noise it starts from, which frames each UNet call sees at
+which timestep, and how the calls' predictions are combined. Every method (single-pass DDIM,
+Gen-L-Video, StreamingT2V blending, FreeNoise, FIFO-Diffusion, VidRD) is one module of this
+package with one frozen, hashable dataclass registered by name, so it is a static argument of
+the compiled sampler and a new method is one file plus one test file.
+
+    strategy = parse_strategy("genl:16:8")          # or {"method": "genl", "window": 16, "stride": 8}
+    plan = strategy.check(frames)                   # VstarError naming valid lengths, before compute
+    x_T = strategy.init_noise(k_x, shape)           # FreeNoise reschedules it
+    latents, aux = strategy.run(model_fn, inputs)   # its own lax.scan loop
+
+``model_fn(x (2b, c, F, h, w), t, context, step_index) -> (eps, aux)`` is the denoiser on CFG
+rows (``t`` a scalar, or one timestep per frame (F,) for FIFO); ``inputs`` is
+:class:`SampleInputs`. Spec strings are ``name:v1:v2`` (the class's ``POSITIONAL`` fields in
+order) or ``name:field=value,...``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional
+
+import jax
+
+from vstar_jax.errors import VstarError
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(cls):
+    """Class decorator: make a strategy available by its ``name``."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"strategy name {cls.name!r} is empty or taken")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+class SampleInputs(NamedTuple):
+    """Everything a strategy's loop needs besides the denoiser (see ``prepare_sampling``)."""
+
+    x_T: jax.Array  # (b, c, F0, h, w): the strategy's initial noise (init_noise)
+    context: jax.Array  # [uncond; cond] rows, (2b, L, C) or per frame (2b, N, L, C)
+    coeffs: dict  # DDIM coefficients in loop order (i = 0 noisiest), each (steps,)
+    keys: Any  # (steps,) per-step noise keys (placeholder when eta == 0)
+    key: Any  # the sampling key the step keys came from (extra draws fold it)
+    cfg_scale: Any
+    frames: int  # output frames N
+    guided: bool
+    use_noise: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a strategy will do for a length: the frames the UNet sees per call, and how many
+    (CFG-batched) UNet calls the whole loop makes (the progress bar counts them)."""
+
+    unet_frames: int
+    calls: int
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """Base of every strategy (subclasses are frozen dataclasses of their settings)."""
+
+    name: ClassVar[str] = ""
+    POSITIONAL: ClassVar[tuple] = ()
+    #: strategies whose UNet calls take one timestep per frame (the UNet supports it by shape)
+    per_frame_timesteps: ClassVar[bool] = False
+
+    # ---- protocol ------------------------------------------------------------------------------
+    def check(self, frames: int, steps: int) -> Plan:
+        """Validate a video length (and step count); a :class:`VstarError` names valid lengths."""
+        raise NotImplementedError
+
+    def noise_shape(self, shape: tuple) -> tuple:
+        """Shape of the initial noise for a (b, c, N, h, w) video (FIFO: one window)."""
+        return tuple(shape)
+
+    def init_noise(self, key, shape: tuple) -> jax.Array:
+        """The initial noise x_T for a (b, c, N, h, w) video (``normal(key)`` unless overridden)."""
+        return jax.random.normal(key, self.noise_shape(shape), jax.numpy.float32)
+
+    def rng_rule(self) -> str:
+        """How the strategy uses the seed beyond the pipeline's rule (recorded in the sidecar)."""
+        return ""
+
+    def attention_hooks(self, frames: int) -> tuple:
+        """Hooks the UNet's temporal attention takes for this strategy (FreeNoise's windows)."""
+        return ()
+
+    def steps_for(self, requested: Optional[int]) -> Optional[int]:
+        """The DDIM step count this strategy runs (None: the model's default); FIFO fixes it."""
+        return requested
+
+    def run(self, model_fn: Callable, inputs: SampleInputs, *, capture: bool = False):
+        """The strategy's denoising loop; returns ``(latents (b, c, N, h, w), aux)``."""
+        raise NotImplementedError
+
+    # ---- config as data ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"method": self.name, **dataclasses.asdict(self)}
+
+    def spec(self) -> str:
+        return ":".join([self.name] + [str(getattr(self, f)) for f in self.POSITIONAL])
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Strategy":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        extra = sorted(set(d) - set(fields) - {"method"})
+        if extra:
+            raise VstarError(f"long_video {cls.name!r} takes {', '.join(fields) or 'no settings'}; "
+                             f"unexpected {extra}")
+        kw = {}
+        for name, f in fields.items():
+            if name in d:
+                kw[name] = _coerce(cls.name, name, d[name], f.type)
+            elif f.default is dataclasses.MISSING:
+                raise VstarError(f"long_video {cls.name!r} needs {', '.join(k for k in cls.POSITIONAL)}")
+        return cls(**kw)
+
+    @classmethod
+    def from_spec(cls, body: str) -> "Strategy":
+        """``"16:8"`` (positional, in ``POSITIONAL`` order) or ``"window=16,stride=8"``."""
+        body = body.strip()
+        if not body:
+            return cls.from_dict({})
+        if "=" in body:
+            d = {}
+            for part in body.split(","):
+                k, sep, v = part.partition("=")
+                if not sep:
+                    raise VstarError(f"bad long-video setting {part!r} for {cls.name}: use field=value")
+                d[k.strip()] = v.strip()
+            return cls.from_dict(d)
+        parts = [p.strip() for p in body.split(":")]
+        if len(parts) > len(cls.POSITIONAL):
+            raise VstarError(f"{cls.name} takes at most {len(cls.POSITIONAL)} numbers "
+                             f"({cls.name}:{':'.join(cls.POSITIONAL)}), got {body!r}")
+        return cls.from_dict(dict(zip(cls.POSITIONAL, parts)))
+
+
+def _coerce(method: str, name: str, value, typ):
+    """A setting from a spec string or JSON into the field's type (int, float, bool)."""
+    typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if typ == "bool":
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                return low in ("1", "true", "yes", "on")
+            return bool(value)
+        if typ == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            v = float(value)
+            if not v.is_integer():
+                raise ValueError
+            return int(v)
+        if typ == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise VstarError(f"long_video {method} {name} must be {'an' if typ == 'int' else 'a'} {typ}, "
+                         f"got {value!r}") from None
+    return value
+
+
+def positive(method: str, **values) -> None:
+    """One-line errors for settings that must be >= 1."""
+    for k, v in values.items():
+        if v < 1:
+            raise VstarError(f"long_video {method} {k} must be a positive integer, got {v}")
+
+
+def known_methods() -> str:
+    _load_all()
+    return ", ".join(sorted(REGISTRY))
+
+
+def _load_all() -> None:
+    """Import every strategy module of the package (they register themselves)."""
+    import importlib  # noqa: PLC0415
+
+    for mod in ("single", "genl", "blend", "freenoise", "fifo", "vidrd"):
+        importlib.import_module(f"vstar_jax.longvideo.{mod}")
+
+
+def parse_strategy(spec) -> Optional[Strategy]:
+    """None | "genl:16:8" | "fifo:window=8,partitions=2" | {"method": ..., ...} | Strategy -> Strategy.
+
+    None (and "single"/"none") mean one pass over all frames (:class:`~.single.Single`)."""
+    _load_all()
+    if spec is None or isinstance(spec, Strategy):
+        return spec if spec is not None else REGISTRY["single"]()
+    if isinstance(spec, str):
+        name, _, body = spec.strip().partition(":")
+        name = name.strip().lower()
+        if name in ("", "none", "off"):
+            return REGISTRY["single"]()
+        if name not in REGISTRY:
+            raise VstarError(f"unknown long-video method {name!r} (known: {known_methods()})")
+        return REGISTRY[name].from_spec(body)
+    if isinstance(spec, Mapping):
+        name = spec.get("method")
+        if name not in REGISTRY:
+            raise VstarError(f"unknown long-video method {name!r} (known: {known_methods()})")
+        return REGISTRY[name].from_dict(spec)
+    raise VstarError(f"long_video must be None, a 'method:...' string or a dict, got {type(spec).__name__}")

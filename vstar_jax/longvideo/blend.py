@@ -1,0 +1,133 @@
+"""``blend:F:O`` -- StreamingT2V randomized blending (chunks of F frames overlapping O).
+
+Chunk k predicts x0 for its frames; r_k ~ U{0..O-1} fresh per chunk and step; frames before
+s_k + r_k keep chunk k-1's prediction, the rest take chunk k's (chunks write in order, as the
+reference does); then one DDIM update of the long latent with the blended prediction. The blend
+is applied to eps, which per frame is the same as blending x0 (x0 is an elementwise function of
+x and eps) and keeps the update's eps consistent with the blended x0. Offsets:
+``randint(fold_in(key, OFFSET_FOLD), (n_steps, n_chunks), 0, O)`` with chunk 0's offset 0; DDIM
+noise as in ``ddim_sample``. Needs (N - O) % (F - O) == 0. With N == F it is ``ddim_sample``
+bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from vstar_jax.diffusion.sampler import ModelFn, SampleOutput, ddim_step, guided_eps, prepare_sampling
+from vstar_jax.diffusion.schedules import DDIMSchedule
+from vstar_jax.errors import VstarError
+from vstar_jax.longvideo import windows as W
+from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
+
+OFFSET_FOLD = 0x626C6E64  # fold_in constant of the blending offsets' key ("blnd")
+
+
+def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window,
+           guided, use_noise, return_x0, capture):
+    frame_idx = jnp.arange(window, dtype=jnp.int32)[None, None, :, None, None]
+
+    def step(x, xs):
+        co, i, k, r = xs
+
+        def one_chunk(eps_full, sr):
+            s, off = sr
+            xw, ctx = W.window_view(x, context, s, window)
+            eps, aux = guided_eps(model_fn, xw, co["timesteps"], ctx, i, cfg_scale,
+                                  guided=guided, capture=capture)
+            old = W.slice_frames(eps_full, s, window, 2)
+            new = jnp.where(frame_idx >= off, eps, old)  # frames before s + r keep chunk k-1's
+            return jax.lax.dynamic_update_slice_in_dim(eps_full, new, s, axis=2), aux
+
+        eps_full, aux = jax.lax.scan(one_chunk, jnp.zeros_like(x), (starts, r))
+        noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
+        x_prev, x0 = ddim_step(x, eps_full, co, noise)
+        return x_prev, (x0 if return_x0 else None, aux)
+
+    n = coeffs["timesteps"].shape[0]
+    xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys, offsets)
+    x, (x0s, aux) = jax.lax.scan(step, x_T.astype(jnp.float32), xs)
+    return x, x0s, aux
+
+
+_STATIC = ("model_fn", "window", "guided", "use_noise", "return_x0", "capture")
+_blend_jit = jax.jit(_blend, static_argnames=_STATIC)
+
+
+def blend_offsets(key, num_steps: int, num_chunks: int, overlap: int) -> jax.Array:
+    """Randomized-blending offsets (num_steps, num_chunks) int32 in [0, overlap); chunk 0's are 0."""
+    r = jax.random.randint(jax.random.fold_in(key, OFFSET_FOLD), (num_steps, num_chunks), 0, overlap,
+                           dtype=jnp.int32)
+    return r.at[:, 0].set(0)
+
+
+def _offsets(key, n_steps: int, n_chunks: int, overlap: int):
+    if key is None:
+        return jnp.zeros((n_steps, n_chunks), jnp.int32)
+    return blend_offsets(key, n_steps, n_chunks, int(overlap))
+
+
+def blend_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *, window: int,
+                 overlap: int, cfg_scale: float = 12.0, key: jax.Array | None = None,
+                 eta: float | None = None, return_x0: bool = False, capture: bool = False,
+                 jit: bool = True):
+    """StreamingT2V randomized blending of x_T (b, c, N, h, w): chunks of ``window`` frames
+    overlapping ``overlap`` ((N - O) % (F - O) == 0, else a ValueError naming valid lengths).
+
+    Needs ``key`` whenever there are two or more chunks (the random offsets) or eta > 0.
+    Other arguments and the return value as ``ddim_sample``; ``pred_x0`` is the blended x0;
+    ``aux`` is stacked (steps, chunks, ...).
+    """
+    x_T_arr = jnp.asarray(x_T)
+    if x_T_arr.ndim != 5:
+        raise ValueError(f"x_T must be (b, c, f, h, w), got shape {tuple(x_T_arr.shape)}")
+    starts = W.chunk_starts(x_T_arr.shape[2], window, overlap)
+    if len(starts) > 1 and key is None:
+        raise ValueError("blend_sample with more than one chunk needs a PRNG key (key=jax.random.key(seed))")
+    x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
+        x_T_arr, cond, uncond, schedule, eta, key, "blend_sample")
+    offsets = _offsets(key, schedule.num_steps, len(starts), overlap)
+    fn = _blend_jit if jit else _blend
+    x, x0s, aux = fn(model_fn, x_T, context, coeffs, jnp.float32(cfg_scale), keys, jnp.asarray(starts),
+                     offsets, window=int(window), guided=guided, use_noise=use_noise,
+                     return_x0=return_x0, capture=capture)
+    if not (return_x0 or capture):
+        return x
+    return SampleOutput(x, x0s, aux)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Blend(Strategy):
+    """StreamingT2V randomized blending: chunks of ``window`` frames overlapping ``overlap``."""
+
+    name = "blend"
+    POSITIONAL = ("window", "overlap")
+    window: int = 24
+    overlap: int = 8
+
+    def __post_init__(self):
+        positive(self.name, window=self.window, overlap=self.overlap)
+        if self.overlap >= self.window:
+            raise VstarError(f"long_video overlap {self.overlap} must be smaller than the window {self.window}")
+
+    def check(self, frames: int, steps: int) -> Plan:
+        try:
+            starts = W.chunk_starts(int(frames), self.window, self.overlap)
+        except ValueError as e:
+            raise VstarError(str(e)) from None
+        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} chunks")
+
+    def rng_rule(self) -> str:
+        return f"offsets=randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(steps,chunks),0,overlap) with chunk 0's set to 0"
+
+    def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
+        starts = W.chunk_starts(inputs.frames, self.window, self.overlap)
+        n_steps = inputs.coeffs["timesteps"].shape[0]
+        offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
+        x, _, aux = _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                           jnp.asarray(starts), offsets, window=self.window, guided=inputs.guided,
+                           use_noise=inputs.use_noise, return_x0=False, capture=capture)
+        return x, aux

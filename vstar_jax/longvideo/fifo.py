@@ -1,0 +1,171 @@
+"""``fifo:F[:n[:lookahead]]`` -- FIFO-Diffusion (Kim et al. 2024; jjihwan/FIFO-Diffusion_public,
+``scripts/evaluation/funcs.py``: ``prepare_latents``, ``fifo_ddim_sampling``, ``shift_latents``).
+
+A queue of L = n F latents at increasing noise levels: queue position r (0 = least noisy) sits at
+DDIM timestep ``timesteps[r]`` of an L-step schedule (so the run has exactly L DDIM steps). Every
+iteration the UNet denoises the queue in windows of F frames with **one timestep per frame**
+(diagonal denoising), each frame taking its own DDIM step from its level to the next lower one;
+then the front frame is clean: it is dequeued (one output frame) and fresh noise is enqueued at
+the back. *Latent partitioning* (the paper's option): n > 1 splits the queue into n windows, so
+each window spans n-times-finer noise levels (steps = n F). *Lookahead denoising* (default on, as
+the reference's flag): F/2 already-clean frames are kept in front of the queue as context, the
+windows step by F/2 and each writes back only its second half.
+
+Set-up as the reference: an F-frame base clip is sampled with plain DDIM (L steps, the first F
+frames' context), then queue position r holds ``sqrt(a_r) base[max(0, r - (L - F))] +
+sqrt(1 - a_r) noise`` (plain alpha, as ``prepare_latents``; the lookahead prefix at a_0). The
+reference writes out every dequeued frame, so its video starts with L - F re-denoised copies of
+the base clip's first frame; here those lead-in frames are dropped and the N output frames are
+the base clip's frames re-denoised in the queue followed by new ones.
+
+TAR's step gate uses the loop index of each window's middle frame. FIFO cannot reproduce plain
+DDIM for any N (its frames are never denoised together at one noise level after the base clip).
+The iterations are one ``lax.scan``, the windows of one iteration an inner ``lax.scan``; memory
+holds the queue (n F + F/2 frames) and the output latents, whatever N is.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vstar_jax.diffusion.sampler import _sample, ddim_step, guided_eps
+from vstar_jax.errors import VstarError
+from vstar_jax.longvideo import windows as W
+from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
+
+QUEUE_FOLD = 0x6669666F  # "fifo": initial queue noise
+ITER_FOLD = 0x66697465  # "fite": per-iteration keys (enqueued noise, DDIM step noise)
+
+
+def queue_layout(window: int, partitions: int, lookahead: bool):
+    """Per queue position: DDIM reference index (0 = least noisy) and window starts.
+
+    Returns (prefix, index (P,), starts, write_from) with P = prefix + n F: ``index`` of the
+    lookahead prefix is 0; windows start at ``starts`` and write back frames ``[write_from, F)``.
+    """
+    f, n = int(window), int(partitions)
+    prefix = f // 2 if lookahead else 0
+    index = np.concatenate([np.zeros(prefix, np.int32), np.arange(n * f, dtype=np.int32)])
+    if lookahead:
+        starts = np.arange(2 * n, dtype=np.int32) * (f // 2)
+        write_from = f // 2
+    else:
+        starts = np.arange(n, dtype=np.int32) * f
+        write_from = 0
+    return prefix, index, starts[::-1].copy(), write_from  # reversed ranks, as the reference
+
+
+def initial_queue(base, noise, sqrt_alpha_ref, sqrt_1ma_ref, window: int, prefix: int):
+    """``prepare_latents``: position r of the body holds base frame max(0, r - (L - F)) at level r;
+    the prefix holds base frame 0 at level 0. base (b, c, F, h, w); noise (b, c, P, h, w)."""
+    L = sqrt_alpha_ref.shape[0]
+    frame = np.concatenate([np.zeros(prefix, np.int32), np.maximum(0, np.arange(L) - (L - window))])
+    level = np.concatenate([np.zeros(prefix, np.int32), np.arange(L, dtype=np.int32)])
+    sa = sqrt_alpha_ref[level][None, None, :, None, None]
+    s1 = sqrt_1ma_ref[level][None, None, :, None, None]
+    return sa * jnp.take(base, frame, axis=2) + s1 * noise
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class FIFO(Strategy):
+    """FIFO-Diffusion: diagonal denoising of a queue of ``partitions`` x ``window`` latents."""
+
+    name = "fifo"
+    POSITIONAL = ("window", "partitions", "lookahead")
+    per_frame_timesteps = True
+    window: int = 16
+    partitions: int = 1
+    lookahead: bool = True
+
+    def __post_init__(self):
+        positive(self.name, window=self.window, partitions=self.partitions)
+        if self.window < 2 or (self.lookahead and self.window % 2):
+            raise VstarError(f"fifo window must be >= 2{' and even with lookahead' if self.lookahead else ''}, "
+                             f"got {self.window}")
+
+    @property
+    def queue_steps(self) -> int:
+        return self.window * self.partitions
+
+    def steps_for(self, requested: Optional[int]) -> int:
+        if requested is not None and int(requested) != self.queue_steps:
+            raise VstarError(f"fifo:{self.window}:{self.partitions} runs exactly window x partitions = "
+                             f"{self.queue_steps} DDIM steps (one per queue position), got steps={requested}; "
+                             f"omit --steps or change the partitions")
+        return self.queue_steps
+
+    def check(self, frames: int, steps: int) -> Plan:
+        if int(steps) != self.queue_steps:
+            self.steps_for(steps)
+        if frames < self.window:
+            raise VstarError(f"fifo:{self.window} makes at least {self.window} frames (its base clip), got {frames}")
+        iters = int(frames) + self.queue_steps - self.window
+        per_iter = 2 * self.partitions if self.lookahead else self.partitions
+        return Plan(self.window, self.queue_steps + iters * per_iter,
+                    f"queue of {self.queue_steps}{f' + {self.window // 2} lookahead' if self.lookahead else ''}")
+
+    def noise_shape(self, shape: tuple) -> tuple:
+        b, c, _, h, w = shape
+        return (b, c, self.window, h, w)  # the base clip's noise; the queue's is drawn in run()
+
+    def rng_rule(self) -> str:
+        return (f"x_T (base clip, F frames)=normal(k_x); queue noise=normal(fold_in(k_steps,{QUEUE_FOLD:#x})); "
+                f"iteration j: k=fold_in(fold_in(k_steps,{ITER_FOLD:#x}),j), split(k) -> (enqueued noise, "
+                f"step noise; window w: fold_in(step key, w))")
+
+    def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
+        if capture:
+            raise VstarError("attention maps are not recorded with fifo")
+        f, L, N = self.window, self.queue_steps, inputs.frames
+        co = inputs.coeffs  # loop order: loop index i <-> reference index L - 1 - i
+        ref = {k: v[::-1] for k, v in co.items()}
+        per_frame_ctx = inputs.context.ndim == 4
+        base_ctx = W.slice_frames(inputs.context, 0, f, 1) if per_frame_ctx else inputs.context
+        base, _, _ = _sample(model_fn, inputs.x_T, base_ctx, co, inputs.cfg_scale, inputs.keys,
+                             guided=inputs.guided, use_noise=inputs.use_noise, return_x0=False, capture=False)
+
+        prefix, index, starts, write_from = queue_layout(f, self.partitions, self.lookahead)
+        P = prefix + L
+        b, c, _, h, w = base.shape
+        q0 = initial_queue(base, jax.random.normal(jax.random.fold_in(inputs.key, QUEUE_FOLD), (b, c, P, h, w)),
+                           ref["sqrt_alpha"], ref["sqrt_one_minus_alpha"], f, prefix)
+        index = jnp.asarray(index)
+        k_iter = jax.random.fold_in(inputs.key, ITER_FOLD)
+
+        def one_iteration(q, it):
+            k_new, k_step = jax.random.split(jax.random.fold_in(k_iter, it))
+
+            def one_window(q_new, sw):
+                s, wi = sw
+                xw = W.slice_frames(q, s, f, 2)
+                idx = W.slice_frames(index, s, f, 0)
+                co_f = {k: v[idx][:, None, None] for k, v in ref.items() if k != "timesteps"}
+                t = ref["timesteps"][idx]
+                if per_frame_ctx:  # queue position p holds output frame it + p - prefix - (L - F)
+                    frames = jnp.clip(it + s + jnp.arange(f) - prefix - (L - f), 0, N - 1)
+                    ctx = jnp.take(inputs.context, frames, axis=1)
+                else:
+                    ctx = inputs.context
+                step_index = L - 1 - idx[f // 2]
+                eps, _ = guided_eps(model_fn, xw, t, ctx, step_index, inputs.cfg_scale, guided=inputs.guided)
+                noise = (jax.random.normal(jax.random.fold_in(k_step, wi), xw.shape, jnp.float32)
+                         if inputs.use_noise else None)
+                x_prev, _ = ddim_step(xw, eps, co_f, noise)
+                keep = W.slice_frames(x_prev, write_from, f - write_from, 2)
+                return jax.lax.dynamic_update_slice_in_dim(q_new, keep, s + write_from, axis=2), None
+
+            q, _ = jax.lax.scan(one_window, q, (jnp.asarray(starts), jnp.arange(len(starts), dtype=jnp.int32)))
+            out = q[:, :, prefix]
+            fresh = jax.random.normal(k_new, (b, c, 1, h, w), jnp.float32)
+            q = jnp.concatenate([q[:, :, 1:], fresh], axis=2)
+            return q, out
+
+        iters = N + L - f
+        _, outs = jax.lax.scan(one_iteration, q0, jnp.arange(iters, dtype=jnp.int32))
+        video = jnp.moveaxis(outs[L - f:], 0, 2)  # (b, c, N, h, w): drop the lead-in
+        return video, None

@@ -1,0 +1,26 @@
+"""``single``: one DDIM pass over all frames (the plain sampler; the default strategy)."""
+from __future__ import annotations
+
+import dataclasses
+
+from vstar_jax.diffusion.sampler import _sample
+from vstar_jax.errors import VstarError
+from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, register
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Single(Strategy):
+    """The UNet sees every frame at every step: VideoCrafter2/ModelScope as the reference runs them."""
+
+    name = "single"
+
+    def check(self, frames: int, steps: int) -> Plan:
+        if frames < 1:
+            raise VstarError(f"frames must be >= 1, got {frames}")
+        return Plan(int(frames), int(steps))
+
+    def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
+        x, _, aux = _sample(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                            guided=inputs.guided, use_noise=inputs.use_noise, return_x0=False, capture=capture)
+        return x, aux

@@ -1,0 +1,65 @@
+"""The denoiser every sampler and strategy calls: the UNet as ``model_fn(x, t, ctx, i) -> (eps, aux)``.
+
+One place for what surrounds a UNet call in generation: the fps conditioning, the DDIM loop
+index (TAR's step gate), the temporal-attention hooks (TAR, FreeNoise's windows), the model's
+prediction converted to eps (v-prediction), attention-map capture, the layout of the rows on a
+device mesh, and the progress tick.
+
+    model_fn = make_denoiser(unet, params, DenoiserSpec(...), fps=fps)
+    eps = model_fn(x (2b, c, F, h, w), t (2b,) or (2b, F), context, step_index)
+    eps, aux = model_fn(...)   # with DenoiserSpec(capture=True): aux holds the attention maps
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from vstar_jax.diffusion.parameterization import to_eps
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserSpec:
+    """Static (hashable) settings of the denoiser around one UNet."""
+
+    prediction: str = "eps"  # what the UNet predicts (vstar_jax.diffusion.parameterization)
+    hooks: tuple = ()  # temporal-attention hooks (TARConfig, FreeNoise, ...)
+    capture: bool = False  # record temporal attention maps (cond rows, averaged over pixels)
+    latent_sharding: Any = None  # NamedSharding the (2b, c, F, h, w) rows are constrained to, or None
+
+
+def attention_rows(inter, batch: int):
+    """Sown temporal weights (2b*h*w, f, f) per layer -> cond rows averaged over pixels (b, f, f)."""
+    def reduce(w):
+        f = w.shape[-1]
+        return w.reshape(2 * batch, -1, f, f).mean(axis=1)[batch:]
+
+    return jax.tree_util.tree_map(reduce, inter)
+
+
+def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
+                  on_call: Optional[Callable] = None) -> Callable:
+    """``model_fn(x, t, ctx, i) -> eps`` on CFG rows, or ``(eps, aux)`` with the attention maps when
+    ``spec.capture`` (the samplers' ``capture`` contract). ``on_call(step_index, probe)`` runs as a host callback once per
+    call (the progress bar); it is always in the graph when given."""
+    ac = np.asarray(alphas_cumprod, np.float32)
+
+    def model_fn(x, t, ctx, i):
+        if spec.latent_sharding is not None:  # keep the CFG rows' layout on the mesh
+            x = jax.lax.with_sharding_constraint(x, spec.latent_sharding)
+        kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture)
+        if spec.capture:
+            raw, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
+            aux = attention_rows(state["intermediates"], x.shape[0] // 2)
+        else:
+            raw, aux = unet.apply({"params": params}, x, t, ctx, **kw), None
+        eps = to_eps(raw, x, t, ac, spec.prediction)
+        if spec.latent_sharding is not None:
+            eps = jax.lax.with_sharding_constraint(eps, spec.latent_sharding)
+        if on_call is not None:
+            jax.debug.callback(on_call, i, eps.reshape(-1)[0])
+        return (eps, aux) if spec.capture else eps
+
+    return model_fn
