@@ -479,3 +479,27 @@ def test_pipeline_long_video_matches_genl_sample_with_the_unet(long_run, tiny_ck
     assert seen == [(2, 4, 4, 8, 8)]  # the UNet sees one 4-frame window (CFG rows), traced once
     err = _scaled_err(long_run.latents, ref)
     assert err < 1e-4, err  # measured 5.0e-6 (two jits fuse the UNet differently), as test_pipeline's loop check
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+@pytest.mark.parametrize("spec, frames, steps", [("freenoise:4:2", 8, 2), ("fifo:4:2", 8, None), ("vidrd:6:2", 10, 2)])
+def test_new_methods_compose_with_tar_and_vsp_and_regenerate(tiny_ckpt, tmp_path, spec, frames, steps):
+    """Each method through the pipeline with TAR and a 2-state synopsis (per-frame contexts over the
+    whole length): the frame count, the sidecar's record of the method and its PRNG rule, and
+    --from-sidecar reproducing the frames bit for bit."""
+    from vstar_jax import pipeline as pl
+    from vstar_jax.longvideo import parse_strategy
+
+    kw = dict(checkpoint=tiny_ckpt, frames=frames, steps=steps, seed=2, tar="L0:1", long_video=spec,
+              synopsis=["a red ball on the left", "a red ball on the right"], progress=False)
+    res = pl.generate_video(PROMPT, out=tmp_path / "a.mp4", **kw)
+    st = parse_strategy(spec)
+    assert res.video.shape == (frames, 16, 16, 3) and res.video.std() > 1
+    assert res.sidecar["long_video"] == st.to_dict() and st.rng_rule() in res.sidecar["rng"]["rule"]
+    assert res.sidecar["tar"]["levels"] == [[0, 1.0, 1.0]] and len(res.sidecar["synopsis"]) == 2
+    again = pl.regenerate(res.sidecar_path, out=tmp_path / "b.mp4", progress=False)
+    np.testing.assert_array_equal(again.video, res.video)
+    assert again.sidecar["frames_sha256"] == res.sidecar["frames_sha256"]
+    # the method is really used: a single pass over the same frames gives another video
+    plain = pl.generate_video(PROMPT, **dict(kw, long_video=None, steps=res.sidecar["steps"]))
+    assert np.abs(plain.latents - res.latents).max() > 1e-3

@@ -67,7 +67,7 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
         run = functools.partial(sampler, pipe.unet, plan=plan)
     else:
         run = _compiled_sampler(pipe.unet, plan, args, progress)
-    calls = request.strategy.check(request.frames, request.steps).calls
+    calls = request.strategy.check(request.frames, request.ddim_steps).calls
     latents, aux, seconds = run_sampler(run, args, total_calls=calls, progress=progress,
                                         unit="step" if request.strategy.name == "single" else "call")
     return np.asarray(latents, np.float32), aux, seconds
@@ -141,7 +141,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                            save_fps=save_fps, tar=tar, synopsis=synopsis, vsp_mode=vsp_mode, height=height,
                            width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
                            synopsis_source=synopsis_source, llm_asked=llm is not None)
-    splan = request.strategy.check(request.frames, request.steps)
+    splan = request.strategy.check(request.frames, request.ddim_steps)
     rows = row_sharding(mesh, splan.unet_frames)
     paths = check_outputs(out, gif, attention_png)  # creates the output folder: after the other checks
     if llm is not None:

@@ -173,20 +173,20 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
     steps = strategy.steps_for(steps)
     steps = number("steps", steps if steps is not None else d.get("default_steps", DEFAULTS["steps"]),
                    integer=True, minimum=1, maximum=d["num_timesteps"])
-    plan = strategy.check(frames, steps)  # VstarError naming valid lengths
+    cfg = number("cfg", cfg if cfg is not None else d.get("default_cfg", DEFAULTS["cfg"]))
+    eta = number("eta", eta if eta is not None else d.get("default_eta", DEFAULTS["eta"]), minimum=0.0)
+    sched_kw = schedule_kwargs(d)
+    ddim_steps = check_schedule(d["flavor"], int(steps), float(eta), sched_kw)
+    plan = strategy.check(frames, ddim_steps)  # VstarError naming valid lengths
     if d.get("max_frames") and plan.unet_frames > int(d["max_frames"]):
         raise VstarError(f"this model takes at most {d['max_frames']} frames"
                          f"{' per window' if strategy.name != 'single' else ''}, got {plan.unet_frames}")
-    cfg = number("cfg", cfg if cfg is not None else d.get("default_cfg", DEFAULTS["cfg"]))
-    eta = number("eta", eta if eta is not None else d.get("default_eta", DEFAULTS["eta"]), minimum=0.0)
     fps = number("fps", fps if fps is not None else d.get("default_fps", DEFAULTS["fps"]))
     if fps <= 0:
         raise VstarError(f"fps must be > 0, got {fps}")
     fps = int(fps) if float(fps).is_integer() else fps
     check_tar_levels(tar_cfg, info)
     lat_hw = info.latent_hw(height, width)
-    sched_kw = schedule_kwargs(d)
-    ddim_steps = check_schedule(d["flavor"], int(steps), float(eta), sched_kw)
     states, source = resolve_synopsis(synopsis, prompt, frames)
     if states is not None and synopsis_source is not None:
         source = dict(synopsis_source)

@@ -100,8 +100,11 @@ class FIFO(Strategy):
         return self.queue_steps
 
     def check(self, frames: int, steps: int) -> Plan:
+        """``steps``: the DDIM schedule's real step count (uniform spacing can add one)."""
         if int(steps) != self.queue_steps:
-            self.steps_for(steps)
+            raise VstarError(f"fifo:{self.window}:{self.partitions} needs a {self.queue_steps}-step DDIM schedule "
+                             f"(one step per queue position) but the schedule has {steps} steps; pick window x "
+                             f"partitions that divides the training timesteps (e.g. 1000)")
         if frames < self.window:
             raise VstarError(f"fifo:{self.window} makes at least {self.window} frames (its base clip), got {frames}")
         iters = int(frames) + self.queue_steps - self.window
