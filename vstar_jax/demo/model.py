@@ -79,7 +79,8 @@ def build_modules(config):
     from vstar_jax.models.text import TextTransformer
     from vstar_jax.models.unet3d import UNet3D
 
-    return UNet3D(config.unet), TextTransformer(config.text)
+    # frozen configs: the modules are hashable, so they can be static arguments of compiled samplers
+    return UNet3D(ml_collections.FrozenConfigDict(config.unet)), TextTransformer(ml_collections.FrozenConfigDict(config.text))
 
 
 def latent_shape(config, frames: Optional[int] = None, batch: int = 1) -> tuple:
@@ -287,9 +288,20 @@ def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[i
         cond = jnp.stack([vsp_context(e, frames, vsp_mode) for e in emb])  # (b, F, L, C)
     else:
         cond = model.encode_prompts(list(prompts))
+    clip = bool(d.get("clip_x0", False)) if clip_x0 is None else bool(clip_x0)
+    if not clip:  # the CLI's sampling stage (vstar_jax.generation.sampling): what users run
+        from vstar_jax.generation.model import diffusion_settings
+        from vstar_jax.generation.request import schedule_kwargs
+        from vstar_jax.generation.sampling import SamplePlan, sample_jit
+
+        ds = diffusion_settings(model.config.to_dict())
+        plan = SamplePlan(ds["flavor"], int(steps), float(eta), schedule_kwargs(ds), model.latent_shape(frames, batch),
+                          tar, False, prediction=ds["prediction"])
+        lat = sample_jit(model.unet, model.unet_params, cond, uncond, jax.random.key(seed), jnp.float32(28),
+                         jnp.float32(cfg), plan=plan).latents
+        return decode_latents(lat, model.config.patch, 1)
     kx, kn = jax.random.split(jax.random.PRNGKey(seed))
     x_T = jax.random.normal(kx, model.latent_shape(frames, batch))
-    clip = bool(d.get("clip_x0", False)) if clip_x0 is None else bool(clip_x0)
     run = _sampler(model.unet, tar, steps, float(eta), cfg, (d.linear_start, d.linear_end, d.num_timesteps),
                    bool(d.use_scale), clip, str(d.get("prediction", "eps")))
     lat = run(model.unet_params, x_T, cond, uncond, kn)
