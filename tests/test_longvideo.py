@@ -503,3 +503,21 @@ def test_new_methods_compose_with_tar_and_vsp_and_regenerate(tiny_ckpt, tmp_path
     # the method is really used: a single pass over the same frames gives another video
     plain = pl.generate_video(PROMPT, **dict(kw, long_video=None, steps=res.sidecar["steps"]))
     assert np.abs(plain.latents - res.latents).max() > 1e-3
+
+
+@pytest.mark.parametrize("spec, ref_fn, kw", [("genl:4:2", genl_reference, {"window": 4, "stride": 2}),
+                                              ("blend:6:3", blend_reference, {"window": 6, "overlap": 3})])
+def test_the_protocol_runs_each_registered_method(spec, ref_fn, kw):
+    """Through the registry and Strategy.run (what the pipeline calls), each method is its own
+    algorithm: routing one name to another method's loop fails here."""
+    from vstar_jax.longvideo import SampleInputs
+
+    st = parse_strategy(spec)
+    sched = S.videocrafter2_schedule(4, eta=1.0)
+    x_T, cond, uncond = _inputs(12, seed=4)
+    key = jax.random.key(3)
+    x_T, _, ctx, co, keys, use_noise, guided = SP.prepare_sampling(x_T, cond, uncond, sched, None, key, "t")
+    inputs = SampleInputs(x_T, ctx, co, keys, key, jnp.float32(CFG), 12, guided, use_noise)
+    got = jax.jit(lambda x, c: st.run(dummy_model, inputs._replace(x_T=x, context=c))[0])(x_T, ctx)
+    ref = ref_fn(np.asarray(x_T), cond, uncond, sched, 1.0, key, **kw)
+    assert _scaled_err(got, ref) < 1e-4

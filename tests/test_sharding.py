@@ -83,6 +83,16 @@ GEN_SCRIPT = textwrap.dedent("""
         pl.generate_video("a red circle", mesh={"frames": 4}, **dict(kw, frames=6))
     except ValueError as e:
         print("FRAMES_ERR", e)
+    # a long video on a mesh: CFG rows over data, the window's frames over frames
+    from vstar_jax.generation import sampling
+    lkw = dict(kw, frames=8, long_video="genl:4:2")
+    plain = pl.generate_video("a red circle", **lkw)
+    split = pl.generate_video("a red circle", mesh={"data": 2, "frames": 2}, **lkw)
+    err = float(np.abs(split.latents - plain.latents).max() / np.abs(plain.latents).max())
+    hlo = list(sampling._COMPILED.values())[-1].as_text()
+    coll = sorted(op for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
+                  if op in hlo)
+    print("LONG_ERR", err, "MESH", split.sidecar["mesh"], "COLLECTIVES", ",".join(coll) or "none")
 """)
 
 
@@ -96,6 +106,12 @@ def test_generation_spread_over_frames_matches_single_device():
     assert float(line.split()[1]) < 1e-4, line
     assert "{'frames': 2, 'model': 2}" in line
     assert "not divisible by mesh axis 'frames'" in r.stdout
+    long = [l for l in r.stdout.splitlines() if l.startswith("LONG_ERR")][0]
+    assert float(long.split()[1]) < 1e-4, long
+    assert "{'data': 2, 'frames': 2}" in long
+    # the rows really are split: the program communicates (dropping the layout constraints replicates
+    # everything and leaves no collective)
+    assert "COLLECTIVES none" not in long, long
 
 
 def test_cli_mesh_errors_are_one_line(capsys):

@@ -96,10 +96,14 @@ def generate_parser() -> argparse.ArgumentParser:
                    help="record the temporal attention maps and plot them (VSTAR Fig. 4)")
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
     p.add_argument("--mesh", metavar="AXES",
-                   help="spread frames over devices, e.g. frames=4 or frames=4,model=2 (FSDP params)")
-    p.add_argument("--long-video", metavar="METHOD:F:K",
-                   help="chunked sampling of --frames with F-frame UNet windows: genl:16:8 (Gen-L-Video, "
-                        "stride 8) or blend:24:8 (StreamingT2V randomized blending, overlap 8)")
+                   help="spread the UNet's work over devices: data=2 (CFG rows), frames=4 (the frames it sees), "
+                        "model=2 (FSDP params); e.g. data=2,frames=4")
+    p.add_argument("--long-video", metavar="METHOD[:ARGS]",
+                   help="how --frames frames are denoised with a UNet that sees a window of them: genl:16:8 "
+                        "(Gen-L-Video, stride 8), blend:24:8 (StreamingT2V randomized blending, overlap 8), "
+                        "freenoise:16:4 (FreeNoise, window 16 stride 4), fifo:16:4 (FIFO-Diffusion, window 16, "
+                        "4 partitions = 64 DDIM steps), vidrd:16:8 (Reuse and Diffuse, overlap 8); settings "
+                        "by name too, e.g. vidrd:window=16,overlap=8,pns_alpha=0.5 (default: one pass)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -153,7 +157,7 @@ def generate_main(argv: Sequence[str]) -> int:
         sc = pl.load_sidecar(a.from_sidecar)
         out = a.out or _regen_output(a.from_sidecar, sc)
         res = pl.regenerate(a.from_sidecar, out=out, checkpoint=a.checkpoint, gif=a.gif,
-                            attention_png=a.attention_png, progress=progress, verify=False)
+                            attention_png=a.attention_png, progress=progress, verify=False, keep_video=False)
         same = res.sidecar["frames_sha256"] == sc.get("frames_sha256")
         print(f"{res.path}\t{'identical frames' if same else 'FRAMES DIFFER from the sidecar'}")
         return 0 if same else 1
@@ -164,7 +168,8 @@ def generate_main(argv: Sequence[str]) -> int:
         a.prompt, checkpoint=a.checkpoint, frames=a.frames, steps=a.steps, cfg=a.cfg, eta=a.eta, seed=a.seed,
         fps=a.fps, save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode,
         llm=_llm_arg(a), height=a.height, width=a.width, out=out, gif=a.gif, attention_png=a.attention_png,
-        frame_batch=a.frame_batch, progress=progress, mesh=_mesh_arg(a.mesh), long_video=a.long_video)
+        frame_batch=a.frame_batch, progress=progress, mesh=_mesh_arg(a.mesh), long_video=a.long_video,
+        keep_video=False)  # frames are streamed into the file: memory does not grow with --frames
     print(res.path)
     return 0
 
