@@ -58,11 +58,12 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
                    sampler: Optional[Callable] = None):
     """The sampling stage: (latents (1, c, N, h, w) float32, aux, seconds)."""
     params = pipe.params["unet"]
-    if plan.row_sharding is not None:
-        from vstar_jax.parallel.sharding import shard_params  # noqa: PLC0415
-
-        params = shard_params(params, plan.row_sharding.mesh)
     args = sampler_args(params, cond, uncond, request.seed, request.fps, request.cfg)
+    if plan.row_sharding is not None:  # params FSDP/replicated, the rest replicated on the (global) mesh
+        from vstar_jax.parallel.sharding import replicate, shard_params  # noqa: PLC0415
+
+        mesh = plan.row_sharding.mesh
+        args = (shard_params(params, mesh),) + tuple(replicate(a, mesh) for a in args[1:])
     if sampler is not None:
         run = functools.partial(sampler, pipe.unet, plan=plan)
     else:
@@ -70,6 +71,10 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
     calls = request.strategy.check(request.frames, request.ddim_steps).calls
     latents, aux, seconds = run_sampler(run, args, total_calls=calls, progress=progress,
                                         unit="step" if request.strategy.name == "single" else "call")
+    if not getattr(latents, "is_fully_addressable", True):  # a mesh over several hosts: every process gets all
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        latents = multihost_utils.process_allgather(latents, tiled=True)
     return np.asarray(latents, np.float32), aux, seconds
 
 

@@ -108,9 +108,25 @@ def param_sharding(shape: Sequence[int], mesh: Mesh, axis: str = "model") -> Nam
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
+def _host(x):
+    """A mesh spanning several processes takes host data (the same on every process), not another
+    device's array."""
+    return np.asarray(x) if jax.process_count() > 1 else x
+
+
 def shard_params(params, mesh: Mesh, axis: str = "model"):
     """Place a params tree on the mesh (replicated unless the mesh has ``axis`` > 1)."""
-    return jax.tree_util.tree_map(lambda x: jax.device_put(x, param_sharding(np.shape(x), mesh, axis)), params)
+    return jax.tree_util.tree_map(lambda x: jax.device_put(_host(x), param_sharding(np.shape(x), mesh, axis)),
+                                  params)
+
+
+def replicate(x, mesh: Mesh):
+    """``x`` replicated on every device of the mesh (PRNG keys included)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() > 1 and jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(x)), sharding),
+                                        impl=jax.random.key_impl(x))
+    return jax.device_put(_host(x), sharding)
 
 
 def params_sharding_rule(mesh: Mesh, axis: str = "model"):

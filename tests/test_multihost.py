@@ -1,0 +1,87 @@
+"""A real multi-process run: two processes on this machine, jax.distributed on a loopback coordinator,
+CPU collectives over gloo, one global mesh over both; plus the launcher's one-line errors."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vstar_jax.parallel.distributed import settings_from_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(REPO, "launch", "generate_multihost.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env.pop("XLA_FLAGS", None)
+    for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS", "SLURM_PROCID"):
+        env.pop(k, None)
+    return env
+
+
+def test_settings_from_the_environment():
+    s = settings_from_env({"MASTER_ADDR": "h0", "MASTER_PORT": "9", "WORLD_SIZE": "4", "RANK": "3"})
+    assert (s["coordinator_address"], s["num_processes"], s["process_id"]) == ("h0:9", 4, 3)
+    s = settings_from_env({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_STEP_NODELIST": "gpu[07-08]"})
+    assert (s["coordinator_address"], s["num_processes"], s["process_id"]) == ("gpu07:12355", 2, 1)
+    assert settings_from_env({})["source"] == "auto (TPU)"
+    with pytest.raises(ValueError, match="number of processes 3 disagrees with the torchrun environment"):
+        settings_from_env({"MASTER_ADDR": "h", "WORLD_SIZE": "2", "RANK": "0"}, num_processes=3)
+    with pytest.raises(ValueError, match=r"process id must be in \[0, 2\), got 2"):
+        settings_from_env({}, coordinator="h:1", num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="needs a coordinator"):
+        settings_from_env({}, num_processes=2, process_id=0)
+
+
+def test_unreachable_coordinator_is_one_line(tmp_path):
+    port = _free_port()  # nothing listens there
+    r = subprocess.run([sys.executable, LAUNCH, "a red circle", "--coordinator", f"127.0.0.1:{port}",
+                        "--num-processes", "2", "--process-id", "1", "--timeout", "2"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot be reached after 2 s" in err[0], r.stderr
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_two_processes_one_global_mesh_equal_one_process(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from tiny_checkpoint import shared_tiny_checkpoint
+    from vstar_jax import pipeline as pl
+
+    ckpt = shared_tiny_checkpoint()
+    port = _free_port()
+    out = tmp_path / "mh" / "clip.mp4"
+    common = [sys.executable, LAUNCH, "a red circle", "--checkpoint", ckpt, "--frames", "4", "--steps", "2",
+              "--seeds", "3", "--tar", "L0:1", "--mesh", "frames=2", "--out", str(out), "--save-latents",
+              "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--log-dir", str(tmp_path / "logs")]
+    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=_env()) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-3000:]
+    logs = sorted(os.listdir(tmp_path / "logs"))
+    assert logs == ["process-0.log", "process-1.log"]
+    assert "2 devices in all, 1 here" in (tmp_path / "logs" / "process-1.log").read_text()
+    # files written once, by process 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip.json", "clip.latents.npy", "clip.mp4"]
+    printed = [[ln for ln in so.splitlines() if not ln.startswith("[Gloo]")] for so, _ in outs]
+    assert printed == [[str(out.resolve())], []]  # process 0 reports the file; process 1 writes nothing
+    got = np.load(out.parent / "clip.latents.npy")
+    want = pl.generate_video("a red circle", checkpoint=ckpt, frames=4, steps=2, seed=3, tar="L0:1",
+                             progress=False).latents
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    assert err < 1e-4, err
+    import json
+
+    sc = json.loads((out.parent / "clip.json").read_text())
+    assert sc["mesh"] == {"frames": 2}
