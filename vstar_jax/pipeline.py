@@ -224,6 +224,100 @@ def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
     return check_states(states, frames), source
 
 
+# ------------------------------------------------------------------------------ batches
+def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = None, out_dir=None, mesh=None,
+                   progress: bool = True, keep_video: bool = True, **common) -> list:
+    """Many videos, many per compiled call: ``items`` are dicts of ``generate_video`` settings (at
+    least ``prompt``; e.g. ``{"prompt": ..., "seed": 3, "cfg": 7.5}``), ``common`` the settings they
+    share. Items whose compiled loop is the same (shape, steps, method, TAR, VSP or not) run in one
+    call with an item axis (``jax.vmap``: each item draws its own seed's noise, so it equals its
+    single-item run); on a mesh the item axis is split over ``data``. With ``out_dir`` each video is
+    written to ``out_dir/<prompt-slug>-<seed>.mp4`` with its sidecar (``--from-sidecar`` reproduces it
+    alone). Returns one :class:`GenerationResult` per item, in order."""
+    from vstar_jax.generation.sampling import sample_batch_jit  # noqa: PLC0415
+
+    t_start = time.time()
+    if not items:
+        raise VstarError("generate_batch needs at least one item")
+    info = model_info(checkpoint, pipeline)
+    reqs, all_paths = [], []
+    for i, item in enumerate(items):
+        kw = {**common, **dict(item)}
+        prompt = kw.pop("prompt", None)
+        if prompt is None:
+            raise VstarError(f"item {i} has no prompt")
+        for bad in ("llm", "attention_png", "record_attention", "gif", "out"):
+            if kw.get(bad):
+                raise VstarError(f"item {i}: {bad} is not available in a batch (use generate_video)")
+            kw.pop(bad, None)
+        reqs.append(make_request(prompt, info, **kw))
+    item_sharding = None
+    if mesh is not None:
+        from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
+
+        m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
+        item_sharding = _item_sharding(m, len(items))
+    for r in reqs:
+        out = default_output(r.prompt, r.seed, str(out_dir)) if out_dir is not None else None
+        all_paths.append(check_outputs(out, False, None))
+    if pipeline is None:
+        _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
+        pipeline = load_pipeline(checkpoint)
+    pipe = pipeline
+    encoded = [encode_text(pipe, r) for r in reqs]
+    groups: dict = {}
+    for i, r in enumerate(reqs):
+        plan = plan_for(r, info.latent_channels)
+        groups.setdefault((plan, encoded[i][0].shape), []).append(i)
+    results: list = [None] * len(items)
+    for (plan, _), idx in groups.items():
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        conds = jnp.stack([jnp.asarray(encoded[i][0]) for i in idx])
+        unconds = jnp.stack([jnp.asarray(encoded[i][1]) for i in idx])
+        keys = jnp.stack([jax.random.key(reqs[i].seed) for i in idx])
+        fps = jnp.asarray([reqs[i].fps for i in idx], jnp.float32)
+        cfg = jnp.asarray([reqs[i].cfg for i in idx], jnp.float32)
+        sh = item_sharding if item_sharding is not None and len(idx) % item_sharding.mesh.shape["data"] == 0 else None
+        _log(progress, f"sampling {len(idx)} item(s) in one call: {plan.latent_shape[2]} frames, {plan.steps} steps")
+        t0 = time.time()
+        out = sample_batch_jit(pipe.unet, pipe.params["unet"], conds, unconds, keys, fps, cfg, plan=plan,
+                               item_sharding=sh)
+        lat = out.latents
+        if not getattr(lat, "is_fully_addressable", True):
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            lat = multihost_utils.process_allgather(lat, tiled=True)
+        lat = np.asarray(lat, np.float32)
+        t_sample = (time.time() - t0) / len(idx)
+        for j, i in enumerate(idx):
+            r, paths = reqs[i], all_paths[i]
+            video, digest, size, t_decode = decode_and_write(pipe, lat[j], r, paths, keep_video=keep_video,
+                                                             progress=False)
+            sidecar = build_sidecar(
+                r, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
+                vae_factor=info.vae_factor, frames_sha256=digest, mesh=dict(sh.mesh.shape) if sh is not None else None,
+                paths=paths, scale_factor=pipe.diffusion["scale_factor"],
+                timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3),
+                        "total": round(time.time() - t_start, 3), "batch": len(idx)})
+            res = GenerationResult(video, sidecar, None, lat[j])
+            _finish_outputs(res, paths, progress)
+            results[i] = res
+    return results
+
+
+def _item_sharding(mesh, n_items: int):
+    """The item axis over ``data`` (None when the mesh has no data axis > 1)."""
+    from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+
+    if mesh.shape.get("data", 1) == 1:
+        return None
+    if n_items % mesh.shape["data"]:
+        raise VstarError(f"{n_items} items do not split over the mesh's data axis of size {mesh.shape['data']}")
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
 # --------------------------------------------------------------------------- regenerate
 def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: bool = False, attention_png=None,
                progress: bool = True, verify: bool = True, keep_video: bool = True) -> GenerationResult:

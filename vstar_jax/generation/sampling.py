@@ -78,8 +78,7 @@ def _progress_tick(step, _probe) -> None:
         bar.update(1)
 
 
-@functools.partial(jax.jit, static_argnames=("unet", "plan"))
-def sample_jit(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):
+def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):
     """The whole guided loop of ``plan.strategy`` from the seed's key; returns :class:`SampleOutput`."""
     from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
 
@@ -95,6 +94,30 @@ def sample_jit(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SampleP
     inputs = SampleInputs(x_T, context, coeffs, keys, k_steps, cfg_scale, frames, guided, use_noise)
     latents, aux = strategy.run(model_fn, inputs, capture=plan.capture)
     return SampleOutput(latents, None, aux)
+
+
+sample_jit = jax.jit(_sample, static_argnames=("unet", "plan"))
+
+
+@functools.partial(jax.jit, static_argnames=("unet", "plan", "item_sharding"))
+def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan: SamplePlan, item_sharding=None):
+    """Many items in one program: each argument but ``params`` has a leading item axis, and item i is
+    :func:`sample_jit` of its own (cond, uncond, key, fps, cfg), run one after another (``lax.map``)
+    so it is the single-item program, seed and all. ``item_sharding`` splits the items over a mesh
+    axis (``data``): each device runs its share (``shard_map``), params replicated."""
+    def one(c, u, k, f, s):
+        return _sample(unet, params, c, u, k, f, s, plan=plan)
+
+    def items(c, u, k, f, s):  # one item after another: each is exactly the single-item program
+        return jax.lax.map(lambda a: one(*a), (c, u, k, f, s))
+
+    if item_sharding is None:
+        return items(conds, unconds, keys, fps, cfg_scale)
+    from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+    spec = item_sharding.spec
+    fn = jax.shard_map(items, mesh=item_sharding.mesh, in_specs=(spec,) * 5, out_specs=spec, check_vma=False)
+    return fn(conds, unconds, keys, fps, cfg_scale)
 
 
 _COMPILED: dict = {}
