@@ -34,6 +34,7 @@ recorded with ``status="error"`` and its message, and the sweep goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import importlib
@@ -396,6 +397,22 @@ def _flat_result(result: dict) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold SIGINT back (delivered right after) while the block runs, on the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a sweep; ``done`` of ``total`` runs are in its table."""
 
@@ -425,31 +442,33 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     done = {r["run_id"] for r in rows}
     pending = [r for r in runs if r["run_id"] not in done]
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", disable=not progress)
-    for run in pending:
-        start = time.time()
-        row = {
-            "run_id": run["run_id"],
-            "prompt": run["prompt"],
-            "method": run["method"],
-            "frames": run["frames"],
-            "seed": run["seed"],
-            "checkpoint": run["checkpoint"],
-            "settings": json.dumps(run["kwargs"], sort_keys=True),
-        }
-        try:
-            result = run_fn(run, out_dir, config)
-            row.update(status="ok", error=None, **_flat_result(result))
-        except KeyboardInterrupt:  # Ctrl-C: the run in progress is not recorded (it reruns on resume)
-            bar.close()
-            raise SweepInterrupted(len(rows), len(runs)) from None
-        except Exception as e:  # a failed run is recorded, the sweep goes on
-            row.update(status="error", error=f"{type(e).__name__}: {e}")
-            tb = traceback.format_exc(limit=5)
-            row["traceback"] = tb[-2000:]
-        row["elapsed_s"] = time.time() - start
-        rows.append(row)
-        write_table(rows, out_dir)
-        bar.update(1)
+    try:
+        for run in pending:
+            start = time.time()
+            row = {
+                "run_id": run["run_id"],
+                "prompt": run["prompt"],
+                "method": run["method"],
+                "frames": run["frames"],
+                "seed": run["seed"],
+                "checkpoint": run["checkpoint"],
+                "settings": json.dumps(run["kwargs"], sort_keys=True),
+            }
+            try:
+                result = run_fn(run, out_dir, config)
+                row.update(status="ok", error=None, **_flat_result(result))
+            except Exception as e:  # a failed run is recorded, the sweep goes on
+                row.update(status="error", error=f"{type(e).__name__}: {e}")
+                tb = traceback.format_exc(limit=5)
+                row["traceback"] = tb[-2000:]
+            row["elapsed_s"] = time.time() - start
+            rows.append(row)
+            with _sigint_deferred():  # Parquet and CSV are replaced together, never one without the other
+                write_table(rows, out_dir)
+            bar.update(1)
+    except KeyboardInterrupt:  # Ctrl-C: the run in progress is not recorded (it reruns on resume)
+        bar.close()
+        raise SweepInterrupted(len(read_table(out_dir)), len(runs)) from None
     bar.close()
     return rows
 
