@@ -27,4 +27,5 @@ def get_config():
     )
     c.fake_sleep = 0.0  # used by the tests' fake run_fn only
     c.write_videos = False  # likewise
+    c.run_fn_keys = ["fake_sleep", "write_videos"]  # declared, so they are not taken for typos
     return c

@@ -158,3 +158,128 @@ def test_forwarding(monkeypatch, capsys):
     assert cli.main(["frobnicate"]) == 2
     assert cli.main([]) == 2
     assert cli.main(["--help"]) == 0
+
+
+# ----------------------------------------------------------------- issue 16: no surprises
+def _no_compute(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("no model may be loaded or run for a bad input")
+
+    monkeypatch.setattr(pl, "load_pipeline", boom)
+    monkeypatch.setattr(pl, "_compiled_sampler", boom)
+
+
+def _one_line(capsys, rc, want_rc=2, match=None):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == want_rc, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    if match is not None:
+        assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def test_refused_before_compute_with_one_line(ckpt, tmp_path, monkeypatch, capsys):
+    _no_compute(monkeypatch)
+    base = ["generate", PROMPT, "--checkpoint", ckpt, "--steps", "2", "--out", str(tmp_path / "ok.mp4")]
+    # too large for memory: refused with the estimate, before anything is compiled
+    line = _one_line(capsys, cli.main([*base, "--frames", "100000"]), match="not enough memory")
+    assert "GiB" in line and "100000 frames" in line
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--width", "30000", "--height", "30000"]),
+              match="not enough memory")
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--max-memory", "0.000001"]), match="not enough memory")
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--max-memory", "-1"]), match="--max-memory")
+    # meshes with no devices on an axis
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--mesh", "frames=0"]), match="frames must be >= 1")
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--mesh", "data=1,data=2"]), match="twice")
+    # a TAR that would never be applied
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--tar", "0:1@-5"]), match="until_time")
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--tar", "0:1:0"]), match="scale is 0")
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--tar", "0:1@soon"]), match="@until")
+    # --llm-timeout
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--llm-timeout", "5"]), match="--llm-timeout needs --llm")
+    _one_line(capsys, cli.main([*base, "--frames", "4", "--llm", "http://x", "--llm-timeout", "0"]),
+              match="--llm-timeout")
+    assert not (tmp_path / "ok.mp4").exists()
+
+
+def test_existing_outputs_need_overwrite_and_foreign_json_is_never_replaced(ckpt, tmp_path, monkeypatch, capsys):
+    _no_compute(monkeypatch)
+    out = tmp_path / "v.mp4"
+    out.write_bytes(b"an old video")
+    base = ["generate", PROMPT, "--checkpoint", ckpt, "--frames", "4", "--steps", "2", "--out", str(out)]
+    _one_line(capsys, cli.main(base), match="--overwrite")
+    assert out.read_bytes() == b"an old video"
+    # an unrelated .json beside the video: never overwritten, not even with --overwrite
+    (tmp_path / "v.json").write_text('{"mine": true}')
+    _one_line(capsys, cli.main([*base, "--overwrite"]), match="not a vstar-jax sidecar")
+    assert (tmp_path / "v.json").read_text() == '{"mine": true}'
+    # a GIF in the way
+    (tmp_path / "w.gif").write_bytes(b"gif")
+    _one_line(capsys, cli.main([*base[:-1], str(tmp_path / "w.mp4"), "--gif"]), match="--overwrite")
+    # with --overwrite an old video (and our own sidecar) may be replaced: the check lets it through
+    from vstar_jax.generation.outputs import SIDECAR_FORMAT, check_outputs
+    (tmp_path / "v.json").write_text(json.dumps({"format": SIDECAR_FORMAT}))
+    paths = check_outputs(str(out), False, None, overwrite=True)
+    assert paths["video"].name == "v.mp4"
+
+
+def test_llm_timeout_flag_maps(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(pl, "generate_video", lambda prompt, **kw: seen.update(kw) or pl.GenerationResult(None, {}, "x"))
+    assert cli.main(["generate", "p", "--llm", "http://h/v1", "--llm-model", "m", "--llm-timeout", "2.5",
+                     "--out", "x.mp4", "--quiet"]) == 0
+    assert seen["llm"]["timeout"] == 2.5 and seen["overwrite"] is False and seen["max_memory"] is None
+
+
+def test_from_sidecar_flags_schema_and_differing_frames(ckpt, tmp_path, capsys):
+    first = tmp_path / "orig" / "clip.mp4"
+    assert cli.main(["generate", PROMPT, "--checkpoint", ckpt, "--frames", "4", "--steps", "2", "--seed", "5",
+                     "--out", str(first), "--quiet"]) == 0
+    capsys.readouterr()
+    sc = json.loads(first.with_suffix(".json").read_text())
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "clip.json").write_text(json.dumps(sc))
+    import shutil
+    shutil.rmtree(tmp_path / "orig")
+    # flags the sidecar decides are named, not silently ignored
+    line = _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "clip.json"), "--seed", "3",
+                                       "--frames", "8"]))
+    assert "--seed" in line and "--frames" in line
+    # a sidecar with a wrong field is refused before any compute
+    bad = dict(sc, frames="many")
+    (moved / "bad.json").write_text(json.dumps(bad))
+    _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "bad.json")]), match="'frames'")
+    (moved / "bad.json").write_text(json.dumps(dict(sc, frames_sha256="abc")))
+    _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "bad.json")]), match="frames_sha256")
+    (moved / "bad.json").unlink()
+    # without --out: beside the sidecar, the recorded directory is not re-created
+    assert cli.main(["generate", "--from-sidecar", str(moved / "clip.json"), "--quiet"]) == 0
+    assert "identical frames" in capsys.readouterr().out
+    assert (moved / "clip-regen.mp4").is_file() and not (tmp_path / "orig").exists()
+    # tampered (another seed): computed, but the differing frames are not kept; exit 1
+    (moved / "tampered.json").write_text(json.dumps(dict(sc, seed=6)))
+    before = sorted(p.name for p in moved.iterdir())
+    _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "tampered.json"), "--quiet"]), want_rc=1,
+              match="differ")
+    assert sorted(p.name for p in moved.iterdir()) == before
+    # an existing output needs --overwrite here too
+    _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "clip.json"), "--quiet"]),
+              match="--overwrite")
+    assert cli.main(["generate", "--from-sidecar", str(moved / "clip.json"), "--quiet", "--overwrite"]) == 0
+
+
+def test_damaged_checkpoint_and_non_video_metrics_are_one_line(ckpt, tmp_path, capsys):
+    import shutil
+    for broken, remove in (("no-meta", "params/_METADATA"), ("no-params", "params")):
+        d = tmp_path / broken
+        shutil.copytree(ckpt, d)
+        target = d / remove
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        rc = cli.main(["generate", PROMPT, "--checkpoint", str(d), "--frames", "4", "--steps", "2",
+                       "--out", str(tmp_path / f"{broken}.mp4"), "--quiet"])
+        _one_line(capsys, rc, match=remove.split("/")[-1] if broken == "no-meta" else "params/")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all")
+    _one_line(capsys, cli.main(["metrics", str(text)]), match="cannot read")

@@ -154,7 +154,7 @@ def _sweep_cmd(out):
             "--set", f"run_fn={FAKE}", "--set", "fake_sleep=0.4"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, sig):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
     env.setdefault("JAX_PLATFORMS", "cpu")
@@ -174,6 +174,10 @@ def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, sig):
     proc.send_signal(sig)
     proc.wait(timeout=30)
     assert proc.returncode != 0
+    if sig == signal.SIGINT:  # Ctrl-C: a clean stop (no crash, no traceback), the table intact
+        err = proc.stderr.read().decode()
+        assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+        assert err.strip().splitlines()[-1].startswith("error: interrupted: "), err[-500:]
     first = {r["run_id"]: r["elapsed_s"] for r in read_table(str(tmp_path))}
     assert 3 <= len(first) < 12
 
@@ -252,3 +256,76 @@ def test_per_prompt_synopsis_table():
     c.prompts = ["a red circle turns blue"]
     (run,) = expand_runs(c)
     assert run["kwargs"]["synopsis"] == ["a red circle", "a blue circle"]
+
+
+# ----------------------------------------------------------------- issue 16: no silent sweeps
+def _main_err(capsys, argv):
+    from vstar_jax.sweep import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_bad_configs_and_overrides_are_one_line_errors(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "o"), "--no-progress"]
+    cases = {
+        "seeds=abc": (["--set", "seeds=abc"], "seeds"),
+        "unknown --set": (["--set", "seedz=[1]"], "unknown key 'seedz'"),
+        "unknown nested --set": (["--set", "metrics.flwo_model=dis"], "metrics.flwo_model"),
+        "missing parent": (["--set", "nothing.here=1"], "no 'nothing'"),
+        "bad yaml": (["--set", "seeds=[1"], "not a YAML value"),
+    }
+    for name, (extra, needle) in cases.items():
+        rc, err = _main_err(capsys, [TINY, *out, *extra])
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (name, err)
+    # open tables take new entries
+    config, _ = load_config(TINY, ["methods.extra={tar: 64D4}", "generate.eta=0.5"])
+    assert config.methods.extra.tar == "64D4" and config.generate.eta == 0.5
+    # a syntax error, an unknown top-level key, a get_config that raises
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n    pass\n")
+    bad_key = tmp_path / "badkey.py"
+    bad_key.write_text(pathlib.Path(TINY).read_text().replace("    return c", "    c.sedes = [3]\n    return c"))
+    raises = tmp_path / "raises.py"
+    raises.write_text("def get_config():\n    return {}['x']\n")
+    for path, needle in ((broken, "syntax error"), (bad_key, "sedes"), (raises, "KeyError")):
+        rc, err = _main_err(capsys, [str(path), *out])
+        assert rc == 2 and len(err) == 1 and needle in err[0], (path.name, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_sweep_whose_runs_all_failed_exits_1(tmp_path, capsys):
+    rc, err = _main_err(capsys, [TINY, "--out", str(tmp_path), "--no-progress", "--set", f"run_fn={FAKE}",
+                                 "--set", "methods={broken: {}}", "--set", "prompts=[p]", "--set", "seeds=[0]"])
+    assert rc == 1 and err[-1].startswith("error: every run failed"), err
+    assert [r["status"] for r in read_table(str(tmp_path))] == ["error"]
+
+
+def test_sigint_mid_sampling_stops_a_real_sweep_cleanly(tmp_path):
+    """The real pipeline on the tiny checkpoint: Ctrl-C while the compiled loop runs -> exit 130,
+    no crash, the table written (no run recorded), no half-written video."""
+    from tiny_checkpoint import shared_tiny_checkpoint
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    err_path = tmp_path / "stderr.txt"
+    cmd = [sys.executable, "-m", "vstar_jax.sweep", TINY, "--out", str(tmp_path / "s"), "--no-progress",
+           "--set", f"checkpoint={shared_tiny_checkpoint()}", "--set", "prompts=[a ball]",
+           "--set", "methods={plain: {tar: null}}", "--set", "seeds=[0]", "--set", "frames=[4]",
+           "--set", "generate={steps: 500, progress: true}"]
+    with open(err_path, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=fh)
+        deadline = time.time() + 300
+        while "denoising:" not in err_path.read_text(errors="replace"):
+            assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-2000:]
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    err = err_path.read_text(errors="replace")
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "Segmentation" not in err, err[-2000:]
+    assert read_table(str(tmp_path / "s")) == []
+    videos = tmp_path / "s" / "videos"
+    assert not videos.exists() or list(videos.iterdir()) == []

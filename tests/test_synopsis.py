@@ -170,3 +170,22 @@ def test_local_lm_loads_offline_and_reports_unusable_reply(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SY.SynopsisError, match="cannot load"):
         SY.local_lm_synopsis("a seed", 3, model_path=tmp_path / "empty")
+
+
+def test_llm_fewer_states_than_asked_is_refused(server):
+    _Handler.reply = "1. A seed\n2. A sunflower"
+    with pytest.raises(SY.SynopsisError, match="wrote 2 visual states, asked for 3"):
+        SY.llm_synopsis("x", 3, url=server, model="m")
+
+
+def test_llm_timeout_is_reported_as_a_timeout():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)  # accepts the connection (backlog) but never answers
+    try:
+        with pytest.raises(SY.SynopsisError, match="timed out.*1 s.*--llm-timeout"):
+            SY.llm_synopsis("x", 3, url=f"http://127.0.0.1:{sock.getsockname()[1]}", model="m", timeout=1)
+        with pytest.raises(SY.SynopsisError, match="timeout must be > 0"):
+            SY.llm_synopsis("x", 3, url="http://127.0.0.1:9", model="m", timeout=0)
+    finally:
+        sock.close()

@@ -59,3 +59,16 @@ def test_presets_and_specs():
     with pytest.raises(ValueError, match="sigma"):
         TARConfig(((0, 0.0, 1.0),))
     hash(preset("64D1"))  # static under jit
+
+
+def test_a_tar_that_would_never_apply_is_refused():
+    from vstar_jax.errors import VstarError
+
+    for spec, needle in (("0:1@-5", "until_time"), ("L0:1:0,L1:8:0", "scale is 0"), ("0:1@later", "@until")):
+        with pytest.raises(VstarError, match=needle):
+            parse_tar(spec)
+    with pytest.raises(VstarError, match="until_time"):
+        parse_tar({"levels": [[0, 1.0, 1.0]], "until_time": -1})
+    with pytest.raises(VstarError, match="no levels"):
+        TARConfig(levels=())
+    assert parse_tar("0:1@0").until_time == 0  # the first step only is a real setting

@@ -8,7 +8,9 @@
     vstar-jax convert diffusers MODEL_DIR --out ckpt/modelscope
     vstar-jax sweep ... | report ... | metrics ...
 
-Every bad input is reported as one line ``error: ...`` with exit status 2.
+Every bad input is reported as one line ``error: ...`` with exit status 2; Ctrl-C stops sampling
+between two UNet calls (``error: interrupted``, exit status 130, no file half-written); frames
+regenerated from a sidecar that differ from its hash are not kept (exit status 1).
 """
 from __future__ import annotations
 
@@ -86,12 +88,18 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-key", help="API key for --llm (or VSTAR_LLM_API_KEY)")
     p.add_argument("--local-lm", metavar="PATH", help="local transformers causal LM directory for the synopsis")
     p.add_argument("--num-states", type=int, help="states to ask the LLM for (default min(5, frames))")
+    p.add_argument("--llm-timeout", type=float, metavar="SECONDS",
+                   help="seconds to wait for the LLM's reply (default 60)")
     p.add_argument("--vsp-mode", default="linear", choices=["linear", "same"], help="VSP interpolation")
     p.add_argument("--height", type=int, help="video height in pixels (default: the model's)")
     p.add_argument("--width", type=int, help="video width in pixels (default: the model's)")
     p.add_argument("--frame-batch", type=int, default=16, help="frames per VAE decode batch (default 16)")
     p.add_argument("--out", help="output video (.mp4 or .gif; default outputs/<prompt>-<seed>.mp4)")
     p.add_argument("--gif", action="store_true", help="also write a GIF beside the video")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output video (and its sidecar)")
+    p.add_argument("--max-memory", type=float, metavar="GIB",
+                   help="refuse a run whose estimated UNet activations exceed this many GiB "
+                        "(default: the machine's available memory; 0 = no check)")
     p.add_argument("--attention-png", metavar="PATH",
                    help="record the temporal attention maps and plot them (VSTAR Fig. 4)")
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
@@ -117,6 +125,10 @@ def _mesh_arg(spec: Optional[str]):
         name, _, n = part.partition("=")
         if name.strip() not in ("frames", "model", "data") or not n.strip().lstrip("-").isdigit():
             raise UsageError(f"bad --mesh {spec!r}: use e.g. frames=4 or frames=4,model=2")
+        if name.strip() in axes:
+            raise UsageError(f"bad --mesh {spec!r}: axis {name.strip()} given twice")
+        if int(n) < 1:
+            raise UsageError(f"bad --mesh {spec!r}: {name.strip()} must be >= 1 devices, got {int(n)}")
         axes[name.strip()] = int(n)
     return axes
 
@@ -140,27 +152,70 @@ def _llm_arg(a) -> Optional[dict]:
     if a.local_lm:
         return {"local_path": a.local_lm, "num_states": a.num_states}
     if a.llm is not None:
-        return {"url": a.llm or None, "model": a.llm_model, "api_key": a.llm_key, "num_states": a.num_states}
+        llm = {"url": a.llm or None, "model": a.llm_model, "api_key": a.llm_key, "num_states": a.num_states}
+        if a.llm_timeout is not None:
+            if not a.llm_timeout > 0:
+                raise UsageError(f"--llm-timeout must be > 0 seconds, got {a.llm_timeout:g}")
+            llm["timeout"] = a.llm_timeout
+        return llm
     if a.num_states is not None:
         raise UsageError("--num-states needs --llm or --local-lm")
+    if a.llm_timeout is not None:
+        raise UsageError("--llm-timeout needs --llm")
     return None
+
+
+def _max_memory_arg(gib: Optional[float]):
+    """--max-memory GiB -> bytes (None: the default; 0: no check)."""
+    if gib is None:
+        return None
+    if not gib >= 0:
+        raise UsageError(f"--max-memory must be >= 0 GiB, got {gib:g}")
+    return int(gib * 2**30)
+
+
+# flags --from-sidecar applies; every other one is the sidecar's to say
+SIDECAR_APPLIES = ("from_sidecar", "out", "checkpoint", "gif", "quiet", "attention_png", "overwrite", "max_memory")
+
+
+def _given_flags(parser: argparse.ArgumentParser, a, argv: Sequence[str]) -> list[str]:
+    """The option strings of flags given on the command line (or differing from their defaults)."""
+    given = []
+    for act in parser._actions:  # noqa: SLF001 - argparse keeps no public list
+        if not act.option_strings or act.dest in ("help",):
+            continue
+        named = any(x == o or x.startswith(o + "=") for x in argv for o in act.option_strings)
+        if named or getattr(a, act.dest, None) != act.default:
+            given.append((act.dest, act.option_strings[-1]))
+    return given
 
 
 def generate_main(argv: Sequence[str]) -> int:
     from vstar_jax import pipeline as pl  # noqa: PLC0415
 
-    a = generate_parser().parse_args(list(argv))
+    parser = generate_parser()
+    a = parser.parse_args(list(argv))
     progress = not a.quiet
+    max_memory = _max_memory_arg(a.max_memory)
     if a.from_sidecar:
         if a.prompt is not None:
             raise UsageError("--from-sidecar takes no prompt (the sidecar has it)")
-        sc = pl.load_sidecar(a.from_sidecar)
+        ignored = [opt for dest, opt in _given_flags(parser, a, argv) if dest not in SIDECAR_APPLIES]
+        if ignored:
+            raise UsageError(f"--from-sidecar takes its settings from the sidecar; it would ignore "
+                             f"{', '.join(ignored)} (it applies only --out, --checkpoint, --gif, --attention-png, "
+                             f"--overwrite, --max-memory and --quiet)")
+        sc = pl.load_sidecar(a.from_sidecar)  # its fields are checked before any compute
         out = a.out or _regen_output(a.from_sidecar, sc)
-        res = pl.regenerate(a.from_sidecar, out=out, checkpoint=a.checkpoint, gif=a.gif,
-                            attention_png=a.attention_png, progress=progress, verify=False, keep_video=False)
-        same = res.sidecar["frames_sha256"] == sc.get("frames_sha256")
-        print(f"{res.path}\t{'identical frames' if same else 'FRAMES DIFFER from the sidecar'}")
-        return 0 if same else 1
+        try:
+            res = pl.regenerate(a.from_sidecar, out=out, checkpoint=a.checkpoint, gif=a.gif,
+                                attention_png=a.attention_png, progress=progress, verify=bool(sc.get("frames_sha256")),
+                                keep_video=False, overwrite=a.overwrite, max_memory=max_memory)
+        except pl.FramesDiffer as e:  # computed, but not the recorded frames: nothing kept
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 1
+        print(f"{res.path}\tidentical frames" if sc.get("frames_sha256") else res.path)
+        return 0
     if a.prompt is None or not a.prompt.strip():
         raise UsageError("empty prompt: give a text description of the video")
     out = a.out or pl.default_output(a.prompt, a.seed)
@@ -169,15 +224,20 @@ def generate_main(argv: Sequence[str]) -> int:
         fps=a.fps, save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode,
         llm=_llm_arg(a), height=a.height, width=a.width, out=out, gif=a.gif, attention_png=a.attention_png,
         frame_batch=a.frame_batch, progress=progress, mesh=_mesh_arg(a.mesh), long_video=a.long_video,
-        keep_video=False)  # frames are streamed into the file: memory does not grow with --frames
+        keep_video=False,  # frames are streamed into the file: memory does not grow with --frames
+        overwrite=a.overwrite, max_memory=max_memory)
     print(res.path)
     return 0
 
 
 def _regen_output(sidecar_path: str, sc: dict) -> str:
-    src = (sc.get("outputs") or {}).get("video") or os.path.splitext(sidecar_path)[0] + ".mp4"
-    root, ext = os.path.splitext(src)
-    return f"{root}-regen{ext or '.mp4'}"
+    """Beside the sidecar (never in the directory it recorded): ``<sidecar stem>-regen.<ext>``."""
+    from vstar_jax.generation.outputs import VIDEO_SUFFIXES  # noqa: PLC0415
+
+    src = (sc.get("outputs") or {}).get("video") or ""
+    ext = os.path.splitext(src)[1].lower()
+    root = os.path.splitext(sidecar_path)[0]
+    return f"{root}-regen{ext if ext in VIDEO_SUFFIXES else '.mp4'}"
 
 
 # ---------------------------------------------------------------------------------- main
@@ -213,8 +273,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
         return _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except KeyboardInterrupt:
-        return _error("interrupted")
+    except KeyboardInterrupt:  # sampling stops between UNet calls; temp files were removed
+        _error("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

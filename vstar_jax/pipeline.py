@@ -29,7 +29,7 @@ from vstar_jax.errors import VstarError
 from vstar_jax.generation.model import (DEFAULTS, DEMO_SOURCE, FLAVOR_DEFAULTS, ModelInfo, Pipeline,  # noqa: F401
                                         diffusion_settings, load_pipeline, model_info, pipeline_from_demo)
 from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SUFFIXES,  # noqa: F401
-                                          GenerationResult, VideoSink, build_sidecar, check_outputs, decode,
+                                          FramesDiffer, GenerationResult, VideoSink, build_sidecar, check_outputs, decode,
                                           decode_batches, default_output, frames_digest, load_sidecar,
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
@@ -79,7 +79,7 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
 
 
 def decode_and_write(pipe: Pipeline, latents, request: GenerationRequest, paths: dict, *, keep_video: bool,
-                     progress: bool):
+                     progress: bool, expect_sha256: Optional[str] = None):
     """The decode + write stage: streams frame batches into the video file (if any) and the hash.
     Returns (video or None, frame hash, (H, W), seconds)."""
     t0 = time.time()
@@ -99,7 +99,7 @@ def decode_and_write(pipe: Pipeline, latents, request: GenerationRequest, paths:
             sink.write(batch)
             if bar is not None:
                 bar.update(batch.shape[0])
-        digest = sink.finish()
+        digest = sink.finish(expect_sha256)
     except BaseException:
         sink.abort()
         raise
@@ -117,7 +117,8 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                    llm: Optional[Mapping] = None, height: Optional[int] = None, width: Optional[int] = None,
                    out=None, gif: bool = False, attention_png=None, record_attention: bool = False,
                    frame_batch: int = 16, progress: bool = True, synopsis_source: Optional[Mapping] = None,
-                   mesh=None, long_video=None, keep_video: bool = True,
+                   mesh=None, long_video=None, keep_video: bool = True, overwrite: bool = True,
+                   max_memory=None, _expect_sha256: Optional[str] = None,
                    _sampler: Optional[Callable] = None) -> GenerationResult:
     """Generate one video; see the module docstring.
 
@@ -136,7 +137,10 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     single-device run to float tolerance, not bit for bit. ``long_video``: a strategy spec (``"genl:16:8"``,
     ``"blend:24:8"``, ``"freenoise:16:4"``, ``"fifo:16:4"``, ``"vidrd:16:8"``, a dict, or None for one
     pass; ``vstar_jax.longvideo``). ``keep_video``: return the frames in ``result.video`` (False:
-    they are only streamed into the file, so memory does not grow with the length).
+    they are only streamed into the file, so memory does not grow with the length). ``overwrite``
+    False refuses existing output files (an existing ``.json`` that is not a vstar-jax sidecar is
+    never replaced). ``max_memory``: bytes one UNet call may use by a rough activation estimate
+    (None: the machine's available memory; 0: no check); a larger run is refused before compute.
     """
     t_start = time.time()
     # ---- validate / plan: cheap checks only, each a one-line VstarError ------------------------
@@ -145,10 +149,10 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     request = make_request(prompt, info, frames=frames, steps=steps, cfg=cfg, eta=eta, seed=seed, fps=fps,
                            save_fps=save_fps, tar=tar, synopsis=synopsis, vsp_mode=vsp_mode, height=height,
                            width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
-                           synopsis_source=synopsis_source, llm_asked=llm is not None)
+                           synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory)
     splan = request.strategy.check(request.frames, request.ddim_steps)
     rows = row_sharding(mesh, splan.unet_frames)
-    paths = check_outputs(out, gif, attention_png)  # creates the output folder: after the other checks
+    paths = check_outputs(out, gif, attention_png, overwrite)  # creates the output folder: after the other checks
     if llm is not None:
         states, source = _llm_synopsis(request.prompt, request.frames, dict(llm), progress)
         request = dataclasses.replace(request, synopsis=tuple(states), synopsis_source=source)
@@ -175,7 +179,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     # ---- decode + write (streamed) ----------------------------------------------------------
     _log(progress and not pipe.pixel_space, f"decoding {request.frames} frames (batches of {request.frame_batch})")
     video, digest, size, t_decode = decode_and_write(pipe, latents, request, paths, keep_video=keep_video,
-                                                     progress=progress)
+                                                     progress=progress, expect_sha256=_expect_sha256)
     attention = capture_maps(aux) if request.capture else None
     sidecar = build_sidecar(
         request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
@@ -320,11 +324,14 @@ def _item_sharding(mesh, n_items: int):
 
 # --------------------------------------------------------------------------- regenerate
 def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: bool = False, attention_png=None,
-               progress: bool = True, verify: bool = True, keep_video: bool = True) -> GenerationResult:
+               progress: bool = True, verify: bool = True, keep_video: bool = True, overwrite: bool = True,
+               max_memory=None) -> GenerationResult:
     """Reproduce a video from its sidecar (its synopsis is reused, no LLM is asked).
 
-    ``checkpoint`` overrides the recorded path. With ``verify``, a frame hash different
-    from the recorded one raises VstarError (another backend or version may differ).
+    ``checkpoint`` overrides the recorded path. The sidecar's fields are checked before any
+    compute. With ``verify``, a frame hash different from the recorded one raises
+    :class:`~vstar_jax.generation.outputs.FramesDiffer` (a VstarError) and no file is kept (another
+    backend or version may differ, or the sidecar was edited).
     """
     sc = load_sidecar(sidecar_path)
     kw = sidecar_kwargs(sc)
@@ -333,9 +340,10 @@ def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: b
     # a run that recorded attention is recomputed the same way (the same compiled graph)
     res = generate_video(sc["prompt"], pipeline=pipeline, out=out, gif=gif, attention_png=attention_png,
                          record_attention=bool(sc.get("attention")), progress=progress,
-                         synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, **kw)
+                         synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, overwrite=overwrite,
+                         max_memory=max_memory, _expect_sha256=sc.get("frames_sha256") if verify else None, **kw)
     if verify and sc.get("frames_sha256") and res.sidecar["frames_sha256"] != sc["frames_sha256"]:
-        raise VstarError(f"regenerated frames differ from {sidecar_path} (recorded on "
+        raise FramesDiffer(f"regenerated frames differ from {sidecar_path} (recorded on "
                          f"{sc.get('backend')}/jax {sc.get('versions', {}).get('jax')}, now "
                          f"{res.sidecar['backend']}/jax {res.sidecar['versions']['jax']})")
     return res

@@ -17,6 +17,14 @@ an ``ml_collections.ConfigDict``:
   -> dict`` of results; default ``vstar_jax.sweep.generate_and_score``.
 - ``metrics``: ``flow_model`` (``dis``, ``raft:PATH``, ...), ``mawe_size``, ``clip_checkpoint``
   (optional), ``fps`` (SCuts), ``band_width`` (band score, when the generator returns attention maps).
+- ``run_fn_keys``: names of extra top-level keys a custom ``run_fn`` reads. Any other unknown
+  top-level key, and a ``--set`` of a key that does not exist (outside the open tables
+  ``methods``, ``generate`` and ``synopses``), is an error: a typo never goes unnoticed.
+
+A config that cannot be loaded, a bad ``--set`` value and an empty grid are one-line errors
+(exit status 2). A sweep whose runs all failed exits with status 1. Ctrl-C stops the run in
+progress (sampling stops between UNet calls), which is not recorded; the table keeps every
+finished run and the sweep exits with status 130; running it again resumes with the runs left.
 
 Each run has a stable id (hash of its settings and checkpoint). After every run the whole table
 is written to a temporary file and moved into place (``os.replace``), as Parquet and CSV, so a killed sweep
@@ -26,6 +34,7 @@ recorded with ``status="error"`` and its message, and the sweep goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import importlib
@@ -33,6 +42,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 import time
 import traceback
 from typing import Callable
@@ -41,6 +51,9 @@ RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 SETTING_COLUMNS = ("run_id", "status", "error", "prompt", "method", "frames", "seed")
 DEFAULT_RUN_FN = "vstar_jax.sweep.generate_and_score"
+KNOWN_KEYS = ("name", "prompts", "prompts_file", "prompts_tfds", "methods", "frames", "seeds", "generate",
+              "checkpoint", "run_fn", "metrics", "synopses", "run_fn_keys")
+OPEN_TABLES = ("methods", "generate", "synopses")  # --set may add new entries under these
 
 
 # --- config --------------------------------------------------------------------------------
@@ -53,22 +66,67 @@ def load_config(path: str, overrides: list[str] = ()):
     if not os.path.isfile(path):
         raise ValueError(f"sweep config not found: {path}")
     spec = importlib.util.spec_from_file_location("_vstar_sweep_config", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"sweep config {path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"sweep config {path} has no get_config()")
-    config = module.get_config()
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"sweep config {path} has no get_config()")
+        config = module.get_config()
+    except SyntaxError as e:
+        raise ValueError(f"sweep config {path} line {e.lineno}: syntax error: {e.msg}") from None
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's file: report it in one line
+        raise ValueError(f"sweep config {path} failed to load: {type(e).__name__}: {e}") from None
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must be key=value, got {item!r}")
         key, value = item.split("=", 1)
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = yaml.safe_load(value)
+        _set(config, key.strip(), value)
     config_dir = os.path.dirname(os.path.abspath(path))
+    check_config(config)
     return config, config_dir
+
+
+def _set(config, key: str, text: str) -> None:
+    """Apply one ``--set key=value`` (a YAML value); unknown keys are errors outside open tables."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {key}={text}: not a YAML value ({str(e).splitlines()[0]})") from None
+    *parents, leaf = key.split(".")
+    target = config
+    extra = set(_get(config, "run_fn_keys", []) or [])
+    for i, p in enumerate(parents):
+        try:
+            target = target[p]
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(f"--set {key}: the config has no {'.'.join(parents[:i + 1])!r}") from None
+    open_table = bool(parents) and parents[0] in OPEN_TABLES
+    if not open_table and (leaf not in target if parents else leaf not in set(KNOWN_KEYS) | extra | set(config)):
+        raise ValueError(f"--set {key}: unknown key {key!r}" + ("" if parents else
+                         f" (sweep keys: {', '.join(KNOWN_KEYS)})"))
+    try:
+        target[leaf] = value
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"--set {key}={text}: {' '.join(str(e).split())}") from None
+
+
+def check_config(config) -> None:
+    """Unknown top-level keys (typos) are errors; a custom run_fn's own keys go in ``run_fn_keys``."""
+    try:
+        keys = list(config.keys())
+    except AttributeError:
+        raise ValueError(f"get_config() must return a ConfigDict or dict, got {type(config).__name__}") from None
+    extra = set(_get(config, "run_fn_keys", []) or [])
+    unknown = sorted(k for k in keys if k not in KNOWN_KEYS and k not in extra)
+    if unknown:
+        raise ValueError(f"sweep config has unknown key(s) {unknown} (sweep keys: {', '.join(KNOWN_KEYS)}; "
+                         f"list a custom run_fn's own keys in run_fn_keys)")
 
 
 def _plain(value):
@@ -178,8 +236,8 @@ def expand_runs(config, config_dir: str | None = None) -> list[dict]:
     methods = _plain(_get(config, "methods", {}))
     if not methods:
         raise ValueError("sweep config has no methods")
-    frames_list = list(_get(config, "frames", [16]))
-    seeds = list(_get(config, "seeds", [0]))
+    frames_list = _int_list(config, "frames", [16], 2)
+    seeds = _int_list(config, "seeds", [0], 0)
     shared = _plain(_get(config, "generate", {}))
     checkpoint = str(_get(config, "checkpoint", "") or "")
     synopses = _plain(_get(config, "synopses", {}) or {})
@@ -193,6 +251,22 @@ def expand_runs(config, config_dir: str | None = None) -> list[dict]:
                                 "checkpoint": checkpoint, "kwargs": kwargs}
                     runs.setdefault(run_id(settings), settings)
     return [{"run_id": rid, **settings} for rid, settings in runs.items()]
+
+
+def _int_list(config, key: str, default: list, minimum: int) -> list[int]:
+    value = _get(config, key, default)
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = [value]
+    out = []
+    for v in list(value):
+        if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, str) and v.strip().isdigit()):
+            raise ValueError(f"sweep {key} must be a list of integers, got {v!r}")
+        if int(v) < minimum:
+            raise ValueError(f"sweep {key} must be >= {minimum}, got {v!r}")
+        out.append(int(v))
+    if not out:
+        raise ValueError(f"sweep {key} is empty")
+    return out
 
 
 def resolve_fn(path: str) -> Callable:
@@ -323,6 +397,30 @@ def _flat_result(result: dict) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold SIGINT back (delivered right after) while the block runs, on the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a sweep; ``done`` of ``total`` runs are in its table."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"interrupted: {done} of {total} runs done; run the sweep again to resume")
+        self.done, self.total = done, total
+
+
 def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True) -> list[dict]:
     """Run every pending run of the grid; returns the final table rows."""
     from tqdm import tqdm
@@ -344,28 +442,33 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     done = {r["run_id"] for r in rows}
     pending = [r for r in runs if r["run_id"] not in done]
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", disable=not progress)
-    for run in pending:
-        start = time.time()
-        row = {
-            "run_id": run["run_id"],
-            "prompt": run["prompt"],
-            "method": run["method"],
-            "frames": run["frames"],
-            "seed": run["seed"],
-            "checkpoint": run["checkpoint"],
-            "settings": json.dumps(run["kwargs"], sort_keys=True),
-        }
-        try:
-            result = run_fn(run, out_dir, config)
-            row.update(status="ok", error=None, **_flat_result(result))
-        except Exception as e:  # a failed run is recorded, the sweep goes on
-            row.update(status="error", error=f"{type(e).__name__}: {e}")
-            tb = traceback.format_exc(limit=5)
-            row["traceback"] = tb[-2000:]
-        row["elapsed_s"] = time.time() - start
-        rows.append(row)
-        write_table(rows, out_dir)
-        bar.update(1)
+    try:
+        for run in pending:
+            start = time.time()
+            row = {
+                "run_id": run["run_id"],
+                "prompt": run["prompt"],
+                "method": run["method"],
+                "frames": run["frames"],
+                "seed": run["seed"],
+                "checkpoint": run["checkpoint"],
+                "settings": json.dumps(run["kwargs"], sort_keys=True),
+            }
+            try:
+                result = run_fn(run, out_dir, config)
+                row.update(status="ok", error=None, **_flat_result(result))
+            except Exception as e:  # a failed run is recorded, the sweep goes on
+                row.update(status="error", error=f"{type(e).__name__}: {e}")
+                tb = traceback.format_exc(limit=5)
+                row["traceback"] = tb[-2000:]
+            row["elapsed_s"] = time.time() - start
+            rows.append(row)
+            with _sigint_deferred():  # Parquet and CSV are replaced together, never one without the other
+                write_table(rows, out_dir)
+            bar.update(1)
+    except KeyboardInterrupt:  # Ctrl-C: the run in progress is not recorded (it reruns on resume)
+        bar.close()
+        raise SweepInterrupted(len(read_table(out_dir)), len(runs)) from None
     bar.close()
     return rows
 
@@ -378,11 +481,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-errors", action="store_true", help="rerun runs that failed before")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    config, config_dir = load_config(args.config, args.overrides)
-    out = args.out or os.path.join("out", "sweeps", _get(config, "name", "sweep"))
-    rows = run_sweep(config, out, config_dir, retry_errors=args.retry_errors, progress=not args.no_progress)
+    try:
+        config, config_dir = load_config(args.config, args.overrides)
+        out = args.out or os.path.join("out", "sweeps", _get(config, "name", "sweep"))
+        rows = run_sweep(config, out, config_dir, retry_errors=args.retry_errors, progress=not args.no_progress)
+    except KeyboardInterrupt as e:  # the table holds every finished run
+        msg = str(e) if isinstance(e, SweepInterrupted) else "interrupted"
+        print(f"error: {msg}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+        line = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     n_err = sum(r.get("status") == "error" for r in rows)
     print(f"{len(rows)} runs in {out} ({n_err} failed)")
+    if rows and n_err == len(rows):
+        errors = sorted({str(r.get("error")) for r in rows})
+        print(f"error: every run failed, e.g. {errors[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -123,9 +123,29 @@ def decode(pipe, latents, frame_batch: int = 16) -> np.ndarray:
                       np.float32)
 
 
+class FramesDiffer(VstarError):
+    """Regenerated frames are not the ones a sidecar recorded (nothing was kept)."""
+
+
 # ------------------------------------------------------------------------------- writing
-def check_outputs(out, gif: bool, attention_png) -> dict:
-    """Output paths, checked writable (one-line errors) before any compute."""
+def _is_our_sidecar(p: pathlib.Path) -> bool:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT
+
+
+def _check_free(p: pathlib.Path, overwrite: bool, what: str) -> None:
+    if p.exists() and not overwrite:
+        raise VstarError(f"{what} {p} exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def check_outputs(out, gif: bool, attention_png, overwrite: bool = True) -> dict:
+    """Output paths, checked writable (one-line errors) before any compute.
+
+    Without ``overwrite`` an existing output file is refused; an existing ``.json`` beside the
+    video that is not a vstar-jax sidecar is never replaced (it is someone else's file)."""
     from vstar_jax.io.video import check_writable, sidecar_path  # noqa: PLC0415
 
     paths = {"video": None, "gif": None, "sidecar": None, "attention_png": None, "attention_npz": None}
@@ -133,6 +153,14 @@ def check_outputs(out, gif: bool, attention_png) -> dict:
         p = pathlib.Path(out)
         if p.suffix.lower() not in VIDEO_SUFFIXES:
             raise VstarError(f"output {p} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+        sc = sidecar_path(p)
+        if sc.is_file() and not _is_our_sidecar(sc):
+            raise VstarError(f"{sc} exists and is not a vstar-jax sidecar; it is never overwritten: "
+                             f"choose another --out")
+        _check_free(p, overwrite, "output video")
+        _check_free(sc, overwrite, "sidecar")
+        if gif and p.suffix.lower() != ".gif":
+            _check_free(p.with_suffix(".gif"), overwrite, "GIF")
         paths["video"] = check_writable(p)
         paths["sidecar"] = check_writable(sidecar_path(paths["video"]))
         if gif and p.suffix.lower() != ".gif":
@@ -143,6 +171,7 @@ def check_outputs(out, gif: bool, attention_png) -> dict:
         a = pathlib.Path(attention_png)
         if a.suffix.lower() != ".png":
             raise VstarError(f"attention plot path {a} must end in .png")
+        _check_free(a, overwrite, "attention plot")
         paths["attention_png"] = check_writable(a)
         paths["attention_npz"] = check_writable(paths["attention_png"].with_suffix(".npz"))
     return paths
@@ -191,11 +220,16 @@ class VideoSink:
     def video(self) -> Optional[np.ndarray]:
         return np.concatenate(self.kept) if self.kept else None
 
-    def finish(self) -> str:
-        """Close the files (atomically in place); returns the frame hash."""
+    def finish(self, expect_sha256: Optional[str] = None) -> str:
+        """Close the files (atomically in place); returns the frame hash. With ``expect_sha256``,
+        frames hashing differently are not kept (the temporary file is removed, FramesDiffer)."""
         from vstar_jax.io.video import write_gif  # noqa: PLC0415
 
         digest = self.hasher.hexdigest()
+        if expect_sha256 is not None and digest != expect_sha256:
+            self.abort()
+            raise FramesDiffer(f"the regenerated frames differ from the sidecar's (frames_sha256 {digest[:12]}... "
+                               f"!= {str(expect_sha256)[:12]}...): nothing was written")
         if self.writer is not None:
             self.writer.close()
             os.replace(self.tmp, self.path)
@@ -310,7 +344,41 @@ def load_sidecar(path) -> dict:
         raise VstarError(f"sidecar {p} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise VstarError(f"{p} is not a vstar-jax generation sidecar (format {SIDECAR_FORMAT})")
+    validate_sidecar(data, p)
     return data
+
+
+_NUM = (int, float)
+# field -> (types, required); bool is rejected where a number is expected
+SIDECAR_SCHEMA = {
+    "prompt": ((str,), True), "frames": ((int,), True), "steps": ((int,), True), "cfg": (_NUM, True),
+    "eta": (_NUM, True), "seed": ((int,), True), "fps": (_NUM, True), "save_fps": (_NUM, False),
+    "height": ((int,), True), "width": ((int,), True), "tar": ((dict, type(None)), False),
+    "synopsis": ((list, type(None)), False), "synopsis_source": ((dict, type(None)), False),
+    "vsp_mode": ((str,), False), "frame_batch": ((int,), False), "long_video": ((dict, type(None)), False),
+    "checkpoint": ((str, type(None)), False), "frames_sha256": ((str, type(None)), False),
+    "attention": ((bool,), False), "outputs": ((dict, type(None)), False),
+}
+
+
+def validate_sidecar(data: Mapping, where="sidecar") -> None:
+    """Check a sidecar's fields (types, a hex frame hash, string states) before any compute;
+    the values themselves are then validated as any request's."""
+    for key, (types, required) in SIDECAR_SCHEMA.items():
+        if key not in data:
+            if required:
+                raise VstarError(f"{where}: missing field {key!r}")
+            continue
+        v = data[key]
+        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise VstarError(f"{where}: field {key!r} must be {want}, got {v!r}")
+    sha = data.get("frames_sha256")
+    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise VstarError(f"{where}: frames_sha256 must be 64 hex digits, got {sha!r}")
+    syn = data.get("synopsis")
+    if syn is not None and not all(isinstance(x, str) for x in syn):
+        raise VstarError(f"{where}: synopsis must be a list of strings")
 
 
 def sidecar_kwargs(sidecar: Mapping) -> dict:

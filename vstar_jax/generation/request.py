@@ -107,6 +107,62 @@ def check_tar_levels(tar, info: ModelInfo) -> None:
         raise VstarError(f"TAR level(s) {bad} do not exist in this UNet (levels 0..{info.unet_levels - 1})")
 
 
+UNET_WIDTH = 320  # base channels of VideoCrafter2's and ModelScope's UNets (the estimate's assumption)
+ACTIVATION_COPIES = 16  # live level-0 activations of one UNet call (skip connections, resnet temporaries)
+
+
+def available_memory() -> int:
+    """Bytes the sampler may use: the accelerator's limit, else the host's available RAM."""
+    try:
+        import jax  # noqa: PLC0415
+
+        dev = jax.devices()[0]
+        if dev.platform != "cpu":
+            stats = dev.memory_stats() or {}
+            if stats.get("bytes_limit"):
+                return int(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - no stats: fall back to host memory
+        pass
+    try:
+        import psutil  # noqa: PLC0415
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 0
+
+
+def estimate_memory(unet_frames: int, latent_hw, heads: int = 8) -> int:
+    """A rough peak-activation estimate (bytes) of one guided UNet call at full latent resolution:
+    ``ACTIVATION_COPIES`` float32 copies of the (2 CFG rows, UNET_WIDTH, frames, h, w) activation
+    plus the temporal attention scores (2 h w heads, frames, frames)."""
+    h, w = (int(x) for x in latent_hw)
+    f = int(unet_frames)
+    act = 2 * UNET_WIDTH * f * h * w * 4
+    temporal = 2 * h * w * heads * f * f * 4
+    return ACTIVATION_COPIES * act + temporal
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(unet_frames: int, latent_hw, max_memory=None) -> int:
+    """Refuse (VstarError stating the estimate) a UNet call that cannot fit in ``max_memory`` bytes
+    (None: :func:`available_memory`; 0 or a negative number: no check). Returns the estimate."""
+    need = estimate_memory(unet_frames, latent_hw)
+    limit = available_memory() if max_memory is None else number("max_memory", max_memory)
+    if limit and limit > 0 and need > limit:
+        h, w = latent_hw
+        raise VstarError(f"not enough memory: one UNet call on {unet_frames} frames of {h}x{w} latents needs about "
+                         f"{_gib(need)}, the limit is {_gib(limit)}; use fewer frames (or a long-video method), a "
+                         f"smaller size, or raise the limit (--max-memory GiB, 0 = no check)")
+    return need
+
+
 def check_states(states, frames: int) -> list[str]:
     states = [str(s).strip() for s in states]
     if any(not s for s in states):
@@ -138,11 +194,12 @@ def resolve_synopsis(synopsis, prompt: str, frames: int):
 def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=None, eta=None, seed=0, fps=None,
                  save_fps=SAVE_FPS, tar=None, synopsis=None, vsp_mode="linear", height=None, width=None,
                  frame_batch=16, capture=False, long_video=None, synopsis_source=None,
-                 llm_asked: bool = False) -> GenerationRequest:
+                 llm_asked: bool = False, max_memory=None) -> GenerationRequest:
     """Validate every setting (cheap checks only) and fill in the model's defaults.
 
     ``synopsis`` may be a list of states or a file; an LLM-written synopsis is resolved later
-    (``llm_asked``) and put in with :func:`dataclasses.replace`.
+    (``llm_asked``) and put in with :func:`dataclasses.replace`. ``max_memory``: bytes one UNet
+    call may use (None: what the machine has; 0: no check), see :func:`check_memory`.
     """
     from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
     from vstar_jax.vstar.tar import TARConfig, parse_tar  # noqa: PLC0415
@@ -187,6 +244,7 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
     fps = int(fps) if float(fps).is_integer() else fps
     check_tar_levels(tar_cfg, info)
     lat_hw = info.latent_hw(height, width)
+    check_memory(plan.unet_frames, lat_hw, max_memory)
     states, source = resolve_synopsis(synopsis, prompt, frames)
     if states is not None and synopsis_source is not None:
         source = dict(synopsis_source)

@@ -10,9 +10,14 @@ the progress bar counts denoising only; params are arguments, never constants.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging
+import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Optional
 
@@ -69,13 +74,70 @@ def plan_for(request, latent_channels: int, row_sharding=None) -> SamplePlan:
 
 
 # ------------------------------------------------------------------------------- progress
-_PROGRESS: dict = {"bar": None}
+_PROGRESS: dict = {"bar": None, "stop": False, "wake": None}
+
+
+class SamplingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the sampling loop between two UNet calls; nothing was written."""
 
 
 def _progress_tick(step, _probe) -> None:
+    """Host callback once per UNet call: advances the bar, and stops the compiled loop when asked
+    (raising here makes the running XLA program fail at once with a runtime error)."""
+    wake = _PROGRESS.get("wake")
+    if wake is not None and not _PROGRESS.get("stop"):
+        try:
+            _PROGRESS["stop"] = bytes([signal.SIGINT]) in os.read(wake, 64)
+        except (BlockingIOError, OSError):
+            pass
+    if _PROGRESS.get("stop"):
+        raise SamplingInterrupted("interrupted")
     bar = _PROGRESS.get("bar")
     if bar is not None:
         bar.update(1)
+
+
+class _QuietCallbackFailure(logging.Filter):
+    """Hides jax's logged traceback of the callback raised on purpose to stop sampling."""
+
+    def filter(self, record):  # noqa: D401 - logging hook
+        return not _PROGRESS.get("stop")
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGINT stops the compiled loop at the next UNet call.
+
+    The main thread is blocked inside XLA while the loop runs, so a Python signal handler would
+    only run after the loop ends. Instead the C-level handler writes the signal's number to a
+    wakeup pipe (:func:`signal.set_wakeup_fd`) at once, and :func:`_progress_tick`, on XLA's
+    callback thread, reads it and raises. Off the main thread no handler can be installed and the
+    loop runs to its end as before."""
+    _PROGRESS["stop"] = False
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal API
+        _PROGRESS["stop"] = True
+
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    previous = signal.signal(signal.SIGINT, handler)
+    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    _PROGRESS["wake"] = r
+    quiet = _QuietCallbackFailure()
+    logging.getLogger("jax._src.debugging").addFilter(quiet)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous)
+        _PROGRESS["wake"] = None
+        os.close(r)
+        os.close(w)
+        logging.getLogger("jax._src.debugging").removeFilter(quiet)
 
 
 def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):
@@ -148,10 +210,22 @@ def run_sampler(sampler, args: tuple, *, total_calls: int, progress: bool, unit:
         bar = tqdm(total=int(total_calls), desc="denoising", unit=unit, file=sys.stderr, leave=True)
     _PROGRESS["bar"] = bar
     try:
-        res = sampler(*args)
-        latents = jax.block_until_ready(res.latents)
+        with interruptible():
+            try:
+                res = sampler(*args)
+                # poll instead of blocking in C++, so the SIGINT handler runs as soon as the signal comes
+                while hasattr(res.latents, "is_ready") and not res.latents.is_ready():
+                    time.sleep(0.05)
+                latents = jax.block_until_ready(res.latents)
+            except Exception:
+                if _PROGRESS["stop"]:  # the callback raised: XLA reports it as a runtime error
+                    raise SamplingInterrupted("interrupted") from None
+                raise
+            if _PROGRESS["stop"]:  # Ctrl-C after the last UNet call: still stop before writing
+                raise SamplingInterrupted("interrupted")
     finally:
         _PROGRESS["bar"] = None
+        _PROGRESS["stop"] = False
         if bar is not None:
             bar.close()
     return latents, res.aux, time.time() - t0

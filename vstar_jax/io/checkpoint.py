@@ -98,14 +98,43 @@ def load_checkpoint(ckpt_dir: str, shardings: Optional[Any] = None, *,
 
     cfg = read_config(ckpt_dir)
     path = os.path.join(os.path.abspath(os.fspath(ckpt_dir)), "params")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{ckpt_dir}: no params/ directory (an incomplete or damaged checkpoint; convert it again)")
+    if not os.path.isfile(os.path.join(path, "_METADATA")):
+        raise CheckpointError(f"{ckpt_dir}: params/_METADATA is missing (an incomplete or damaged checkpoint; "
+                              f"convert it again)")
     ckptr = ocp.StandardCheckpointer()
-    meta = ckptr.metadata(path).item_metadata.tree
+    try:
+        meta = ckptr.metadata(path).item_metadata.tree
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds; the user needs one line
+        raise CheckpointError(f"{ckpt_dir}: cannot read the params' metadata ({_first_line(e)}); "
+                              f"convert the checkpoint again") from None
+    try:
+        return _restore(ckptr, path, meta, shardings, components, ckpt_dir), cfg
+    except (CheckpointError, KeyError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{ckpt_dir}: cannot restore the params ({_first_line(e)}); "
+                              f"convert the checkpoint again") from None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read (one line, no traceback, from the CLI)."""
+
+
+def _first_line(e: BaseException) -> str:
+    line = next((x.strip() for x in str(e).splitlines() if x.strip()), type(e).__name__)
+    return f"{type(e).__name__}: {line[:200]}"
+
+
+def _restore(ckptr, path, meta, shardings, components, ckpt_dir):
+    import orbax.checkpoint as ocp
     if components is not None:
         unknown = sorted(set(components) - set(meta))
         if unknown:
             raise KeyError(f"{ckpt_dir} has no component(s) {unknown}; it has {sorted(meta)}")
     if shardings is None and components is None:
-        return ckptr.restore(path), cfg
+        return ckptr.restore(path)
 
     def leaf_sharding(kp, m):
         if shardings is None:
@@ -128,4 +157,4 @@ def load_checkpoint(ckpt_dir: str, shardings: Optional[Any] = None, *,
         params = ocp.PyTreeCheckpointer().restore(path, args=restore_args)
     else:
         params = ckptr.restore(path, abstract)
-    return params, cfg
+    return params

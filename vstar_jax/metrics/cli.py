@@ -17,6 +17,17 @@ def _jsonable(v):
     return v
 
 
+def _read(read_video, path: str):
+    """(frames, fps) of a video file, or a one-line ValueError naming the file."""
+    try:
+        return read_video(path, return_fps=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ffmpeg/imageio errors are many-lined and varied
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"cannot read {path} as a video (mp4 or gif): {first.strip()[:200]}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vstar-jax metrics", description="Video metrics (OFS, MAWE, SCuts, CLIP).")
     parser.add_argument("videos", nargs="+", help="mp4 or gif files")
@@ -37,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         scorer = ClipScorer.load(args.clip)
     results = {}
     for path in args.videos:
-        frames, fps = read_video(path, return_fps=True)
+        frames, fps = _read(read_video, path)
         prompt = args.prompt
         if prompt is None and scorer is not None:
             try:

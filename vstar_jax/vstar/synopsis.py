@@ -245,6 +245,9 @@ def chat_completion(messages: list[dict], *, url: str, model: str, api_key: str 
         raise SynopsisError(f"LLM endpoint {endpoint} returned HTTP {e.code}: {detail.strip()}") from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, (socket.timeout, TimeoutError)) or isinstance(e, (socket.timeout, TimeoutError)):
+            raise SynopsisError(f"LLM endpoint {endpoint} timed out: no reply within {timeout:g} s "
+                                f"(raise it with --llm-timeout)") from None
         raise SynopsisError(f"LLM endpoint {endpoint} unreachable: {reason}") from None
     if status != 200:
         raise SynopsisError(f"LLM endpoint {endpoint} returned HTTP {status}")
@@ -271,9 +274,23 @@ def llm_synopsis(prompt: str, num_states: int = 5, *, url: str | None = None,
         raise SynopsisError(f"no LLM endpoint: pass url= or set {ENV_URL}")
     if not model:
         raise SynopsisError(f"no LLM model name: pass model= or set {ENV_MODEL}")
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError):
+        raise SynopsisError(f"LLM timeout must be a number of seconds, got {timeout!r}") from None
+    if not timeout > 0 or timeout != timeout:
+        raise SynopsisError(f"LLM timeout must be > 0 seconds, got {timeout!r}")
     reply = chat_completion(build_messages(prompt, num_states, template), url=url, model=model,
                             api_key=api_key, timeout=timeout, temperature=temperature)
-    return ensure_suffix(parse_states(reply), style_suffix)
+    return ensure_suffix(_as_many(parse_states(reply), num_states, "the LLM"), style_suffix)
+
+
+def _as_many(states: list[str], num_states: int, who: str) -> list[str]:
+    """The states a model wrote, refused unless there are exactly as many as asked for."""
+    if len(states) != int(num_states):
+        raise SynopsisError(f"{who} wrote {len(states)} visual states, asked for {num_states}: "
+                            f"{'; '.join(s[:40] for s in states)}")
+    return states
 
 
 # ----------------------------------------------------------------------------- local LM
@@ -305,7 +322,7 @@ def local_lm_synopsis(prompt: str, num_states: int = 5, *, model_path: str | os.
     with torch.no_grad():
         out = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     reply = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return ensure_suffix(parse_states(reply), style_suffix)
+    return ensure_suffix(_as_many(parse_states(reply), num_states, "the local LM"), style_suffix)
 
 
 # ----------------------------------------------------------------------------- dispatch

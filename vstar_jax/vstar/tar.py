@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.errors import VstarError
+
 # VideoCrafter2 latent width (320x512 video) -> UNet level.
 WIDTH_TO_LEVEL = {64: 0, 32: 1, 16: 2, 8: 3}
 
@@ -38,6 +40,13 @@ class TARConfig:
     until_time: int = 13
 
     def __post_init__(self):
+        if not self.levels:
+            raise VstarError("TAR has no levels, so it would never be applied")
+        if isinstance(self.until_time, bool) or int(self.until_time) != self.until_time or self.until_time < 0:
+            raise VstarError(f"TAR until_time must be an integer >= 0 (the last DDIM step index it applies to, "
+                             f"0 = the first step), got {self.until_time!r}: TAR would never be applied")
+        if all(float(scale) == 0.0 for _, _, scale in self.levels):
+            raise VstarError("TAR scale is 0 at every level, so it would never change anything")
         seen = set()
         for entry in self.levels:
             if len(entry) != 3:
@@ -117,6 +126,9 @@ def parse_tar(spec) -> Optional[TARConfig]:
                 f"bad TAR spec {spec!r}: use a preset ({', '.join(PRESETS)}) or 'L0:sigma[:scale],...[@until]'"
             )
         levels.append((int(m.group(1)), float(m.group(2)), float(m.group(3) or 1.0)))
+    until = until.strip()
+    if until and not until.lstrip("+-").isdigit():
+        raise VstarError(f"bad TAR spec {spec!r}: @until must be a step index (an integer >= 0), got {until!r}")
     return TARConfig(levels=tuple(levels), until_time=int(until) if until else 13)
 
 
