@@ -198,7 +198,23 @@ def convert_unet(sd: Mapping, cfg, layout: str, *, dtype=None) -> dict:
     if layout not in PLANS:
         raise ValueError(f"unknown UNet layout {layout!r}; choose one of {sorted(PLANS)}")
     expected = init_shapes(UNet3D(cfg))
-    return apply_plan(sd, PLANS[layout](cfg), expected, component=f"unet ({layout})", dtype=dtype)
+    return apply_plan(sd, PLANS[layout](cfg), expected, component=f"unet ({layout})", dtype=dtype,
+                      hints=shape_hints(cfg, layout))
+
+
+def shape_hints(cfg, layout: str) -> dict:
+    """Dimension -> the source config field that sets it, for the key report's "likely cause"."""
+    from vstar_jax.models.unet3d import unet_base_channels, unet_level_widths
+
+    lvdm = layout == "lvdm"
+    hints = {}
+    for dim, field in ((int(cfg.in_channels), "in_channels"), (int(cfg.out_channels), "out_channels"),
+                       (int(cfg.context_dim), "context_dim" if lvdm else "cross_attention_dim"),
+                       (4 * unet_base_channels(cfg), "model_channels" if lvdm else "block_out_channels[0]")):
+        hints.setdefault(dim, field)
+    for level, w in enumerate(unet_level_widths(cfg)):
+        hints[w] = "model_channels x channel_mult" if lvdm else "block_out_channels"
+    return hints
 
 
 # ------------------------------------------------------------ configs from source files
