@@ -165,46 +165,52 @@ def _check_diffusers(params, config, source: str, components: Sequence[str], see
     import torch
 
     results = []
-    torch.set_grad_enabled(False)
     for comp in components:
         rng = np.random.default_rng(seed)
-        try:
-            if comp == "unet":
-                from diffusers import UNet3DConditionModel
-
-                ref = UNet3DConditionModel.from_pretrained(os.path.join(source, "unet")).float().eval()
-                _round_torch(ref, _stored_dtype(params[comp]))
-                x, t, ctx = _unet_inputs(config[comp], rng)
-                want = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample.numpy()
-                got = _run_unet(config[comp], params[comp], x, t, ctx)
-                results.append(_verdict(comp, {"unet": rel_err(got, want)}))
-            elif comp == "vae":
-                from diffusers import AutoencoderKL
-
-                ref = AutoencoderKL.from_pretrained(os.path.join(source, "vae")).float().eval()
-                _round_torch(ref, _stored_dtype(params[comp]))
-                z, image = _vae_shapes(config[comp], rng)
-                want_dec = ref.decode(torch.from_numpy(z)).sample.numpy()
-                want_enc = ref.encode(torch.from_numpy(image)).latent_dist.parameters.numpy()
-                got = _run_vae(config[comp], params[comp], z, image)
-                results.append(_verdict(comp, {"decode": rel_err(got["decode"], want_dec),
-                                               "encode": rel_err(got["encode"], want_enc)}))
-            elif comp == "text":
-                from transformers import CLIPTextModel
-
-                ref = CLIPTextModel.from_pretrained(os.path.join(source, "text_encoder")).float().eval()
-                _round_torch(ref, _stored_dtype(params[comp]))
-                tc = ref.config
-                tokens = _tokens(rng, tc.vocab_size, getattr(tc, "bos_token_id", 49406) or 49406,
-                                 getattr(tc, "eos_token_id", 49407) or 49407, tc.max_position_embeddings)
-                want = ref(torch.from_numpy(tokens)).last_hidden_state.numpy()
-                got = _run_text(config[comp], params[comp], tokens)
-                results.append(_verdict(comp, {"text": rel_err(got, want)}))
-            else:
-                results.append(Result(comp, False, "unknown component: no reference to compare with"))
-        except Exception as e:  # a component that cannot be built or run fails; the others still run
-            results.append(Result(comp, False, f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+        with torch.no_grad():
+            results.append(_check_diffusers_one(comp, params, config, source, rng))
     return results
+
+
+def _check_diffusers_one(comp: str, params, config, source: str, rng) -> Result:
+    import torch
+
+    try:
+        if comp == "unet":
+            from diffusers import UNet3DConditionModel
+
+            ref = UNet3DConditionModel.from_pretrained(os.path.join(source, "unet")).float().eval()
+            _round_torch(ref, _stored_dtype(params[comp]))
+            x, t, ctx = _unet_inputs(config[comp], rng)
+            want = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample.numpy()
+            got = _run_unet(config[comp], params[comp], x, t, ctx)
+            return _verdict(comp, {"unet": rel_err(got, want)})
+        elif comp == "vae":
+            from diffusers import AutoencoderKL
+
+            ref = AutoencoderKL.from_pretrained(os.path.join(source, "vae")).float().eval()
+            _round_torch(ref, _stored_dtype(params[comp]))
+            z, image = _vae_shapes(config[comp], rng)
+            want_dec = ref.decode(torch.from_numpy(z)).sample.numpy()
+            want_enc = ref.encode(torch.from_numpy(image)).latent_dist.parameters.numpy()
+            got = _run_vae(config[comp], params[comp], z, image)
+            return _verdict(comp, {"decode": rel_err(got["decode"], want_dec),
+                                    "encode": rel_err(got["encode"], want_enc)})
+        elif comp == "text":
+            from transformers import CLIPTextModel
+
+            ref = CLIPTextModel.from_pretrained(os.path.join(source, "text_encoder")).float().eval()
+            _round_torch(ref, _stored_dtype(params[comp]))
+            tc = ref.config
+            tokens = _tokens(rng, tc.vocab_size, getattr(tc, "bos_token_id", 49406) or 49406,
+                             getattr(tc, "eos_token_id", 49407) or 49407, tc.max_position_embeddings)
+            want = ref(torch.from_numpy(tokens)).last_hidden_state.numpy()
+            got = _run_text(config[comp], params[comp], tokens)
+            return _verdict(comp, {"text": rel_err(got, want)})
+        else:
+            return Result(comp, False, "unknown component: no reference to compare with")
+    except Exception as e:  # a component that cannot be built or run fails; the others still run
+        return Result(comp, False, f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
 
 
 # ------------------------------------------------------------------------------ VideoCrafter2 source
