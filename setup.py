@@ -35,8 +35,12 @@ setup(
         "scipy",
     ],
     extras_require={
-        # torch CPU 2.13.0 installs from a local wheel on the project's machines (`pip install torch==2.13.0`).
-        "convert": ["torch>=2.1"],
+        # torch is not pinned (no single build fits every user). A plain `pip install torch` pulls the
+        # multi-GB CUDA build on Linux: on a CPU machine install the CPU build first,
+        #   pip install torch --index-url https://download.pytorch.org/whl/cpu
+        # (on the project's machines: `pip install torch==2.13.0`, a local CPU wheel), then `.[convert]`.
+        # diffusers (and transformers, already required) build the reference models for `vstar-jax verify`.
+        "convert": ["torch>=2.1", "diffusers>=0.30"],
         "test": ["pytest", "torch>=2.1", "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["vstar-jax=vstar_jax.cli:main"]},

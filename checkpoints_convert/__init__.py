@@ -1,0 +1,23 @@
+"""Checkpoint converters (``vstar-jax convert LAYOUT ...``) and the user's check (``vstar-jax verify``)."""
+
+LAYOUTS = {
+    "videocrafter2": ("checkpoints_convert.videocrafter2", "VideoCrafter2 model.ckpt + its inference YAML (lvdm)"),
+    "diffusers": ("checkpoints_convert.diffusers", "diffusers text-to-video folder (ModelScope UNet3DConditionModel)"),
+}
+
+
+def convert_help() -> str:
+    """``vstar-jax convert --help``: every source layout with its options."""
+    import importlib
+
+    parts = ["usage: vstar-jax convert {" + ",".join(LAYOUTS) + "} ...", "",
+             "Convert a PyTorch checkpoint into a vstar-jax (orbax) checkpoint. Layouts:"]
+    parts += [f"  {name:<14} {what}" for name, (_, what) in LAYOUTS.items()]
+    parts += ["", "Check a conversion afterwards with: vstar-jax verify CKPT_DIR --source SOURCE", ""]
+    for name, (module, _) in LAYOUTS.items():
+        try:
+            text = importlib.import_module(module).build_parser().format_help()
+        except ImportError as e:
+            text = f"vstar-jax convert {name}: not available ({e})\n"
+        parts += ["=" * 72, text]
+    return "\n".join(parts)

@@ -19,27 +19,83 @@ FlaxPath = Tuple[str, ...]
 
 
 class ConversionError(ValueError):
-    """A checkpoint does not fit the model; lists every offending key."""
+    """A checkpoint does not fit the model; lists every offending key.
 
-    def __init__(self, component: str, missing=(), unexpected=(), mismatched=(), note: str = ""):
+    The message is a short summary line (counts per kind, and the likely cause when the wrong shapes
+    follow a config field), then the keys one per line with the checkpoint's own prefix, capped at
+    ``CAP`` per kind ("... and N more"). ``missing`` / ``unexpected`` / ``mismatched`` keep the keys
+    as the converter saw them (prefix stripped)."""
+
+    CAP = 20
+
+    def __init__(self, component: str, missing=(), unexpected=(), mismatched=(), note: str = "", *,
+                 prefix: str = "", shapes=(), hints: Optional[Mapping[int, str]] = None):
         self.component = component
         self.missing = sorted(missing)
         self.unexpected = sorted(unexpected)
         self.mismatched = sorted(mismatched)
-        parts = [f"{component}: checkpoint does not match the model config"]
-        if note:
-            parts.append(note)
+        self.note = note
+        self.prefix = prefix
+        self.shapes = list(shapes)  # (key, source shape, wanted shape) of the wrongly shaped keys
+        self.hints = dict(hints or {})  # dimension -> the config field(s) that set it
+        super().__init__(self.report())
 
-        def show(title, items):
-            if items:
-                head = ", ".join(str(i) for i in items[:20])
-                more = f" ... (+{len(items) - 20} more)" if len(items) > 20 else ""
-                parts.append(f"{len(items)} {title}: {head}{more}")
+    def likely_cause(self) -> str:
+        """The config field whose value the wanted shapes carry where the weights differ, if one does."""
+        votes: Dict[str, list] = {}
+        for _, got, want in self.shapes:
+            if len(got) != len(want):
+                continue
+            for g, w in zip(got, want):
+                if g != w and w in self.hints:
+                    votes.setdefault(self.hints[w], []).append((w, g))
+        if not votes:
+            return ""
+        field, pairs = max(votes.items(), key=lambda kv: len(kv[1]))
+        w, g = pairs[0]
+        return (f"the config's {field} gives {w} channels where the weights have {g} "
+                f"({len(pairs)} mismatched dimension{'s' if len(pairs) > 1 else ''}); check it against the source")
 
-        show("missing keys", self.missing)
-        show("unexpected keys", self.unexpected)
-        show("wrongly shaped keys", self.mismatched)
-        super().__init__("; ".join(parts))
+    def summary(self) -> str:
+        kinds = [(len(self.missing), "missing"), (len(self.unexpected), "unexpected"),
+                 (len(self.mismatched), "wrong shape")]
+        counts = ", ".join(f"{n} {k}" for n, k in kinds if n) or "no key problems"
+        line = f"{self.component}: checkpoint does not match the model config ({counts})"
+        if self.note:
+            line += f": {self.note}"
+        cause = self.likely_cause()
+        if cause:
+            line += f"; likely cause: {cause}"
+        return line
+
+    def report(self) -> str:
+        lines = [self.summary()]
+        for title, items in (("missing", self.missing), ("unexpected", self.unexpected),
+                             ("wrong shape", self.mismatched)):
+            for item in items[:self.CAP]:
+                lines.append(f"  {title}: {self.prefix}{item}")
+            if len(items) > self.CAP:
+                lines.append(f"  ... and {len(items) - self.CAP} more {title}")
+        return "\n".join(lines)
+
+
+class ConversionErrors(ConversionError):
+    """Several parts of one checkpoint do not fit (every component is checked before reporting)."""
+
+    def __init__(self, errors: Sequence[ConversionError]):
+        self.errors = list(errors)
+        self.component = ", ".join(e.component for e in self.errors)
+        self.missing = [k for e in self.errors for k in e.missing]
+        self.unexpected = [k for e in self.errors for k in e.unexpected]
+        self.mismatched = [k for e in self.errors for k in e.mismatched]
+        self.note, self.prefix, self.shapes, self.hints = "", "", [], {}
+        ValueError.__init__(self, self.report())
+
+    def summary(self) -> str:
+        return f"{len(self.errors)} parts of the checkpoint do not match: {self.component}"
+
+    def report(self) -> str:
+        return "\n".join([self.summary()] + [e.report() for e in self.errors])
 
 
 # ---------------------------------------------------------------- reading
@@ -146,6 +202,7 @@ class PrefixView(Mapping):
 
     def __init__(self, sd: Mapping, prefix: str):
         self._sd, self._p = sd, prefix
+        self.prefix = prefix  # shown in key reports
         self._keys = [k[len(prefix):] for k in sd if k.startswith(prefix)]
 
     def __getitem__(self, key):
@@ -247,6 +304,7 @@ def apply_plan(
     component: str,
     ignore_prefixes: Sequence[str] = (),
     dtype: Optional[np.dtype] = None,
+    hints: Optional[Mapping[int, str]] = None,
 ) -> dict:
     """Convert ``sd`` with ``plan`` into a nested params dict shaped like ``expected``.
 
@@ -264,7 +322,7 @@ def apply_plan(
     keys = set(sd)
     missing = [k for k in plan if k not in keys]
     unexpected = [k for k in keys if k not in plan and not any(k.startswith(p) for p in ignore_prefixes)]
-    mismatched, out = [], {}
+    mismatched, shapes, out = [], [], {}
     for key, (dst, kind) in plan.items():
         if key not in keys:
             continue
@@ -276,10 +334,12 @@ def apply_plan(
             arr = None
         if arr is None or tuple(arr.shape) != want:
             mismatched.append(f"{key} {tuple(np.shape(src))} (model wants {want} as {'/'.join(dst)})")
+            shapes.append((key, tuple(np.shape(arr if arr is not None else src)), want))
             continue
         out[dst] = arr.astype(dtype or exp_flat[dst].dtype, copy=False)
     if missing or unexpected or mismatched:
-        raise ConversionError(component, missing, unexpected, mismatched)
+        raise ConversionError(component, missing, unexpected, mismatched, prefix=getattr(sd, "prefix", ""),
+                              shapes=shapes, hints=hints)
     return unflatten(out)
 
 
@@ -339,26 +399,37 @@ def cast_tree(params, dtype: Optional[str]):
 
 
 def convert_components(converters: Mapping[str, Callable], components: Sequence[str], *,
-                       dtype: Optional[str] = None, verbose: bool = True):
+                       dtype: Optional[str] = None, verbose: bool = True,
+                       errors: Sequence[ConversionError] = ()):
     """Run ``converters[name]() -> (params, config)`` for each component; returns (params, configs).
 
-    Every component is converted (and so checked) before the caller writes anything.
-    """
+    Every component is converted (and so checked) before the caller writes anything, and every
+    component's key problems are reported together: a :class:`ConversionError` of one component does
+    not stop the others (``errors``: problems already found, e.g. stray keys outside every component)."""
     import sys
     import time
 
     unknown = sorted(set(components) - set(converters))
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(converters)}")
+    errors = list(errors)
     params, cfgs = {}, {}
     for comp in components:
         t0 = time.time()
-        p, cfg = converters[comp]()
+        try:
+            p, cfg = converters[comp]()
+        except ConversionError as e:
+            errors.append(e)
+            continue
         params[comp] = cast_tree(p, dtype)
         cfgs[comp] = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         if verbose:
             print(f"[convert] {comp}: {count_params_tree(params[comp]):,} parameters in {time.time() - t0:.1f}s "
                   f"(peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConversionErrors(errors)
     return params, cfgs
 
 

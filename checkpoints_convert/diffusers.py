@@ -46,7 +46,11 @@ def weights_file(component_dir: str) -> str:
 
 
 def _convert_unet(d):
-    cfg = unet_config_from_diffusers(_read_json(os.path.join(d, "config.json")))
+    path = os.path.join(d, "config.json")
+    try:
+        cfg = unet_config_from_diffusers(_read_json(path))
+    except ValueError as e:  # a config UNet3DConditionModel refuses: one line naming the field
+        raise ValueError(f"{path}: {e}") from None
     return convert_unet(load_state_dict(weights_file(d)), cfg, "diffusers"), cfg
 
 
@@ -120,15 +124,19 @@ def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "v
     return save_checkpoint(out, params, config_out, overwrite=overwrite)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vstar-jax convert diffusers", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model_dir")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--components", default="unet,vae,text")
-    ap.add_argument("--dtype", choices=DTYPES, default=None)
-    ap.add_argument("--overwrite", action="store_true")
-    a = ap.parse_args(argv)
+    ap.add_argument("model_dir", help="diffusers folder with unet/ vae/ text_encoder/ (tokenizer/ scheduler/)")
+    ap.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+    ap.add_argument("--components", default="unet,vae,text", help="comma list of unet,vae,text (default: all)")
+    ap.add_argument("--dtype", choices=DTYPES, default=None, help="store weights in this dtype (default float32)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     return run_cli(lambda: convert(a.model_dir, a.out, components=[c for c in a.components.split(",") if c],
                                    dtype=a.dtype, overwrite=a.overwrite))
 

@@ -217,7 +217,7 @@ def apply_multi_plan(sd: Mapping[str, np.ndarray], plan: MultiPlan, expected, *,
                 break
             out[dst] = arr.astype(exp_flat[dst].dtype, copy=False)
     if missing or unexpected or mismatched:
-        raise ConversionError(component, missing, unexpected, mismatched)
+        raise ConversionError(component, missing, unexpected, mismatched, prefix=getattr(sd, "prefix", ""))
     return unflatten(out)
 
 

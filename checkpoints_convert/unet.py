@@ -45,21 +45,25 @@ def _temporal_conv(plan: Plan, src: str, dst: tuple):
 
 
 def _levels(cfg):
-    """Yield (level, ds, has_attention) for the UNet's levels."""
-    ds = 1
-    for level in range(len(cfg.channel_mult)):
-        yield level, ds, ds in tuple(cfg.attention_resolutions)
-        ds *= 2
+    """Yield (level, down_has_attention, up_has_attention) for the UNet's levels (one shared derivation
+    with the model: vstar_jax.models.unet3d.unet_level_attention)."""
+    from vstar_jax.models.unet3d import unet_level_attention
+
+    down, up = unet_level_attention(cfg)
+    for level in range(len(down)):
+        yield level, down[level], up[level]
 
 
 def _needs_skip(cfg, level: int, i: int, up: bool) -> bool:
     """Whether a ResBlock changes its channel count (and so has a 1x1 skip conv)."""
-    mc, mult = cfg.model_channels, tuple(cfg.channel_mult)
-    out_ch = mult[level] * mc
+    from vstar_jax.models.unet3d import unet_base_channels, unet_level_widths
+
+    widths = unet_level_widths(cfg)
+    out_ch = widths[level]
     if not up:
-        in_ch = (mult[level - 1] * mc if level > 0 else mc) if i == 0 else out_ch
+        in_ch = (widths[level - 1] if level > 0 else unet_base_channels(cfg)) if i == 0 else out_ch
         return in_ch != out_ch
-    return True  # up blocks always concatenate a skip, so in != out
+    return True  # up blocks concatenate a skip (every width >= 1), so in > out
 
 
 # ------------------------------------------------------------ lvdm (VideoCrafter2)
@@ -89,9 +93,9 @@ def plan_unet_lvdm(cfg) -> Plan:
     p_conv(plan, "input_blocks.0.0", ("conv_in",))
     if cfg.init_attn:
         _transformer(plan, "init_attn.0", ("init_attn",), depth, rel)
-    n_levels = len(cfg.channel_mult)
+    n_levels = len(list(_levels(cfg)))
     k = 1
-    for level, ds, attn in _levels(cfg):
+    for level, attn, _ in _levels(cfg):
         for i in range(cfg.num_res_blocks):
             name = f"down_{level}_{i}"
             _lvdm_res(plan, f"input_blocks.{k}.0", (f"{name}_res",), _needs_skip(cfg, level, i, False), tconv)
@@ -109,7 +113,7 @@ def plan_unet_lvdm(cfg) -> Plan:
         _transformer(plan, "middle_block.2", ("mid_temporal",), depth, rel)
     _lvdm_res(plan, f"middle_block.{3 if tattn else 2}", ("mid_res_1",), False, tconv)
     k = 0
-    for level, ds, attn in reversed(list(_levels(cfg))):
+    for level, _, attn in reversed(list(_levels(cfg))):
         for i in range(cfg.num_res_blocks + 1):
             name = f"up_{level}_{i}"
             _lvdm_res(plan, f"output_blocks.{k}.0", (f"{name}_res",), True, tconv)
@@ -153,8 +157,8 @@ def plan_unet_diffusers(cfg) -> Plan:
     p_dense(plan, "time_embedding.linear_2", ("time_embed_2",))
     p_conv(plan, "conv_in", ("conv_in",))
     _transformer(plan, "transformer_in", ("init_attn",), depth)
-    n_levels = len(cfg.channel_mult)
-    for level, ds, attn in _levels(cfg):
+    n_levels = len(list(_levels(cfg)))
+    for level, attn, _ in _levels(cfg):
         b = f"down_blocks.{level}"
         for i in range(cfg.num_res_blocks):
             name = f"down_{level}_{i}"
@@ -169,7 +173,7 @@ def plan_unet_diffusers(cfg) -> Plan:
     _transformer(plan, "mid_block.attentions.0", ("mid_spatial",), depth)
     _transformer(plan, "mid_block.temp_attentions.0", ("mid_temporal",), depth)
     _diffusers_res(plan, "mid_block.resnets.1", "mid_block.temp_convs.1", ("mid_res_1",), False)
-    for u, (level, ds, attn) in enumerate(reversed(list(_levels(cfg)))):
+    for u, (level, _, attn) in enumerate(reversed(list(_levels(cfg)))):
         b = f"up_blocks.{u}"
         for i in range(cfg.num_res_blocks + 1):
             name = f"up_{level}_{i}"
@@ -194,27 +198,67 @@ def convert_unet(sd: Mapping, cfg, layout: str, *, dtype=None) -> dict:
     if layout not in PLANS:
         raise ValueError(f"unknown UNet layout {layout!r}; choose one of {sorted(PLANS)}")
     expected = init_shapes(UNet3D(cfg))
-    return apply_plan(sd, PLANS[layout](cfg), expected, component=f"unet ({layout})", dtype=dtype)
+    return apply_plan(sd, PLANS[layout](cfg), expected, component=f"unet ({layout})", dtype=dtype,
+                      hints=shape_hints(cfg, layout))
+
+
+def shape_hints(cfg, layout: str) -> dict:
+    """Dimension -> the source config field that sets it, for the key report's "likely cause"."""
+    from vstar_jax.models.unet3d import unet_base_channels, unet_level_widths
+
+    lvdm = layout == "lvdm"
+    hints = {}
+    for dim, field in ((int(cfg.in_channels), "in_channels"), (int(cfg.out_channels), "out_channels"),
+                       (int(cfg.context_dim), "context_dim" if lvdm else "cross_attention_dim"),
+                       (4 * unet_base_channels(cfg), "model_channels" if lvdm else "block_out_channels[0]")):
+        hints.setdefault(dim, field)
+    for level, w in enumerate(unet_level_widths(cfg)):
+        hints[w] = "model_channels x channel_mult" if lvdm else "block_out_channels"
+    return hints
 
 
 # ------------------------------------------------------------ configs from source files
 
 
+def _refuse(field: str, value, why: str):
+    raise ValueError(f"unet config field {field}={value!r}: {why}")
+
+
 def unet_config_from_lvdm(params: Mapping) -> ml_collections.ConfigDict:
-    """Build the Flax UNet config from the ``unet_config.params`` block of a VideoCrafter YAML."""
+    """Build the Flax UNet config from the ``unet_config.params`` block of a VideoCrafter YAML.
+
+    Widths stay as lvdm states them (``model_channels`` x ``channel_mult``); heads as ``num_head_channels``
+    (head width) or ``num_heads`` (head count, with num_head_channels -1). Whatever lvdm's ``UNetModel``
+    cannot build or run is refused in one line naming the field."""
     from configs.unet_videocrafter2 import get_config
+    from vstar_jax.models.unet3d import check_unet_config
 
     if params.get("use_relative_position", False) and int(params.get("temporal_length") or 0) < 1:
         raise ValueError("use_relative_position=true needs temporal_length (the tables' max offset)")
-    if params.get("num_head_channels", -1) in (-1, None):
-        raise ValueError("only num_head_channels-style configs are supported (VideoCrafter2 sets 64)")
+    nhc, nh = params.get("num_head_channels", -1), params.get("num_heads", -1)
+    nhc = -1 if nhc is None else nhc
+    nh = -1 if nh is None else nh
+    if nhc == -1 and nh == -1:
+        _refuse("num_head_channels", nhc, "lvdm needs num_head_channels or num_heads")
+    if nhc == -1 and params.get("addition_attention", False):
+        _refuse("num_head_channels", nhc, "lvdm's init_attn (addition_attention) takes num_head_channels as its "
+                                          "head width, so num_heads-only configs cannot build it")
     cfg = get_config()
-    for key in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "num_head_channels",
+    for key in ("in_channels", "out_channels", "model_channels", "num_res_blocks",
                 "transformer_depth", "context_dim", "use_linear", "temporal_conv", "temporal_attention",
                 "fps_cond"):
         if key in params:
             setattr(cfg, key, params[key])
-    cfg.channel_mult = tuple(params.get("channel_mult", cfg.channel_mult))
+    cfg.num_head_channels = nhc
+    if nhc == -1:
+        cfg.num_heads = int(nh)
+    mult = tuple(params.get("channel_mult", cfg.channel_mult))
+    if not mult:
+        _refuse("channel_mult", mult, "needs at least one level")
+    if mult[0] != 1:
+        _refuse("channel_mult", list(mult), "lvdm's output conv takes model_channels inputs, so the first "
+                                            "multiplier must be 1")
+    cfg.channel_mult = mult
     cfg.attention_resolutions = tuple(params.get("attention_resolutions", cfg.attention_resolutions))
     cfg.init_attn = bool(params.get("addition_attention", False))
     cfg.use_relative_position = bool(params.get("use_relative_position", False))
@@ -224,34 +268,93 @@ def unet_config_from_lvdm(params: Mapping) -> ml_collections.ConfigDict:
         raise ValueError("temporal_transformer_depth different from transformer_depth is not supported")
     if params.get("use_scale_shift_norm", False) or params.get("resblock_updown", False):
         raise ValueError("use_scale_shift_norm / resblock_updown are not used by VideoCrafter2 and not supported")
+    try:
+        check_unet_config(cfg)  # lvdm's GroupNorms are 32 groups: every width must divide by 32
+    except ValueError as e:
+        raise ValueError(f"lvdm UNet config: {e}") from None
     return cfg
 
 
-def unet_config_from_diffusers(config: Mapping) -> ml_collections.ConfigDict:
-    """Build the Flax UNet config from a diffusers ``unet/config.json`` (UNet3DConditionModel)."""
-    from configs.unet_modelscope import get_config
+DIFFUSERS_DOWN = ("CrossAttnDownBlock3D", "DownBlock3D")
+DIFFUSERS_UP = ("CrossAttnUpBlock3D", "UpBlock3D")
+# UNet3DConditionModel fields the port does not implement with a non-default value (the default it has).
+_DIFFUSERS_FIXED = {"act_fn": "silu", "norm_eps": 1e-5, "time_cond_proj_dim": None, "downsample_padding": 1,
+                    "mid_block_scale_factor": 1}
 
-    cfg = get_config()
+
+def unet_config_from_diffusers(config: Mapping) -> ml_collections.ConfigDict:
+    """Build the Flax UNet config from a diffusers ``unet/config.json`` (UNet3DConditionModel).
+
+    The widths are kept as diffusers states them (``block_channels`` = ``block_out_channels``, any
+    combination); heads are per level (heads = width // attention_head_dim, as diffusers floors it); the
+    up path's attention follows ``up_block_types``. A config that ``UNet3DConditionModel`` refuses (or
+    builds but cannot run) is refused here with one line naming the field."""
+    from configs.unet_modelscope import get_config
+    from vstar_jax.models.unet3d import check_unet_config
+
+    downs = tuple(config.get("down_block_types", ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"]))
+    ups = tuple(config.get("up_block_types", ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3))
     boc = tuple(config.get("block_out_channels", (320, 640, 1280, 1280)))
-    mc = boc[0]
-    if any(c % mc for c in boc):
-        raise ValueError(f"block_out_channels {boc} are not multiples of the first")
+    if config.get("num_attention_heads") is not None:
+        _refuse("num_attention_heads", config["num_attention_heads"],
+                "UNet3DConditionModel refuses it (NotImplementedError in diffusers); give attention_head_dim")
+    if len(downs) != len(ups):
+        _refuse("up_block_types", list(ups), f"needs as many entries as down_block_types ({len(downs)})")
+    if len(boc) != len(downs):
+        _refuse("block_out_channels", list(boc), f"needs one width per down block ({len(downs)})")
+    if not boc:
+        _refuse("block_out_channels", list(boc), "needs at least one level")
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in boc):
+        _refuse("block_out_channels", list(boc), "widths must be positive integers")
+    bad = [t for t in downs if t not in DIFFUSERS_DOWN]
+    if bad:
+        _refuse("down_block_types", list(downs), f"{bad[0]} is not a UNet3DConditionModel down block "
+                                                  f"(use {' or '.join(DIFFUSERS_DOWN)})")
+    bad = [t for t in ups if t not in DIFFUSERS_UP]
+    if bad:
+        _refuse("up_block_types", list(ups), f"{bad[0]} is not a UNet3DConditionModel up block "
+                                              f"(use {' or '.join(DIFFUSERS_UP)})")
     head_dim = config.get("attention_head_dim", 64)
-    if not isinstance(head_dim, int):
-        raise ValueError("per-block attention_head_dim is not supported")
-    downs = config.get("down_block_types", ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"])
-    cfg.model_channels = mc
-    cfg.channel_mult = tuple(c // mc for c in boc)
+    if isinstance(head_dim, (list, tuple)):
+        if len(head_dim) != len(downs):
+            _refuse("attention_head_dim", list(head_dim), f"a per-level list needs one entry per down block "
+                                                          f"({len(downs)})")
+        _refuse("attention_head_dim", list(head_dim), "UNet3DConditionModel cannot build a per-level list "
+                                                      "(its transformer_in takes one head width); give an int")
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        _refuse("attention_head_dim", head_dim, "must be a positive integer")
+    groups = config.get("norm_num_groups", 32)
+    if groups is None or isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        _refuse("norm_num_groups", groups, "UNet3DConditionModel needs a positive group count")
+    for w in boc:
+        if w % groups:
+            _refuse("norm_num_groups", groups, f"does not divide block_out_channels width {w} (GroupNorm)")
+    top = len(boc) - 1
+    for level, (w, d, u) in enumerate(zip(boc, downs, reversed(ups))):
+        if (level == top or d.startswith("CrossAttn") or u.startswith("CrossAttn")) and w // head_dim < 1:
+            _refuse("attention_head_dim", head_dim, f"is wider than block_out_channels[{level}]={w} (0 heads; "
+                                                    f"diffusers fails with a division by zero)")
+    nres = config.get("layers_per_block", 2)
+    if isinstance(nres, bool) or not isinstance(nres, int) or nres < 1:
+        _refuse("layers_per_block", nres, "must be a positive integer")
+    for key, default in _DIFFUSERS_FIXED.items():
+        if config.get(key, default) != default:
+            _refuse(key, config.get(key), f"only {default!r} is supported by the port")
+    cfg = get_config()
+    cfg.model_channels = boc[0]
+    cfg.block_channels = boc
+    cfg.channel_mult = None  # widths are block_channels (diffusers states widths, not multipliers)
     cfg.attention_resolutions = tuple(2 ** i for i, t in enumerate(downs) if t.startswith("CrossAttn"))
-    cfg.num_res_blocks = config.get("layers_per_block", 2)
+    # up_block_types run top level first: up_attention is per level, level 0 first
+    cfg.up_attention = tuple(t.startswith("CrossAttn") for t in reversed(ups))
+    cfg.num_res_blocks = nres
     cfg.num_head_channels = head_dim
     cfg.context_dim = config.get("cross_attention_dim", 1024)
     cfg.in_channels = config.get("in_channels", 4)
     cfg.out_channels = config.get("out_channels", 4)
-    cfg.norm_groups = config.get("norm_num_groups", 32)
-    cfg.transformer_norm_groups = cfg.norm_groups  # diffusers' transformers share the resnets' groups
-    if config.get("norm_eps", 1e-5) != 1e-5:
-        raise ValueError("norm_eps other than 1e-5 is not supported")
+    cfg.norm_groups = groups
+    cfg.transformer_norm_groups = groups  # diffusers' transformers share the resnets' groups
+    check_unet_config(cfg)
     return cfg
 
 

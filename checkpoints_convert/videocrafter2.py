@@ -1,4 +1,4 @@
-"""Convert a VideoCrafter2 ``model.ckpt`` (+ its inference YAML) into a vstar-jax checkpoint.
+r"""Convert a VideoCrafter2 ``model.ckpt`` (+ its inference YAML) into a vstar-jax checkpoint.
 
     python -m checkpoints_convert.videocrafter2 --ckpt model.ckpt \
         --config inference_t2v_512_v2.0.yaml --out checkpoints/vc2 [--components unet,vae,text]
@@ -105,13 +105,13 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
                          f"(no keys starting with {[PREFIXES[c] for c in absent]}); "
                          f"convert fewer with --components")
     # Keys no component claims are reported too, unless known to be unused.
+    # They are reported together with every component's own problems (one run shows everything).
     stray = sorted(k for k in sd if not k.startswith(tuple(PREFIXES.values()) + IGNORED))
-    if stray:
-        raise ConversionError("checkpoint", unexpected=stray, note="keys outside every known component")
+    errors = [ConversionError("checkpoint", unexpected=stray, note="keys outside every known component")] if stray else []
     params, cfgs = convert_components(
         {c: (lambda c=c: CONVERTERS[c](PrefixView(sd, PREFIXES[c]), mp, *([text_heads] if c == "text" else [])))
          for c in components}, components,
-        dtype=dtype, verbose=verbose)
+        dtype=dtype, verbose=verbose, errors=errors)
     sd = None  # unmap the source before writing: the peak stays near two checkpoint copies
     gc.collect()
     config_out = {"source": {"layout": "videocrafter2", "ckpt": str(ckpt), "config": str(config)},
@@ -122,7 +122,7 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
     return path
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vstar-jax convert videocrafter2", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="model.ckpt (torch pickle) or .safetensors")
@@ -135,7 +135,11 @@ def main(argv=None) -> int:
     ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")
     ap.add_argument("--text-heads", type=int, default=None,
                     help="text encoder attention heads (default width/64: 16 for ViT-H-14)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     return run_cli(lambda: convert(a.ckpt, a.config, a.out, components=[c for c in a.components.split(",") if c],
                                    dtype=a.dtype, overwrite=a.overwrite, trust_pickle=a.trust_pickle,
                                    text_heads=a.text_heads))

@@ -6,6 +6,7 @@
     vstar-jax generate --from-sidecar outputs/a-lighthouse-0.json --out again.mp4
     vstar-jax convert videocrafter2 --ckpt model.ckpt --config inference_t2v_512_v2.0.yaml --out ckpt/vc2
     vstar-jax convert diffusers MODEL_DIR --out ckpt/modelscope
+    vstar-jax verify ckpt/modelscope --source MODEL_DIR
     vstar-jax sweep ... | report ... | metrics ...
 
 Every bad input is reported as one line ``error: ...`` with exit status 2; Ctrl-C stops sampling
@@ -25,6 +26,7 @@ FORWARD = {
     "sweep": ("vstar_jax.sweep", "main"),
     "report": ("vstar_jax.report", "main"),
     "metrics": ("vstar_jax.metrics.cli", "main"),
+    "verify": ("checkpoints_convert.verify", "main"),
 }
 CONVERTERS = {
     "videocrafter2": ("checkpoints_convert.videocrafter2", "main"),
@@ -242,11 +244,12 @@ def _regen_output(sidecar_path: str, sc: dict) -> str:
 
 # ---------------------------------------------------------------------------------- main
 def _usage() -> str:
-    return ("usage: vstar-jax {generate,convert,sweep,report,metrics} ...\n"
+    return ("usage: vstar-jax {generate,convert,verify,sweep,report,metrics} ...\n"
             "  generate PROMPT [--checkpoint DIR] [--frames N] [--steps N] [--cfg S] [--seed N] [--tar PRESET]\n"
             "           [--synopsis STATE ... | --llm URL | --local-lm PATH] [--out video.mp4] [--gif]\n"
             "           [--attention-png PATH] | --from-sidecar JSON   (vstar-jax generate --help)\n"
-            "  convert {videocrafter2,diffusers} ...\n"
+            "  convert {videocrafter2,diffusers} ...   (vstar-jax convert --help)\n"
+            "  verify CKPT_DIR --source SOURCE   (check a conversion against its source)\n"
             "  sweep ... | report ... | metrics ...")
 
 
@@ -260,6 +263,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cmd == "generate":
             return generate_main(rest)
         if cmd == "convert":
+            if rest and rest[0] in ("-h", "--help", "help"):
+                from checkpoints_convert import convert_help  # noqa: PLC0415
+                print(convert_help())
+                return 0
             if not rest or rest[0] not in CONVERTERS:
                 got = rest[0] if rest else "nothing"
                 return _error(f"convert needs a source layout ({' or '.join(CONVERTERS)}), got {got}")
@@ -268,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cmd in FORWARD:
             module, func = FORWARD[cmd]
             return _call(module, func, rest, cmd)
-        return _error(f"unknown command {cmd!r} (use generate, convert, sweep, report or metrics)")
+        return _error(f"unknown command {cmd!r} (use generate, convert, verify, sweep, report or metrics)")
     except SystemExit as e:  # --help inside argparse
         return e.code if isinstance(e.code, int) else 0
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:

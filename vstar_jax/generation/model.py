@@ -184,7 +184,9 @@ class ModelInfo:
         if "unet" not in config:
             raise VstarError(f"{source}: checkpoint has no 'unet' component")
         vae_factor = _pixel_factor(config)
-        return cls(source, diffusion_settings(config), len(config["unet"]["channel_mult"]), vae_factor,
+        from vstar_jax.models.unet3d import unet_num_levels  # noqa: PLC0415  (block_channels or channel_mult)
+
+        return cls(source, diffusion_settings(config), unet_num_levels(config["unet"]), vae_factor,
                    int(config["unet"]["in_channels"]))
 
     def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:

@@ -57,6 +57,7 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
         ckptr.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(dict(params)))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
+        _user_permissions(tmp)  # mkdtemp makes it 0700: give the result the user's normal (umask) mode
         if os.path.exists(out_dir):
             old = out_dir + ".old-" + os.path.basename(tmp)
             os.replace(out_dir, old)
@@ -68,6 +69,18 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _user_permissions(root: str) -> None:
+    """Directories 0777 and files 0666, less the process umask (what mkdir/open would have given)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
 
 
 def read_config(ckpt_dir: str) -> dict:

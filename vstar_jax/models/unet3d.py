@@ -15,7 +15,8 @@ dtype come from the config.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+import operator
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -272,6 +273,139 @@ class ResBlock(nn.Module):
         return h
 
 
+# ---------------------------------------------------------------- per-level layout from a config
+# One place derives the per-level widths, head layout and attention flags from either config form, so
+# the model, the converters' key plans and the pipeline agree: ``block_channels`` (per-level widths as a
+# diffusers ``block_out_channels`` states them) or lvdm's ``model_channels`` x ``channel_mult``.
+
+
+def _cfg_get(cfg, key, default=None):
+    if hasattr(cfg, "get"):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _int_list(value, field: str) -> tuple:
+    vals = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    try:
+        ints = tuple(operator.index(v) for v in vals)
+    except TypeError:
+        ints = ()
+    if not ints or any(isinstance(v, bool) for v in vals):
+        raise ValueError(f"unet.{field} must be integers, got {value!r}")
+    return ints
+
+
+def unet_level_widths(cfg) -> tuple:
+    """Per-level channel widths: ``block_channels`` when given, else ``model_channels`` x ``channel_mult``."""
+    bc, mult = _cfg_get(cfg, "block_channels"), _cfg_get(cfg, "channel_mult")
+    if bc is not None:
+        widths = _int_list(bc, "block_channels")
+        mc = _cfg_get(cfg, "model_channels")
+        if mult is not None and mc is not None and tuple(int(m) * int(mc) for m in mult) != widths:
+            raise ValueError(f"unet.block_channels {list(widths)} disagrees with model_channels x channel_mult "
+                             f"({mc} x {list(mult)}); give one form")
+    elif mult is not None:
+        widths = tuple(m * int(_cfg_get(cfg, "model_channels")) for m in _int_list(mult, "channel_mult"))
+    else:
+        raise ValueError("unet config needs block_channels (per-level widths) or model_channels + channel_mult")
+    if any(w < 1 for w in widths):
+        raise ValueError(f"unet.block_channels / channel_mult: widths must be positive, got {list(widths)}")
+    return widths
+
+
+def unet_num_levels(cfg) -> int:
+    """Number of UNet levels (resolutions): the latent must divide by 2 ** (levels - 1)."""
+    return len(unet_level_widths(cfg))
+
+
+def unet_base_channels(cfg) -> int:
+    """Width of conv_in / init_attn and of the timestep sinusoid: model_channels (default: level 0's width)."""
+    mc = _cfg_get(cfg, "model_channels")
+    return int(mc) if mc is not None else unet_level_widths(cfg)[0]
+
+
+def unet_level_attention(cfg) -> tuple:
+    """(down, up): per-level flags, whether that level's down / up ResBlocks carry spatial+temporal
+    transformers. Down from ``attention_resolutions`` (downsampling factors 2 ** level); up the same
+    unless ``up_attention`` (one flag per level, level 0 first) says otherwise (diffusers up_block_types)."""
+    n = unet_num_levels(cfg)
+    res = tuple(_cfg_get(cfg, "attention_resolutions", ()) or ())
+    down = tuple(2 ** level in res for level in range(n))
+    up = _cfg_get(cfg, "up_attention")
+    if up is None:
+        return down, down
+    up = tuple(bool(u) for u in up)
+    if len(up) != n:
+        raise ValueError(f"unet.up_attention has {len(up)} flags for {n} levels")
+    return down, up
+
+
+def unet_level_heads(cfg) -> tuple:
+    """(heads, head_dim) of each level's transformers. ``num_head_channels``: head width, one int or one
+    per level (heads = width // head_dim, as lvdm and diffusers floor it); or, with num_head_channels
+    -1/None, ``num_heads`` (one int or one per level; head_dim = width // heads, lvdm's num_heads form).
+    Levels whose layout cannot work (0 heads or 0-wide heads) get None and are refused where used."""
+    widths = unet_level_widths(cfg)
+    n = len(widths)
+
+    def per_level(value, field):
+        vals = _int_list(value, field)
+        if len(vals) == 1 and not isinstance(value, (list, tuple)):
+            return vals * n
+        if len(vals) != n:
+            raise ValueError(f"unet.{field} has {len(vals)} entries for {n} levels")
+        return vals
+
+    nhc = _cfg_get(cfg, "num_head_channels", -1)
+    out = []
+    if nhc is not None and nhc != -1:
+        for w, hd in zip(widths, per_level(nhc, "num_head_channels")):
+            out.append((w // hd, hd) if hd > 0 and w // hd > 0 else None)
+    else:
+        nh = _cfg_get(cfg, "num_heads", -1)
+        if nh is None or nh == -1:
+            raise ValueError("unet config needs num_head_channels (head width) or num_heads")
+        for w, h in zip(widths, per_level(nh, "num_heads")):
+            out.append((h, w // h) if h > 0 and w // h > 0 else None)
+    return tuple(out)
+
+
+def check_unet_config(cfg) -> None:
+    """Refuse, in one line naming the field, a config the UNet cannot build (GroupNorm groups that do not
+    divide a width, empty heads at a level with attention, ...)."""
+    widths = unet_level_widths(cfg)
+    mc = unet_base_channels(cfg)
+    down, up = unet_level_attention(cfg)
+    heads = unet_level_heads(cfg)
+    groups = int(_cfg_get(cfg, "norm_groups", 32) or 0)
+    tgroups = int(_cfg_get(cfg, "transformer_norm_groups", 32) or 0)
+    if groups < 1 or tgroups < 1:
+        raise ValueError(f"unet.norm_groups / transformer_norm_groups must be >= 1, got {groups} / {tgroups}")
+    for name, w in [("model_channels", mc)] + [(f"level {i} width", w) for i, w in enumerate(widths)]:
+        if w % groups:
+            raise ValueError(f"unet.norm_groups {groups} does not divide {name} {w}")
+    top = len(widths) - 1
+    for level, w in enumerate(widths):
+        if down[level] or up[level] or level == top:
+            if w % tgroups:
+                raise ValueError(f"unet.transformer_norm_groups {tgroups} does not divide level {level} width {w}")
+            if heads[level] is None:
+                raise ValueError(f"unet head layout (num_head_channels / num_heads) gives no heads at level "
+                                 f"{level} (width {w})")
+    if _cfg_get(cfg, "init_attn", True):
+        if mc % tgroups:
+            raise ValueError(f"unet.transformer_norm_groups {tgroups} does not divide model_channels {mc}")
+        _init_attn_head_dim(cfg)
+
+
+def _init_attn_head_dim(cfg) -> int:
+    hd = _cfg_get(cfg, "init_attn_head_dim") or _cfg_get(cfg, "num_head_channels", -1)
+    if isinstance(hd, (list, tuple)) or hd is None or int(hd) < 1:
+        raise ValueError("init_attn needs one head width: set unet.init_attn_head_dim (or an int num_head_channels)")
+    return int(hd)
+
+
 def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
@@ -306,11 +440,12 @@ class UNet3D(nn.Module):
         hooks = ((tar,) if tar is not None else ()) + tuple(hooks or ())
         dtype, pdtype = _dtype(c("dtype", "float32")), _dtype(c("param_dtype", "float32"))
         backend = c("attention_backend", "xla")
-        mc = c("model_channels")
-        mult: Sequence[int] = tuple(c("channel_mult"))
+        check_unet_config(self.config)
+        widths = unet_level_widths(self.config)
+        mc = unet_base_channels(self.config)
+        down_attn, up_attn = unet_level_attention(self.config)
+        level_heads = unet_level_heads(self.config)
         nres = c("num_res_blocks")
-        attn_res = tuple(c("attention_resolutions"))
-        head_ch = c("num_head_channels")
         depth = c("transformer_depth", 1)
         groups = c("norm_groups", 32)
         use_tconv = c("temporal_conv", True)
@@ -363,10 +498,10 @@ class UNet3D(nn.Module):
                 h.reshape(b, f, *h.shape[1:]), transform, capture_attention, _attend(hooks))
             return out.reshape(h.shape)
 
-        def res_attn(h, out_ch, level, ds, name):
+        def res_attn(h, out_ch, level, has_attn, name):
             h = ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb)
-            if ds in attn_res:
-                heads = out_ch // head_ch
+            if has_attn:
+                heads, head_ch = level_heads[level]
                 h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups,
                                        name=f"{name}_spatial")(h, ctx)
                 if use_tattn:
@@ -376,38 +511,37 @@ class UNet3D(nn.Module):
         h = x.transpose(0, 2, 3, 4, 1).reshape(b * f, hgt, wid, -1).astype(dtype)
         h = nn.Conv(mc, (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_in")(h)
         if c("init_attn", True):
-            h = temporal(h, mc, c("init_attn_heads", 8), head_ch, 0, "init_attn", regularize=False)
+            h = temporal(h, mc, c("init_attn_heads", 8), _init_attn_head_dim(self.config), 0, "init_attn",
+                         regularize=False)
         skips = [h]
-        ds = 1
-        for level, m in enumerate(mult):
+        top = len(widths) - 1
+        for level, w in enumerate(widths):
             for i in range(nres):
-                h = res_attn(h, m * mc, level, ds, f"down_{level}_{i}")
+                h = res_attn(h, w, level, down_attn[level], f"down_{level}_{i}")
                 skips.append(h)
-            if level != len(mult) - 1:
-                h = nn.Conv(m * mc, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dtype,
+            if level != top:
+                h = nn.Conv(w, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dtype,
                             param_dtype=pdtype, name=f"downsample_{level}")(h)
                 skips.append(h)
-                ds *= 2
 
-        ch = mult[-1] * mc
-        top = len(mult) - 1
+        ch = widths[top]
+        mid_heads, mid_hd = level_heads[top]
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_0")(h, emb)
-        h = SpatialTransformer(ch // head_ch, head_ch, depth, dtype, pdtype, backend, tgroups,
+        h = SpatialTransformer(mid_heads, mid_hd, depth, dtype, pdtype, backend, tgroups,
                                name="mid_spatial")(h, ctx)
         if use_tattn:
-            h = temporal(h, ch, ch // head_ch, head_ch, top, "mid_temporal")
+            h = temporal(h, ch, mid_heads, mid_hd, top, "mid_temporal")
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_1")(h, emb)
 
-        for level in reversed(range(len(mult))):
-            out_ch = mult[level] * mc
+        for level in reversed(range(len(widths))):
+            out_ch = widths[level]
             for i in range(nres + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = res_attn(h, out_ch, level, ds, f"up_{level}_{i}")
+                h = res_attn(h, out_ch, level, up_attn[level], f"up_{level}_{i}")
             if level != 0:
                 th, tw = skips[-1].shape[1:3]
                 h = jax.image.resize(h, (h.shape[0], th, tw, h.shape[-1]), method="nearest")
                 h = nn.Conv(out_ch, (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name=f"upsample_{level}")(h)
-                ds //= 2
 
         h = nn.silu(GroupNorm32(groups, 1e-5, name="norm_out")(h))
         h = nn.Conv(c("out_channels"), (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_out")(h)
