@@ -73,7 +73,7 @@ def attention(
     rel_k: Optional[jax.Array] = None,
     rel_v: Optional[jax.Array] = None,
     blockwise: Optional[bool] = None,
-    block_threshold: int = BLOCK_THRESHOLD,
+    block_threshold: Optional[int] = None,
     block_q: int = BLOCK_Q,
     block_k: int = BLOCK_K,
 ):
@@ -91,6 +91,7 @@ def attention(
         ``RelativePosition``, Shaw et al. 2018): logits += q . rel_k[i, j] (scaled like q . k) and
         out += sum_j weights[i, j] rel_v[i, j].
       blockwise: XLA path only. None (default): blockwise online softmax when ``Lk >= block_threshold``
+        (default: the module's ``BLOCK_THRESHOLD``, read at call time)
         and nothing needs whole rows (no logit_transform, weights or relative position); True: force
         it (an error if one of those is asked for); False: never.
       block_q, block_k: largest query / key block of the blockwise path (sequences are split into
@@ -106,7 +107,8 @@ def attention(
         raise ValueError("blockwise attention cannot apply a logit_transform, return weights or use relative "
                          "positions (they need whole logit rows); leave blockwise=None")
     if blockwise is None:
-        blockwise = not whole_rows and k.shape[1] >= block_threshold
+        threshold = BLOCK_THRESHOLD if block_threshold is None else block_threshold
+        blockwise = not whole_rows and k.shape[1] >= threshold
     if blockwise:
         return _blockwise(q, k, v, mask, block_q, block_k)
     if not whole_rows:
@@ -127,15 +129,21 @@ def _plain(q, k, v, mask, logit_transform, return_weights, rel_k, rel_v):
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     if logit_transform is not None:
         logits = logit_transform(logits)
+    if not return_weights:
+        # Normalise after the products (the fused path's arithmetic: with zero relative tables or an
+        # identity transform this path gives bit-for-bit the fused path's answer).
+        p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+        out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        if rel_v is not None:
+            out = out + jnp.einsum("bhqk,qkd->bqhd", p.astype(v.dtype), rel_v.astype(v.dtype),
+                                   preferred_element_type=jnp.float32)
+        return (out / p.sum(axis=-1).transpose(0, 2, 1)[..., None]).astype(q.dtype)
     weights = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     if rel_v is not None:
         out = out + jnp.einsum("bhqk,qkd->bqhd", weights.astype(v.dtype), rel_v.astype(v.dtype),
                                preferred_element_type=jnp.float32)
-    out = out.astype(q.dtype)
-    if return_weights:
-        return out, weights
-    return out
+    return out.astype(q.dtype), weights
 
 
 def _fused(q, k, v, mask):
