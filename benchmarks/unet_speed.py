@@ -245,7 +245,7 @@ def bench_call(a, dcfg, shape, ns_new, ns_old):
 
 # ------------------------------------------------------------------ per-op table
 
-def bench_ops(a, dcfg, shape, ns_new, ns_old):
+def bench_ops(a, dcfg, shape, ns_new, ns_old, emit=lambda row: None):
     """Per-op times at the UNet's level-0 shape, JAX (new / old) and torch in the same run."""
     import torch
     import torch.nn.functional as F
@@ -282,6 +282,7 @@ def bench_ops(a, dcfg, shape, ns_new, ns_old):
                 row[f"{k}_over_jax"] = res[k]["ms"] / res["jax"]["ms"]
         print(json.dumps(row), flush=True)
         rows.append(row)
+        emit(row)
 
     def nograd(fn):
         def call():
@@ -377,7 +378,7 @@ def main(argv=None):
     ap.add_argument("--ops", action="store_true", help="per-op table at the level-0 shape")
     ap.add_argument("--ops-only", action="store_true", help="only the per-op table, no whole call")
     ap.add_argument("--remat", action="store_true", help="UNet config remat=True")
-    ap.add_argument("--json", help="also write results here (JSON lines)")
+    ap.add_argument("--json", help="also append results here (JSON lines, one per measurement as it is made)")
     a = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split(",")) for s in (a.shape or ["2,4,8,16,16"])]
     ns_old = None
@@ -386,6 +387,13 @@ def main(argv=None):
     ns_new = current()
     dev = jax.devices()[0]
     out = []
+
+    def emit(row):  # each row as soon as it exists (a run stopped by a timeout keeps what it measured)
+        out.append(row)
+        if a.json:
+            with open(a.json, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
     for shape in shapes:
         base = dict(config=a.config, shape=list(shape), dtype=a.dtype, backend=a.backend,
                     device=f"{dev.platform}:{dev.device_kind}", cpus=os.cpu_count(),
@@ -394,14 +402,9 @@ def main(argv=None):
             r = dict(base, kind="call")
             r.update(bench_call(a, CONFIGS[a.config], shape, ns_new, ns_old))
             print(json.dumps(r), flush=True)
-            out.append(r)
+            emit(r)
         if a.ops or a.ops_only:
-            for row in bench_ops(a, CONFIGS[a.config], shape, ns_new, ns_old):
-                out.append(dict(base, kind="op", **row))
-    if a.json:
-        with open(a.json, "w") as fh:
-            for r in out:
-                fh.write(json.dumps(r) + "\n")
+            bench_ops(a, CONFIGS[a.config], shape, ns_new, ns_old, emit=lambda row: emit(dict(base, kind="op", **row)))
     return 0
 
 

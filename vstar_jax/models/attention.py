@@ -43,7 +43,12 @@ BACKENDS = ("xla", "cudnn", "auto")
 BLOCK_THRESHOLD = 512
 BLOCK_Q = 1024
 BLOCK_K = 1024
-TILE_ELEMS = 1 << 20  # float32 logits per tile (4 MiB): fits a CPU L2/L3 slice
+TILE_ELEMS = 1 << 20  # CPU: float32 logits per tile (4 MiB), fits a CPU L2/L3 slice
+TILE_ELEMS_ACCEL = 1 << 26  # GPU/TPU: 256 MiB tiles, so the sequential tile loop stays short
+
+
+def _tile_elems() -> int:
+    return TILE_ELEMS if jax.default_backend() == "cpu" else TILE_ELEMS_ACCEL
 
 
 def _use_cudnn(backend: str, logit_transform, return_weights: bool, dtype, relative: bool = False) -> bool:
@@ -180,7 +185,7 @@ def _blockwise(q, k, v, mask, block_q: int, block_k: int):
     n = b * h
     nq, bq = _split(lq, block_q)
     nk, bk = _split(lk, block_k)
-    g = _largest_divisor_at_most(n, TILE_ELEMS // (bq * bk))  # (batch, head) rows per tile
+    g = _largest_divisor_at_most(n, _tile_elems() // (bq * bk))  # (batch, head) rows per tile
     scale = _scale(d)
     neg = jnp.finfo(jnp.float32).min
 
