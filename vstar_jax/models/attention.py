@@ -3,14 +3,32 @@
 Every attention in the project (UNet spatial/temporal, VAE mid-block, text
 encoder, CLIP) goes through :func:`attention`. Methods that act on attention
 (TAR, attention-map capture) plug in as a ``logit_transform`` or by asking for
-the weights; the backend choice (plain XLA or cuDNN fused) lives here only.
+the weights; the backend choice (plain XLA, blockwise XLA or cuDNN fused) lives
+here only.
 
 Layout: q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D).
 Logits and softmax are computed in float32 whatever the input dtype, as the
 reference's ``softmax`` is numerically safe only in full precision.
+
+Three XLA code paths, all the same function of q, k, v (to float32 rounding):
+
+* ``_plain``: explicit (B, H, Lq, Lk) logits and softmax weights. Used when a
+  logit transform (TAR), weight capture or relative position needs whole rows;
+  those run on temporal attention, whose rows are only F long.
+* ``_fused``: the same logits, but the softmax is left unnormalised
+  (``exp(s - max)``) and the output is divided by the row sums after the
+  weights @ V product. On CPU this is about 3x faster than ``jax.nn.softmax``
+  followed by the product (one pass less over the logits, no normalised copy).
+* ``_blockwise``: online softmax over tiles of (batch*head, query block, key
+  block), float32 running max / sum / accumulator. The full (L, L) logits never
+  exist: at most one tile of about ``TILE_ELEMS`` float32 logits at a time,
+  which stays in cache on CPU (4x faster than the plain path for 1,024-token
+  spatial attention on the 2-core developer machine) and bounds memory for long
+  sequences everywhere. Used automatically when ``Lk >= block_threshold``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import jax
@@ -19,6 +37,18 @@ import jax.numpy as jnp
 LogitTransform = Callable[[jax.Array], jax.Array]
 
 BACKENDS = ("xla", "cudnn", "auto")
+
+# Keys per row from which the XLA path goes blockwise (spatial self-attention at 32x32 latents and up;
+# text cross-attention (77 keys) and temporal attention (F keys) stay on the fused path).
+BLOCK_THRESHOLD = 512
+BLOCK_Q = 1024
+BLOCK_K = 1024
+TILE_ELEMS = 1 << 20  # CPU: float32 logits per tile (4 MiB), fits a CPU L2/L3 slice
+TILE_ELEMS_ACCEL = 1 << 26  # GPU/TPU: 256 MiB tiles, so the sequential tile loop stays short
+
+
+def _tile_elems() -> int:
+    return TILE_ELEMS if jax.default_backend() == "cpu" else TILE_ELEMS_ACCEL
 
 
 def _use_cudnn(backend: str, logit_transform, return_weights: bool, dtype, relative: bool = False) -> bool:
@@ -47,6 +77,10 @@ def attention(
     return_weights: bool = False,
     rel_k: Optional[jax.Array] = None,
     rel_v: Optional[jax.Array] = None,
+    blockwise: Optional[bool] = None,
+    block_threshold: Optional[int] = None,
+    block_q: int = BLOCK_Q,
+    block_k: int = BLOCK_K,
 ):
     """Scaled dot-product attention with a pluggable transform of the logits.
 
@@ -61,26 +95,151 @@ def attention(
       rel_k, rel_v: optional (Lq, Lk, D) relative-position embeddings shared over heads (lvdm's
         ``RelativePosition``, Shaw et al. 2018): logits += q . rel_k[i, j] (scaled like q . k) and
         out += sum_j weights[i, j] rel_v[i, j].
+      blockwise: XLA path only. None (default): blockwise online softmax when ``Lk >= block_threshold``
+        (default: the module's ``BLOCK_THRESHOLD``, read at call time)
+        and nothing needs whole rows (no logit_transform, weights or relative position); True: force
+        it (an error if one of those is asked for); False: never.
+      block_q, block_k: largest query / key block of the blockwise path (sequences are split into
+        near-equal blocks, the last padded).
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects (B, L, H, D) inputs, got {q.shape}, {k.shape}, {v.shape}")
-    if _use_cudnn(backend, logit_transform, return_weights, q.dtype, rel_k is not None or rel_v is not None):
+    relative = rel_k is not None or rel_v is not None
+    if _use_cudnn(backend, logit_transform, return_weights, q.dtype, relative):
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-    depth = q.shape[-1]
+    whole_rows = logit_transform is not None or return_weights or relative
+    if blockwise and whole_rows:
+        raise ValueError("blockwise attention cannot apply a logit_transform, return weights or use relative "
+                         "positions (they need whole logit rows); leave blockwise=None")
+    if blockwise is None:
+        threshold = BLOCK_THRESHOLD if block_threshold is None else block_threshold
+        blockwise = not whole_rows and k.shape[1] >= threshold
+    if blockwise:
+        return _blockwise(q, k, v, mask, block_q, block_k)
+    if not whole_rows:
+        return _fused(q, k, v, mask)
+    return _plain(q, k, v, mask, logit_transform, return_weights, rel_k, rel_v)
+
+
+def _scale(depth: int) -> float:
+    return 1.0 / float(depth) ** 0.5
+
+
+def _plain(q, k, v, mask, logit_transform, return_weights, rel_k, rel_v):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     if rel_k is not None:
         logits = logits + jnp.einsum("bqhd,qkd->bhqk", q, rel_k.astype(q.dtype), preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / float(depth) ** 0.5)
+    logits = logits * _scale(q.shape[-1])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     if logit_transform is not None:
         logits = logit_transform(logits)
+    if not return_weights:
+        # Normalise after the products (the fused path's arithmetic: with zero relative tables or an
+        # identity transform this path gives bit-for-bit the fused path's answer).
+        p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+        out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        if rel_v is not None:
+            out = out + jnp.einsum("bhqk,qkd->bqhd", p.astype(v.dtype), rel_v.astype(v.dtype),
+                                   preferred_element_type=jnp.float32)
+        return (out / p.sum(axis=-1).transpose(0, 2, 1)[..., None]).astype(q.dtype)
     weights = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     if rel_v is not None:
         out = out + jnp.einsum("bhqk,qkd->bqhd", weights.astype(v.dtype), rel_v.astype(v.dtype),
                                preferred_element_type=jnp.float32)
-    out = out.astype(q.dtype)
-    if return_weights:
-        return out, weights
-    return out
+    return out.astype(q.dtype), weights
+
+
+def _fused(q, k, v, mask):
+    """Softmax attention with the normalisation after the weights @ V product (same value as _plain)."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * _scale(q.shape[-1])
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    denom = p.sum(axis=-1)  # (B, H, Lq)
+    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = out / denom.transpose(0, 2, 1)[..., None]
+    return out.astype(q.dtype)
+
+
+def _split(length: int, block: int):
+    """(number of blocks, block size) covering ``length`` with near-equal blocks of at most ``block``."""
+    n = max(1, math.ceil(length / max(1, block)))
+    size = math.ceil(length / n)
+    return n, size
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    cap = max(1, min(n, cap))
+    for d in range(cap, 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _blockwise(q, k, v, mask, block_q: int, block_k: int):
+    """Online-softmax attention over (batch*head group, query block) tiles, scanning key blocks."""
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    n = b * h
+    nq, bq = _split(lq, block_q)
+    nk, bk = _split(lk, block_k)
+    g = _largest_divisor_at_most(n, _tile_elems() // (bq * bk))  # (batch, head) rows per tile
+    scale = _scale(d)
+    neg = jnp.finfo(jnp.float32).min
+
+    def heads_first(t, length, padded):
+        t = t.transpose(0, 2, 1, 3).reshape(n, length, t.shape[-1])
+        if padded != length:
+            t = jnp.pad(t, ((0, 0), (0, padded - length), (0, 0)))
+        return t
+
+    qf = heads_first(q, lq, nq * bq).reshape(n // g, g, nq * bq, d)
+    kf = heads_first(k, lk, nk * bk).reshape(n // g, g, nk, bk, d)
+    vf = heads_first(v, lk, nk * bk).reshape(n // g, g, nk, bk, v.shape[-1])
+    key_valid = (jnp.arange(nk * bk) < lk).reshape(nk, bk)
+    if mask is not None:
+        m = jnp.broadcast_to(mask, (b, h, lq, lk)).reshape(n, lq, lk)
+        m = jnp.pad(m, ((0, 0), (0, nq * bq - lq), (0, nk * bk - lk)))
+        m = m.reshape(n // g, g, nq * bq, nk, bk)
+
+    def tile(index):
+        gi, qi = index // nq, index % nq
+        qt = jax.lax.dynamic_slice_in_dim(qf[gi], qi * bq, bq, axis=1)  # (g, bq, d)
+        kt, vt = kf[gi], vf[gi]  # (g, nk, bk, d)
+        mt = jax.lax.dynamic_slice_in_dim(m[gi], qi * bq, bq, axis=1) if mask is not None else None
+
+        def logits_of(j):
+            s = jnp.einsum("gqd,gkd->gqk", qt, kt[:, j], preferred_element_type=jnp.float32) * scale
+            if mt is not None:
+                s = jnp.where(mt[:, :, j], s, neg)  # masked: as the plain path (uniform if a whole row is)
+            if nk * bk != lk:
+                s = jnp.where(key_valid[j][None, None, :], s, -jnp.inf)  # padding: weight exactly 0
+            return s
+
+        if nk == 1:
+            s = logits_of(0)
+            p = jnp.exp(s - jax.lax.stop_gradient(s.max(axis=-1, keepdims=True)))
+            acc = jnp.einsum("gqk,gkd->gqd", p.astype(vt.dtype), vt[:, 0], preferred_element_type=jnp.float32)
+            return acc / p.sum(axis=-1)[..., None]
+
+        def step(carry, j):
+            m_run, l_run, acc = carry
+            s = logits_of(j)
+            m_new = jax.lax.stop_gradient(jnp.maximum(m_run, s.max(axis=-1)))
+            alpha = jnp.exp(m_run - m_new)
+            p = jnp.exp(s - m_new[..., None])
+            acc = acc * alpha[..., None] + jnp.einsum("gqk,gkd->gqd", p.astype(vt.dtype), vt[:, j],
+                                                      preferred_element_type=jnp.float32)
+            return (m_new, l_run * alpha + p.sum(axis=-1), acc), None
+
+        init = (jnp.full((g, bq), neg, jnp.float32), jnp.zeros((g, bq), jnp.float32),
+                jnp.zeros((g, bq, vt.shape[-1]), jnp.float32))
+        (_, l_run, acc), _ = jax.lax.scan(step, init, jnp.arange(nk))
+        return acc / l_run[..., None]
+
+    out = jax.lax.map(tile, jnp.arange((n // g) * nq))  # (n//g * nq, g, bq, dv)
+    dv = v.shape[-1]
+    out = out.reshape(n // g, nq, g, bq, dv).transpose(0, 2, 1, 3, 4).reshape(n, nq * bq, dv)[:, :lq]
+    return out.reshape(b, h, lq, dv).transpose(0, 2, 1, 3).astype(q.dtype)

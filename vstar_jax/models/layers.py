@@ -4,8 +4,36 @@ import jax
 import jax.numpy as jnp
 
 
+def group_norm_stats(x: jax.Array, num_groups: int):
+    """Per-(sample, channel) mean and variance of channels-last ``x`` (n, ..., c) over its group.
+
+    One fused float32 pass: sum and sum of squares of ``x - shift`` over every axis but the first and
+    last (XLA CPU reduces a (n, P, c) view over P efficiently, unlike the (n, ..., G, c/G) view over
+    three non-adjacent axes it had before: ~10x faster). ``shift`` is each group's first value, so
+    var = E[(x-s)^2] - E[x-s]^2 does not cancel catastrophically when the mean is large against the
+    spread (measured: 1.5e-5 max error at mean 300, std 2, vs 2e-4 for the old two-pass code and
+    1.6e-2 for an unshifted one-pass). Returns (mean, var), each (n, c), float32."""
+    n, c = x.shape[0], x.shape[-1]
+    cg = c // num_groups
+    xf = x.astype(jnp.float32).reshape(n, -1, c)
+    shift = jax.lax.stop_gradient(jnp.repeat(xf[:, 0, ::cg], cg, axis=1))  # (n, c)
+    d = xf - shift[:, None, :]
+    count = xf.shape[1] * cg
+    s1 = d.sum(axis=1).reshape(n, num_groups, cg).sum(-1) / count
+    s2 = (d * d).sum(axis=1).reshape(n, num_groups, cg).sum(-1) / count
+    var = jnp.maximum(s2 - s1 * s1, 0.0)
+    mean = jnp.repeat(s1, cg, axis=1) + shift
+    return mean, jnp.repeat(var, cg, axis=1)
+
+
 class GroupNorm32(nn.Module):
-    """GroupNorm computed in float32 (params ``scale``, ``bias``), cast back to the input dtype."""
+    """GroupNorm computed in float32 (params ``scale``, ``bias``), cast back to the input dtype.
+
+    Channels-last input of any rank: (n, ..., c), normalised over every axis but the first and
+    last within each of ``num_groups`` channel groups (so a (b, f, h, w, c) tensor is normalised
+    over the whole (f, h, w) volume, as the reference normalises its 5-D tensor). The statistics
+    take one fused pass (:func:`group_norm_stats`); the normalisation is one ``x * a + b`` pass
+    with per-(sample, channel) ``a``, ``b``."""
 
     num_groups: int = 32
     epsilon: float = 1e-6
@@ -17,11 +45,9 @@ class GroupNorm32(nn.Module):
             raise ValueError(f"GroupNorm: {c} channels not divisible by {self.num_groups} groups")
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        h = x.astype(jnp.float32)
-        shape = h.shape
-        h = h.reshape(shape[:-1] + (self.num_groups, c // self.num_groups))
-        axes = tuple(range(1, h.ndim - 2)) + (h.ndim - 1,)
-        mean = h.mean(axis=axes, keepdims=True)
-        var = jnp.square(h - mean).mean(axis=axes, keepdims=True)
-        h = ((h - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(shape)
-        return (h * scale + bias).astype(x.dtype)
+        mean, var = group_norm_stats(x, self.num_groups)
+        a = jax.lax.rsqrt(var + self.epsilon) * scale  # (n, c)
+        b = bias - mean * a
+        bshape = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
+        h = x.astype(jnp.float32) * a.reshape(bshape) + b.reshape(bshape)
+        return h.astype(x.dtype)

@@ -82,6 +82,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, context=None, logit_transform=None, capture: bool = False, attend=None):
+        """x: (B, L, C) attends over L; or (b, f, p, C) attends over f at each of p pixels (temporal
+        attention in its natural channels-last layout: the pixels are folded into the heads axis, a
+        free reshape, so no (b, f, p) -> (b, p, f) transpose of the activations is needed)."""
         ctx = x if context is None else context
         inner = self.heads * self.head_dim
         dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -89,21 +92,24 @@ class Attention(nn.Module):
         q = dense(inner, False, "to_q")(x)
         k = dense(inner, False, "to_k")(ctx)
         v = dense(inner, False, "to_v")(ctx)
-        split = lambda t: t.reshape(t.shape[:-1] + (self.heads, self.head_dim))
+        # (B, L, heads, d), or (b, f, p * heads, d) for the folded temporal form
+        split = lambda t: t.reshape(t.shape[:2] + (-1, self.head_dim))
         rel = {}
         if self.relative_position:
-            m, lq, lk = self.relative_position, x.shape[-2], ctx.shape[-2]
+            m, lq, lk = self.relative_position, x.shape[1], ctx.shape[1]
             rel = {"rel_k": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_k")(lq, lk),
                    "rel_v": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_v")(lq, lk)}
         res = (attend or attention)(split(q), split(k), split(v), logit_transform=logit_transform,
                                     backend=self.backend, return_weights=capture, **rel)
         if capture:
             out, weights = res
+            if x.ndim == 4:  # (b, p * heads, f, f) -> (b * p, heads, f, f), the (b h w) row order as before
+                weights = weights.reshape((-1, self.heads) + weights.shape[-2:])
             # Mean over heads; the caller averages over pixels.
             self.sow("intermediates", "weights", weights.mean(axis=1))
         else:
             out = res
-        out = out.reshape(out.shape[:-2] + (inner,))
+        out = out.reshape(x.shape[:-1] + (inner,))
         return dense(self.out_dim, True, "to_out")(out)
 
 
@@ -186,16 +192,15 @@ class TemporalTransformer(nn.Module):
     def __call__(self, x, logit_transform=None, capture: bool = False, attend=None):
         b, f, h, w, c = x.shape
         inner = self.heads * self.head_dim
-        y = GroupNorm32(self.groups, 1e-6, name="norm")(x)
-        y = y.transpose(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
+        # Channels-last throughout: (b, f, h*w, c) is a free reshape; attention runs over axis 1.
+        y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(b, f, h * w, c)
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
             y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
                                  self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture,
                                                                             attend)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
-        y = y.reshape(b, h, w, f, c).transpose(0, 3, 1, 2, 4)
-        return x + y.astype(x.dtype)
+        return x + y.reshape(b, f, h, w, c).astype(x.dtype)
 
 
 class TemporalConvBlock(nn.Module):
@@ -212,9 +217,28 @@ class TemporalConvBlock(nn.Module):
         for i in range(1, 5):
             h = GroupNorm32(self.groups, 1e-5, name=f"norm{i}")(h)
             h = nn.silu(h)
-            h = nn.Conv(self.channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), dtype=self.dtype,
-                        param_dtype=self.param_dtype, name=f"conv{i}")(h)
+            h = FrameConv(self.channels, self.dtype, self.param_dtype, name=f"conv{i}")(h)
         return x + h
+
+
+class FrameConv(nn.Module):
+    """``nn.Conv(channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)))`` over (b, f, h, w, c), same
+    parameters (``kernel`` (3, 1, 1, in, out), ``bias``), computed as a (3, 1) 2-D conv over a free
+    (b, f, h*w, c) view: XLA CPU runs that ~2.4x faster than its 3-D conv with a (3, 1, 1) kernel."""
+
+    channels: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, f, hh, ww, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 1, 1, c, self.channels), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.channels,), self.param_dtype)
+        y = jax.lax.conv_general_dilated(
+            x.reshape(b, f, hh * ww, c).astype(self.dtype), kernel[:, 0].astype(self.dtype), (1, 1),
+            ((1, 1), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (y + bias.astype(self.dtype)).reshape(b, f, hh, ww, self.channels)
 
 
 class TextFrameEmbed(nn.Module):
@@ -406,6 +430,16 @@ def _init_attn_head_dim(cfg) -> int:
     return int(hd)
 
 
+def _blocks(remat: bool):
+    """(ResBlock, SpatialTransformer, TemporalTransformer), rematerialised when ``remat`` (config
+    ``remat: bool``, default False): activations inside each block are recomputed in the backward
+    pass instead of stored. ``nn.remat`` keeps the module names, so the parameter tree is unchanged.
+    TemporalTransformer's logit_transform, capture and attend arguments are static (argnums count self)."""
+    if not remat:
+        return ResBlock, SpatialTransformer, TemporalTransformer
+    return _REMAT_BLOCKS
+
+
 def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
@@ -438,6 +472,7 @@ class UNet3D(nn.Module):
         ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``)."""
         c = self._cfg
         hooks = ((tar,) if tar is not None else ()) + tuple(hooks or ())
+        ResBlock, SpatialTransformer, TemporalTransformer = _blocks(bool(c("remat", False)))  # noqa: N806
         dtype, pdtype = _dtype(c("dtype", "float32")), _dtype(c("param_dtype", "float32"))
         backend = c("attention_backend", "xla")
         check_unet_config(self.config)
@@ -573,6 +608,9 @@ def _attend(hooks: tuple):
         if wrap is not None:
             fn = wrap(fn or attention)
     return fn
+
+
+_REMAT_BLOCKS = (nn.remat(ResBlock), nn.remat(SpatialTransformer), nn.remat(TemporalTransformer, static_argnums=(2, 3, 4)))
 
 
 def _frame_context(context: jax.Array, b: int, f: int, dim: int) -> jax.Array:

@@ -1,0 +1,98 @@
+"""Issue 14's lean building blocks: each is the old computation with the same parameters.
+
+GroupNorm's one-pass statistics against a float64 numpy reference (also with a large mean, where a
+plain E[x^2] - E[x]^2 would cancel), the temporal conv as a 2-D conv against flax's 3-D nn.Conv on
+the same parameters, remat keeping the parameter tree and the function, the compile-cache switch.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from vstar_jax.models.layers import GroupNorm32
+from vstar_jax.models.unet3d import FrameConv
+
+
+def _numpy_group_norm(x, groups, eps, scale, bias):
+    x = np.asarray(x, np.float64)
+    n, c = x.shape[0], x.shape[-1]
+    h = x.reshape(n, -1, groups, c // groups)
+    m = h.mean(axis=(1, 3), keepdims=True)
+    v = h.var(axis=(1, 3), keepdims=True)
+    return ((h - m) / np.sqrt(v + eps)).reshape(x.shape) * scale + bias
+
+
+@pytest.mark.parametrize("shape,offset", [((3, 5, 6, 64), 0.3), ((2, 4, 5, 6, 32), 0.0), ((2, 7, 64), 300.0)])
+def test_group_norm_matches_numpy(shape, offset):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2 + offset + rng.standard_normal(shape[-1]) * 0.5).astype(np.float32)
+    m = GroupNorm32(16 if shape[-1] == 32 else 32, 1e-5)
+    p = m.init(jax.random.PRNGKey(0), jnp.asarray(x))
+    scale, bias = rng.standard_normal(shape[-1]).astype(np.float32), rng.standard_normal(shape[-1]).astype(np.float32)
+    p = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}
+    got = m.apply(p, jnp.asarray(x))
+    want = _numpy_group_norm(x, m.num_groups, 1e-5, scale, bias)
+    assert rel_err(got, want) < (2e-5 if offset > 100 else 2e-6)
+    x16 = jnp.asarray(x, jnp.bfloat16)
+    assert m.apply(p, x16).dtype == jnp.bfloat16
+
+
+def test_frame_conv_is_flax_conv_3x1x1():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 5, 3, 4, 8)).astype(np.float32))
+    ref = nn.Conv(6, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)))
+    p_ref = ref.init(jax.random.PRNGKey(0), x)
+    ours = FrameConv(6)
+    p_ours = ours.init(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_structure(p_ref) == jax.tree_util.tree_structure(p_ours)
+    np.testing.assert_array_equal(p_ref["params"]["kernel"], p_ours["params"]["kernel"])  # same init too
+    p = {"params": {"kernel": p_ref["params"]["kernel"] + 0.1, "bias": jnp.arange(6.0)}}
+    assert rel_err(ours.apply(p, x), ref.apply(p, x)) < 1e-6
+
+
+def test_remat_keeps_parameter_tree_and_function():
+    from configs import unet_tiny
+    from vstar_jax.models.unet3d import UNet3D
+    from vstar_jax.vstar.tar import TARConfig
+
+    cfg = unet_tiny.get_config()
+    cfg_r = unet_tiny.get_config()
+    cfg_r.remat = True
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((1, 4, 3, 8, 8)).astype(np.float32))
+    t, ctx = jnp.array([500]), jnp.asarray(rng.standard_normal((1, 77, cfg.context_dim)).astype(np.float32))
+    p = UNet3D(cfg).init(jax.random.PRNGKey(0), x, t, ctx)["params"]
+    p_r = UNet3D(cfg_r).init(jax.random.PRNGKey(0), x, t, ctx)["params"]
+    assert jax.tree_util.tree_structure(p) == jax.tree_util.tree_structure(p_r)
+    tar = TARConfig(((0, 1.0, 1.0),), 13)
+    y = UNet3D(cfg).apply({"params": p}, x, t, ctx, step_index=0, tar=tar)
+    y_r = UNet3D(cfg_r).apply({"params": p}, x, t, ctx, step_index=0, tar=tar)
+    assert rel_err(y_r, y) < 1e-5
+    loss = lambda c: (lambda q: jnp.mean(UNet3D(c).apply({"params": q}, x, t, ctx) ** 2))  # noqa: E731
+    g, g_r = jax.grad(loss(cfg))(p), jax.grad(loss(cfg_r))(p)
+    flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])  # noqa: E731
+    # one tolerance over all gradients together (single leaves can have near-zero gradients)
+    assert rel_err(flat(g_r), flat(g)) < 1e-4
+
+
+def test_compile_cache_switch(tmp_path, monkeypatch):
+    from vstar_jax import compile_cache as cc
+
+    monkeypatch.delenv(cc.ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cc.cache_dir_from_env() == str(tmp_path / "xdg" / "vstar-jax" / "jax_cache")
+    for off in ("off", "", "0", "None"):
+        assert cc.cache_dir_from_env({cc.ENV: off}) is None
+    assert cc.cache_dir_from_env({cc.ENV: str(tmp_path / "c")}) == str(tmp_path / "c")
+    before = {k: getattr(jax.config, k) for k in ("jax_enable_compilation_cache", "jax_compilation_cache_dir")}
+    try:
+        monkeypatch.setenv(cc.ENV, str(tmp_path / "cache"))
+        assert cc.enable_compile_cache() == str(tmp_path / "cache")
+        assert (tmp_path / "cache").is_dir() and jax.config.jax_enable_compilation_cache
+        monkeypatch.setenv(cc.ENV, "off")
+        assert cc.enable_compile_cache() is None and not jax.config.jax_enable_compilation_cache
+    finally:
+        for k, v in before.items():
+            jax.config.update(k, v)
