@@ -434,7 +434,8 @@ def _blocks(remat: bool):
     """(ResBlock, SpatialTransformer, TemporalTransformer), rematerialised when ``remat`` (config
     ``remat: bool``, default False): activations inside each block are recomputed in the backward
     pass instead of stored. ``nn.remat`` keeps the module names, so the parameter tree is unchanged.
-    TemporalTransformer's logit_transform, capture and attend arguments are static (argnums count self)."""
+    TemporalTransformer's logit_transform, capture and attend arguments are static (argnums count self), so
+    the rematerialised one must be called with them given positionally, as UNet3D does."""
     if not remat:
         return ResBlock, SpatialTransformer, TemporalTransformer
     return _REMAT_BLOCKS
