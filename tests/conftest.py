@@ -10,6 +10,8 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# tests (and the CLI subprocesses they start) do not write JAX's persistent compile cache into ~/.cache
+os.environ.setdefault("VSTAR_JAX_CACHE_DIR", "off")
 GOLDEN = pathlib.Path(os.environ.get("VSTAR_GOLDEN", REPO.parent / "shared" / "golden"))
 
 

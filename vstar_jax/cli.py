@@ -255,6 +255,9 @@ def _usage() -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from vstar_jax.compile_cache import enable_compile_cache  # noqa: PLC0415
+
+    enable_compile_cache()  # a second run with the same shapes loads compiled programs from disk
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else 2
