@@ -61,6 +61,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a 4-device subprocess with two compiles (~2 min); run with -m slow
 def test_items_split_over_the_data_axis_of_4_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO)

@@ -302,6 +302,7 @@ def test_a_sweep_whose_runs_all_failed_exits_1(tmp_path, capsys):
     assert [r["status"] for r in read_table(str(tmp_path))] == ["error"]
 
 
+@pytest.mark.slow  # ~1-2 min (a real pipeline); SIGINT + resume is in CI with the fake run_fn
 def test_sigint_mid_sampling_stops_a_real_sweep_cleanly(tmp_path):
     """The real pipeline on the tiny checkpoint: Ctrl-C while the compiled loop runs -> exit 130,
     no crash, the table written (no run recorded), no half-written video."""
