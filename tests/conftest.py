@@ -46,3 +46,17 @@ def rel_err(got, want) -> float:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; excluded from CI (run with -m slow)")
+
+
+def run_on_host_devices(script: str, devices: int = 4, timeout: int = 900):
+    """Run a Python snippet in a fresh process that sees ``devices`` simulated CPU devices (XLA_FLAGS
+    must be set before JAX starts); returns the CompletedProcess, failing the test on a non-zero exit."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=str(REPO),
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r

@@ -2,13 +2,13 @@
 single-item run; the item axis split over a data mesh axis on 4 host devices; sidecars of batched
 items regenerate alone."""
 import os
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
 
+from conftest import run_on_host_devices
 from tiny_checkpoint import shared_tiny_checkpoint
 from vstar_jax import pipeline as pl
 
@@ -63,10 +63,6 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow  # a 4-device subprocess with two compiles (~2 min); run with -m slow
 def test_items_split_over_the_data_axis_of_4_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=REPO,
-                       timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_on_host_devices(SCRIPT, 4, timeout=900)
     assert "SAME True MESH {'data': 4}" in r.stdout, r.stdout
     assert "3 items do not split over the mesh's data axis of size 4" in r.stdout

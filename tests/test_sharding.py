@@ -1,12 +1,12 @@
 """Sharding rules, and a frame-sharded UNet call on 4 host devices equal to the unsharded one."""
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
 from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, logical_to_spec, make_mesh
+from conftest import run_on_host_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,11 +57,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_frame_sharded_unet_matches_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=REPO,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_on_host_devices(SCRIPT, 4, timeout=600)
     line = [l for l in r.stdout.splitlines() if l.startswith("ERR")][0].split()
     assert float(line[1]) < 1e-5
     assert int(line[-1]) > 0  # FSDP actually sharded some kernels
@@ -97,11 +93,7 @@ GEN_SCRIPT = textwrap.dedent("""
 
 
 def test_generation_spread_over_frames_matches_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, "-c", GEN_SCRIPT], capture_output=True, text=True, env=env, cwd=REPO,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_on_host_devices(GEN_SCRIPT, 4, timeout=600)
     line = [l for l in r.stdout.splitlines() if l.startswith("ERR")][0]
     assert float(line.split()[1]) < 1e-4, line
     assert "{'frames': 2, 'model': 2}" in line
