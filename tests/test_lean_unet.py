@@ -74,7 +74,7 @@ def test_remat_keeps_parameter_tree_and_function():
     transform = lambda s: s + 0.5 * s.max(axis=-1, keepdims=True)  # noqa: E731
     tt, tt_r = plain_blocks[2](4, 8), remat_blocks[2](4, 8)
     p = tt.init(jax.random.PRNGKey(0), x5)
-    f = lambda m: jax.jit(jax.value_and_grad(lambda q, x: jnp.sum(jnp.sin(m.apply(q, x, transform, False))), argnums=(0, 1)))  # noqa: E731
+    f = lambda m: jax.jit(jax.value_and_grad(lambda q, x: jnp.sum(jnp.sin(m.apply(q, x, transform, False, None))), argnums=(0, 1)))  # noqa: E731
     (v, g), (v_r, g_r) = f(tt)(p, x5), f(tt_r)(p, x5)
     flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])  # noqa: E731
     assert abs(float(v_r) - float(v)) <= 1e-5 * max(1.0, abs(float(v)))
