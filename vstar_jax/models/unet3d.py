@@ -126,9 +126,14 @@ class TransformerBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
     relative_position: int = 0  # temporal blocks: lvdm's relative position in attn1 and attn2
+    apm_text_len: int = 0  # StreamingT2V APM: >0 = context carries image tokens after this many text tokens
 
     @nn.compact
     def __call__(self, x, context=None, logit_transform=None, capture: bool = False, attend=None):
+        if self.apm_text_len and context is not None:  # APM: text + silu(alpha) * mixed (models/streaming.py)
+            from vstar_jax.models.streaming import APMContextMix  # noqa: PLC0415
+
+            context = APMContextMix(self.apm_text_len, self.param_dtype, name="attn2_mix")(context)
         ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name=name)
         attn = lambda name: Attention(self.heads, self.head_dim, self.dim, self.dtype, self.param_dtype,
                                       self.backend, self.relative_position, name=name)
@@ -158,6 +163,7 @@ class SpatialTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
     groups: int = 32
+    apm_text_len: int = 0  # StreamingT2V APM (TransformerBlock); 0 = off
 
     @nn.compact
     def __call__(self, x, context):
@@ -167,7 +173,7 @@ class SpatialTransformer(nn.Module):
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
             y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                                 name=f"block_{i}")(y, context.astype(self.dtype))
+                                 apm_text_len=self.apm_text_len, name=f"block_{i}")(y, context.astype(self.dtype))
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
         return x + y.reshape(n, h, w, c).astype(x.dtype)
 
@@ -465,12 +471,22 @@ class UNet3D(nn.Module):
         tar: Optional[Any] = None,
         capture_attention: bool = False,
         hooks: tuple = (),
+        cam_frames: Optional[jax.Array] = None,
+        image_embed: Optional[jax.Array] = None,
+        cond_features: Optional[jax.Array] = None,
+        encoder_only: bool = False,
     ) -> jax.Array:
         """``timesteps``: (b,) or one per frame (b, f) (FIFO-Diffusion; the embedding is then per
         frame). ``hooks``: temporal-attention hooks, each with optional methods
         ``logit_transform(level, step_index)`` (TAR: every temporal transformer but ``init_attn``)
         and ``attend(attention) -> attention`` (FreeNoise's windows: every temporal transformer);
-        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``)."""
+        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``).
+
+        StreamingT2V (``vstar_jax.models.streaming``, only with ``unet.cam`` / ``unet.apm`` in the config):
+        ``cam_frames`` (b, c_cond, C, H, W): the previous chunk's last C frames (CAM); ``image_embed``
+        (b, D) or (b, n, D): the anchor frame's image embedding (APM). Without them (or without the
+        config entries) the UNet is the plain UNet. ``cond_features`` / ``encoder_only`` serve the CAM
+        control branch (a copy of this UNet's encoder: returns (skips, mid))."""
         c = self._cfg
         hooks = ((tar,) if tar is not None else ()) + tuple(hooks or ())
         ResBlock, SpatialTransformer, TemporalTransformer = _blocks(bool(c("remat", False)))  # noqa: N806
@@ -505,6 +521,15 @@ class UNet3D(nn.Module):
         else:
             timesteps = jnp.broadcast_to(timesteps.reshape(-1), (b,))
         ctx = _frame_context(context, b, f, c("context_dim"))
+        sp_ctx, apm_len = ctx, 0  # spatial cross-attention context: + APM image tokens when given
+        if image_embed is not None and c("apm", None):
+            from vstar_jax.models.streaming import APMResampler, apm_settings  # noqa: PLC0415
+
+            apm = apm_settings(self.config)
+            tokens = APMResampler(int(apm["tokens"]), int(c("context_dim")), int(apm["hidden"]), pdtype,
+                                  name="apm_resampler")(image_embed)
+            sp_ctx = jnp.concatenate([ctx, jnp.repeat(tokens, f, axis=0).astype(ctx.dtype)], axis=1)
+            apm_len = ctx.shape[1]
 
         emb = timestep_embedding(timesteps, mc)
         tdense = lambda n, name: nn.Dense(n, dtype=jnp.float32, param_dtype=pdtype, name=name)
@@ -538,8 +563,8 @@ class UNet3D(nn.Module):
             h = ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb)
             if has_attn:
                 heads, head_ch = level_heads[level]
-                h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups,
-                                       name=f"{name}_spatial")(h, ctx)
+                h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups, apm_len,
+                                       name=f"{name}_spatial")(h, sp_ctx)
                 if use_tattn:
                     h = temporal(h, out_ch, heads, head_ch, level, f"{name}_temporal")
             return h
@@ -549,6 +574,8 @@ class UNet3D(nn.Module):
         if c("init_attn", True):
             h = temporal(h, mc, c("init_attn_heads", 8), _init_attn_head_dim(self.config), 0, "init_attn",
                          regularize=False)
+        if cond_features is not None:  # CAM control branch: encoded frames added after init_attn
+            h = h + cond_features.reshape(h.shape).astype(h.dtype)
         skips = [h]
         top = len(widths) - 1
         for level, w in enumerate(widths):
@@ -563,11 +590,16 @@ class UNet3D(nn.Module):
         ch = widths[top]
         mid_heads, mid_hd = level_heads[top]
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_0")(h, emb)
-        h = SpatialTransformer(mid_heads, mid_hd, depth, dtype, pdtype, backend, tgroups,
-                               name="mid_spatial")(h, ctx)
+        h = SpatialTransformer(mid_heads, mid_hd, depth, dtype, pdtype, backend, tgroups, apm_len,
+                               name="mid_spatial")(h, sp_ctx)
         if use_tattn:
             h = temporal(h, ch, mid_heads, mid_hd, top, "mid_temporal")
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_1")(h, emb)
+        if encoder_only:
+            return skips, h
+        if cam_frames is not None and c("cam", None):
+            skips, h = self._cam_inject(x, timesteps.reshape(b, -1)[:, 0] if per_frame else timesteps, ctx, fps,
+                                        cam_frames, skips, h, b, f)
 
         for level in reversed(range(len(widths))):
             out_ch = widths[level]
@@ -582,6 +614,37 @@ class UNet3D(nn.Module):
         h = nn.silu(GroupNorm32(groups, 1e-5, name="norm_out")(h))
         h = nn.Conv(c("out_channels"), (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_out")(h)
         return h.astype(jnp.float32).reshape(b, f, hgt, wid, -1).transpose(0, 4, 1, 2, 3)
+
+
+def _cam_inject(self, x, timesteps, ctx, fps, cam_frames, skips, mid, b, f):
+    """StreamingT2V CAM (models/streaming.py): run the control branch (a copy of this UNet's encoder on the
+    first C noisy frames + the encoded conditioning frames) and merge its features into every skip
+    connection and the mid-block output by zero-initialised attention over frames."""
+    from vstar_jax.models.streaming import CAMMerger, CondFrameEncoder, cam_settings, control_config  # noqa: PLC0415
+
+    cam = cam_settings(self.config)
+    n_cond = int(cam["frames"])
+    if cam_frames.ndim != 5 or cam_frames.shape[0] != b or cam_frames.shape[2] != n_cond:
+        raise ValueError(f"cam_frames must be ({b}, c, {n_cond}, H, W), got {tuple(cam_frames.shape)}")
+    if f < n_cond:
+        raise ValueError(f"CAM needs at least {n_cond} frames per call, got {f}")
+    pdtype = _dtype(self._cfg("param_dtype", "float32"))
+    mc = unet_base_channels(self.config)
+    frames = cam_frames.transpose(0, 2, 3, 4, 1).reshape((b * n_cond,) + cam_frames.shape[3:] + (cam_frames.shape[1],))
+    feats = CondFrameEncoder(mc, tuple(cam["embed_channels"]), bool(cam["downsample"]), pdtype,
+                             name="cam_cond_embedding")(frames.astype(jnp.float32))
+    ctrl_ctx = ctx.reshape((b, f) + ctx.shape[1:])[:, :n_cond]
+    ctrl_skips, ctrl_mid = UNet3D(control_config(self.config), name="cam_control")(
+        x[:, :, :n_cond], timesteps, ctrl_ctx, fps, cond_features=feats, encoder_only=True)
+    merge = lambda name: CAMMerger(int(cam["head_dim"]), int(cam["norm_groups"]), pdtype, name=name)
+    as5 = lambda t, n: t.reshape((b, n) + t.shape[1:])
+    new = [merge(f"cam_merge_{i}")(as5(s, f), as5(r, n_cond)).reshape(s.shape)
+           for i, (s, r) in enumerate(zip(skips, ctrl_skips))]
+    mid = merge("cam_merge_mid")(as5(mid, f), as5(ctrl_mid, n_cond)).reshape(mid.shape)
+    return new, mid
+
+
+UNet3D._cam_inject = _cam_inject
 
 
 def _logit_transform(hooks: tuple, level: int, step_index):

@@ -1,0 +1,248 @@
+"""StreamingT2V's two trained modules on top of the UNet: CAM (conditional attention) and APM
+(appearance preservation), as optional parts of the UNet config (``unet.cam``, ``unet.apm``; absent
+in the VideoCrafter2 / ModelScope configs, whose outputs do not change).
+
+What is ported, read from ``Picsart-AI-Research/StreamingT2V`` (branch ``StreamingModelscope``,
+``t2v_enhanced/model/diffusers_conditional/models/controlnet/``), with the released config
+``t2v_enhanced/configs/text_to_video/config.yaml`` (merging_mode_base ``attention_cross_attention``,
+merging_mode ``addition``, frame_expansion ``none``, zero_conv_mode ``Identity``,
+num_control_input_frames 8, conditioning_embedding_out_channels [32, 96, 256, 512],
+use_image_tokens_main true, resampler ``ImgEmbContextResampler``, image encoder OpenCLIP ViT-H-14):
+
+CAM (short-term memory)
+  * Frame encoder (``controlnet.py: ControlNetConditioningEmbedding``): ``conv_in`` 3x3 (cond channels
+    -> c0), SiLU; for each i: conv 3x3 (c_i -> c_i), SiLU, conv 3x3 stride s (c_i -> c_{i+1}), SiLU
+    (s = 2 when ``downsample_controlnet_cond``: pixel frames, 3 channels; else s = 1 on 4-channel
+    latents); ``conv_out`` 3x3 (c_last -> model channels), zero-initialised.
+  * Control branch (``controlnet.py: ControlNetModel.from_unet`` / ``forward``): a copy of the UNet's
+    encoder (conv_in, transformer_in, down blocks, mid block; its weights start as the base's) run on
+    the first C frames of the noisy input (``sample[:, :, :num_frames]``, num_frames = C) with the same
+    timestep and text; the encoded frames are ADDED after transformer_in (``Merger``, mode addition).
+    Its skip features (conv_in, every down-block output, every downsample) and its mid output are the
+    residuals (zero convs: Identity).
+  * Injection (``unet_3d_condition.py`` + ``cross_attention.py: ConditionalModel / CrossAttention``):
+    every skip connection h_i of the base UNet (after the whole down path) and the mid-block output are
+    replaced by h + proj_out(Attn(proj_in(GroupNorm(h)), ctrl_i)): GroupNorm (32 groups, eps 1e-6) over
+    the (f, h, w) volume, proj_in Linear(c, c), attention over FRAMES at each pixel -- queries: the
+    chunk's F frames, keys/values: the control branch's C frames at the same pixel (not normalised) --
+    heads c // 64 of 64, q/k/v without bias, to_out with bias, then proj_out Linear(c, c)
+    zero-initialised: at initialisation the UNet is exactly the plain UNet.
+
+APM (long-term memory)
+  * Resampler (``image_embedder.py: ImgEmbContextResampler``): image embeddings (b, n, D) -> mean over n
+    -> Linear(D, 1280) -> SiLU -> Linear(1280, T * C_ctx) -> (b, T, C_ctx), T = 16 tokens, appended to
+    the 77 text tokens (the pipeline's ``prompt_embeds = cat([text, img_cond], 1)``); the unconditional
+    row embeds a zero image. The embedding is OpenCLIP ViT-H-14's image embedding (1024) of the anchor
+    frame (``FrozenOpenCLIPImageEmbedder``; project: ``vstar_jax.models.clip_vision``).
+  * Mixer, in every spatial cross-attention (``attention_processor.py: Attention.__init__`` with
+    ``use_image_embedding`` and ``processor.py``): ctx' = ctx[:, :77] + silu(alpha) * LayerNorm(
+    Conv1d_{77+T -> 77, k=3, pad 1}(ctx)), where the Conv1d's channels are the TOKENS and it slides along
+    the feature axis; alpha is a learned scalar per attention layer, initialised to 0 (silu(0) = 0: the
+    plain text context at initialisation). k and v of that cross-attention read ctx'.
+
+Parameter names here (one place; ``checkpoints_convert/streamingt2v.py`` maps the reference's keys):
+``cam_cond_embedding``, ``cam_control`` (a UNet3D of the base's config without cam/apm),
+``cam_merge_{i}`` / ``cam_merge_mid``, ``apm_resampler``, and ``attn2_mix`` inside each spatial block.
+
+Settings (``unet.cam``): ``frames`` C, ``cond_channels`` (latent channels for latent conditioning),
+``embed_channels`` (c_0..c_last), ``downsample`` (stride-2 stages), ``head_dim``, ``norm_groups``.
+(``unet.apm``): ``tokens`` T, ``image_dim`` D, ``hidden`` (1280), ``text_len`` (77).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vstar_jax.models.layers import GroupNorm32
+
+CAM_DEFAULTS = {"frames": 8, "cond_channels": 3, "embed_channels": (32, 96, 256, 512), "downsample": True,
+                "head_dim": 64, "norm_groups": 32}
+APM_DEFAULTS = {"tokens": 16, "image_dim": 1024, "hidden": 1280, "text_len": 77}
+
+
+def _get(cfg, key, default=None):
+    if cfg is None:
+        return default
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def _as_dict(value) -> dict:
+    if value is None:
+        return {}
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return dict(value)
+
+
+def cam_settings(unet_cfg) -> Optional[dict]:
+    """The UNet config's CAM settings with defaults filled in, or None when it has no CAM."""
+    raw = _get(unet_cfg, "cam")
+    if not raw:
+        return None
+    out = dict(CAM_DEFAULTS)
+    out.update(_as_dict(raw))
+    out["embed_channels"] = tuple(int(c) for c in out["embed_channels"])
+    return out
+
+
+def apm_settings(unet_cfg) -> Optional[dict]:
+    """The UNet config's APM settings with defaults filled in, or None when it has no APM."""
+    raw = _get(unet_cfg, "apm")
+    if not raw:
+        return None
+    out = dict(APM_DEFAULTS)
+    out.update(_as_dict(raw))
+    return out
+
+
+def control_config(unet_cfg) -> dict:
+    """The control branch's config: the base UNet's, without CAM and APM (the reference copies the
+    UNet; its control branch reads text tokens only, ``use_image_tokens_ctrl`` false)."""
+    d = _as_dict(unet_cfg)
+    d.pop("cam", None)
+    d.pop("apm", None)
+    d["remat"] = False
+    return _freeze(d)
+
+
+def _freeze(d):
+    from flax.core import freeze  # noqa: PLC0415
+
+    return freeze({k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+class CondFrameEncoder(nn.Module):
+    """The CAM frame encoder: conditioning frames (n, H, W, c_cond) -> features (n, h, w, out)."""
+
+    out_channels: int
+    embed_channels: tuple = (32, 96, 256, 512)
+    downsample: bool = True
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, frames):
+        conv = lambda n, s, name, **kw: nn.Conv(n, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)),
+                                                param_dtype=self.param_dtype, name=name, **kw)
+        h = nn.silu(conv(self.embed_channels[0], 1, "conv_in")(frames))
+        stride = 2 if self.downsample else 1
+        for i in range(len(self.embed_channels) - 1):
+            h = nn.silu(conv(self.embed_channels[i], 1, f"block_{2 * i}")(h))
+            h = nn.silu(conv(self.embed_channels[i + 1], stride, f"block_{2 * i + 1}")(h))
+        return conv(self.out_channels, 1, "conv_out", kernel_init=nn.initializers.zeros)(h)
+
+
+class CAMMerger(nn.Module):
+    """Injects the control branch's features into one skip connection: h + proj_out(attention over
+    frames from GroupNorm(h) to the control features at the same pixel). proj_out starts at zero.
+
+    x: (b, f, h, w, c) base features; cond: (b, C, h, w, c) control features."""
+
+    head_dim: int = 64
+    groups: int = 32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cond):
+        from vstar_jax.models.unet3d import Attention  # noqa: PLC0415  (the UNet's attention module)
+
+        b, f, hh, ww, c = x.shape
+        heads = max(c // self.head_dim, 1)
+        y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(b, f, hh * ww, c)
+        y = nn.Dense(c, param_dtype=self.param_dtype, name="proj_in")(y)
+        ctx = cond.reshape(b, cond.shape[1], hh * ww, c).astype(y.dtype)
+        y = Attention(heads, c // heads, c, param_dtype=self.param_dtype, name="attention")(y, ctx)
+        y = nn.Dense(c, param_dtype=self.param_dtype, kernel_init=nn.initializers.zeros, name="proj_out")(y)
+        return x + y.reshape(b, f, hh, ww, c).astype(x.dtype)
+
+
+class APMResampler(nn.Module):
+    """Image embeddings (b, n, D) or (b, D) -> T context tokens (b, T, context_dim)."""
+
+    tokens: int
+    context_dim: int
+    hidden: int = 1280
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, emb):
+        emb = jnp.asarray(emb, jnp.float32)
+        if emb.ndim == 2:
+            emb = emb[:, None]
+        h = emb.mean(axis=1)
+        h = nn.silu(nn.Dense(self.hidden, param_dtype=self.param_dtype, name="fc_1")(h))
+        h = nn.Dense(self.tokens * self.context_dim, param_dtype=self.param_dtype, name="fc_2")(h)
+        return h.reshape(h.shape[0], self.tokens, self.context_dim)
+
+
+class APMContextMix(nn.Module):
+    """ctx (n, text_len + T, C) -> text + silu(alpha) * LayerNorm(Conv1d over the feature axis with the
+    tokens as channels (text_len + T -> text_len, kernel 3, padding 1)); alpha starts at 0."""
+
+    text_len: int = 77
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, ctx):
+        text = ctx[:, : self.text_len]
+        t = jnp.swapaxes(ctx, 1, 2)  # (n, C, L): the feature axis is the conv's length axis
+        m = nn.Conv(self.text_len, (3,), padding=((1, 1),), param_dtype=self.param_dtype, name="conv")(t)
+        m = nn.LayerNorm(epsilon=1e-5, param_dtype=self.param_dtype, name="norm")(jnp.swapaxes(m, 1, 2))
+        alpha = self.param("alpha", nn.initializers.zeros, (), self.param_dtype)
+        return text + jax.nn.silu(alpha).astype(m.dtype) * m.astype(text.dtype)
+
+
+def trainable_mask(params: Mapping) -> Any:
+    """A pytree of bools over UNet params: True for CAM / APM parameters (what StreamingT2V trains with
+    the base frozen), False for the base UNet's."""
+    def mark(path, _):
+        names = [getattr(p, "key", str(p)) for p in path]
+        return any(n.startswith(("cam_", "apm_")) or n == "attn2_mix" for n in names)
+
+    return jax.tree_util.tree_map_with_path(mark, params)
+
+
+def split_params(params: Mapping) -> tuple[dict, dict]:
+    """(base, extra): the UNet params without and with only the CAM / APM parts (flat dicts keyed by
+    '/'-joined paths), so the base file stays what it was and the extra ships on its own."""
+    from flax.traverse_util import flatten_dict  # noqa: PLC0415
+
+    flat = flatten_dict(jax.tree_util.tree_map(lambda x: x, dict(params)), sep="/")
+    extra = {k: v for k, v in flat.items()
+             if any(p.startswith(("cam_", "apm_")) or p == "attn2_mix" for p in k.split("/"))}
+    base = {k: v for k, v in flat.items() if k not in extra}
+    return base, extra
+
+
+def merge_params(base: Mapping, extra_flat: Mapping) -> dict:
+    """Base UNet params (nested) + extra CAM / APM params ('/'-joined flat keys) -> one nested tree."""
+    from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: PLC0415
+
+    flat = flatten_dict(dict(base), sep="/")
+    flat.update(extra_flat)
+    return unflatten_dict(flat, sep="/")
+
+
+def init_control_from_base(params: Mapping) -> dict:
+    """``ControlNetModel.from_unet``: the control branch's encoder weights start as the base UNet's
+    (every ``cam_control`` leaf whose path exists in the base is copied)."""
+    from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: PLC0415
+
+    flat = flatten_dict(dict(params))
+    out = dict(flat)
+    for k in flat:
+        if k[0] == "cam_control" and k[1:] in flat and flat[k[1:]].shape == flat[k].shape:
+            out[k] = flat[k[1:]]
+    return unflatten_dict(out)
+
+
+def has_streaming_modules(unet_cfg) -> list[str]:
+    """What ``streaming`` needs and this UNet config lacks: [] or e.g. ['CAM (unet.cam)']."""
+    missing = []
+    if cam_settings(unet_cfg) is None:
+        missing.append("CAM (unet.cam)")
+    if apm_settings(unet_cfg) is None:
+        missing.append("APM (unet.apm)")
+    return missing
