@@ -1,0 +1,83 @@
+"""StreamingT2V's CAM and APM on the embedded demo model (trained by ``launch/train_streaming.py``).
+
+The modules are the project's (``vstar_jax.models.streaming``) at demo size. Two choices differ from
+the released StreamingT2V model, because the demo model has no VAE and no CLIP image tower:
+
+* CAM conditions on LATENT frames (the reference's ``downsample_controlnet_cond=False`` form: the
+  frame encoder keeps the resolution): the previous chunk's last C frames are the 4x4x27 patch
+  latents, so no decode is needed inside the sampling loop.
+* APM's image embedding of the anchor frame is a fixed, parameter-free stand-in for the frozen CLIP
+  image tower: the anchor frame's patch latent flattened (27 * 4 * 4 = 432 values, the frame itself:
+  the patch space is a lossless rearrangement of the pixels). The unconditional row embeds a zero frame
+  (a grey image, as the reference embeds ``zeros_like`` of its [-1, 1] frames).
+
+Shipped as ``vstar_jax/assets/demo_model/streaming.safetensors`` (only the CAM / APM tensors, flat
+'/'-joined UNet paths) + ``streaming.json`` (settings + training record): the base model's files do
+not change, and without the extra file the demo model is exactly the base model.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from vstar_jax.demo.model import ASSET_DIR
+
+WEIGHTS_FILE = "streaming.safetensors"
+META_FILE = "streaming.json"
+
+
+def demo_settings(config) -> dict:
+    """{"cam": ..., "apm": ...} for the demo model config (latent conditioning, flattened-frame anchor)."""
+    ch = int(config.unet.in_channels)
+    side = int(config.size) // int(config.patch)
+    return {
+        "cam": {"frames": 4, "cond_channels": ch, "embed_channels": [32, 64], "downsample": False,
+                "head_dim": 16, "norm_groups": 32},
+        "apm": {"tokens": 4, "image_dim": ch * side * side, "hidden": 128,
+                "text_len": int(config.text.context_length)},
+    }
+
+
+def anchor_embedding(frame_latent) -> jnp.ndarray:
+    """Image embedding of an anchor frame's latent (b, c, h, w) -> (b, c*h*w) (the demo's stand-in for
+    the frozen CLIP image embedding)."""
+    x = jnp.asarray(frame_latent, jnp.float32)
+    return x.reshape(x.shape[0], -1)
+
+
+def with_streaming(config, settings: dict):
+    """A copy of the demo config whose UNet has CAM and APM."""
+    import ml_collections  # noqa: PLC0415
+
+    c = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    c.unet.cam = dict(settings["cam"])
+    c.unet.apm = dict(settings["apm"])
+    return c
+
+
+def save_streaming(out_dir, extra_flat: dict, settings: dict, record: Optional[dict] = None) -> pathlib.Path:
+    """Write the CAM / APM tensors ('/'-joined UNet paths) and their settings + record."""
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(np.asarray(v), np.float32) for k, v in extra_flat.items()},
+              str(out / WEIGHTS_FILE))
+    (out / META_FILE).write_text(json.dumps({"settings": settings, "record": record or {}}, indent=1))
+    return out
+
+
+def load_streaming(folder=None) -> Optional[tuple[dict, dict, dict]]:
+    """(extra flat params, settings, record) shipped next to the demo model, or None when absent."""
+    from safetensors.numpy import load_file  # noqa: PLC0415
+
+    folder = pathlib.Path(folder) if folder is not None else ASSET_DIR
+    wf, mf = folder / WEIGHTS_FILE, folder / META_FILE
+    if not wf.exists() or not mf.exists():
+        return None
+    meta = json.loads(mf.read_text())
+    return dict(load_file(str(wf))), meta["settings"], meta.get("record", {})
