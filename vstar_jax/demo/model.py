@@ -220,8 +220,12 @@ class DemoModel:
         return self.text.apply({"params": self.text_params}, tokens)
 
 
-def load_demo_model(path=None) -> DemoModel:
-    """Load the shipped demo model (``vstar_jax/assets/demo_model``) or one exported elsewhere."""
+def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
+    """Load the shipped demo model (``vstar_jax/assets/demo_model``) or one exported elsewhere.
+
+    ``streaming``: also load StreamingT2V's CAM / APM (``streaming.safetensors`` next to the model, from
+    ``launch/train_streaming.py``) when present: the UNet config gains ``cam`` / ``apm`` and the params
+    their tensors; the base model's outputs are unchanged (the modules act only when fed)."""
     from safetensors.numpy import load_file
 
     from vstar_jax.models.tokenizer import get_tokenizer
@@ -237,6 +241,16 @@ def load_demo_model(path=None) -> DemoModel:
     flat = {tuple(k.split("/")): v for k, v in tensors.items()}
     flat[EMBED_KEY] = expand_embedding(flat[EMBED_KEY], ids, config.text.vocab_size)
     params = jax.tree_util.tree_map(jnp.asarray, unflatten(flat))
+    extra = None
+    if streaming:
+        from vstar_jax.demo.streaming import load_streaming, with_streaming  # noqa: PLC0415
+
+        extra = load_streaming(folder)
+    if extra is not None:
+        from vstar_jax.models.streaming import merge_params  # noqa: PLC0415
+
+        config = with_streaming(config, extra[1])
+        params["unet"] = merge_params(params["unet"], {k: jnp.asarray(v) for k, v in extra[0].items()})
     unet, text = build_modules(config)
     tok = get_tokenizer(int(config.text.get("pad_token_id", 0)), int(config.text.context_length))
     return DemoModel(unet, params["unet"], text, params["text"], tok, config, meta.get("record", {}),

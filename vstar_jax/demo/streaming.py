@@ -38,7 +38,7 @@ def demo_settings(config) -> dict:
         "cam": {"frames": 4, "cond_channels": ch, "embed_channels": [32, 64], "downsample": False,
                 "head_dim": 16, "norm_groups": 32},
         "apm": {"tokens": 4, "image_dim": ch * side * side, "hidden": 128,
-                "text_len": int(config.text.context_length)},
+                "text_len": int(config.text.context_length), "image_encoder": "latent"},
     }
 
 
@@ -65,7 +65,7 @@ def save_streaming(out_dir, extra_flat: dict, settings: dict, record: Optional[d
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(np.asarray(v), np.float32) for k, v in extra_flat.items()},
+    save_file({k: np.array(v, np.float32, order="C") for k, v in extra_flat.items()},  # 0-d alphas stay 0-d
               str(out / WEIGHTS_FILE))
     (out / META_FILE).write_text(json.dumps({"settings": settings, "record": record or {}}, indent=1))
     return out
@@ -80,4 +80,5 @@ def load_streaming(folder=None) -> Optional[tuple[dict, dict, dict]]:
     if not wf.exists() or not mf.exists():
         return None
     meta = json.loads(mf.read_text())
-    return dict(load_file(str(wf))), meta["settings"], meta.get("record", {})
+    tensors = {k: (v.reshape(()) if k.endswith("/alpha") else v) for k, v in load_file(str(wf)).items()}
+    return tensors, meta["settings"], meta.get("record", {})

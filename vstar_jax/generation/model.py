@@ -177,6 +177,9 @@ class ModelInfo:
     unet_levels: int
     vae_factor: int
     latent_channels: int
+    streaming_missing: tuple = ("CAM (unet.cam)", "APM (unet.apm)")  # StreamingT2V modules it lacks
+    cam_frames: int = 0  # CAM's conditioning frames (0: no CAM)
+    anchor_embedder: str = ""  # APM's image encoder when it runs inside the sampler ("latent"), else ""
 
     @classmethod
     def from_config(cls, config: Mapping, source: str) -> "ModelInfo":
@@ -186,8 +189,13 @@ class ModelInfo:
         vae_factor = _pixel_factor(config)
         from vstar_jax.models.unet3d import unet_num_levels  # noqa: PLC0415  (block_channels or channel_mult)
 
+        from vstar_jax.models.streaming import apm_settings, cam_settings, has_streaming_modules  # noqa: PLC0415
+
+        cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
         return cls(source, diffusion_settings(config), unet_num_levels(config["unet"]), vae_factor,
-                   int(config["unet"]["in_channels"]))
+                   int(config["unet"]["in_channels"]), tuple(has_streaming_modules(config["unet"])),
+                   int(cam["frames"]) if cam else 0,
+                   "latent" if apm and apm.get("image_encoder") == "latent" else "")
 
     def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         """Latent (h, w) of a video size; None = the checkpoint's default. Raises VstarError."""

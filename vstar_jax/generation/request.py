@@ -235,6 +235,7 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
     sched_kw = schedule_kwargs(d)
     ddim_steps = check_schedule(d["flavor"], int(steps), float(eta), sched_kw)
     plan = strategy.check(frames, ddim_steps)  # VstarError naming valid lengths
+    strategy.check_model(info)  # e.g. streaming without CAM/APM: one line naming what is missing
     if d.get("max_frames") and plan.unet_frames > int(d["max_frames"]):
         raise VstarError(f"this model takes at most {d['max_frames']} frames"
                          f"{' per window' if strategy.name != 'single' else ''}, got {plan.unet_frames}")

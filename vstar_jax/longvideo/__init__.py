@@ -1,7 +1,8 @@
 """Longer videos than one UNet pass: every method is a :class:`~.base.Strategy` registered by name.
 
 ``single`` (one pass), ``genl`` (Gen-L-Video co-denoising), ``blend`` (StreamingT2V randomized
-blending), ``freenoise`` (FreeNoise), ``fifo`` (FIFO-Diffusion), ``vidrd`` (Reuse and Diffuse);
+blending), ``freenoise`` (FreeNoise), ``fifo`` (FIFO-Diffusion), ``vidrd`` (Reuse and Diffuse), ``streaming``
+(StreamingT2V's CAM/APM autoregressive extension);
 :func:`parse_strategy` turns a spec (``"genl:16:8"``, a dict or None) into one. Window arithmetic
 in :mod:`.windows`.
 """
@@ -11,7 +12,8 @@ from vstar_jax.longvideo.fifo import FIFO
 from vstar_jax.longvideo.freenoise import FreeNoise
 from vstar_jax.longvideo.genl import GenL, genl_sample
 from vstar_jax.longvideo.single import Single
+from vstar_jax.longvideo.streaming import Streaming
 from vstar_jax.longvideo.vidrd import VidRD
 
 __all__ = ["REGISTRY", "Plan", "SampleInputs", "Strategy", "known_methods", "parse_strategy", "Single", "GenL",
-           "Blend", "FreeNoise", "FIFO", "VidRD", "genl_sample", "blend_sample", "blend_offsets"]
+           "Blend", "FreeNoise", "FIFO", "VidRD", "Streaming", "genl_sample", "blend_sample", "blend_offsets"]

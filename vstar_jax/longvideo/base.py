@@ -91,6 +91,10 @@ class Strategy:
         """Hooks the UNet's temporal attention takes for this strategy (FreeNoise's windows)."""
         return ()
 
+    def check_model(self, info) -> None:
+        """Refuse (one-line :class:`VstarError`) a model this strategy cannot run (``ModelInfo``);
+        StreamingT2V needs trained CAM / APM modules. Default: any model."""
+
     def steps_for(self, requested: Optional[int]) -> Optional[int]:
         """The DDIM step count this strategy runs (None: the model's default); FIFO fixes it."""
         return requested
@@ -184,7 +188,7 @@ def _load_all() -> None:
     """Import every strategy module of the package (they register themselves)."""
     import importlib  # noqa: PLC0415
 
-    for mod in ("single", "genl", "blend", "freenoise", "fifo", "vidrd"):
+    for mod in ("single", "genl", "blend", "freenoise", "fifo", "vidrd", "streaming"):
         importlib.import_module(f"vstar_jax.longvideo.{mod}")
 
 

@@ -46,10 +46,11 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
     call (the progress bar); it is always in the graph when given."""
     ac = np.asarray(alphas_cumprod, np.float32)
 
-    def model_fn(x, t, ctx, i):
+    def model_fn(x, t, ctx, i, **extra):
         if spec.latent_sharding is not None:  # keep the CFG rows' layout on the mesh
             x = jax.lax.with_sharding_constraint(x, spec.latent_sharding)
-        kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture)
+        # extra: StreamingT2V's conditioning (cam_frames, image_embed), CFG rows like x
+        kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture, **extra)
         if spec.capture:
             raw, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
             aux = attention_rows(state["intermediates"], x.shape[0] // 2)
@@ -62,4 +63,7 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             jax.debug.callback(on_call, i, eps.reshape(-1)[0])
         return (eps, aux) if spec.capture else eps
 
+    from vstar_jax.models.streaming import anchor_embedder  # noqa: PLC0415
+
+    model_fn.anchor_embed = anchor_embedder(getattr(unet, "config", None))  # APM's anchor embedding (or None)
     return model_fn

@@ -60,7 +60,7 @@ from vstar_jax.models.layers import GroupNorm32
 
 CAM_DEFAULTS = {"frames": 8, "cond_channels": 3, "embed_channels": (32, 96, 256, 512), "downsample": True,
                 "head_dim": 64, "norm_groups": 32}
-APM_DEFAULTS = {"tokens": 16, "image_dim": 1024, "hidden": 1280, "text_len": 77}
+APM_DEFAULTS = {"tokens": 16, "image_dim": 1024, "hidden": 1280, "text_len": 77, "image_encoder": "openclip_vit_h14"}
 
 
 def _get(cfg, key, default=None):
@@ -236,6 +236,17 @@ def init_control_from_base(params: Mapping) -> dict:
         if k[0] == "cam_control" and k[1:] in flat and flat[k[1:]].shape == flat[k].shape:
             out[k] = flat[k[1:]]
     return unflatten_dict(out)
+
+
+def anchor_embedder(unet_cfg):
+    """APM's image embedding of an anchor frame's latent (b, c, h, w) -> (b, D) when it can run inside the
+    sampler (``apm.image_encoder == "latent"``: the frame itself, flattened -- the demo model's stand-in
+    for a frozen image tower), else None (the released model's OpenCLIP ViT-H-14 on the decoded frame is
+    not wired into the sampling loop)."""
+    apm = apm_settings(unet_cfg) if unet_cfg is not None else None
+    if not apm or apm.get("image_encoder") != "latent":
+        return None
+    return lambda frame: jnp.asarray(frame, jnp.float32).reshape(frame.shape[0], -1)
 
 
 def has_streaming_modules(unet_cfg) -> list[str]:

@@ -1,0 +1,164 @@
+"""``streaming:F:C`` -- StreamingT2V's autoregressive extension with CAM and APM.
+
+Chunks of F frames; consecutive chunks overlap by C frames, so N = F + k (F - C). Chunk 0 is the
+plain UNet's (the reference starts from a text-to-video chunk). Every later chunk k (start
+s_k = k (F - C)) is denoised by its own DDIM loop conditioned
+
+* through CAM on the previous chunk's last C frames (clean latents: ``video[s_k : s_k + C]``), which
+  are the same times as the chunk's first C frames (the reference regenerates them: chunk 16,
+  condition 8, ``video[num_control_input_frames:]`` kept from every later chunk), and
+* through APM on the first chunk's anchor frame (its frame 0, the reference's ``conditioning_type:
+  fixed``): its image embedding (the model's anchor embedder), a zero frame's for the CFG
+  unconditional row (the reference embeds ``zeros_like``).
+
+The chunks are a ``lax.scan`` (one compiled body); each chunk's steps another. Overlaps compose with
+StreamingT2V's randomized blending (``blend``, on by default): at step i of chunk k, with
+r_{k,i} ~ U{0..C-1}, the overlap frames before r keep the previous chunk (their eps is the one whose
+x0 is that chunk's clean frame: eps = (x - sqrt(a) scale x0_prev) / sqrt(1 - a)) and the rest take the
+new chunk's prediction; the chunk then writes all F frames. ``blend=0`` is the reference's hard rule
+(the new chunk's first C frames are dropped). TAR (attention hooks), VSP (per-frame contexts, sliced
+per chunk) and the CFG rows pass through unchanged.
+
+PRNG: x_T = normal(k_x, (b, c, N, h, w)) (overlapping chunks share their frames' noise); chunk k's
+DDIM noise at step i = normal(fold_in(k_step_i, k)); offsets = randint(fold_in(k_steps, OFFSET_FOLD),
+(chunks, steps), 0, C). With N == F it is the single pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from vstar_jax.diffusion.sampler import cfg_combine, ddim_step
+from vstar_jax.errors import VstarError
+from vstar_jax.longvideo import windows as W
+from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
+
+OFFSET_FOLD = 0x7374726D  # "strm"
+
+
+def chunk_starts(frames: int, window: int, cond: int) -> list[int]:
+    hop = window - cond
+    if frames < window or (frames - window) % hop:
+        lo = window
+        raise VstarError(f"streaming:{window}:{cond} makes {window} + k*{hop} frames "
+                         f"(e.g. {lo}, {lo + hop}, {lo + 2 * hop}, {lo + 4 * hop}); got {frames}")
+    return [k * hop for k in range((frames - window) // hop + 1)]
+
+
+def _guided(model_fn, x, t, ctx, i, cfg_scale, guided, **extra):
+    b = x.shape[0]
+    rows = 2 * b if guided else b
+    tt = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (rows,))
+    x_in = jnp.concatenate([x, x], axis=0) if guided else x
+    eps = model_fn(x_in, tt, ctx, i, **extra).astype(jnp.float32)
+    return cfg_combine(eps[:b], eps[b:], cfg_scale) if guided else eps
+
+
+def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, window, cond, blend, guided,
+            use_noise):
+    b = x_T.shape[0]
+    frames = x_T.shape[2]
+    starts = chunk_starts(frames, window, cond)
+    n_steps = coeffs["timesteps"].shape[0]
+    steps_idx = jnp.arange(n_steps, dtype=jnp.int32)
+    frame_idx = jnp.arange(window, dtype=jnp.int32)[None, None, :, None, None]
+
+    def denoise(x, ctx, chunk, offsets, extra, x0_prev):
+        def body(xc, xs):
+            co, i, k, r = xs
+            eps = _guided(model_fn, xc, co["timesteps"], ctx, i, cfg_scale, guided, **extra)
+            if x0_prev is not None:  # randomized blending of the overlap (frames before r keep chunk k-1)
+                prev = jnp.pad(x0_prev, ((0, 0), (0, 0), (0, window - cond), (0, 0), (0, 0)))
+                eps_prev = (xc - co["sqrt_alpha"] * co["scale"] * prev) / co["sqrt_one_minus_alpha"]
+                eps = jnp.where(frame_idx < r, eps_prev, eps)
+            noise = jax.random.normal(jax.random.fold_in(k, chunk), xc.shape, jnp.float32) if use_noise else None
+            x_prev, _ = ddim_step(xc, eps, co, noise)
+            return x_prev, None
+
+        out, _ = jax.lax.scan(body, x, (coeffs, steps_idx, keys, offsets))
+        return out
+
+    rows = lambda a: jnp.concatenate([a, a], axis=0) if guided else a
+    # chunk 0: the plain UNet
+    x0w, ctx0 = W.window_view(x_T, context, 0, window)
+    first = denoise(x0w, ctx0, 0, jnp.zeros((n_steps,), jnp.int32), {}, None)
+    video = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(x_T), first, 0, axis=2)
+    if len(starts) == 1:
+        return video
+    anchor = first[:, :, 0]
+    img = embed(anchor)
+    img = jnp.concatenate([embed(jnp.zeros_like(anchor)), img], axis=0) if guided else img
+    if blend:
+        offsets = jax.random.randint(jax.random.fold_in(key, OFFSET_FOLD), (len(starts), n_steps), 0, cond,
+                                     dtype=jnp.int32)
+    else:
+        offsets = jnp.zeros((len(starts), n_steps), jnp.int32)
+
+    def chunk_body(video, xs):
+        s, k, off = xs
+        xw, ctx = W.window_view(x_T, context, s, window)
+        prev = W.slice_frames(video, s, cond, 2)  # the previous chunk's last C frames
+        extra = {"cam_frames": rows(prev), "image_embed": img}
+        out = denoise(xw, ctx, k, off, extra, prev if blend else None)
+        if not blend:  # the reference: keep the previous chunk's overlap frames
+            out = jnp.concatenate([prev, out[:, :, cond:]], axis=2)
+        return jax.lax.dynamic_update_slice_in_dim(video, out, s, axis=2), None
+
+    xs = (jnp.asarray(starts[1:], jnp.int32), jnp.arange(1, len(starts), dtype=jnp.int32), offsets[1:])
+    video, _ = jax.lax.scan(chunk_body, video, xs)
+    return video
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Streaming(Strategy):
+    """StreamingT2V: chunks of ``window`` frames, each conditioned on the previous chunk's last ``cond``
+    frames (CAM) and on the first chunk's anchor frame (APM); needs a UNet with ``unet.cam`` and
+    ``unet.apm`` (``cond`` == its CAM frames)."""
+
+    name = "streaming"
+    POSITIONAL = ("window", "cond")
+    window: int = 16
+    cond: int = 8
+    blend: bool = True
+
+    def __post_init__(self):
+        positive(self.name, window=self.window, cond=self.cond)
+        if self.cond >= self.window:
+            raise VstarError(f"long_video streaming: the conditioning frames ({self.cond}) must be fewer than "
+                             f"the chunk's ({self.window})")
+
+    def check(self, frames: int, steps: int) -> Plan:
+        starts = chunk_starts(int(frames), self.window, self.cond)
+        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} chunks")
+
+    def check_model(self, info) -> None:
+        missing = list(getattr(info, "streaming_missing", ("CAM (unet.cam)", "APM (unet.apm)")))
+        if missing:
+            raise VstarError(f"{info.source}: long_video streaming needs StreamingT2V's trained modules; "
+                             f"this checkpoint has no {' and no '.join(missing)}")
+        have = int(getattr(info, "cam_frames", 0))
+        if have != self.cond:
+            raise VstarError(f"{info.source}: its CAM was built for {have} conditioning frames; use "
+                             f"streaming:{self.window}:{have} (got {self.cond})")
+        if not getattr(info, "anchor_embedder", None):
+            raise VstarError(f"{info.source}: its APM image encoder is not available here "
+                             f"(only the latent anchor embedder runs inside the sampler)")
+
+    def rng_rule(self) -> str:
+        return (f"chunk k's DDIM noise at step i = normal(fold_in(step_key_i, k)); blending offsets = "
+                f"randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(chunks,steps),0,cond)" if self.blend else
+                "chunk k's DDIM noise at step i = normal(fold_in(step_key_i, k))")
+
+    def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
+        if capture:
+            raise VstarError("attention maps are not recorded with long_video streaming")
+        embed = getattr(model_fn, "anchor_embed", None)
+        if embed is None:
+            raise VstarError("long_video streaming needs a model with StreamingT2V's APM (an anchor embedder)")
+        x = _stream(model_fn, embed, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                    inputs.key, window=self.window, cond=self.cond, blend=self.blend, guided=inputs.guided,
+                    use_noise=inputs.use_noise)
+        return x, None
