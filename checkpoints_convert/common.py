@@ -242,6 +242,14 @@ def conv3d_kernel(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(w).transpose(2, 3, 4, 1, 0))
 
 
+def conv1d_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Conv1d (O, I, k) -> flax Conv (k, I, O) (StreamingT2V's APM token mixer)."""
+    w = np.asarray(w)
+    if w.ndim != 3:
+        raise ValueError(f"expected a Conv1d kernel (O, I, k), got shape {w.shape}")
+    return np.ascontiguousarray(w.transpose(2, 1, 0))
+
+
 def identity(w: np.ndarray) -> np.ndarray:
     return np.asarray(w)
 
@@ -250,6 +258,7 @@ TRANSFORMS: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "dense": conv1x1_as_dense,
     "conv2d": conv2d_kernel,
     "conv3d": conv3d_kernel,
+    "conv1d": conv1d_kernel,
     "identity": identity,
 }
 

@@ -19,8 +19,8 @@ new chunk's prediction; the chunk then writes all F frames. ``blend=0`` is the r
 (the new chunk's first C frames are dropped). TAR (attention hooks), VSP (per-frame contexts, sliced
 per chunk) and the CFG rows pass through unchanged.
 
-PRNG: x_T = normal(k_x, (b, c, N, h, w)) (overlapping chunks share their frames' noise); chunk k's
-DDIM noise at step i = normal(fold_in(k_step_i, k)); offsets = randint(fold_in(k_steps, OFFSET_FOLD),
+PRNG: x_T = normal(k_x, (b, c, N, h, w)) (overlapping chunks share their frames' noise); chunk 0's
+DDIM noise at step i = normal(k_step_i) (the single pass's), chunk k >= 1's = normal(fold_in(k_step_i, k)); offsets = randint(fold_in(k_steps, OFFSET_FOLD),
 (chunks, steps), 0, C). With N == F it is the single pass.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, wind
     steps_idx = jnp.arange(n_steps, dtype=jnp.int32)
     frame_idx = jnp.arange(window, dtype=jnp.int32)[None, None, :, None, None]
 
-    def denoise(x, ctx, chunk, offsets, extra, x0_prev):
+    def denoise(x, ctx, chunk, offsets, extra, x0_prev, fold=True):
         def body(xc, xs):
             co, i, k, r = xs
             eps = _guided(model_fn, xc, co["timesteps"], ctx, i, cfg_scale, guided, **extra)
@@ -73,7 +73,8 @@ def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, wind
                 prev = jnp.pad(x0_prev, ((0, 0), (0, 0), (0, window - cond), (0, 0), (0, 0)))
                 eps_prev = (xc - co["sqrt_alpha"] * co["scale"] * prev) / co["sqrt_one_minus_alpha"]
                 eps = jnp.where(frame_idx < r, eps_prev, eps)
-            noise = jax.random.normal(jax.random.fold_in(k, chunk), xc.shape, jnp.float32) if use_noise else None
+            kk = jax.random.fold_in(k, chunk) if fold else k  # chunk 0: the single pass's noise
+            noise = jax.random.normal(kk, xc.shape, jnp.float32) if use_noise else None
             x_prev, _ = ddim_step(xc, eps, co, noise)
             return x_prev, None
 
@@ -83,7 +84,7 @@ def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, wind
     rows = lambda a: jnp.concatenate([a, a], axis=0) if guided else a
     # chunk 0: the plain UNet
     x0w, ctx0 = W.window_view(x_T, context, 0, window)
-    first = denoise(x0w, ctx0, 0, jnp.zeros((n_steps,), jnp.int32), {}, None)
+    first = denoise(x0w, ctx0, 0, jnp.zeros((n_steps,), jnp.int32), {}, None, fold=False)
     video = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(x_T), first, 0, axis=2)
     if len(starts) == 1:
         return video
@@ -148,9 +149,10 @@ class Streaming(Strategy):
                              f"(only the latent anchor embedder runs inside the sampler)")
 
     def rng_rule(self) -> str:
-        return (f"chunk k's DDIM noise at step i = normal(fold_in(step_key_i, k)); blending offsets = "
-                f"randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(chunks,steps),0,cond)" if self.blend else
-                "chunk k's DDIM noise at step i = normal(fold_in(step_key_i, k))")
+        rule = "chunk 0's DDIM noise as the single pass; chunk k>=1's at step i = normal(fold_in(step_key_i, k))"
+        if self.blend:
+            rule += f"; blending offsets = randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(chunks,steps),0,cond)"
+        return rule
 
     def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
         if capture:

@@ -1,0 +1,363 @@
+"""StreamingT2V's CAM and APM (vstar_jax.models.streaming), their conversion from the released key layout
+(checkpoints_convert.streamingt2v) and the ``streaming:F:C`` strategy (vstar_jax.longvideo.streaming).
+
+Parity: each module against a small PyTorch implementation written here from the reference's formulas
+(Picsart-AI-Research/StreamingT2V, branch StreamingModelscope, files named in the module docstring),
+random float32 weights moved with the converter's transforms; tolerance 1e-4 relative (max |diff| /
+max |ref|)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from checkpoints_convert.common import conv1d_kernel, conv2d_kernel, linear_kernel
+from vstar_jax.errors import VstarError
+from vstar_jax.models import streaming as ST
+
+torch = pytest.importorskip("torch")
+F_ = torch.nn.functional
+TOL = 1e-4
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def _t(a):
+    return torch.from_numpy(np.asarray(a, np.float32))
+
+
+# ------------------------------------------------------------- PyTorch versions of the reference formulas
+class TorchCondEncoder(torch.nn.Module):
+    """controlnet.py: ControlNetConditioningEmbedding (no normalisation, no mask)."""
+
+    def __init__(self, cin, chans, out, stride):
+        super().__init__()
+        self.conv_in = torch.nn.Conv2d(cin, chans[0], 3, padding=1)
+        blocks = []
+        for i in range(len(chans) - 1):
+            blocks += [torch.nn.Conv2d(chans[i], chans[i], 3, padding=1),
+                       torch.nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, stride=stride)]
+        self.blocks = torch.nn.ModuleList(blocks)
+        self.conv_out = torch.nn.Conv2d(chans[-1], out, 3, padding=1)
+
+    def forward(self, x):
+        h = F_.silu(self.conv_in(x))
+        for blk in self.blocks:
+            h = F_.silu(blk(h))
+        return self.conv_out(h)
+
+
+class TorchMerger(torch.nn.Module):
+    """cross_attention.py: CrossAttention inside ConditionalModel ("(B F) C H W" in, frames attended per pixel)."""
+
+    def __init__(self, c, head_dim):
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(32, c, eps=1e-6)
+        self.proj_in, self.proj_out = torch.nn.Linear(c, c), torch.nn.Linear(c, c)
+        self.to_q, self.to_k, self.to_v = (torch.nn.Linear(c, c, bias=False) for _ in range(3))
+        self.to_out = torch.nn.Linear(c, c)
+        self.heads = c // head_dim
+
+    def forward(self, x, cond):  # x (B, F, C, H, W), cond (B, Fc, C, H, W)
+        b, f, c, h, w = x.shape
+        y = self.norm(x.permute(0, 2, 1, 3, 4)).permute(0, 3, 4, 2, 1).reshape(b * h * w, f, c)
+        y = self.proj_in(y)
+        ctx = cond.permute(0, 3, 4, 1, 2).reshape(b * h * w, cond.shape[1], c)
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)
+        q, k, v = split(self.to_q(y)), split(self.to_k(ctx)), split(self.to_v(ctx))
+        a = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5), -1) @ v
+        a = self.to_out(a.transpose(1, 2).reshape(b * h * w, f, c))
+        r = self.proj_out(a).reshape(b, h, w, f, c).permute(0, 3, 4, 1, 2)
+        return x + r
+
+
+class TorchResampler(torch.nn.Module):
+    """image_embedder.py: ImgEmbContextResampler."""
+
+    def __init__(self, d, hidden, tokens, cd):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(d, hidden), torch.nn.Linear(hidden, tokens * cd)
+        self.tokens, self.cd = tokens, cd
+
+    def forward(self, x):  # (B, n, D)
+        return self.fc2(F_.silu(self.fc1(x.mean(1, keepdim=True)))).view(-1, self.tokens, self.cd)
+
+
+class TorchMix(torch.nn.Module):
+    """attention_processor.py + processor.py: conv (tokens as channels), conv_ln, silu(alpha)."""
+
+    def __init__(self, n_in, n_text, cd):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(n_in, n_text, kernel_size=3, padding="same")
+        self.conv_ln = torch.nn.LayerNorm(cd)
+        self.alpha = torch.nn.Parameter(torch.tensor(0.0))
+        self.n_text = n_text
+
+    def forward(self, ctx):
+        return ctx[:, : self.n_text] + self.conv_ln(self.conv(ctx)) * F_.silu(self.alpha)
+
+
+def _randomize(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return module
+
+
+def _conv(m):
+    return {"kernel": conv2d_kernel(m.weight.detach().numpy()), "bias": m.bias.detach().numpy()}
+
+
+def _dense(m, bias=True):
+    d = {"kernel": linear_kernel(m.weight.detach().numpy())}
+    if bias:
+        d["bias"] = m.bias.detach().numpy()
+    return d
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cond_frame_encoder_matches_torch(stride):
+    ref = _randomize(TorchCondEncoder(3, (4, 8, 8), 16, stride), 1)
+    params = {"conv_in": _conv(ref.conv_in), "conv_out": _conv(ref.conv_out),
+              **{f"block_{j}": _conv(b) for j, b in enumerate(ref.blocks)}}
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    want = ref(_t(x)).detach().numpy().transpose(0, 2, 3, 1)
+    got = ST.CondFrameEncoder(16, (4, 8, 8), stride == 2).apply({"params": params}, x.transpose(0, 2, 3, 1))
+    assert got.shape == want.shape and _rel(got, want) < TOL
+
+
+def test_cam_merger_and_apm_match_torch():
+    c, hd = 64, 16
+    ref = _randomize(TorchMerger(c, hd), 2)
+    params = {"norm": {"scale": ref.norm.weight.detach().numpy(), "bias": ref.norm.bias.detach().numpy()},
+              "proj_in": _dense(ref.proj_in), "proj_out": _dense(ref.proj_out),
+              "attention": {"to_q": _dense(ref.to_q, False), "to_k": _dense(ref.to_k, False),
+                            "to_v": _dense(ref.to_v, False), "to_out": _dense(ref.to_out)}}
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, c, 3, 4)).astype(np.float32)
+    cond = rng.normal(size=(2, 3, c, 3, 4)).astype(np.float32)
+    want = ref(_t(x), _t(cond)).detach().numpy().transpose(0, 1, 3, 4, 2)
+    got = ST.CAMMerger(hd, 32).apply({"params": params}, x.transpose(0, 1, 3, 4, 2), cond.transpose(0, 1, 3, 4, 2))
+    assert _rel(got, want) < TOL
+
+    res = _randomize(TorchResampler(12, 24, 3, 8), 3)
+    emb = rng.normal(size=(2, 2, 12)).astype(np.float32)
+    got = ST.APMResampler(3, 8, 24).apply({"params": {"fc_1": _dense(res.fc1), "fc_2": _dense(res.fc2)}}, emb)
+    assert _rel(got, res(_t(emb)).detach().numpy()) < TOL
+
+    mix = _randomize(TorchMix(7, 5, 8), 4)
+    ctx = rng.normal(size=(3, 7, 8)).astype(np.float32)
+    p = {"conv": {"kernel": conv1d_kernel(mix.conv.weight.detach().numpy()), "bias": mix.conv.bias.detach().numpy()},
+         "norm": {"scale": mix.conv_ln.weight.detach().numpy(), "bias": mix.conv_ln.bias.detach().numpy()},
+         "alpha": mix.alpha.detach().numpy()}
+    got = ST.APMContextMix(5).apply({"params": p}, ctx)
+    assert float(mix.alpha.detach()) != 0 and _rel(got, mix(_t(ctx)).detach().numpy()) < TOL
+
+
+# ------------------------------------------------------------- the UNet with CAM + APM
+def tiny_base():
+    """The tiny UNet in ModelScope's form (no fps embedding), the base StreamingT2V builds on."""
+    from configs import unet_tiny
+
+    c = unet_tiny.get_config()
+    c.fps_cond = False
+    return c
+
+
+def tiny_cfg():
+    c = tiny_base()
+    c.cam = dict(frames=2, cond_channels=4, embed_channels=(8, 16), downsample=False, head_dim=16, norm_groups=32)
+    c.apm = dict(tokens=3, image_dim=12, hidden=24, text_len=5, image_encoder="latent")
+    return c
+
+
+def _random_params(cfg, seed=0):
+    """Params shaped like UNet3D(cfg) with CAM/APM, from a seeded numpy PRNG (no init compile); the
+    zero-initialised leaves (CAM's conv_out and proj_out, APM's alpha) left at zero."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    from checkpoints_convert.streamingt2v import expected_shapes
+
+    rng = np.random.default_rng(seed)
+    flat = flatten_dict(expected_shapes(cfg))
+    out = {}
+    for k, s in flat.items():
+        zero = (k[-2:] in {("conv_out", "kernel"), ("conv_out", "bias")} and k[0] == "cam_cond_embedding") or \
+            (k[0].startswith("cam_merge") and k[1] == "proj_out") or k[-1] == "alpha"
+        out[k] = np.zeros(s.shape, np.float32) if zero else (rng.normal(size=s.shape) * 0.2).astype(np.float32)
+    return unflatten_dict(out)
+
+
+def _inputs(seed=1):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    return (jax.random.normal(k[0], (1, 4, 4, 8, 8)), jnp.array([400]), jax.random.normal(k[1], (1, 5, 32)),
+            jax.random.normal(k[2], (1, 4, 2, 8, 8)), jax.random.normal(k[3], (1, 12)))
+
+
+def test_zero_initialised_cam_and_apm_give_the_plain_unet_exactly():
+    """At CAM's and APM's initialisation (zero proj_out / conv_out, alpha 0) the UNet fed with previous
+    frames and an anchor embedding equals the plain UNet (no cam/apm in its config) bit for bit; moving
+    alpha and one merger's proj_out off zero changes it (so the modules are in the graph)."""
+    from vstar_jax.models.unet3d import UNet3D
+
+    cfg = tiny_cfg()
+    params = _random_params(cfg)
+    x, t, ctx, prev, img = _inputs()
+    fn = jax.jit(lambda p, prev, img: UNet3D(cfg).apply({"params": p}, x, t, ctx, cam_frames=prev, image_embed=img))
+    plain = jax.jit(lambda p: UNet3D(tiny_base()).apply({"params": p}, x, t, ctx))
+    want = np.asarray(plain({k: v for k, v in params.items() if not k.startswith(("cam_", "apm_"))}))
+    np.testing.assert_array_equal(np.asarray(fn(params, prev, img)), want)
+    moved = jax.tree_util.tree_map(lambda v: v, params)
+    moved["cam_merge_1"]["proj_out"]["kernel"] = np.full_like(moved["cam_merge_1"]["proj_out"]["kernel"], 0.1)
+    moved["mid_spatial"]["block_0"]["attn2_mix"]["alpha"] = np.float32(1.0)
+    assert np.abs(np.asarray(fn(moved, prev, img)) - want).max() > 1e-3
+
+
+# ------------------------------------------------------------- conversion of the released key layout
+def _source_state_dict(cfg, seed=0):
+    """A StreamingT2V-layout state dict for cfg: every planned key with the source shape (inverse transforms)."""
+    from flax.traverse_util import flatten_dict
+
+    from checkpoints_convert.streamingt2v import expected_shapes, plan_streamingt2v
+
+    exp = flatten_dict(expected_shapes(cfg))
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for key, (dst, kind) in plan_streamingt2v(cfg).items():
+        s = tuple(exp[dst].shape)
+        src = {"dense": lambda s: s[::-1], "conv2d": lambda s: (s[3], s[2], s[0], s[1]),
+               "conv1d": lambda s: (s[2], s[1], s[0]), "conv3d": lambda s: (s[4], s[3], s[0], s[1], s[2]),
+               "identity": lambda s: s}[kind](s)
+        sd[key] = rng.normal(size=src).astype(np.float32)
+    return sd
+
+
+def test_streamingt2v_conversion_and_its_key_report():
+    from checkpoints_convert.common import ConversionError
+    from checkpoints_convert.streamingt2v import convert_streamingt2v_unet
+
+    cfg = tiny_cfg()
+    sd = _source_state_dict(cfg)
+    sd["image_encoder.model.visual.proj"] = np.zeros((4, 4), np.float32)  # frozen encoders: skipped
+    params = convert_streamingt2v_unet(sd, cfg)
+    mix = "base_model.down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    np.testing.assert_array_equal(params["down_0_0_spatial"]["block_0"]["attn2_mix"]["conv"]["kernel"],
+                                  sd[f"{mix}.conv.weight"].transpose(2, 1, 0))
+    assert params["down_0_0_spatial"]["block_0"]["attn2_mix"]["alpha"] == sd[f"{mix}.alpha"]
+    np.testing.assert_array_equal(params["cam_control"]["conv_in"]["kernel"],
+                                  sd["unet.conv_in.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["apm_resampler"]["fc_1"]["kernel"], sd["resampler.context_embedding.0.weight"].T)
+    assert "cam_merge_mid" in params and "cam_merge_3" in params and "cam_merge_4" not in params
+
+    bad = dict(sd)
+    del bad["base_model.cross_attention_merger_mid_block.temporal_transformer.proj_out.weight"]
+    bad["unet.controlnet_cond_embedding.extra.weight"] = np.zeros(3, np.float32)
+    bad["resampler.context_embedding.0.weight"] = np.zeros((7, 12), np.float32)
+    with pytest.raises(ConversionError) as e:
+        convert_streamingt2v_unet(bad, cfg)
+    msg = str(e.value)
+    assert "1 missing, 1 unexpected, 1 wrong shape" in msg.splitlines()[0]
+    assert "missing: base_model.cross_attention_merger_mid_block.temporal_transformer.proj_out.weight" in msg
+    assert "unexpected: unet.controlnet_cond_embedding.extra.weight" in msg
+    assert "wrong shape: resampler.context_embedding.0.weight (7, 12)" in msg
+
+
+# ------------------------------------------------------------- the streaming strategy
+def _dummy(x, t, ctx, i, cam_frames=None, image_embed=None):
+    """eps depends on x, the frame, the step, and (when given) the CAM frames and the anchor embedding."""
+    f = x.shape[2]
+    eps = 0.1 * x + 0.01 * jnp.arange(f, dtype=jnp.float32)[None, None, :, None, None] + 0.001 * i
+    eps = eps + ctx.mean(axis=(1, 2))[:, None, None, None, None]
+    if cam_frames is not None:
+        eps = eps + 0.3 * cam_frames.mean(axis=2, keepdims=True) + 0.05 * image_embed.mean(axis=1)[:, None, None, None, None]
+    return eps
+
+
+_dummy.anchor_embed = lambda frame: frame.reshape(frame.shape[0], -1) * 2.0
+
+
+def _reference(x_T, ctx, co, keys, key, cfg, window, cond, blend):
+    """The strategy written as plain Python loops (chunk by chunk, step by step)."""
+    from vstar_jax.diffusion.sampler import ddim_step
+
+    n, hop = x_T.shape[2], window - cond
+    video = np.zeros(x_T.shape, np.float32)
+    n_chunks = (n - window) // hop + 1
+    offs = np.asarray(jax.random.randint(jax.random.fold_in(key, 0x7374726D), (n_chunks, len(keys)), 0, cond))
+    img = None
+    for c in range(n_chunks):
+        s = c * hop
+        x = jnp.asarray(x_T[:, :, s:s + window])
+        prev = video[:, :, s:s + cond]
+        for i in range(len(keys)):
+            coi = {k: v[i] for k, v in co.items()}
+            rows = jnp.concatenate([x, x])
+            kw = {} if c == 0 else {"cam_frames": jnp.concatenate([prev, prev]), "image_embed": img}
+            e = _dummy(rows, jnp.full((2,), coi["timesteps"]), ctx, i, **kw)
+            eps = e[:1] + cfg * (e[1:] - e[:1])
+            if c > 0 and blend:
+                for j in range(offs[c, i]):
+                    eps = eps.at[:, :, j].set((x[:, :, j] - coi["sqrt_alpha"] * coi["scale"] * prev[:, :, j])
+                                              / coi["sqrt_one_minus_alpha"])
+            k = keys[i] if c == 0 else jax.random.fold_in(keys[i], c)
+            x, _ = ddim_step(x, eps, coi, jax.random.normal(k, x.shape))
+        x = np.array(x)
+        if c == 0:
+            anchor = x[:, :, 0]
+            img = jnp.concatenate([_dummy.anchor_embed(np.zeros_like(anchor)), _dummy.anchor_embed(anchor)])
+        if c > 0 and not blend:
+            x[:, :, :cond] = prev
+        video[:, :, s:s + window] = x
+    return video
+
+
+@pytest.mark.parametrize("blend", [True, False])
+def test_streaming_matches_the_chunk_by_chunk_reference(blend):
+    from vstar_jax.diffusion import sampler as SP
+    from vstar_jax.diffusion import schedules as S
+    from vstar_jax.longvideo import SampleInputs, parse_strategy
+
+    st = parse_strategy(f"streaming:window=4,cond=2,blend={int(blend)}")
+    sched = S.videocrafter2_schedule(4, eta=1.0)
+    rng = np.random.default_rng(5)
+    x_T = rng.normal(size=(1, 2, 8, 2, 2)).astype(np.float32)
+    cond, uncond = rng.normal(size=(1, 3, 4)).astype(np.float32), rng.normal(size=(1, 3, 4)).astype(np.float32)
+    key = jax.random.key(3)
+    x_T, _, ctx, co, keys, use_noise, guided = SP.prepare_sampling(x_T, cond, uncond, sched, None, key, "t")
+    inputs = SampleInputs(x_T, ctx, co, keys, key, jnp.float32(5.0), 8, guided, use_noise)
+    got = jax.jit(lambda x: st.run(_dummy, inputs._replace(x_T=x))[0])(x_T)
+    ref = _reference(np.asarray(x_T), ctx, co, keys, key, 5.0, 4, 2, blend)
+    assert _rel(got, ref) < 1e-5
+    # one chunk is the single pass
+    one = jax.jit(lambda x: st.run(_dummy, inputs._replace(x_T=x, frames=4))[0])(x_T[:, :, :4])
+    single = jax.jit(lambda x: parse_strategy(None).run(_dummy, inputs._replace(x_T=x, frames=4))[0])(x_T[:, :, :4])
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(single))
+
+
+def test_streaming_spec_lengths_and_model_checks():
+    from vstar_jax.generation.model import ModelInfo
+    from vstar_jax.longvideo import Streaming, parse_strategy
+
+    st = parse_strategy("streaming:8:4")
+    assert st == Streaming(8, 4, True) and st.check(16, 25).calls == 75 and st.check(64, 1).note == "15 chunks"
+    assert parse_strategy(st.to_dict()) == st
+    for bad, msg in [("streaming:8:8", "must be fewer"), ("streaming:0:4", "positive")]:
+        with pytest.raises(VstarError, match=msg):
+            parse_strategy(bad)
+    with pytest.raises(VstarError, match=r"makes 8 \+ k\*4 frames .* got 18"):
+        st.check(18, 4)
+    base = {"unet": {"in_channels": 4, "model_channels": 32, "channel_mult": [1, 2]}}
+    with pytest.raises(VstarError) as e:
+        st.check_model(ModelInfo.from_config(base, "ckpt"))
+    assert str(e.value) == ("ckpt: long_video streaming needs StreamingT2V's trained modules; this checkpoint has "
+                            "no CAM (unet.cam) and no APM (unet.apm)")
+    cam_only = {"unet": dict(base["unet"], cam={"frames": 4})}
+    with pytest.raises(VstarError, match=r"no APM \(unet.apm\)$"):
+        st.check_model(ModelInfo.from_config(cam_only, "ckpt"))
+    both = {"unet": dict(base["unet"], cam={"frames": 4}, apm={"image_encoder": "latent"})}
+    st.check_model(ModelInfo.from_config(both, "ckpt"))
+    with pytest.raises(VstarError, match=r"built for 4 conditioning frames; use streaming:8:4"):
+        parse_strategy("streaming:8:2").check_model(ModelInfo.from_config(both, "ckpt"))
