@@ -177,7 +177,7 @@ def test_parse_strategy():
                      ({"method": "genl", "window": 16, "overlap": 8}, "unexpected"), (3, "must be None")]:
         with pytest.raises(ValueError, match=msg):
             parse_strategy(bad)
-    with pytest.raises(ValueError, match="known: blend, fifo, freenoise, genl, single, vidrd"):
+    with pytest.raises(ValueError, match="known: blend, fifo, freenoise, genl, single, streaming, vidrd"):
         parse_strategy("loop")
     with pytest.raises(ValueError, match="use 56 or 72 frames"):
         cfg.check(60, 25)
