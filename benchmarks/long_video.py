@@ -188,8 +188,10 @@ def quality(args) -> list[dict]:
     from vstar_jax.demo import checker, world
     from vstar_jax.demo import model as dm
 
-    model = dm.load_demo_model()
-    pipe = pl.load_pipeline(None)
+    from vstar_jax.generation.model import pipeline_from_demo
+
+    model = dm.load_demo_model(args.demo_dir)  # None: the shipped one (with its CAM/APM when shipped)
+    pipe = pl.load_pipeline(None) if args.demo_dir is None else pipeline_from_demo(model)
     rows = []
     specs = [world.sample_spec(args.seed * 100_003 + s, "move") for s in range(args.n)]
     for mult in [int(x) for x in args.lengths.split(",")]:
@@ -249,6 +251,7 @@ def main(argv=None) -> int:
     r.add_argument("--methods", default=",".join(METHODS))
     r.add_argument("--steps", type=int, default=8)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--demo-dir", default=None, help="a demo model folder (default: the shipped one)")
     args = ap.parse_args(argv)
     if args.mode == "point":
         point(args)
