@@ -247,7 +247,7 @@ def init_from_checkpoint(path: pathlib.Path, params):
     from flax.traverse_util import flatten_dict, unflatten_dict
 
     if is_export(path):  # a shipped/exported model (its weights, EMA if it was trained with EMA)
-        m = demo_model.load_demo_model(path)
+        m = demo_model.load_demo_model(path, streaming=False)  # the base model only (CAM/APM ship apart)
         step = int(m.record.get("steps", 0))
         old = flatten_dict({"unet": jax.device_get(m.unet_params), "text": jax.device_get(m.text_params)})
     else:

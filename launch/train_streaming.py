@@ -144,7 +144,7 @@ def initial_params(config, base_params: dict) -> dict:
 
 def train(config, settings, out: pathlib.Path, *, export=None, export_only=False, progress=True, command=""):
     tr = config.train
-    base = demo_model.load_demo_model()
+    base = demo_model.load_demo_model(streaming=False)
     unet = UNet3D(config.unet.to_dict())
     full = initial_params(config, base.unet_params)
     base_flat, extra = split_params(full)
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     ap.add_argument("--export-only", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    base = demo_model.load_demo_model()
+    base = demo_model.load_demo_model(streaming=False)
     config, settings = make_config(base.config, args.set)
     if args.steps is not None:
         config.train.steps = args.steps
