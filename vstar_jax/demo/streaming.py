@@ -67,6 +67,7 @@ def save_streaming(out_dir, extra_flat: dict, settings: dict, record: Optional[d
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: np.array(v, np.float32, order="C") for k, v in extra_flat.items()},  # 0-d alphas stay 0-d
               str(out / WEIGHTS_FILE))
+    (out / WEIGHTS_FILE).chmod(0o644)
     (out / META_FILE).write_text(json.dumps({"settings": settings, "record": record or {}}, indent=1))
     return out
 
