@@ -363,29 +363,38 @@ def test_streaming_spec_lengths_and_model_checks():
         parse_strategy("streaming:8:2").check_model(ModelInfo.from_config(both, "ckpt"))
 
 
+@pytest.mark.slow  # ~25-50 s (two demo-UNet compiles); the chunk-by-chunk reference test above stays in CI
 @pytest.mark.filterwarnings("ignore:os.fork")
 def test_streaming_on_the_demo_model_with_tar_vsp_and_from_sidecar(tmp_path):
     """The shipped CAM/APM through the pipeline (``--long-video streaming:8:4``) with TAR and a 2-state
-    synopsis: 12 frames (2 chunks), the sidecar's record and PRNG rule, and --from-sidecar bit for bit;
-    the demo model without its CAM/APM file is refused before compute with one line naming both."""
+    synopsis: 12 frames (2 chunks), the sidecar's record and PRNG rule, and --from-sidecar bit for bit."""
     from vstar_jax import pipeline as pl
-    from vstar_jax.demo import model as dm
     from vstar_jax.demo.streaming import load_streaming
-    from vstar_jax.generation.model import pipeline_from_demo
     from vstar_jax.longvideo import parse_strategy
 
     if load_streaming() is None:
         pytest.skip("no shipped streaming.safetensors")
     st = parse_strategy("streaming:8:4")
-    kw = dict(frames=12, steps=2, seed=3, tar="L0:1", long_video="streaming:8:4", progress=False,
-              synopsis=["a red circle on the left", "a red circle on the right"])
-    res = pl.generate_video("a red circle moves right", out=tmp_path / "a.mp4", **kw)
+    res = pl.generate_video("a red circle moves right", out=tmp_path / "a.mp4", **STREAM_KW)
     assert res.video.shape[0] == 12 and res.video.std() > 1
     assert res.sidecar["long_video"] == st.to_dict() and st.rng_rule() in res.sidecar["rng"]["rule"]
     again = pl.regenerate(res.sidecar_path, out=tmp_path / "b.mp4", progress=False)
     np.testing.assert_array_equal(again.video, res.video)
     assert again.sidecar["frames_sha256"] == res.sidecar["frames_sha256"]
+
+
+STREAM_KW = dict(frames=12, steps=2, seed=3, tar="L0:1", long_video="streaming:8:4", progress=False,
+                 synopsis=["a red circle on the left", "a red circle on the right"])
+
+
+def test_demo_model_without_cam_apm_is_refused_before_compute(tmp_path, monkeypatch):
+    """The demo model without its CAM/APM file: one line naming both, before any sampling or output."""
+    from vstar_jax import pipeline as pl
+    from vstar_jax.demo import model as dm
+    from vstar_jax.generation.model import pipeline_from_demo
+
     base = pipeline_from_demo(dm.load_demo_model(streaming=False))
+    monkeypatch.setattr(pl, "sample_latents", lambda *a, **k: pytest.fail("sampled"))
     with pytest.raises(VstarError, match=r"^builtin:demo: .* no CAM \(unet.cam\) and no APM \(unet.apm\)$"):
-        pl.generate_video("a red circle moves right", pipeline=base, out=tmp_path / "c.mp4", **kw)
+        pl.generate_video("a red circle moves right", pipeline=base, out=tmp_path / "c.mp4", **STREAM_KW)
     assert not (tmp_path / "c.mp4").exists()
