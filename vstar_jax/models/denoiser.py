@@ -47,17 +47,23 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
     ac = np.asarray(alphas_cumprod, np.float32)
 
     def model_fn(x, t, ctx, i):
-        if spec.latent_sharding is not None:  # keep the CFG rows' layout on the mesh
-            x = jax.lax.with_sharding_constraint(x, spec.latent_sharding)
-        kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture)
+        layout, rows = None, spec.latent_sharding
+        if rows is not None:  # keep the CFG rows' layout on the mesh, and lay the UNet's activations out
+            from vstar_jax.parallel.sharding import LATENT_AXES, activation_layout, named  # noqa: PLC0415
+
+            layout = activation_layout(rows.mesh, x.shape[0], x.shape[2])
+            if layout is not None:  # the same devices re-gridded for the rows (see activation_layout)
+                rows = named(layout.mesh, LATENT_AXES, layout.rules)
+            x = jax.lax.with_sharding_constraint(x, rows)
+        kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture, layout=layout)
         if spec.capture:
             raw, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
             aux = attention_rows(state["intermediates"], x.shape[0] // 2)
         else:
             raw, aux = unet.apply({"params": params}, x, t, ctx, **kw), None
         eps = to_eps(raw, x, t, ac, spec.prediction)
-        if spec.latent_sharding is not None:
-            eps = jax.lax.with_sharding_constraint(eps, spec.latent_sharding)
+        if rows is not None:
+            eps = jax.lax.with_sharding_constraint(eps, rows)
         if on_call is not None:
             jax.debug.callback(on_call, i, eps.reshape(-1)[0])
         return (eps, aux) if spec.capture else eps

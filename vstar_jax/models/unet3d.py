@@ -465,12 +465,16 @@ class UNet3D(nn.Module):
         tar: Optional[Any] = None,
         capture_attention: bool = False,
         hooks: tuple = (),
+        layout: Optional[Any] = None,
     ) -> jax.Array:
         """``timesteps``: (b,) or one per frame (b, f) (FIFO-Diffusion; the embedding is then per
         frame). ``hooks``: temporal-attention hooks, each with optional methods
         ``logit_transform(level, step_index)`` (TAR: every temporal transformer but ``init_attn``)
         and ``attend(attention) -> attention`` (FreeNoise's windows: every temporal transformer);
-        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``)."""
+        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``). ``layout``: where the
+        activations lie on a device mesh (``vstar_jax.parallel.sharding.ActivationLayout``): spatial
+        layers with the (batch x frame) rows split, temporal layers with all frames local and the pixels
+        split; None leaves every layout to XLA (one device)."""
         c = self._cfg
         hooks = ((tar,) if tar is not None else ()) + tuple(hooks or ())
         ResBlock, SpatialTransformer, TemporalTransformer = _blocks(bool(c("remat", False)))  # noqa: N806
@@ -505,6 +509,9 @@ class UNet3D(nn.Module):
         else:
             timesteps = jnp.broadcast_to(timesteps.reshape(-1), (b,))
         ctx = _frame_context(context, b, f, c("context_dim"))
+        lay = layout.constrain if layout is not None else (lambda v, names: v)
+        rows = lambda v: lay(v, ("rows",) + (None,) * (v.ndim - 2) + ("channels",))  # noqa: E731
+        ctx = rows(ctx)
 
         emb = timestep_embedding(timesteps, mc)
         tdense = lambda n, name: nn.Dense(n, dtype=jnp.float32, param_dtype=pdtype, name=name)
@@ -526,16 +533,20 @@ class UNet3D(nn.Module):
             emb = emb + jnp.tile(pemb, (b, 1))
         if c("text_frame_cond", False):
             emb = emb + TextFrameEmbed(mc, pdtype, name="text_frame_embed")(ctx, b, f)
-        emb = emb.astype(dtype)
+        emb = rows(emb.astype(dtype))
 
         def temporal(h, ch, heads, hd, level, name, regularize=True):
             transform = _logit_transform(hooks, level, step_index) if regularize else None
+            # (b, f, 1, h*w, c): a free view in which every frame is local and the pixels split (the
+            # layout switch from the spatial rows is one all-to-all each way on a mesh)
+            switch = layout.switch if layout is not None else (lambda v, to_pixels: v)
+            y = switch(h.reshape(b, f, 1, -1, h.shape[-1]), True)
             out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, rel, name=name)(
-                h.reshape(b, f, *h.shape[1:]), transform, capture_attention, _attend(hooks))
-            return out.reshape(h.shape)
+                y, transform, capture_attention, _attend(hooks))
+            return rows(switch(out, False).reshape(h.shape))
 
         def res_attn(h, out_ch, level, has_attn, name):
-            h = ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb)
+            h = rows(ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb))
             if has_attn:
                 heads, head_ch = level_heads[level]
                 h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups,
@@ -544,7 +555,7 @@ class UNet3D(nn.Module):
                     h = temporal(h, out_ch, heads, head_ch, level, f"{name}_temporal")
             return h
 
-        h = x.transpose(0, 2, 3, 4, 1).reshape(b * f, hgt, wid, -1).astype(dtype)
+        h = rows(x.transpose(0, 2, 3, 4, 1).reshape(b * f, hgt, wid, -1).astype(dtype))
         h = nn.Conv(mc, (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_in")(h)
         if c("init_attn", True):
             h = temporal(h, mc, c("init_attn_heads", 8), _init_attn_head_dim(self.config), 0, "init_attn",
@@ -572,7 +583,7 @@ class UNet3D(nn.Module):
         for level in reversed(range(len(widths))):
             out_ch = widths[level]
             for i in range(nres + 1):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = rows(jnp.concatenate([h, skips.pop()], axis=-1))
                 h = res_attn(h, out_ch, level, up_attn[level], f"up_{level}_{i}")
             if level != 0:
                 th, tw = skips[-1].shape[1:3]
