@@ -34,7 +34,7 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, plan_for,  # noqa: F401
-                                           row_sharding, run_sampler, sampler_args)
+                                           resolve_mesh, row_sharding, run_sampler, sampler_args)
 
 _log = log
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
@@ -151,6 +151,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                            width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
                            synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory)
     splan = request.strategy.check(request.frames, request.ddim_steps)
+    mesh = resolve_mesh(mesh)
     rows = row_sharding(mesh, splan.unet_frames)
     paths = check_outputs(out, gif, attention_png, overwrite)  # creates the output folder: after the other checks
     if llm is not None:
@@ -184,7 +185,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     sidecar = build_sidecar(
         request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
         vae_factor=info.vae_factor, frames_sha256=digest,
-        mesh=dict(rows.mesh.shape) if rows is not None else None, paths=paths,
+        mesh=dict(mesh.shape) if rows is not None else None, paths=paths,
         scale_factor=pipe.diffusion["scale_factor"],
         timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3), "total": round(time.time() - t_start, 3)})
     result = GenerationResult(video, sidecar, None, latents, attention)

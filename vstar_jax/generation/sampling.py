@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import functools
 import logging
 import os
@@ -236,25 +237,40 @@ def sampler_args(params, cond, uncond, seed: int, fps, cfg) -> tuple:
             jnp.float32(cfg))
 
 
+def resolve_mesh(mesh):
+    """A ``jax.sharding.Mesh`` from a mesh or a ``{"data": d, "frames": n, "model": m}`` dict (None stays
+    None); a mesh the devices cannot hold is a one-line :class:`VstarError`."""
+    if mesh is None or hasattr(mesh, "shape"):
+        return mesh
+    from vstar_jax.errors import VstarError  # noqa: PLC0415
+    from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
+
+    try:
+        return make_mesh(dict(mesh))
+    except ValueError as e:
+        raise VstarError(str(e)) from None
+
+
 def row_sharding(mesh, frames: int, rows: int = 2):
-    """The sharding of the UNet's (rows, c, F, h, w) input on ``mesh`` (CFG/batch rows over ``data``,
-    frames over ``frames``); divisibility is checked on the window the UNet is given."""
+    """The sharding of the UNet's (rows, c, F, h, w) input on ``mesh``: the devices of the data and
+    frames axes split the CFG/batch rows first, then the frames
+    (``vstar_jax.parallel.sharding.activation_layout``: with 2 CFG rows, ``frames=8`` is 2 x 4 and
+    ``data=2`` is 2 x 1); divisibility is checked on the window the UNet is given."""
+    mesh = resolve_mesh(mesh)
     if mesh is None:
         return None
     from vstar_jax.errors import VstarError  # noqa: PLC0415
-    from vstar_jax.parallel.sharding import LATENT_AXES, check_divisible, make_mesh, named  # noqa: PLC0415
+    from vstar_jax.parallel.sharding import LATENT_AXES, activation_layout, named  # noqa: PLC0415
 
-    if not hasattr(mesh, "shape"):
-        try:
-            mesh = make_mesh(dict(mesh))
-        except ValueError as e:
-            raise VstarError(str(e)) from None
-    sharding = named(mesh, LATENT_AXES)
-    try:
-        check_divisible((rows, 1, frames, 1, 1), sharding, "the UNet's input (CFG rows, c, frames, h, w)")
-    except ValueError as e:
-        raise VstarError(str(e)) from None
-    return sharding
+    layout = activation_layout(mesh, rows, frames)
+    if layout is not None:
+        return named(layout.mesh, LATENT_AXES, layout.rules)
+    n = math.prod(mesh.shape.get(a, 1) for a in ("data", "frames"))
+    if n > 1:
+        raise VstarError(f"the UNet's input ({rows} CFG rows x {frames} frames) does not split over the "
+                         f"{n} devices of mesh axes data x frames {dict(mesh.shape)}: frames ({frames}) "
+                         f"not divisible by mesh axis 'frames' once the rows take {math.gcd(rows, n)}")
+    return named(mesh, LATENT_AXES)
 
 
 def capture_maps(aux) -> Optional[dict]:
