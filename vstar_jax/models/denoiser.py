@@ -55,12 +55,19 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             if layout is not None:  # the same devices re-gridded for the rows (see activation_layout)
                 rows = named(layout.mesh, LATENT_AXES, layout.rules)
             x = jax.lax.with_sharding_constraint(x, rows)
+        p = params
+        if rows is not None and rows.mesh.shape.get("model", 1) > 1:
+            # FSDP: weights are stored split over "model" and gathered whole for the call (ZeRO-3); left
+            # to itself XLA splits the contractions instead and all-reduces every activation
+            from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+
+            p = jax.lax.with_sharding_constraint(params, NamedSharding(rows.mesh, PartitionSpec()))
         kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture, layout=layout)
         if spec.capture:
-            raw, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
+            raw, state = unet.apply({"params": p}, x, t, ctx, mutable=["intermediates"], **kw)
             aux = attention_rows(state["intermediates"], x.shape[0] // 2)
         else:
-            raw, aux = unet.apply({"params": params}, x, t, ctx, **kw), None
+            raw, aux = unet.apply({"params": p}, x, t, ctx, **kw), None
         eps = to_eps(raw, x, t, ac, spec.prediction)
         if rows is not None:
             eps = jax.lax.with_sharding_constraint(eps, rows)
