@@ -238,20 +238,22 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
     call with an item axis (``jax.vmap``: each item draws its own seed's noise, so it equals its
     single-item run); on a mesh the item axis is split over ``data``. With ``out_dir`` each video is
     written to ``out_dir/<prompt-slug>-<seed>.mp4`` with its sidecar (``--from-sidecar`` reproduces it
-    alone). Returns one :class:`GenerationResult` per item, in order."""
+    alone); an item's own ``out`` names its file instead. Returns one :class:`GenerationResult` per
+    item, in order."""
     from vstar_jax.generation.sampling import sample_batch_jit  # noqa: PLC0415
 
     t_start = time.time()
     if not items:
         raise VstarError("generate_batch needs at least one item")
     info = model_info(checkpoint, pipeline)
-    reqs, all_paths = [], []
+    reqs, all_paths, outs = [], [], []
     for i, item in enumerate(items):
         kw = {**common, **dict(item)}
         prompt = kw.pop("prompt", None)
         if prompt is None:
             raise VstarError(f"item {i} has no prompt")
-        for bad in ("llm", "attention_png", "record_attention", "gif", "out"):
+        outs.append(kw.pop("out", None))
+        for bad in ("llm", "attention_png", "record_attention", "gif"):
             if kw.get(bad):
                 raise VstarError(f"item {i}: {bad} is not available in a batch (use generate_video)")
             kw.pop(bad, None)
@@ -262,8 +264,9 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
 
         m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
         item_sharding = _item_sharding(m, len(items))
-    for r in reqs:
-        out = default_output(r.prompt, r.seed, str(out_dir)) if out_dir is not None else None
+    for r, out in zip(reqs, outs):
+        if out is None and out_dir is not None:
+            out = default_output(r.prompt, r.seed, str(out_dir))
         all_paths.append(check_outputs(out, False, None))
     if pipeline is None:
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
