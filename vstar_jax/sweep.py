@@ -508,8 +508,10 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     os.makedirs(out_dir, exist_ok=True)
     for stale in list(pathlib.Path(out_dir).glob("results.*.tmp*")) + list(pathlib.Path(out_dir).glob(
             f"{ROWS_DIR}/.*.tmp*")):
-        if index == 0 or stale.name.endswith(f"tmp{os.getpid()}"):
-            stale.unlink(missing_ok=True)
+        # alone: every leftover is stale; beside other processes only old ones (another may be mid-write)
+        with contextlib.suppress(OSError):
+            if count == 1 or time.time() - stale.stat().st_mtime > 600:
+                stale.unlink(missing_ok=True)
     runs = expand_runs(config, config_dir)
     run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
     run_fn = resolve_fn(run_fn_name)
