@@ -231,7 +231,7 @@ def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
 
 # ------------------------------------------------------------------------------ batches
 def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = None, out_dir=None, mesh=None,
-                   progress: bool = True, keep_video: bool = True, **common) -> list:
+                   progress: bool = True, keep_video: bool = True, overwrite: bool = True, **common) -> list:
     """Many videos, many per compiled call: ``items`` are dicts of ``generate_video`` settings (at
     least ``prompt``; e.g. ``{"prompt": ..., "seed": 3, "cfg": 7.5}``), ``common`` the settings they
     share. Items whose compiled loop is the same (shape, steps, method, TAR, VSP or not) run in one
@@ -267,7 +267,7 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
     for r, out in zip(reqs, outs):
         if out is None and out_dir is not None:
             out = default_output(r.prompt, r.seed, str(out_dir))
-        all_paths.append(check_outputs(out, False, None))
+        all_paths.append(check_outputs(out, False, None, overwrite))
     if pipeline is None:
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)
