@@ -80,6 +80,13 @@ SCRIPT = textwrap.dedent("""
     print("BIG_GATHERS", [g for g in gathers if g[0] >= smallest])
     halo = [n for n, op in perms if "temporal_conv" in op]
     print("HALO", len(halo), max(halo), "ONE_FRAME", 2 * 8 * 8 * 64)
+    # rules are data: without the "pixels" rule the temporal layers are left to XLA (no explicit switch)
+    from vstar_jax.parallel.sharding import DEFAULT_RULES
+    nopix = activation_layout(make_mesh({"frames": 8}), 2, F, tuple(r for r in DEFAULT_RULES if r[0] != "pixels"))
+    xs = named(nopix.mesh, LATENT_AXES)
+    hlo = jax.jit(lambda p, x: model.apply({"params": p}, x, t, ctx, fps=16, layout=nopix)).lower(
+        params, jax.device_put(x, xs)).compile().as_text()
+    print("NOPIX", sum(1 for n, op in ops(hlo, "all-to-all") if "all_to_all" in op))
     # frames 4 x model 2: FSDP params, the same layout rules
     err, _, p, grid = sharded_call({"frames": 4, "model": 2}, True)
     sharded = [l for l in jax.tree_util.tree_leaves(p) if "model" in str(l.sharding.spec)]
@@ -102,6 +109,7 @@ def test_unet_layout_on_8_devices_is_all_to_all_with_halo_exchange():
     n_a2a, n_temporal = int(out["A2A"].split()[1]), int(out["A2A"].split()[3])
     assert n_a2a == 2 * n_temporal, out["A2A"]
     assert out["BIG_GATHERS"] == "BIG_GATHERS []", out["BIG_GATHERS"]
+    assert out["NOPIX"] == "NOPIX 0", out["NOPIX"]
     halo = out["HALO"].split()
     assert int(halo[1]) > 0 and int(halo[2]) <= int(halo[4]), out["HALO"]
     fsdp = out["FSDP"].split()
@@ -166,3 +174,24 @@ def test_cli_mesh_errors_are_one_line(capsys):
     assert "needs 64 devices" in capsys.readouterr().err
     assert main(["generate", "a red circle", "--mesh", "pixels=4", "--checkpoint", ckpt]) == 2
     assert "bad --mesh" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--mesh", "nowhere/mesh.py", "--checkpoint", ckpt]) == 2
+    assert "--mesh config not found" in capsys.readouterr().err
+
+
+def test_mesh_config_file_is_the_axes_and_the_rules():
+    from vstar_jax.cli import _mesh_arg
+    from vstar_jax.generation.sampling import resolve_mesh, resolve_rules
+    from vstar_jax.parallel.sharding import DEFAULT_RULES
+
+    cfg = _mesh_arg(os.path.join(REPO, "configs", "mesh.py"))
+    assert resolve_rules(cfg) == DEFAULT_RULES  # the file states the default table
+    mesh = resolve_mesh(cfg)
+    assert dict(mesh.shape) == {"data": 1, "frames": len(mesh.devices.ravel()), "model": 1}
+    cfg.rules = [["batch", None], ["rows", ["data", "frames"]]]
+    assert resolve_rules(cfg) == (("batch", None), ("rows", ("data", "frames")))
+    cfg.rules = [["batch"]]
+    with pytest.raises(ValueError, match="a sharding rule is"):
+        resolve_rules(cfg)
+    cfg.axes.frames = 1000
+    with pytest.raises(ValueError, match="bad mesh"):
+        resolve_mesh(cfg)

@@ -111,7 +111,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
     p.add_argument("--mesh", metavar="AXES",
                    help="spread the UNet's work over devices: data=2 (CFG rows), frames=4 (the frames it sees), "
-                        "model=2 (FSDP params); e.g. data=2,frames=4")
+                        "model=2 (FSDP params); e.g. data=2,frames=4; or a mesh config file (configs/mesh.py: "
+                        "axes and logical-axis rules)")
     p.add_argument("--long-video", metavar="METHOD[:ARGS]",
                    help="how --frames frames are denoised with a UNet that sees a window of them: genl:16:8 "
                         "(Gen-L-Video, stride 8), blend:24:8 (StreamingT2V randomized blending, overlap 8), "
@@ -123,9 +124,25 @@ def generate_parser() -> argparse.ArgumentParser:
 
 
 def _mesh_arg(spec: Optional[str]):
-    """'frames=4,model=2' -> {"frames": 4, "model": 2} (None if not given)."""
+    """'frames=4,model=2' -> {"frames": 4, "model": 2}; a ``.py`` mesh config (``configs/mesh.py``: axes and
+    logical-axis rules) -> its ConfigDict; None if not given."""
     if not spec:
         return None
+    if spec.endswith(".py"):
+        import importlib.util  # noqa: PLC0415
+
+        if not os.path.isfile(spec):
+            raise UsageError(f"--mesh config not found: {spec}")
+        mod_spec = importlib.util.spec_from_file_location("_vstar_mesh_config", spec)
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+            cfg = module.get_config()
+        except Exception as e:  # noqa: BLE001 - a user's file: any failure is one line
+            raise UsageError(f"--mesh config {spec} cannot be loaded: {type(e).__name__}: {e}") from None
+        if "axes" not in cfg:
+            raise UsageError(f"--mesh config {spec} has no 'axes'")
+        return cfg
     axes = {}
     for part in spec.split(","):
         name, _, n = part.partition("=")

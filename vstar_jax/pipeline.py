@@ -34,7 +34,8 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, plan_for,  # noqa: F401
-                                           resolve_mesh, row_sharding, run_sampler, sampler_args)
+                                           resolve_mesh, resolve_rules, row_sharding, run_sampler,
+                                           sampler_args)
 
 _log = log
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
@@ -151,8 +152,9 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                            width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
                            synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory)
     splan = request.strategy.check(request.frames, request.ddim_steps)
+    rules = resolve_rules(mesh) if mesh is not None else None
     mesh = resolve_mesh(mesh)
-    rows = row_sharding(mesh, splan.unet_frames)
+    rows = row_sharding(mesh, splan.unet_frames, rules=rules)
     paths = check_outputs(out, gif, attention_png, overwrite)  # creates the output folder: after the other checks
     if llm is not None:
         states, source = _llm_synopsis(request.prompt, request.frames, dict(llm), progress)
@@ -163,7 +165,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)
     pipe = pipeline
-    plan = plan_for(request, info.latent_channels, rows)
+    plan = plan_for(request, info.latent_channels, rows, rules)
 
     # ---- encode ----------------------------------------------------------------------------
     _log(progress, "encoding the prompt" + (f" and {len(request.synopsis)} synopsis states" if request.synopsis else ""))

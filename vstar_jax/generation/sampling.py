@@ -49,6 +49,7 @@ class SamplePlan:
     row_sharding: Any = None  # NamedSharding of the UNet's (2b, c, F, h, w) rows on a mesh, or None
     strategy: Any = None  # vstar_jax.longvideo.Strategy (None: single pass)
     prediction: str = "eps"  # what the UNet predicts (vstar_jax.diffusion.parameterization)
+    rules: Any = None  # logical-axis rules of the activations on the mesh (None: the default table)
 
     def schedule(self):
         from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
@@ -63,15 +64,15 @@ class SamplePlan:
         hooks = ((self.tar,) if self.tar is not None else ())
         if self.strategy is not None:
             hooks = hooks + tuple(self.strategy.attention_hooks(self.latent_shape[2]))
-        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding)
+        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding, self.rules)
 
 
-def plan_for(request, latent_channels: int, row_sharding=None) -> SamplePlan:
+def plan_for(request, latent_channels: int, row_sharding=None, rules=None) -> SamplePlan:
     """The compiled loop's plan of a validated :class:`~vstar_jax.generation.request.GenerationRequest`."""
     h, w = request.latent_hw
     return SamplePlan(request.flavor, request.steps, request.eta, request.schedule_kwargs,
                       (1, int(latent_channels), request.frames, h, w), request.tar, request.capture, row_sharding,
-                      request.strategy, request.prediction)
+                      request.strategy, request.prediction, rules)
 
 
 # ------------------------------------------------------------------------------- progress
@@ -238,20 +239,39 @@ def sampler_args(params, cond, uncond, seed: int, fps, cfg) -> tuple:
 
 
 def resolve_mesh(mesh):
-    """A ``jax.sharding.Mesh`` from a mesh or a ``{"data": d, "frames": n, "model": m}`` dict (None stays
-    None); a mesh the devices cannot hold is a one-line :class:`VstarError`."""
-    if mesh is None or hasattr(mesh, "shape"):
+    """A ``jax.sharding.Mesh`` from a mesh, a ``{"data": d, "frames": n, "model": m}`` dict, or a mesh
+    config (``configs/mesh.py``: ``axes`` and ``rules``); None stays None. A mesh the devices cannot
+    hold is a one-line :class:`VstarError`."""
+    if mesh is None or hasattr(mesh, "devices"):
         return mesh
     from vstar_jax.errors import VstarError  # noqa: PLC0415
     from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
 
+    axes = mesh.get("axes", mesh) if hasattr(mesh, "get") else mesh
     try:
-        return make_mesh(dict(mesh))
-    except ValueError as e:
-        raise VstarError(str(e)) from None
+        return make_mesh({str(k): int(v) for k, v in dict(axes).items()})
+    except (TypeError, ValueError) as e:
+        raise VstarError(f"bad mesh {dict(axes)}: {e}") from None
 
 
-def row_sharding(mesh, frames: int, rows: int = 2):
+def resolve_rules(mesh):
+    """The logical-axis rules of a mesh config (``rules``), as the hashable table the layout takes; None
+    for the default table. Each rule is (logical axis, mesh axis / list of mesh axes / None)."""
+    rules = mesh.get("rules") if hasattr(mesh, "get") and "axes" in mesh else None
+    if rules is None:
+        return None
+    from vstar_jax.errors import VstarError  # noqa: PLC0415
+
+    out = []
+    for r in rules:
+        if len(r) != 2 or not isinstance(r[0], str):
+            raise VstarError(f"a sharding rule is (logical axis, mesh axis or axes or None), got {r!r}")
+        axis = r[1]
+        out.append((r[0], tuple(axis) if isinstance(axis, (list, tuple)) else axis))
+    return tuple(out)
+
+
+def row_sharding(mesh, frames: int, rows: int = 2, rules=None):
     """The sharding of the UNet's (rows, c, F, h, w) input on ``mesh``: the devices of the data and
     frames axes split the CFG/batch rows first, then the frames
     (``vstar_jax.parallel.sharding.activation_layout``: with 2 CFG rows, ``frames=8`` is 2 x 4 and
@@ -262,7 +282,9 @@ def row_sharding(mesh, frames: int, rows: int = 2):
     from vstar_jax.errors import VstarError  # noqa: PLC0415
     from vstar_jax.parallel.sharding import LATENT_AXES, activation_layout, named  # noqa: PLC0415
 
-    layout = activation_layout(mesh, rows, frames)
+    from vstar_jax.parallel.sharding import DEFAULT_RULES  # noqa: PLC0415
+
+    layout = activation_layout(mesh, rows, frames, rules or DEFAULT_RULES)
     if layout is not None:
         return named(layout.mesh, LATENT_AXES, layout.rules)
     n = math.prod(mesh.shape.get(a, 1) for a in ("data", "frames"))

@@ -28,6 +28,7 @@ class DenoiserSpec:
     hooks: tuple = ()  # temporal-attention hooks (TARConfig, FreeNoise, ...)
     capture: bool = False  # record temporal attention maps (cond rows, averaged over pixels)
     latent_sharding: Any = None  # NamedSharding the (2b, c, F, h, w) rows are constrained to, or None
+    rules: Any = None  # logical-axis rules of the UNet's activations (None: sharding.DEFAULT_RULES)
 
 
 def attention_rows(inter, batch: int):
@@ -49,9 +50,9 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
     def model_fn(x, t, ctx, i):
         layout, rows = None, spec.latent_sharding
         if rows is not None:  # keep the CFG rows' layout on the mesh, and lay the UNet's activations out
-            from vstar_jax.parallel.sharding import LATENT_AXES, activation_layout, named  # noqa: PLC0415
+            from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named  # noqa: PLC0415
 
-            layout = activation_layout(rows.mesh, x.shape[0], x.shape[2])
+            layout = activation_layout(rows.mesh, x.shape[0], x.shape[2], spec.rules or DEFAULT_RULES)
             if layout is not None:  # the same devices re-gridded for the rows (see activation_layout)
                 rows = named(layout.mesh, LATENT_AXES, layout.rules)
             x = jax.lax.with_sharding_constraint(x, rows)
