@@ -195,3 +195,43 @@ def test_mesh_config_file_is_the_axes_and_the_rules():
     cfg.axes.frames = 1000
     with pytest.raises(ValueError, match="bad mesh"):
         resolve_mesh(cfg)
+
+
+MATRIX_SCRIPT = textwrap.dedent("""
+    import sys, tempfile, os, numpy as np
+    sys.path.insert(0, "tests")
+    from tiny_checkpoint import write_tiny_checkpoint
+    from vstar_jax import pipeline as pl
+    ckpt = write_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "ck"))
+    base = dict(checkpoint=ckpt, steps=2, seed=1, progress=False, tar="L0:1", synopsis=("a red circle", "a blue square"))
+    cases = {"plain": dict(frames=8), "genl": dict(frames=16, long_video="genl:8:4"),
+             "blend": dict(frames=16, long_video="blend:8:4"), "fifo": dict(frames=16, long_video="fifo:8:2"),
+             "freenoise": dict(frames=16, long_video="freenoise:8:4"), "vidrd": dict(frames=16, long_video="vidrd:8:4")}
+    meshes = [{"data": 8}, {"frames": 8}, {"data": 2, "frames": 4}, {"frames": 4, "model": 2}]
+    for name, extra in cases.items():
+        kw = dict(base, **extra)
+        one = pl.generate_video("a red circle", **kw).latents
+        for mesh in meshes:
+            got = pl.generate_video("a red circle", mesh=mesh, **kw).latents
+            print("CASE", name, "-".join(f"{k}{v}" for k, v in mesh.items()),
+                  float(np.abs(got - one).max() / np.abs(one).max()), flush=True)
+    items = [{"prompt": p, "seed": s} for p in ("a red circle", "a blue square") for s in range(4)]
+    res = pl.generate_batch(items, mesh={"data": 8}, frames=8, **{k: v for k, v in base.items() if k not in ("seed",)})
+    for it, r in zip(items, res):
+        one = pl.generate_video(it["prompt"], **dict(base, seed=it["seed"], frames=8))
+        print("BATCH", it["prompt"].replace(" ", "_"), it["seed"], int(np.array_equal(r.latents, one.latents)))
+""")
+
+
+@pytest.mark.slow
+def test_the_8_device_matrix():
+    """Meshes data 8, frames 8, data 2 x frames 4, frames 4 x model 2 (FSDP), TAR + VSP on, for the plain
+    pass and every long-video method: each within 1e-5 of one device; 8 batched items over data 8 equal
+    their single-item runs bit for bit. (~25 compiles: slow, out of CI.)"""
+    r = run_on_host_devices(MATRIX_SCRIPT, 8, timeout=3600)
+    cases = [l.split() for l in r.stdout.splitlines() if l.startswith("CASE")]
+    assert len(cases) == 6 * 4
+    bad = [c for c in cases if float(c[3]) >= 1e-5]
+    assert not bad, bad
+    batch = [l.split() for l in r.stdout.splitlines() if l.startswith("BATCH")]
+    assert len(batch) == 8 and all(b[-1] == "1" for b in batch), batch
