@@ -515,7 +515,9 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     runs = expand_runs(config, config_dir)
     run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
     run_fn = resolve_fn(run_fn_name)
-    batch = int(_get(config, "batch", 1) or 1)
+    batch = _get(config, "batch", 1) or 1
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer (runs per compiled call), got {batch!r}")
     if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
         raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
     if index == 0:
