@@ -205,7 +205,7 @@ MATRIX_SCRIPT = textwrap.dedent("""
     ckpt = write_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "ck"))
     base = dict(checkpoint=ckpt, steps=2, seed=1, progress=False, tar="L0:1", synopsis=("a red circle", "a blue square"))
     cases = {"plain": dict(frames=8), "genl": dict(frames=16, long_video="genl:8:4"),
-             "blend": dict(frames=16, long_video="blend:8:4"), "fifo": dict(frames=16, long_video="fifo:8:2"),
+             "blend": dict(frames=16, long_video="blend:8:4"), "fifo": dict(frames=12, long_video="fifo:4:1", steps=4),
              "freenoise": dict(frames=16, long_video="freenoise:8:4"), "vidrd": dict(frames=16, long_video="vidrd:8:4")}
     meshes = [{"data": 8}, {"frames": 8}, {"data": 2, "frames": 4}, {"frames": 4, "model": 2}]
     for name, extra in cases.items():

@@ -112,7 +112,9 @@ def param_sharding(shape: Sequence[int], mesh: Mesh, axis: str = "model") -> Nam
 
 def _host(x):
     """A mesh spanning several processes takes host data (the same on every process), not another
-    device's array."""
+    device's array; an array already spread over the processes (restored onto a mesh) moves as it is."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x
     return np.asarray(x) if jax.process_count() > 1 else x
 
 
