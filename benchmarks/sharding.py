@@ -95,11 +95,10 @@ def run(shape, layouts, reps, emit):
     import jax
     import numpy as np
 
-    from vstar_jax.parallel.sharding import (CONTEXT_AXES, LATENT_AXES, activation_layout, make_mesh, named,
-                                             shard_params)
-
     from vstar_jax.generation.sampling import row_sharding
     from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
+    from vstar_jax.parallel.sharding import (CONTEXT_AXES, LATENT_AXES, activation_layout, make_mesh, named,
+                                             shard_params)
 
     model, params, x, t, ctx = _model(shape)
     ac = np.linspace(0.999, 0.01, 1000)
@@ -108,15 +107,15 @@ def run(shape, layouts, reps, emit):
 
     # the sharded code path on a one-device mesh against the plain call, interleaved
     one = make_mesh({"frames": 1}, jax.devices()[:1])
-    lay1 = activation_layout(one, shape[0], shape[2])  # None: nothing to split, the path adds nothing
-    path1 = jax.jit(lambda p, x, t, c: model.apply({"params": p}, x, t, c, layout=lay1))
+    spec1 = DenoiserSpec(latent_sharding=row_sharding(one, shape[2], shape[0]))  # the --mesh frames=1 path
+    path1 = jax.jit(lambda p, x, t, c: make_denoiser(model, p, spec1, alphas_cumprod=ac)(x, t, c, 0))
     args1 = (shard_params(params, one), jax.device_put(x, named(one, LATENT_AXES)), t,
              jax.device_put(ctx, named(one, CONTEXT_AXES)))
     plain_args = (params, x, t, ctx)
     jax.block_until_ready(plain(*plain_args))
     jax.block_until_ready(path1(*args1))
     tp, ts = [], []
-    for _ in range(reps):
+    for _ in range(max(reps, 15)):  # cheap: more repetitions against load noise
         tp += _timed(plain, plain_args, 1)
         ts += _timed(path1, args1, 1)
     emit(dict(base, what="one-device overhead", plain_s=statistics.median(tp), sharded_path_s=statistics.median(ts),
