@@ -133,14 +133,14 @@ def test_unet_takes_one_timestep_per_frame():
     unet = UNet3D(cfg)
     x = jax.random.normal(jax.random.key(0), (2, cfg.in_channels, 4, 8, 8))
     ctx = jax.random.normal(jax.random.key(1), (2, 77, cfg.context_dim))
-    params = jax.jit(unet.init)(jax.random.key(2), x, jnp.array([10, 10]), ctx)["params"]
-    call = jax.jit(lambda t: unet.apply({"params": params}, x, t, ctx))  # compiled: eager op-by-op took 36 s
-    same = call(jnp.full((2, 4), 700))
-    np.testing.assert_allclose(np.asarray(same), np.asarray(call(jnp.array([700, 700]))), atol=1e-5, rtol=0)
-    diag = call(jnp.array([[100, 300, 500, 700]] * 2))
+    params = unet.init(jax.random.key(2), x, jnp.array([10, 10]), ctx)["params"]
+    same = unet.apply({"params": params}, x, jnp.full((2, 4), 700), ctx)
+    np.testing.assert_allclose(np.asarray(same), np.asarray(unet.apply({"params": params}, x, jnp.array([700, 700]),
+                                                                       ctx)), atol=1e-5, rtol=0)
+    diag = unet.apply({"params": params}, x, jnp.array([[100, 300, 500, 700]] * 2), ctx)
     assert float(jnp.abs(diag - same).max()) > 1e-3
     with pytest.raises(ValueError, match="per-frame timesteps must be"):
-        call(jnp.zeros((2, 3), jnp.int32))
+        unet.apply({"params": params}, x, jnp.zeros((2, 3), jnp.int32), ctx)
 
 
 def test_steps_and_lengths():
