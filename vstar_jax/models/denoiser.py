@@ -63,7 +63,9 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
 
             p = jax.lax.with_sharding_constraint(params, NamedSharding(rows.mesh, PartitionSpec()))
-        kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture, layout=layout)
+        kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture)
+        if layout is not None:  # only on a mesh: a UNet without layouts still serves one device
+            kw["layout"] = layout
         if spec.capture:
             raw, state = unet.apply({"params": p}, x, t, ctx, mutable=["intermediates"], **kw)
             aux = attention_rows(state["intermediates"], x.shape[0] // 2)
