@@ -4,6 +4,11 @@ A ``vstar-jax generate`` process compiles the UNet/sampler/VAE programs for its 
 cache on, a second process with the same shapes (and the same jax/XLA version and flags) loads the
 compiled executables from disk instead of compiling again.
 
+The sampling loop holds a host callback (the progress tick, which is also how Ctrl-C stops it), and
+JAX's cache does not store such programs; :func:`compile_lowered` keeps them in the ``with_callbacks``
+subfolder and reloads them with the new process's callbacks (see below). Entries are executables:
+like JAX's own cache, only point the cache at a folder you trust.
+
 Where: ``$VSTAR_JAX_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/vstar-jax/jax_cache`` (default
 ``~/.cache/vstar-jax/jax_cache``). ``VSTAR_JAX_CACHE_DIR=off`` (or ``0``, ``none``, ``false``, or set
 to the empty string) turns it off. Call :func:`enable_compile_cache` once, before the first
