@@ -33,6 +33,7 @@ def child(a) -> int:
     t_start = time.perf_counter()
     from vstar_jax.compile_cache import enable_compile_cache
 
+    os.environ["VSTAR_JAX_CACHE_DIR"] = a.cache_dir  # cli.main enables the cache again from the environment
     enable_compile_cache(a.cache_dir)
     from vstar_jax import cli
 
@@ -41,7 +42,7 @@ def child(a) -> int:
         out = os.path.join(a.workdir, f"clip{i}.mp4")
         t0 = time.perf_counter()
         rc = cli.main(["generate", PROMPT, "--checkpoint", a.checkpoint, "--frames", str(a.frames_one),
-                       "--steps", str(a.steps), "--seed", "0", "--out", out])
+                       "--steps", str(a.steps), "--seed", "0", "--out", out, "--overwrite"])
         walls.append(time.perf_counter() - t0)
         if rc != 0:
             return rc
