@@ -208,14 +208,14 @@ class SpatialTransformer(nn.Module):
         n, h, w, c = x.shape
         inner = self.heads * self.head_dim
         k = _chunks(n, h * w, inner, not self.is_initializing())
-        # (k, n / k, h * w, c): chunks of whole images, a free reshape
-        y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(k, n // k, h * w, c)
-        ctx = context.astype(self.dtype).reshape((k, n // k) + context.shape[1:])
+        y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(n, h * w, c)
+        ctx = context.astype(self.dtype)
+        if k > 1:  # (k, n / k, h * w, c): chunks of whole images, a free reshape
+            y, ctx = y.reshape(k, n // k, h * w, c), ctx.reshape((k, n // k) + ctx.shape[1:])
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
-            blk = _block(k, inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                         name=f"block_{i}")
-            y = blk(y, ctx) if k > 1 else blk(y[0], ctx[0])[None]
+            y = _block(k, inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                       name=f"block_{i}")(y, ctx)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
         return x + y.reshape(n, h, w, c).astype(x.dtype)
 
