@@ -159,6 +159,8 @@ def compile_lowered(lowered, cache_dir: Optional[str] = None):
         except Exception:  # noqa: BLE001 - a stale or unreadable entry: compile and replace it
             pass
     compiled = lowered.compile()
+    if jax.process_index() != 0:  # as JAX's cache: one writer when several processes share the folder
+        return compiled, False
     try:
         unloaded = compiled._executable._unloaded_executable
         args_info_flat, _ = jax.tree_util.tree_flatten(compiled.args_info)
