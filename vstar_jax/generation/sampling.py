@@ -25,6 +25,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.longvideo.base import SampleInputs
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
@@ -197,8 +198,10 @@ def compiled_sampler(unet, plan: SamplePlan, args: tuple, progress: bool):
         lowered = sample_jit.lower(unet, *args, plan=plan)
         if len(_COMPILED) >= 8:
             _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = lowered.compile()
-        log(progress, f"compiled in {time.time() - t0:.1f}s")
+        # The loop holds the progress tick (a host callback), which JAX's persistent cache refuses;
+        # compile_lowered keeps it on disk anyway and re-attaches this process's callback on load.
+        _COMPILED[key], loaded = compile_lowered(lowered)
+        log(progress, f"{'loaded from the compile cache' if loaded else 'compiled'} in {time.time() - t0:.1f}s")
     return _COMPILED[key]
 
 

@@ -145,6 +145,50 @@ class TransformerBlock(nn.Module):
         return x
 
 
+# Transformer blocks act on each token independently except inside attention, whose rows are one image
+# (spatial) or one pixel's frames (temporal). On CPU a block runs over chunks of tokens (nn.scan over
+# groups of images / pixels, the same parameters), about CHUNK_ELEMS token-features (tokens x the block's
+# width; the GEGLU hidden layer is 8x that) at a time, so each chunk's intermediates (q/k/v, logits, the
+# 4x-wide GEGLU hidden layer) stay in cache instead of streaming whole-tensor intermediates through
+# memory: 1.5-3x faster blocks on the 2-core developer machine. Only the plain path is chunked (no logit
+# transform, weight capture or attend hook; not while initialising); CHUNK_ELEMS = 0 turns it off.
+# Read at trace time.
+CHUNK_ELEMS = 1 << 18
+
+
+def _chunks(rows: int, tokens_per_row: int, width: int, enabled: bool) -> int:
+    """How many chunks to split ``rows`` rows of ``tokens_per_row`` tokens into (1: no chunking): the
+    smallest divisor of ``rows`` whose chunks hold at most CHUNK_ELEMS token-features (at least one row)."""
+    budget = CHUNK_ELEMS // max(1, width)
+    if not enabled or not CHUNK_ELEMS or jax.default_backend() != "cpu" or rows * tokens_per_row <= budget:
+        return 1
+    for k in range(1, rows + 1):
+        if rows % k == 0 and (rows // k) * tokens_per_row <= budget:
+            return k
+    return rows
+
+
+class _ChunkBlock(TransformerBlock):
+    """A TransformerBlock in nn.scan's (carry, xs) form: the same module (names, parameters), one chunk."""
+
+    @nn.compact
+    def __call__(self, carry, xs):  # noqa: D102
+        x, context = xs
+        return carry, TransformerBlock.__call__(self, x, context)
+
+
+_ScanBlock = nn.scan(_ChunkBlock, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)
+
+
+def _block(chunks: int, *args, name: str):
+    """TransformerBlock(*args, name=name), or its chunked form when ``chunks`` > 1: called as
+    ``fn(x, context)`` on inputs whose leading axis is the chunk axis."""
+    if chunks == 1:
+        return TransformerBlock(*args, name=name)
+    mod = _ScanBlock(*args, name=name)
+    return lambda x, context: mod(None, (x, context))[1]
+
+
 class SpatialTransformer(nn.Module):
     """GroupNorm -> proj_in -> transformer blocks (self + cross attention) -> proj_out, residual.
 
@@ -163,11 +207,15 @@ class SpatialTransformer(nn.Module):
     def __call__(self, x, context):
         n, h, w, c = x.shape
         inner = self.heads * self.head_dim
+        k = _chunks(n, h * w, inner, not self.is_initializing())
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(n, h * w, c)
+        ctx = context.astype(self.dtype)
+        if k > 1:  # (k, n / k, h * w, c): chunks of whole images, a free reshape
+            y, ctx = y.reshape(k, n // k, h * w, c), ctx.reshape((k, n // k) + ctx.shape[1:])
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
-            y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                                 name=f"block_{i}")(y, context.astype(self.dtype))
+            y = _block(k, inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                       name=f"block_{i}")(y, ctx)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
         return x + y.reshape(n, h, w, c).astype(x.dtype)
 
@@ -193,13 +241,23 @@ class TemporalTransformer(nn.Module):
         b, f, h, w, c = x.shape
         inner = self.heads * self.head_dim
         # Channels-last throughout: (b, f, h*w, c) is a free reshape; attention runs over axis 1.
+        plain = logit_transform is None and not capture and attend is None
+        k = _chunks(h * w, b * f, inner, plain and not self.is_initializing())
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(b, f, h * w, c)
+        if k > 1:  # (k, b, f, h*w / k, c): chunks of pixels, each with all its frames (one copy at width c)
+            y = y.reshape(b, f, k, h * w // k, c).transpose(2, 0, 1, 3, 4)
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
-            y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                                 self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture,
-                                                                            attend)
+            if k > 1:
+                y = _block(k, inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                           self.relative_position, name=f"block_{i}")(y, None)
+            else:
+                y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                                     self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture,
+                                                                                attend)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
+        if k > 1:
+            y = y.transpose(1, 2, 0, 3, 4)
         return x + y.reshape(b, f, h, w, c).astype(x.dtype)
 
 
