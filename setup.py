@@ -41,7 +41,7 @@ setup(
         # (on the project's machines: `pip install torch==2.13.0`, a local CPU wheel), then `.[convert]`.
         # diffusers (and transformers, already required) build the reference models for `vstar-jax verify`.
         "convert": ["torch>=2.1", "diffusers>=0.30"],
-        "test": ["pytest", "torch>=2.1", "diffusers>=0.30"],
+        "test": ["pytest", "pytest-xdist", "torch>=2.1", "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["vstar-jax=vstar_jax.cli:main"]},
 )

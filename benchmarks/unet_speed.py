@@ -18,8 +18,8 @@ revision REV (imported from a ``git archive`` copy under another module name), o
 parameters: the before/after comparison in one process.
 
 TFLOP/s: XLA's ``cost_analysis()`` of the compiled call. Loops (the blockwise attention's
-lax.map/scan) are counted once there, not per trip, so the FLOP count is taken from the same
-call compiled with blockwise attention off (a loop-free graph of the same math).
+lax.map/scan, the chunked transformer blocks' nn.scan) are counted once there, not per trip, so the
+FLOP count is taken from the same call compiled with both off (a loop-free graph of the same math).
 
 --ops adds a per-op table at the UNet's level-0 shape (first block width, full latent):
 attention cores (spatial self, text cross, temporal), whole temporal and spatial transformer
@@ -122,13 +122,19 @@ def interleaved(fns: dict, reps: int, warm: int) -> dict:
 
 @contextlib.contextmanager
 def blockwise_off():
+    """No loops in the graph: blockwise attention and the chunked transformer blocks off."""
     from vstar_jax.models import attention as A
-    old = A.BLOCK_THRESHOLD
+    from vstar_jax.models import unet3d as U
+    old, old_chunk = A.BLOCK_THRESHOLD, getattr(U, "CHUNK_ELEMS", None)
     A.BLOCK_THRESHOLD = 1 << 62
+    if old_chunk is not None:
+        U.CHUNK_ELEMS = 0
     try:
         yield
     finally:
         A.BLOCK_THRESHOLD = old
+        if old_chunk is not None:
+            U.CHUNK_ELEMS = old_chunk
 
 
 def flops_of(jitted, *args) -> float:

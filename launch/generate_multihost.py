@@ -3,7 +3,8 @@
 Every process runs this same script. ``jax.distributed.initialize`` gets its coordinator, process
 count and id from the flags, a torchrun-style or SLURM environment, or (TPU pod slices) finds them
 itself (``vstar_jax.parallel.distributed``). The mesh spans every device of every host
-(``--mesh frames=-1`` by default: the frames the UNet sees, split over all of them); each item is
+(``--mesh frames=-1`` by default: the frames the UNet sees, split over all of them); the UNet's
+arrays are restored from the orbax checkpoint straight into their places on that mesh; each item is
 one SPMD program over that mesh; only process 0 decodes and writes files; each process logs to
 ``--log-dir/process-<i>.log``.
 
@@ -128,12 +129,18 @@ def run(args, info: dict) -> int:
     print(f"[process {rank}/{jax.process_count()}] {info['source']}: {len(jax.devices())} devices in all, "
           f"{jax.local_device_count()} here; mesh {dict(mesh.shape)}; {len(todo)} item(s)", file=log, flush=True)
     writer = is_writer()
+    pipeline = None
+    if args.checkpoint:  # the UNet's arrays restored straight into their places on the global mesh
+        from vstar_jax.generation.model import Pipeline
+        from vstar_jax.parallel.sharding import params_sharding_rule
+
+        pipeline = Pipeline.from_checkpoint(args.checkpoint, unet_sharding=params_sharding_rule(mesh))
     for prompt, seed in todo:
         out = args.out or pl.default_output(prompt, seed, args.out_dir)
         t0 = time.time()
         with contextlib.redirect_stderr(log):
-            res = pl.generate_video(prompt, checkpoint=args.checkpoint, frames=args.frames, steps=args.steps,
-                                    seed=seed, tar=args.tar, long_video=args.long_video, mesh=mesh,
+            res = pl.generate_video(prompt, checkpoint=args.checkpoint, pipeline=pipeline, frames=args.frames,
+                                    steps=args.steps, seed=seed, tar=args.tar, long_video=args.long_video, mesh=mesh,
                                     out=out if writer else None, progress=writer, keep_video=False)
         if writer and args.save_latents:
             np.save(os.path.splitext(out)[0] + ".latents.npy", res.latents)

@@ -66,3 +66,33 @@ def test_items_split_over_the_data_axis_of_4_devices():
     r = run_on_host_devices(SCRIPT, 4, timeout=900)
     assert "SAME True MESH {'data': 4}" in r.stdout, r.stdout
     assert "3 items do not split over the mesh's data axis of size 4" in r.stdout
+
+
+def test_cli_seeds_and_prompts_file_make_one_batch(tmp_path, capsys):
+    """`vstar-jax generate --prompts-file F --seeds 1,2 --out-dir D`: one video per (prompt, seed), equal to
+    the single-video command's; options that name one video are refused in one line."""
+    import json
+
+    from vstar_jax.cli import main
+
+    ck = shared_tiny_checkpoint()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\na red ball\n\na blue cube\n")
+    flags = ["--checkpoint", ck, "--frames", "4", "--steps", "2", "--tar", "L0:1", "--quiet"]
+    assert main(["generate", "--prompts-file", str(prompts), "--seeds", "1,2", "--out-dir", str(tmp_path / "many")]
+                + flags) == 0
+    paths = capsys.readouterr().out.split()
+    assert [os.path.basename(p) for p in paths] == ["a-red-ball-1.mp4", "a-red-ball-2.mp4", "a-blue-cube-1.mp4",
+                                                     "a-blue-cube-2.mp4"]
+    sc = json.loads((tmp_path / "many" / "a-blue-cube-2.json").read_text())
+    assert sc["timing_s"]["batch"] == 4
+    assert main(["generate", "a blue cube", "--seed", "2", "--out", str(tmp_path / "one.mp4")] + flags) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert sc["frames_sha256"] == one["frames_sha256"]
+    capsys.readouterr()
+    assert main(["generate", "a red ball", "--seeds", "1,2", "--out", str(tmp_path / "x.mp4")] + flags) == 2
+    assert "--out is for one video" in capsys.readouterr().err
+    assert main(["generate", "a red ball", "--seeds", "1,b"] + flags) == 2
+    assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+    assert main(["generate", "a red ball", "--prompts-file", str(prompts)] + flags) == 2
+    assert "not both" in capsys.readouterr().err

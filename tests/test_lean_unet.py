@@ -107,3 +107,67 @@ def test_compile_cache_switch(tmp_path, monkeypatch):
     finally:
         for k, v in before.items():
             jax.config.update(k, v)
+
+
+def test_chunked_transformer_blocks_are_the_plain_blocks(monkeypatch):
+    """CPU: transformer blocks run over chunks of images / pixels (unet3d.CHUNK_ELEMS). Forced to chunk
+    at tiny shapes, a temporal transformer (value and gradients) and a spatial one equal the unchunked
+    path to float32 rounding; a hook keeps the whole-tensor path."""
+    from vstar_jax.models import unet3d
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("chunking is a CPU path")
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 64)
+    assert unet3d._chunks(64, 6, 32, True) == 64 and unet3d._chunks(6, 4, 8, True) == 3  # >= 1 row a chunk
+    assert unet3d._chunks(6, 4, 8, False) == 1
+    rng = np.random.default_rng(3)
+    flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])  # noqa: E731
+    x5 = jnp.asarray(rng.standard_normal((2, 3, 4, 4, 16)).astype(np.float32))
+    tt = unet3d.TemporalTransformer(2, 8, groups=8)
+    p = tt.init(jax.random.PRNGKey(1), x5)
+    f = jax.value_and_grad(lambda q, x: jnp.sum(jnp.sin(tt.apply(q, x))), argnums=(0, 1))
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 0)
+    v, g = jax.jit(f)(p, x5)
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 48)  # 3 tokens: 2 chunks of 8 pixels x 6 (b, f) rows
+    v_c, g_c = jax.jit(f)(p, x5)
+    assert abs(float(v_c) - float(v)) <= 1e-5 * max(1.0, abs(float(v)))
+    assert rel_err(flat(g_c), flat(g)) < 1e-5
+    # a hook (here a logit transform) keeps the whole-tensor path: the same function as unchunked
+    transform = lambda s: s * 0.5  # noqa: E731
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 0)
+    want = tt.apply(p, x5, transform)
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 48)
+    np.testing.assert_array_equal(tt.apply(p, x5, transform), want)
+
+    x4 = jnp.asarray(rng.standard_normal((6, 4, 4, 16)).astype(np.float32))
+    ctx = jnp.asarray(rng.standard_normal((6, 5, 12)).astype(np.float32))
+    st = unet3d.SpatialTransformer(2, 8, groups=8)
+    p = st.init(jax.random.PRNGKey(2), x4, ctx)
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 0)
+    want = jax.jit(st.apply)(p, x4, ctx)
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 512)  # 32 tokens: 3 chunks of 2 images
+    assert rel_err(jax.jit(st.apply)(p, x4, ctx), want) < 2e-6
+
+
+@pytest.mark.slow
+def test_chunked_unet_is_the_plain_unet(monkeypatch):
+    """The whole tiny UNet with chunking forced at every level equals the unchunked UNet (slow: two
+    UNet compiles)."""
+    from configs import unet_tiny
+    from vstar_jax.models import unet3d
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("chunking is a CPU path")
+    cfg = unet_tiny.get_config()
+    model = unet3d.UNet3D(cfg)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, cfg.in_channels, 3, 8, 8)).astype(np.float32))
+    t = jnp.asarray([10, 700])
+    ctx = jnp.asarray(rng.standard_normal((2, 5, cfg.context_dim)).astype(np.float32))
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x, t, ctx)
+    params = jax.tree_util.tree_map(lambda a: a + 0.05 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), params)
+    run = lambda: jax.jit(model.apply)(params, x, t, ctx)  # noqa: E731
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 0)
+    plain = run()
+    monkeypatch.setattr(unet3d, "CHUNK_ELEMS", 64)  # a handful of tokens per chunk at every level
+    assert rel_err(run(), plain) < 2e-6

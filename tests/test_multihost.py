@@ -85,3 +85,69 @@ def test_two_processes_one_global_mesh_equal_one_process(tmp_path):
 
     sc = json.loads((out.parent / "clip.json").read_text())
     assert sc["mesh"] == {"frames": 2}
+
+
+SWEEP_LAUNCH = os.path.join(REPO, "launch", "sweep_multihost.py")
+SWEEP_CONFIG = """
+import importlib.util, ml_collections
+_spec = importlib.util.spec_from_file_location("_tiny_sweep", {tiny!r})
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+
+
+def get_config():
+    c = _mod.get_config()
+    c.name = "mh"
+    c.checkpoint = {ckpt!r}
+    c.methods = ml_collections.ConfigDict({{"tar": {{"tar": "L0:1"}}}})
+    c.frames = [4]
+    c.seeds = [0, 1]
+    c.generate.record_attention = False
+    return c
+"""
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_two_processes_share_one_sweep_each_run_once_equal_to_one_process(tmp_path):
+    """4 runs, 2 processes on a loopback coordinator, 2 runs per compiled call: every run is written
+    once (one row file, one video), by the process whose share it is, and equals the single-process
+    sweep run by run (metrics and the video frames' hash)."""
+    import json
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from tiny_checkpoint import shared_tiny_checkpoint
+    from vstar_jax import sweep
+
+    config_path = tmp_path / "mh_sweep.py"
+    config_path.write_text(SWEEP_CONFIG.format(tiny=os.path.join(REPO, "configs", "sweep_tiny.py"),
+                                               ckpt=shared_tiny_checkpoint()))
+    port = _free_port()
+    out = tmp_path / "sweep"
+    common = [sys.executable, SWEEP_LAUNCH, str(config_path), "--out", str(out), "--set", "batch=2",
+              "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--log-dir", str(tmp_path / "logs")]
+    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=_env()) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-3000:] + (tmp_path / "logs" / "process-1.log").read_text()[-3000:]
+    assert "4 runs in" in outs[0][0] and "0 failed" in outs[0][0], outs[0][0]
+    rows = {r["run_id"]: r for r in sweep.read_table(str(out))}
+    assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"ok"}
+    assert sorted(p.name for p in (out / "rows").iterdir()) == sorted(f"{k}.json" for k in rows)
+    videos = sorted(p.name for p in (out / "videos").iterdir() if p.suffix == ".mp4")
+    assert videos == sorted(f"{k}.mp4" for k in rows)
+    runs = sweep.expand_runs(sweep.load_config(str(config_path))[0])
+    for k, run in enumerate(runs):  # every run by the process whose share it is, in batches of 2
+        row = rows[run["run_id"]]
+        assert (row["process"], row["batch"], row["devices"]) == (k % 2, 2, 1), row
+        assert row["elapsed_s"] > 0
+    # the same sweep in one process, one run at a time
+    ref_dir = tmp_path / "ref"
+    config, config_dir = sweep.load_config(str(config_path))
+    ref = {r["run_id"]: r for r in sweep.run_sweep(config, str(ref_dir), config_dir, progress=False)}
+    for rid, row in rows.items():
+        sc = json.loads((out / "videos" / f"{rid}.json").read_text())
+        want = json.loads((ref_dir / "videos" / f"{rid}.json").read_text())
+        assert sc["frames_sha256"] == want["frames_sha256"], rid
+        for key in ("mawe", "ofs", "warp_error", "scuts", "motion"):
+            assert row[key] == pytest.approx(ref[rid][key], rel=1e-6, abs=1e-9), (rid, key)

@@ -330,3 +330,43 @@ def test_sigint_mid_sampling_stops_a_real_sweep_cleanly(tmp_path):
     assert read_table(str(tmp_path / "s")) == []
     videos = tmp_path / "s" / "videos"
     assert not videos.exists() or list(videos.iterdir()) == []
+
+
+_DIE = {"after": None, "calls": 0}
+
+
+def dying_run(run, out_dir, config):
+    """fake_run, but the process 'dies' (Ctrl-C) at its n-th call."""
+    _DIE["calls"] += 1
+    if _DIE["after"] is not None and _DIE["calls"] > _DIE["after"]:
+        raise KeyboardInterrupt
+    return fake_run(run, out_dir, config)
+
+
+def test_shards_split_the_grid_and_a_dead_shard_resumes(tmp_path):
+    """Two shards (processes) of one sweep folder: each writes only its share, every run once; a shard
+    that dies keeps its finished rows and, started again, runs only what is left."""
+    from vstar_jax.sweep import SweepInterrupted, read_rows
+
+    config, d = tiny_config(run_fn="test_sweep.dying_run", prompts=["a square moves right"])  # 6 runs
+    out = str(tmp_path / "sw")
+    runs = expand_runs(config, d)
+    _DIE.update(after=None, calls=0)
+    run_sweep(config, out, d, progress=False, shard=(0, 2))
+    _DIE.update(after=1, calls=0)
+    with pytest.raises(SweepInterrupted):
+        run_sweep(config, out, d, progress=False, shard=(1, 2))
+    rows = read_rows(out)
+    assert len(rows) == 4 and sorted(r["process"] for r in rows.values()) == [0, 0, 0, 1]
+    first = (tmp_path / "sw" / "rows" / f"{runs[1]['run_id']}.json").stat().st_mtime_ns
+    _DIE.update(after=None, calls=0)
+    run_sweep(config, out, d, progress=False, shard=(1, 2))
+    assert _DIE["calls"] == 2  # only the two runs left
+    rows = read_rows(out)
+    assert sorted(rows) == sorted(r["run_id"] for r in runs)
+    assert [rows[r["run_id"]]["process"] for r in runs] == [0, 1, 0, 1, 0, 1]
+    assert (tmp_path / "sw" / "rows" / f"{runs[1]['run_id']}.json").stat().st_mtime_ns == first  # written once
+    assert {r["run_id"] for r in read_table(out)} == set(rows)
+    assert not list((tmp_path / "sw" / "rows").glob(".*"))  # no temporary file left
+    with pytest.raises(ValueError, match="shard 2 of 2"):
+        run_sweep(config, out, d, progress=False, shard=(2, 2))

@@ -78,6 +78,10 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 12)")
     p.add_argument("--eta", type=float, help="DDIM eta (default 1.0)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 0,1,2: one video each, many per compiled call")
+    p.add_argument("--prompts-file", metavar="PATH",
+                   help="one prompt a line (# comments): one video per prompt (and seed), many per compiled call")
+    p.add_argument("--out-dir", metavar="DIR", help="folder for several videos (default outputs/)")
     p.add_argument("--fps", type=float, help="fps conditioning of the UNet (default 28)")
     p.add_argument("--save-fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
     p.add_argument("--tar", help="temporal attention regularization: a preset (64D1, 64D1_32D8, ...) or "
@@ -107,7 +111,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
     p.add_argument("--mesh", metavar="AXES",
                    help="spread the UNet's work over devices: data=2 (CFG rows), frames=4 (the frames it sees), "
-                        "model=2 (FSDP params); e.g. data=2,frames=4")
+                        "model=2 (FSDP params); e.g. data=2,frames=4; or a mesh config file (configs/mesh.py: "
+                        "axes and logical-axis rules)")
     p.add_argument("--long-video", metavar="METHOD[:ARGS]",
                    help="how --frames frames are denoised with a UNet that sees a window of them: genl:16:8 "
                         "(Gen-L-Video, stride 8), blend:24:8 (StreamingT2V randomized blending, overlap 8), "
@@ -119,9 +124,25 @@ def generate_parser() -> argparse.ArgumentParser:
 
 
 def _mesh_arg(spec: Optional[str]):
-    """'frames=4,model=2' -> {"frames": 4, "model": 2} (None if not given)."""
+    """'frames=4,model=2' -> {"frames": 4, "model": 2}; a ``.py`` mesh config (``configs/mesh.py``: axes and
+    logical-axis rules) -> its ConfigDict; None if not given."""
     if not spec:
         return None
+    if spec.endswith(".py"):
+        import importlib.util  # noqa: PLC0415
+
+        if not os.path.isfile(spec):
+            raise UsageError(f"--mesh config not found: {spec}")
+        mod_spec = importlib.util.spec_from_file_location("_vstar_mesh_config", spec)
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+            cfg = module.get_config()
+        except Exception as e:  # noqa: BLE001 - a user's file: any failure is one line
+            raise UsageError(f"--mesh config {spec} cannot be loaded: {type(e).__name__}: {e}") from None
+        if "axes" not in cfg:
+            raise UsageError(f"--mesh config {spec} has no 'axes'")
+        return cfg
     axes = {}
     for part in spec.split(","):
         name, _, n = part.partition("=")
@@ -218,6 +239,10 @@ def generate_main(argv: Sequence[str]) -> int:
             return 1
         print(f"{res.path}\tidentical frames" if sc.get("frames_sha256") else res.path)
         return 0
+    if a.prompts_file or a.seeds:
+        return _generate_many(a, parser, argv, progress, max_memory)
+    if a.out_dir:
+        raise UsageError("--out-dir is for several videos (--seeds or --prompts-file); use --out for one")
     if a.prompt is None or not a.prompt.strip():
         raise UsageError("empty prompt: give a text description of the video")
     out = a.out or pl.default_output(a.prompt, a.seed)
@@ -229,6 +254,48 @@ def generate_main(argv: Sequence[str]) -> int:
         keep_video=False,  # frames are streamed into the file: memory does not grow with --frames
         overwrite=a.overwrite, max_memory=max_memory)
     print(res.path)
+    return 0
+
+
+def _generate_many(a, parser, argv, progress: bool, max_memory) -> int:
+    """Several videos (prompts x seeds) through ``pipeline.generate_batch``: the items whose compiled
+    loop is the same run in one call, split over the mesh's ``data`` axis; one path printed a line."""
+    from vstar_jax import pipeline as pl  # noqa: PLC0415
+
+    if a.prompts_file:
+        if a.prompt is not None:
+            raise UsageError("give a prompt or --prompts-file, not both")
+        try:
+            lines = open(a.prompts_file, encoding="utf-8").read().splitlines()
+        except OSError as e:
+            raise UsageError(f"cannot read --prompts-file {a.prompts_file}: {e.strerror or e}") from None
+        prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        if not prompts:
+            raise UsageError(f"--prompts-file {a.prompts_file} has no prompts")
+    elif a.prompt is None or not a.prompt.strip():
+        raise UsageError("empty prompt: give a text description of the video")
+    else:
+        prompts = [a.prompt]
+    try:
+        seeds = [int(v) for v in a.seeds.split(",") if v.strip()] if a.seeds else [a.seed]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {a.seeds!r}") from None
+    if not seeds:
+        raise UsageError("--seeds is empty")
+    given = dict(_given_flags(parser, a, argv))
+    for dest in ("out", "gif", "attention_png", "llm", "local_lm", "seed"):
+        if dest in given and (dest != "seed" or a.seeds):
+            raise UsageError(f"{given[dest]} is for one video; several (--seeds / --prompts-file) are written to "
+                             f"--out-dir as <prompt>-<seed>.mp4" + (" and take no LLM synopsis"
+                                                                   if dest in ("llm", "local_lm") else ""))
+    items = [{"prompt": p, "seed": s} for p in prompts for s in seeds]
+    results = pl.generate_batch(
+        items, checkpoint=a.checkpoint, out_dir=a.out_dir or "outputs", mesh=_mesh_arg(a.mesh), progress=progress,
+        keep_video=False, overwrite=a.overwrite, frames=a.frames, steps=a.steps, cfg=a.cfg, eta=a.eta, fps=a.fps,
+        save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode, height=a.height,
+        width=a.width, frame_batch=a.frame_batch, long_video=a.long_video, max_memory=max_memory)
+    for res in results:
+        print(res.path)
     return 0
 
 

@@ -34,7 +34,8 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, plan_for,  # noqa: F401
-                                           row_sharding, run_sampler, sampler_args)
+                                           resolve_mesh, resolve_rules, row_sharding, run_sampler,
+                                           sampler_args)
 
 _log = log
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
@@ -151,7 +152,9 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                            width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
                            synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory)
     splan = request.strategy.check(request.frames, request.ddim_steps)
-    rows = row_sharding(mesh, splan.unet_frames)
+    rules = resolve_rules(mesh) if mesh is not None else None
+    mesh = resolve_mesh(mesh)
+    rows = row_sharding(mesh, splan.unet_frames, rules=rules)
     paths = check_outputs(out, gif, attention_png, overwrite)  # creates the output folder: after the other checks
     if llm is not None:
         states, source = _llm_synopsis(request.prompt, request.frames, dict(llm), progress)
@@ -162,7 +165,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)
     pipe = pipeline
-    plan = plan_for(request, info.latent_channels, rows)
+    plan = plan_for(request, info.latent_channels, rows, rules)
 
     # ---- encode ----------------------------------------------------------------------------
     _log(progress, "encoding the prompt" + (f" and {len(request.synopsis)} synopsis states" if request.synopsis else ""))
@@ -184,7 +187,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     sidecar = build_sidecar(
         request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
         vae_factor=info.vae_factor, frames_sha256=digest,
-        mesh=dict(rows.mesh.shape) if rows is not None else None, paths=paths,
+        mesh=dict(mesh.shape) if rows is not None else None, paths=paths,
         scale_factor=pipe.diffusion["scale_factor"],
         timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3), "total": round(time.time() - t_start, 3)})
     result = GenerationResult(video, sidecar, None, latents, attention)
@@ -230,27 +233,29 @@ def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
 
 # ------------------------------------------------------------------------------ batches
 def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = None, out_dir=None, mesh=None,
-                   progress: bool = True, keep_video: bool = True, **common) -> list:
+                   progress: bool = True, keep_video: bool = True, overwrite: bool = True, **common) -> list:
     """Many videos, many per compiled call: ``items`` are dicts of ``generate_video`` settings (at
     least ``prompt``; e.g. ``{"prompt": ..., "seed": 3, "cfg": 7.5}``), ``common`` the settings they
     share. Items whose compiled loop is the same (shape, steps, method, TAR, VSP or not) run in one
     call with an item axis (``jax.vmap``: each item draws its own seed's noise, so it equals its
     single-item run); on a mesh the item axis is split over ``data``. With ``out_dir`` each video is
     written to ``out_dir/<prompt-slug>-<seed>.mp4`` with its sidecar (``--from-sidecar`` reproduces it
-    alone). Returns one :class:`GenerationResult` per item, in order."""
+    alone); an item's own ``out`` names its file instead. Returns one :class:`GenerationResult` per
+    item, in order."""
     from vstar_jax.generation.sampling import sample_batch_jit  # noqa: PLC0415
 
     t_start = time.time()
     if not items:
         raise VstarError("generate_batch needs at least one item")
     info = model_info(checkpoint, pipeline)
-    reqs, all_paths = [], []
+    reqs, all_paths, outs = [], [], []
     for i, item in enumerate(items):
         kw = {**common, **dict(item)}
         prompt = kw.pop("prompt", None)
         if prompt is None:
             raise VstarError(f"item {i} has no prompt")
-        for bad in ("llm", "attention_png", "record_attention", "gif", "out"):
+        outs.append(kw.pop("out", None))
+        for bad in ("llm", "attention_png", "record_attention", "gif"):
             if kw.get(bad):
                 raise VstarError(f"item {i}: {bad} is not available in a batch (use generate_video)")
             kw.pop(bad, None)
@@ -261,9 +266,10 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
 
         m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
         item_sharding = _item_sharding(m, len(items))
-    for r in reqs:
-        out = default_output(r.prompt, r.seed, str(out_dir)) if out_dir is not None else None
-        all_paths.append(check_outputs(out, False, None))
+    for r, out in zip(reqs, outs):
+        if out is None and out_dir is not None:
+            out = default_output(r.prompt, r.seed, str(out_dir))
+        all_paths.append(check_outputs(out, False, None, overwrite))
     if pipeline is None:
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)

@@ -26,10 +26,20 @@ A config that cannot be loaded, a bad ``--set`` value and an empty grid are one-
 progress (sampling stops between UNet calls), which is not recorded; the table keeps every
 finished run and the sweep exits with status 130; running it again resumes with the runs left.
 
-Each run has a stable id (hash of its settings and checkpoint). After every run the whole table
-is written to a temporary file and moved into place (``os.replace``), as Parquet and CSV, so a killed sweep
-loses at most the run in progress; on restart finished ids are skipped. A run that raises is
-recorded with ``status="error"`` and its message, and the sweep goes on.
+Each run has a stable id (hash of its settings and checkpoint). A finished run is written once, atomically,
+as ``rows/<run_id>.json`` (temporary file + ``os.replace``), and then the whole table is rewritten the same
+way, as Parquet and CSV, so a killed sweep loses at most the runs in progress; on restart finished ids
+(the row files and the table) are skipped. A run that raises is recorded with ``status="error"`` and
+its message, and the sweep goes on. Every row has the run's wall time (``elapsed_s``), the devices it
+ran on (``devices``), the process that ran it (``process``) and the size of its batch (``batch``).
+
+Many runs per compiled call: ``batch: N`` (default 1) runs up to N runs that share a method and a
+frame count in one call (``pipeline.generate_batch``: each equals its single run), their item axis
+split over the ``data`` axis of ``mesh`` (the devices given, e.g. all local devices). Many processes:
+``run_sweep(..., shard=(i, n))`` takes every n-th run of the grid from the i-th, so n processes
+(``launch/sweep_multihost.py``, one per host on JAX's multi-controller runtime) share one sweep
+folder, each writing only its own runs; a process that dies loses only its runs in progress, and
+the job started again continues with the runs that have no row.
 """
 from __future__ import annotations
 
@@ -52,7 +62,8 @@ RESULTS_CSV = "results.csv"
 SETTING_COLUMNS = ("run_id", "status", "error", "prompt", "method", "frames", "seed")
 DEFAULT_RUN_FN = "vstar_jax.sweep.generate_and_score"
 KNOWN_KEYS = ("name", "prompts", "prompts_file", "prompts_tfds", "methods", "frames", "seeds", "generate",
-              "checkpoint", "run_fn", "metrics", "synopses", "run_fn_keys")
+              "checkpoint", "run_fn", "metrics", "synopses", "run_fn_keys", "batch")
+ROWS_DIR = "rows"  # one JSON file per finished run, written once, atomically: the record a restart reads
 OPEN_TABLES = ("methods", "generate", "synopses")  # --set may add new entries under these
 
 
@@ -421,56 +432,139 @@ class SweepInterrupted(KeyboardInterrupt):
         self.done, self.total = done, total
 
 
-def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True) -> list[dict]:
-    """Run every pending run of the grid; returns the final table rows."""
+def read_rows(out_dir: str) -> dict:
+    """{run_id: row} of every finished run's row file (the table's rows under them)."""
+    rows = {r["run_id"]: r for r in read_table(out_dir)}
+    folder = pathlib.Path(out_dir) / ROWS_DIR
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not a finished row file: the run is pending
+            continue
+        rows[row["run_id"]] = row
+    return rows
+
+
+def write_row(row: dict, out_dir: str) -> None:
+    """One finished run, atomically (temporary file + ``os.replace``)."""
+    folder = pathlib.Path(out_dir) / ROWS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{row['run_id']}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(row, f, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / f"{row['run_id']}.json")
+
+
+def _row(run: dict) -> dict:
+    return {"run_id": run["run_id"], "prompt": run["prompt"], "method": run["method"], "frames": run["frames"],
+            "seed": run["seed"], "checkpoint": run["checkpoint"], "settings": json.dumps(run["kwargs"], sort_keys=True)}
+
+
+def _chunks(runs: list[dict], size: int) -> list[list[dict]]:
+    """Runs in groups of up to ``size`` that share a compiled program (checkpoint, method, frames)."""
+    if size <= 1:
+        return [[r] for r in runs]
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["checkpoint"], r["method"], r["frames"]), []).append(r)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def _mesh_devices(mesh) -> int:
+    if mesh is None:
+        return 1
+    return int(mesh.devices.size) if hasattr(mesh, "devices") else int(__import__("math").prod(dict(mesh).values()))
+
+
+def generate_and_score_batch(runs: list[dict], out_dir: str, config, mesh=None) -> list[dict]:
+    """The default run_fn for many runs in one call (``pipeline.generate_batch``); the item axis is split
+    over the mesh's ``data`` axis when the batch divides it."""
+    from vstar_jax.pipeline import generate_batch
+
+    common = dict(runs[0]["kwargs"])
+    items = [{"prompt": r["prompt"], "seed": r["seed"], "out": os.path.join(out_dir, "videos", r["run_id"] + ".mp4")}
+             for r in runs]
+    common.pop("record_attention", None)  # not available in a batch (no band score)
+    data = dict(mesh.shape).get("data", 1) if mesh is not None else 1
+    use_mesh = mesh if data > 1 and len(runs) % data == 0 else None
+    results = generate_batch(items, checkpoint=runs[0]["checkpoint"] or None, frames=runs[0]["frames"],
+                             mesh=use_mesh, **common)
+    return [{"video": os.path.join("videos", r["run_id"] + ".mp4"), **score_video(res.video, r["prompt"], config)}
+            for r, res in zip(runs, results)]
+
+
+def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True,
+              *, shard: tuple = (0, 1), mesh=None) -> list[dict]:
+    """Run every pending run of the grid (of this ``shard`` = (index, count) of processes: every
+    count-th run from the index-th); returns the table's rows. ``mesh``: the devices a batch of runs
+    is split over (its ``data`` axis; ``batch`` in the config)."""
     from tqdm import tqdm
 
+    index, count = (int(v) for v in shard)
+    if not 0 <= index < count:
+        raise ValueError(f"sweep shard {index} of {count} does not exist")
     os.makedirs(out_dir, exist_ok=True)
-    for stale in pathlib.Path(out_dir).glob("results.*.tmp*"):
-        stale.unlink()
+    for stale in list(pathlib.Path(out_dir).glob("results.*.tmp*")) + list(pathlib.Path(out_dir).glob(
+            f"{ROWS_DIR}/.*.tmp*")):
+        # alone: every leftover is stale; beside other processes only old ones (another may be mid-write)
+        with contextlib.suppress(OSError):
+            if count == 1 or time.time() - stale.stat().st_mtime > 600:
+                stale.unlink(missing_ok=True)
     runs = expand_runs(config, config_dir)
-    run_fn = resolve_fn(_get(config, "run_fn", DEFAULT_RUN_FN))
-    snapshot = os.path.join(out_dir, "sweep_config.json")
-    with open(snapshot + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(_plain(config), f, indent=1, default=str)
-    os.replace(snapshot + ".tmp", snapshot)
+    run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
+    run_fn = resolve_fn(run_fn_name)
+    batch = _get(config, "batch", 1) or 1
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer (runs per compiled call), got {batch!r}")
+    if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
+        raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
+    if index == 0:
+        snapshot = os.path.join(out_dir, "sweep_config.json")
+        with open(snapshot + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(_plain(config), f, indent=1, default=str)
+        os.replace(snapshot + ".tmp", snapshot)
 
-    rows = read_table(out_dir)
+    known = read_rows(out_dir)
     if retry_errors:
-        rows = [r for r in rows if r.get("status") != "error"]
-    write_table(rows, out_dir)  # the CSV catches up with the Parquet if a kill fell between them
-    done = {r["run_id"] for r in rows}
-    pending = [r for r in runs if r["run_id"] not in done]
-    bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="sweep", disable=not progress)
+        known = {k: r for k, r in known.items() if r.get("status") != "error"}
+    if index == 0:
+        write_table(list(known.values()), out_dir)  # the CSV catches up with the Parquet if a kill fell between
+    mine = [r for k, r in enumerate(runs) if k % count == index]
+    pending = [r for r in mine if r["run_id"] not in known]
+    devices = _mesh_devices(mesh)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="sweep" + (f" {index}/{count}" if count > 1
+               else ""), disable=not progress)
     try:
-        for run in pending:
+        for chunk in _chunks(pending, batch):
             start = time.time()
-            row = {
-                "run_id": run["run_id"],
-                "prompt": run["prompt"],
-                "method": run["method"],
-                "frames": run["frames"],
-                "seed": run["seed"],
-                "checkpoint": run["checkpoint"],
-                "settings": json.dumps(run["kwargs"], sort_keys=True),
-            }
+            rows = [_row(r) for r in chunk]
             try:
-                result = run_fn(run, out_dir, config)
-                row.update(status="ok", error=None, **_flat_result(result))
-            except Exception as e:  # a failed run is recorded, the sweep goes on
-                row.update(status="error", error=f"{type(e).__name__}: {e}")
+                if len(chunk) == 1 and batch <= 1:
+                    results = [run_fn(chunk[0], out_dir, config)]
+                else:
+                    results = generate_and_score_batch(chunk, out_dir, config, mesh)
+                for row, result in zip(rows, results):
+                    row.update(status="ok", error=None, **_flat_result(result))
+            except Exception as e:  # a failed run (or batch) is recorded, the sweep goes on
                 tb = traceback.format_exc(limit=5)
-                row["traceback"] = tb[-2000:]
-            row["elapsed_s"] = time.time() - start
-            rows.append(row)
-            with _sigint_deferred():  # Parquet and CSV are replaced together, never one without the other
-                write_table(rows, out_dir)
-            bar.update(1)
-    except KeyboardInterrupt:  # Ctrl-C: the run in progress is not recorded (it reruns on resume)
+                for row in rows:
+                    row.update(status="error", error=f"{type(e).__name__}: {e}", traceback=tb[-2000:])
+            elapsed = (time.time() - start) / len(chunk)
+            with _sigint_deferred():  # row files, then Parquet and CSV together, never one without the other
+                for row in rows:
+                    row.update(elapsed_s=elapsed, devices=devices, process=index, batch=len(chunk))
+                    write_row(row, out_dir)
+                    known[row["run_id"]] = row
+                known.update(read_rows(out_dir))  # other processes' rows too
+                write_table(list(known.values()), out_dir)
+            bar.update(len(chunk))
+    except KeyboardInterrupt:  # Ctrl-C: the runs in progress are not recorded (they rerun on resume)
         bar.close()
-        raise SweepInterrupted(len(read_table(out_dir)), len(runs)) from None
+        raise SweepInterrupted(len(read_rows(out_dir)), len(runs)) from None
     bar.close()
-    return rows
+    return list(known.values())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,12 +131,15 @@ class Pipeline:
                 raise VstarError(f"{source}: checkpoint has no 'vae' params (convert with --components unet,vae,text)")
             vae = AutoencoderKL(_frozen(config["vae"]))
         tok = get_tokenizer(int(tcfg.get("pad_token_id", 0) or 0), int(tcfg.get("context_length", 77)))
-        params = jax.device_put(dict(params))  # once, not at every call
+        # once, not at every call; arrays already placed (restored onto a mesh) stay where they are
+        params = jax.tree_util.tree_map(lambda a: a if isinstance(a, jax.Array) else jax.device_put(a), dict(params))
         return cls(UNet3D(ucfg), TextTransformer(tcfg), tok, vae, params, config, source, decoder)
 
     @classmethod
-    def from_checkpoint(cls, ckpt_dir: str | os.PathLike) -> "Pipeline":
-        """Load a converted checkpoint directory (``vstar_jax.io.checkpoint`` layout)."""
+    def from_checkpoint(cls, ckpt_dir: str | os.PathLike, unet_sharding=None) -> "Pipeline":
+        """Load a converted checkpoint directory (``vstar_jax.io.checkpoint`` layout). ``unet_sharding``:
+        ``(path, shape) -> Sharding`` (``vstar_jax.parallel.sharding.params_sharding_rule(mesh)``): the
+        UNet's arrays are restored straight into their places on a mesh, never whole on one host."""
         from vstar_jax.io.checkpoint import load_checkpoint, read_config  # noqa: PLC0415
 
         path = os.path.abspath(os.fspath(ckpt_dir))
@@ -144,7 +147,10 @@ class Pipeline:
         comps = [c for c in ("unet", "text", "vae") if c in config.get("components", [])]
         if _is_pixel(config):
             comps = [c for c in comps if c != "vae"]
-        params, config = load_checkpoint(path, components=comps)
+        rule = None
+        if unet_sharding is not None:
+            rule = lambda p, shape: unet_sharding(p, shape) if p and p[0] == "unet" else None  # noqa: E731
+        params, config = load_checkpoint(path, rule, components=comps)
         return cls.from_params(params, config, path)
 
     # -- shapes -----------------------------------------------------------------------------

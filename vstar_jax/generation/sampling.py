@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import functools
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.longvideo.base import SampleInputs
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
@@ -48,6 +50,7 @@ class SamplePlan:
     row_sharding: Any = None  # NamedSharding of the UNet's (2b, c, F, h, w) rows on a mesh, or None
     strategy: Any = None  # vstar_jax.longvideo.Strategy (None: single pass)
     prediction: str = "eps"  # what the UNet predicts (vstar_jax.diffusion.parameterization)
+    rules: Any = None  # logical-axis rules of the activations on the mesh (None: the default table)
 
     def schedule(self):
         from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
@@ -62,15 +65,15 @@ class SamplePlan:
         hooks = ((self.tar,) if self.tar is not None else ())
         if self.strategy is not None:
             hooks = hooks + tuple(self.strategy.attention_hooks(self.latent_shape[2]))
-        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding)
+        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding, self.rules)
 
 
-def plan_for(request, latent_channels: int, row_sharding=None) -> SamplePlan:
+def plan_for(request, latent_channels: int, row_sharding=None, rules=None) -> SamplePlan:
     """The compiled loop's plan of a validated :class:`~vstar_jax.generation.request.GenerationRequest`."""
     h, w = request.latent_hw
     return SamplePlan(request.flavor, request.steps, request.eta, request.schedule_kwargs,
                       (1, int(latent_channels), request.frames, h, w), request.tar, request.capture, row_sharding,
-                      request.strategy, request.prediction)
+                      request.strategy, request.prediction, rules)
 
 
 # ------------------------------------------------------------------------------- progress
@@ -195,8 +198,10 @@ def compiled_sampler(unet, plan: SamplePlan, args: tuple, progress: bool):
         lowered = sample_jit.lower(unet, *args, plan=plan)
         if len(_COMPILED) >= 8:
             _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = lowered.compile()
-        log(progress, f"compiled in {time.time() - t0:.1f}s")
+        # The loop holds the progress tick (a host callback), which JAX's persistent cache refuses;
+        # compile_lowered keeps it on disk anyway and re-attaches this process's callback on load.
+        _COMPILED[key], loaded = compile_lowered(lowered)
+        log(progress, f"{'loaded from the compile cache' if loaded else 'compiled'} in {time.time() - t0:.1f}s")
     return _COMPILED[key]
 
 
@@ -236,25 +241,61 @@ def sampler_args(params, cond, uncond, seed: int, fps, cfg) -> tuple:
             jnp.float32(cfg))
 
 
-def row_sharding(mesh, frames: int, rows: int = 2):
-    """The sharding of the UNet's (rows, c, F, h, w) input on ``mesh`` (CFG/batch rows over ``data``,
-    frames over ``frames``); divisibility is checked on the window the UNet is given."""
+def resolve_mesh(mesh):
+    """A ``jax.sharding.Mesh`` from a mesh, a ``{"data": d, "frames": n, "model": m}`` dict, or a mesh
+    config (``configs/mesh.py``: ``axes`` and ``rules``); None stays None. A mesh the devices cannot
+    hold is a one-line :class:`VstarError`."""
+    if mesh is None or hasattr(mesh, "devices"):
+        return mesh
+    from vstar_jax.errors import VstarError  # noqa: PLC0415
+    from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
+
+    axes = mesh.get("axes", mesh) if hasattr(mesh, "get") else mesh
+    try:
+        return make_mesh({str(k): int(v) for k, v in dict(axes).items()})
+    except (TypeError, ValueError) as e:
+        raise VstarError(f"bad mesh {dict(axes)}: {e}") from None
+
+
+def resolve_rules(mesh):
+    """The logical-axis rules of a mesh config (``rules``), as the hashable table the layout takes; None
+    for the default table. Each rule is (logical axis, mesh axis / list of mesh axes / None)."""
+    rules = mesh.get("rules") if hasattr(mesh, "get") and "axes" in mesh else None
+    if rules is None:
+        return None
+    from vstar_jax.errors import VstarError  # noqa: PLC0415
+
+    out = []
+    for r in rules:
+        if len(r) != 2 or not isinstance(r[0], str):
+            raise VstarError(f"a sharding rule is (logical axis, mesh axis or axes or None), got {r!r}")
+        axis = r[1]
+        out.append((r[0], tuple(axis) if isinstance(axis, (list, tuple)) else axis))
+    return tuple(out)
+
+
+def row_sharding(mesh, frames: int, rows: int = 2, rules=None):
+    """The sharding of the UNet's (rows, c, F, h, w) input on ``mesh``: the devices of the data and
+    frames axes split the CFG/batch rows first, then the frames
+    (``vstar_jax.parallel.sharding.activation_layout``: with 2 CFG rows, ``frames=8`` is 2 x 4 and
+    ``data=2`` is 2 x 1); divisibility is checked on the window the UNet is given."""
+    mesh = resolve_mesh(mesh)
     if mesh is None:
         return None
     from vstar_jax.errors import VstarError  # noqa: PLC0415
-    from vstar_jax.parallel.sharding import LATENT_AXES, check_divisible, make_mesh, named  # noqa: PLC0415
+    from vstar_jax.parallel.sharding import LATENT_AXES, activation_layout, named  # noqa: PLC0415
 
-    if not hasattr(mesh, "shape"):
-        try:
-            mesh = make_mesh(dict(mesh))
-        except ValueError as e:
-            raise VstarError(str(e)) from None
-    sharding = named(mesh, LATENT_AXES)
-    try:
-        check_divisible((rows, 1, frames, 1, 1), sharding, "the UNet's input (CFG rows, c, frames, h, w)")
-    except ValueError as e:
-        raise VstarError(str(e)) from None
-    return sharding
+    from vstar_jax.parallel.sharding import DEFAULT_RULES  # noqa: PLC0415
+
+    layout = activation_layout(mesh, rows, frames, rules or DEFAULT_RULES)
+    if layout is not None:
+        return named(layout.mesh, LATENT_AXES, layout.rules)
+    n = math.prod(mesh.shape.get(a, 1) for a in ("data", "frames"))
+    if n > 1:
+        raise VstarError(f"the UNet's input ({rows} CFG rows x {frames} frames) does not split over the "
+                         f"{n} devices of mesh axes data x frames {dict(mesh.shape)}: frames ({frames}) "
+                         f"not divisible by mesh axis 'frames' once the rows take {math.gcd(rows, n)}")
+    return named(mesh, LATENT_AXES)
 
 
 def capture_maps(aux) -> Optional[dict]:

@@ -28,6 +28,7 @@ class DenoiserSpec:
     hooks: tuple = ()  # temporal-attention hooks (TARConfig, FreeNoise, ...)
     capture: bool = False  # record temporal attention maps (cond rows, averaged over pixels)
     latent_sharding: Any = None  # NamedSharding the (2b, c, F, h, w) rows are constrained to, or None
+    rules: Any = None  # logical-axis rules of the UNet's activations (None: sharding.DEFAULT_RULES)
 
 
 def attention_rows(inter, batch: int):
@@ -47,18 +48,33 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
     ac = np.asarray(alphas_cumprod, np.float32)
 
     def model_fn(x, t, ctx, i, **extra):
-        if spec.latent_sharding is not None:  # keep the CFG rows' layout on the mesh
-            x = jax.lax.with_sharding_constraint(x, spec.latent_sharding)
+        layout, rows = None, spec.latent_sharding
+        if rows is not None:  # keep the CFG rows' layout on the mesh, and lay the UNet's activations out
+            from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named  # noqa: PLC0415
+
+            layout = activation_layout(rows.mesh, x.shape[0], x.shape[2], spec.rules or DEFAULT_RULES)
+            if layout is not None:  # the same devices re-gridded for the rows (see activation_layout)
+                rows = named(layout.mesh, LATENT_AXES, layout.rules)
+            x = jax.lax.with_sharding_constraint(x, rows)
+        p = params
+        if rows is not None and rows.mesh.shape.get("model", 1) > 1:
+            # FSDP: weights are stored split over "model" and gathered whole for the call (ZeRO-3); left
+            # to itself XLA splits the contractions instead and all-reduces every activation
+            from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+
+            p = jax.lax.with_sharding_constraint(params, NamedSharding(rows.mesh, PartitionSpec()))
         # extra: StreamingT2V's conditioning (cam_frames, image_embed), CFG rows like x
         kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture, **extra)
+        if layout is not None:  # only on a mesh: a UNet without layouts still serves one device
+            kw["layout"] = layout
         if spec.capture:
-            raw, state = unet.apply({"params": params}, x, t, ctx, mutable=["intermediates"], **kw)
+            raw, state = unet.apply({"params": p}, x, t, ctx, mutable=["intermediates"], **kw)
             aux = attention_rows(state["intermediates"], x.shape[0] // 2)
         else:
-            raw, aux = unet.apply({"params": params}, x, t, ctx, **kw), None
+            raw, aux = unet.apply({"params": p}, x, t, ctx, **kw), None
         eps = to_eps(raw, x, t, ac, spec.prediction)
-        if spec.latent_sharding is not None:
-            eps = jax.lax.with_sharding_constraint(eps, spec.latent_sharding)
+        if rows is not None:
+            eps = jax.lax.with_sharding_constraint(eps, rows)
         if on_call is not None:
             jax.debug.callback(on_call, i, eps.reshape(-1)[0])
         return (eps, aux) if spec.capture else eps

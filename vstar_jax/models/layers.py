@@ -1,4 +1,6 @@
 """Small layers shared by the project's models."""
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,12 +17,16 @@ def group_norm_stats(x: jax.Array, num_groups: int):
     1.6e-2 for an unshifted one-pass). Returns (mean, var), each (n, c), float32."""
     n, c = x.shape[0], x.shape[-1]
     cg = c // num_groups
-    xf = x.astype(jnp.float32).reshape(n, -1, c)
-    shift = jax.lax.stop_gradient(jnp.repeat(xf[:, 0, ::cg], cg, axis=1))  # (n, c)
-    d = xf - shift[:, None, :]
-    count = xf.shape[1] * cg
-    s1 = d.sum(axis=1).reshape(n, num_groups, cg).sum(-1) / count
-    s2 = (d * d).sum(axis=1).reshape(n, num_groups, cg).sum(-1) / count
+    xf = x.astype(jnp.float32)
+    # reduced over the middle axes as they are (not a (n, -1, c) view): on a device mesh a reshape that
+    # merges a split axis (the temporal layers' pixels) would gather the whole activation
+    mid = tuple(range(1, x.ndim - 1))
+    first = xf[(slice(None),) + (0,) * len(mid)]  # (n, c): each sample's first position
+    shift = jax.lax.stop_gradient(jnp.repeat(first[:, ::cg], cg, axis=1))  # (n, c)
+    d = xf - shift.reshape((n,) + (1,) * len(mid) + (c,))
+    count = math.prod(x.shape[1:-1]) * cg
+    s1 = d.sum(axis=mid).reshape(n, num_groups, cg).sum(-1) / count
+    s2 = (d * d).sum(axis=mid).reshape(n, num_groups, cg).sum(-1) / count
     var = jnp.maximum(s2 - s1 * s1, 0.0)
     mean = jnp.repeat(s1, cg, axis=1) + shift
     return mean, jnp.repeat(var, cg, axis=1)

@@ -150,6 +150,50 @@ class TransformerBlock(nn.Module):
         return x
 
 
+# Transformer blocks act on each token independently except inside attention, whose rows are one image
+# (spatial) or one pixel's frames (temporal). On CPU a block runs over chunks of tokens (nn.scan over
+# groups of images / pixels, the same parameters), about CHUNK_ELEMS token-features (tokens x the block's
+# width; the GEGLU hidden layer is 8x that) at a time, so each chunk's intermediates (q/k/v, logits, the
+# 4x-wide GEGLU hidden layer) stay in cache instead of streaming whole-tensor intermediates through
+# memory: 1.5-3x faster blocks on the 2-core developer machine. Only the plain path is chunked (no logit
+# transform, weight capture or attend hook; not while initialising); CHUNK_ELEMS = 0 turns it off.
+# Read at trace time.
+CHUNK_ELEMS = 1 << 18
+
+
+def _chunks(rows: int, tokens_per_row: int, width: int, enabled: bool) -> int:
+    """How many chunks to split ``rows`` rows of ``tokens_per_row`` tokens into (1: no chunking): the
+    smallest divisor of ``rows`` whose chunks hold at most CHUNK_ELEMS token-features (at least one row)."""
+    budget = CHUNK_ELEMS // max(1, width)
+    if not enabled or not CHUNK_ELEMS or jax.default_backend() != "cpu" or rows * tokens_per_row <= budget:
+        return 1
+    for k in range(1, rows + 1):
+        if rows % k == 0 and (rows // k) * tokens_per_row <= budget:
+            return k
+    return rows
+
+
+class _ChunkBlock(TransformerBlock):
+    """A TransformerBlock in nn.scan's (carry, xs) form: the same module (names, parameters), one chunk."""
+
+    @nn.compact
+    def __call__(self, carry, xs):  # noqa: D102
+        x, context = xs
+        return carry, TransformerBlock.__call__(self, x, context)
+
+
+_ScanBlock = nn.scan(_ChunkBlock, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)
+
+
+def _block(chunks: int, *args, name: str):
+    """TransformerBlock(*args, name=name), or its chunked form when ``chunks`` > 1: called as
+    ``fn(x, context)`` on inputs whose leading axis is the chunk axis."""
+    if chunks == 1:
+        return TransformerBlock(*args, name=name)
+    mod = _ScanBlock(*args, name=name)
+    return lambda x, context: mod(None, (x, context))[1]
+
+
 class SpatialTransformer(nn.Module):
     """GroupNorm -> proj_in -> transformer blocks (self + cross attention) -> proj_out, residual.
 
@@ -169,11 +213,15 @@ class SpatialTransformer(nn.Module):
     def __call__(self, x, context):
         n, h, w, c = x.shape
         inner = self.heads * self.head_dim
+        k = _chunks(n, h * w, inner, not self.is_initializing())
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(n, h * w, c)
+        ctx = context.astype(self.dtype)
+        if k > 1:  # (k, n / k, h * w, c): chunks of whole images, a free reshape
+            y, ctx = y.reshape(k, n // k, h * w, c), ctx.reshape((k, n // k) + ctx.shape[1:])
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
-            y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                                 apm_text_len=self.apm_text_len, name=f"block_{i}")(y, context.astype(self.dtype))
+            y = _block(k, inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend, 0,
+                       self.apm_text_len, name=f"block_{i}")(y, ctx)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
         return x + y.reshape(n, h, w, c).astype(x.dtype)
 
@@ -199,13 +247,23 @@ class TemporalTransformer(nn.Module):
         b, f, h, w, c = x.shape
         inner = self.heads * self.head_dim
         # Channels-last throughout: (b, f, h*w, c) is a free reshape; attention runs over axis 1.
+        plain = logit_transform is None and not capture and attend is None
+        k = _chunks(h * w, b * f, inner, plain and not self.is_initializing())
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(b, f, h * w, c)
+        if k > 1:  # (k, b, f, h*w / k, c): chunks of pixels, each with all its frames (one copy at width c)
+            y = y.reshape(b, f, k, h * w // k, c).transpose(2, 0, 1, 3, 4)
         y = nn.Dense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_in")(y)
         for i in range(self.depth):
-            y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
-                                 self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture,
-                                                                            attend)
+            if k > 1:
+                y = _block(k, inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                           self.relative_position, name=f"block_{i}")(y, None)
+            else:
+                y = TransformerBlock(inner, self.heads, self.head_dim, self.dtype, self.param_dtype, self.backend,
+                                     self.relative_position, name=f"block_{i}")(y, None, logit_transform, capture,
+                                                                                attend)
         y = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(y)
+        if k > 1:
+            y = y.transpose(1, 2, 0, 3, 4)
         return x + y.reshape(b, f, h, w, c).astype(x.dtype)
 
 
@@ -475,12 +533,16 @@ class UNet3D(nn.Module):
         image_embed: Optional[jax.Array] = None,
         cond_features: Optional[jax.Array] = None,
         encoder_only: bool = False,
+        layout: Optional[Any] = None,
     ) -> jax.Array:
         """``timesteps``: (b,) or one per frame (b, f) (FIFO-Diffusion; the embedding is then per
         frame). ``hooks``: temporal-attention hooks, each with optional methods
         ``logit_transform(level, step_index)`` (TAR: every temporal transformer but ``init_attn``)
         and ``attend(attention) -> attention`` (FreeNoise's windows: every temporal transformer);
-        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``).
+        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``). ``layout``: where the
+        activations lie on a device mesh (``vstar_jax.parallel.sharding.ActivationLayout``): spatial
+        layers with the (batch x frame) rows split, temporal layers with all frames local and the pixels
+        split; None leaves every layout to XLA (one device).
 
         StreamingT2V (``vstar_jax.models.streaming``, only with ``unet.cam`` / ``unet.apm`` in the config):
         ``cam_frames`` (b, c_cond, C, H, W): the previous chunk's last C frames (CAM); ``image_embed``
@@ -521,6 +583,9 @@ class UNet3D(nn.Module):
         else:
             timesteps = jnp.broadcast_to(timesteps.reshape(-1), (b,))
         ctx = _frame_context(context, b, f, c("context_dim"))
+        lay = layout.constrain if layout is not None else (lambda v, names: v)
+        rows = lambda v: lay(v, ("rows",) + (None,) * (v.ndim - 2) + ("channels",))  # noqa: E731
+        ctx = rows(ctx)
         sp_ctx, apm_len = ctx, 0  # spatial cross-attention context: + APM image tokens when given
         if image_embed is not None and c("apm", None):
             from vstar_jax.models.streaming import APMResampler, apm_settings  # noqa: PLC0415
@@ -551,16 +616,20 @@ class UNet3D(nn.Module):
             emb = emb + jnp.tile(pemb, (b, 1))
         if c("text_frame_cond", False):
             emb = emb + TextFrameEmbed(mc, pdtype, name="text_frame_embed")(ctx, b, f)
-        emb = emb.astype(dtype)
+        emb = rows(emb.astype(dtype))
 
         def temporal(h, ch, heads, hd, level, name, regularize=True):
             transform = _logit_transform(hooks, level, step_index) if regularize else None
+            # (b, f, 1, h*w, c): a free view in which every frame is local and the pixels split (the
+            # layout switch from the spatial rows is one all-to-all each way on a mesh)
+            switch = layout.switch if layout is not None else (lambda v, to_pixels: v)
+            y = switch(h.reshape(b, f, 1, -1, h.shape[-1]), True)
             out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, rel, name=name)(
-                h.reshape(b, f, *h.shape[1:]), transform, capture_attention, _attend(hooks))
-            return out.reshape(h.shape)
+                y, transform, capture_attention, _attend(hooks))
+            return rows(switch(out, False).reshape(h.shape))
 
         def res_attn(h, out_ch, level, has_attn, name):
-            h = ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb)
+            h = rows(ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb))
             if has_attn:
                 heads, head_ch = level_heads[level]
                 h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups, apm_len,
@@ -569,7 +638,7 @@ class UNet3D(nn.Module):
                     h = temporal(h, out_ch, heads, head_ch, level, f"{name}_temporal")
             return h
 
-        h = x.transpose(0, 2, 3, 4, 1).reshape(b * f, hgt, wid, -1).astype(dtype)
+        h = rows(x.transpose(0, 2, 3, 4, 1).reshape(b * f, hgt, wid, -1).astype(dtype))
         h = nn.Conv(mc, (3, 3), padding=1, dtype=dtype, param_dtype=pdtype, name="conv_in")(h)
         if c("init_attn", True):
             h = temporal(h, mc, c("init_attn_heads", 8), _init_attn_head_dim(self.config), 0, "init_attn",
@@ -604,7 +673,7 @@ class UNet3D(nn.Module):
         for level in reversed(range(len(widths))):
             out_ch = widths[level]
             for i in range(nres + 1):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = rows(jnp.concatenate([h, skips.pop()], axis=-1))
                 h = res_attn(h, out_ch, level, up_attn[level], f"up_{level}_{i}")
             if level != 0:
                 th, tw = skips[-1].shape[1:3]

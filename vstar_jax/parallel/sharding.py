@@ -17,13 +17,14 @@ per run (e.g. from a config) without touching model code.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence, Tuple
+import dataclasses
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-Rules = Tuple[Tuple[str, Optional[str]], ...]
+Rules = Tuple[Tuple[str, Union[None, str, Tuple[str, ...]]], ...]
 
 #: Logical axes of the latent video tensor as the UNet takes it.
 LATENT_AXES = ("batch", "channels", "frames", "height", "width")
@@ -34,6 +35,10 @@ FRAME_CONTEXT_AXES = ("batch", "frames", "tokens", "embed")
 DEFAULT_RULES: Rules = (
     ("batch", "data"),
     ("frames", "frames"),
+    # inside the UNet (ActivationLayout): spatial layers see (b*f, h, w, c) rows, split over both;
+    # temporal layers see (b, f, h*w, c) with every frame local and the pixels split instead
+    ("rows", ("data", "frames")),
+    ("pixels", "frames"),
     ("channels", None),
     ("height", None),
     ("width", None),
@@ -71,14 +76,11 @@ def logical_to_spec(logical: Sequence[Optional[str]], rules: Rules = DEFAULT_RUL
     table = dict(rules)
     used, spec = set(), []
     for name in logical:
-        axis = table.get(name) if name is not None else None
-        if axis is not None and mesh is not None and mesh.shape.get(axis, 1) == 1:
-            axis = None
-        if axis in used:
-            axis = None
-        if axis is not None:
-            used.add(axis)
-        spec.append(axis)
+        want = table.get(name) if name is not None else None
+        axes = (want,) if isinstance(want, str) else tuple(want or ())
+        keep = tuple(a for a in axes if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1))
+        used.update(keep)
+        spec.append(None if not keep else keep[0] if len(keep) == 1 else keep)
     return PartitionSpec(*spec)
 
 
@@ -110,7 +112,9 @@ def param_sharding(shape: Sequence[int], mesh: Mesh, axis: str = "model") -> Nam
 
 def _host(x):
     """A mesh spanning several processes takes host data (the same on every process), not another
-    device's array."""
+    device's array; an array already spread over the processes (restored onto a mesh) moves as it is."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x
     return np.asarray(x) if jax.process_count() > 1 else x
 
 
@@ -133,3 +137,72 @@ def params_sharding_rule(mesh: Mesh, axis: str = "model"):
     """``(path, shape) -> Sharding`` for ``vstar_jax.io.checkpoint.load_checkpoint``: restore
     each array straight into its place on the mesh."""
     return lambda path, shape: param_sharding(shape, mesh, axis)
+
+
+def _axis_size(mesh: Mesh, axis) -> int:
+    return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationLayout:
+    """How the UNet's activations lie on a mesh, by logical axis name (hashable: a static argument).
+
+    The UNet calls :meth:`constrain` at each change of layout: spatial layers on
+    ``("rows", "height", "width", "channels")`` (the (b*f) rows split over data x frames), temporal
+    layers on ``("batch", None, "pixels", "channels")`` (all frames local, pixels split over the frames
+    axis), so the switch between them is an all-to-all. A dim that its mesh axes do not divide is left
+    to XLA (a tiny level's 2x2 pixels on 8 devices); so is a whole tensor on a mesh of one device."""
+
+    mesh: Mesh
+    rules: Rules = DEFAULT_RULES
+
+    def spec(self, shape: Sequence[int], logical: Sequence[Optional[str]]) -> PartitionSpec:
+        spec = logical_to_spec(logical, self.rules, self.mesh)
+        return PartitionSpec(*(a if a is None or size % _axis_size(self.mesh, a) == 0 else None
+                               for size, a in zip(shape, spec)))
+
+    def constrain(self, x, logical: Sequence[Optional[str]]):
+        spec = self.spec(x.shape, logical)
+        if all(a is None for a in spec):
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+    def switch(self, x, to_pixels: bool):
+        """(b, f, 1, p, c) between the frames split (spatial rows) and the pixels split (temporal), as
+        one explicit all-to-all over the ``pixels`` rule's mesh axis (XLA's own resharding of this
+        pattern all-gathers the frames). Falls back to a constraint when p does not divide."""
+        frames_spec = self.spec(x.shape, ("batch", "frames", None, None, "channels"))
+        pixels_spec = self.spec(x.shape, ("batch", None, None, "pixels", "channels"))
+        axis = pixels_spec[3]
+        if axis is None or frames_spec[1] != axis:
+            return self.constrain(x, ("batch", None, None, "pixels", "channels") if to_pixels
+                                  else ("batch", "frames", None, None, "channels"))
+        split, concat = (3, 1) if to_pixels else (1, 3)
+        fn = jax.shard_map(lambda v: jax.lax.all_to_all(v, axis, split, concat, tiled=True), mesh=self.mesh,
+                           in_specs=frames_spec if to_pixels else pixels_spec,
+                           out_specs=pixels_spec if to_pixels else frames_spec, check_vma=False)
+        return fn(x)
+
+
+def activation_layout(mesh: Mesh, batch: int, frames: int, rules: Rules = DEFAULT_RULES,
+                      activation_axes: Sequence[str] = ("data", "frames")) -> Optional[ActivationLayout]:
+    """The UNet's :class:`ActivationLayout` for ``batch`` rows of ``frames`` frames on ``mesh``.
+
+    The devices of the activation axes (data x frames) are one group of n; the (b*f) rows are split
+    into n contiguous blocks, which on the (b, f) grid is gb x gf tiles (gb = the rows' share of the
+    batch). The layout's mesh is the same devices re-gridded to ``(data=gb, frames=gf, <other axes>)``,
+    so the temporal layout (b over gb, pixels over gf) is reached from the rows by one all-to-all inside
+    each group of gf devices, whichever way the user's mesh splits them (frames=8 with 2 CFG rows:
+    2 x 4). None when there is nothing to split or the rows do not divide."""
+    names = [a for a in mesh.axis_names if a in activation_axes]
+    n = math.prod(mesh.shape[a] for a in names) if names else 1
+    if n == 1 or (batch * frames) % n:
+        return None
+    gb = math.gcd(batch, n)
+    gf = n // gb
+    if frames % gf:
+        return None
+    rest = [a for a in mesh.axis_names if a not in names]
+    order = [mesh.axis_names.index(a) for a in names + rest]
+    grid = np.transpose(mesh.devices, order).reshape((gb, gf) + tuple(mesh.shape[a] for a in rest))
+    return ActivationLayout(Mesh(grid, ("data", "frames") + tuple(rest)), rules)
