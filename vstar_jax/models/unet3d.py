@@ -207,13 +207,14 @@ class SpatialTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     backend: str = "xla"
     groups: int = 32
+    chunked: bool = True  # CPU chunks (CHUNK_ELEMS); off on a device mesh, whose layout splits these axes
     apm_text_len: int = 0  # StreamingT2V APM (TransformerBlock); 0 = off
 
     @nn.compact
     def __call__(self, x, context):
         n, h, w, c = x.shape
         inner = self.heads * self.head_dim
-        k = _chunks(n, h * w, inner, not self.is_initializing())
+        k = _chunks(n, h * w, inner, self.chunked and not self.is_initializing())
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(n, h * w, c)
         ctx = context.astype(self.dtype)
         if k > 1:  # (k, n / k, h * w, c): chunks of whole images, a free reshape
@@ -241,6 +242,7 @@ class TemporalTransformer(nn.Module):
     backend: str = "xla"
     groups: int = 32
     relative_position: int = 0  # lvdm use_relative_position: max frame offset (temporal_length); 0 = off
+    chunked: bool = True  # CPU chunks of pixels (CHUNK_ELEMS); off on a device mesh (pixels are split there)
 
     @nn.compact
     def __call__(self, x, logit_transform=None, capture: bool = False, attend=None):
@@ -248,7 +250,7 @@ class TemporalTransformer(nn.Module):
         inner = self.heads * self.head_dim
         # Channels-last throughout: (b, f, h*w, c) is a free reshape; attention runs over axis 1.
         plain = logit_transform is None and not capture and attend is None
-        k = _chunks(h * w, b * f, inner, plain and not self.is_initializing())
+        k = _chunks(h * w, b * f, inner, self.chunked and plain and not self.is_initializing())
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(b, f, h * w, c)
         if k > 1:  # (k, b, f, h*w / k, c): chunks of pixels, each with all its frames (one copy at width c)
             y = y.reshape(b, f, k, h * w // k, c).transpose(2, 0, 1, 3, 4)
@@ -584,6 +586,7 @@ class UNet3D(nn.Module):
             timesteps = jnp.broadcast_to(timesteps.reshape(-1), (b,))
         ctx = _frame_context(context, b, f, c("context_dim"))
         lay = layout.constrain if layout is not None else (lambda v, names: v)
+        chunked = layout is None  # CPU chunking scans over the axes a mesh layout splits
         rows = lambda v: lay(v, ("rows",) + (None,) * (v.ndim - 2) + ("channels",))  # noqa: E731
         ctx = rows(ctx)
         sp_ctx, apm_len = ctx, 0  # spatial cross-attention context: + APM image tokens when given
@@ -624,7 +627,8 @@ class UNet3D(nn.Module):
             # layout switch from the spatial rows is one all-to-all each way on a mesh)
             switch = layout.switch if layout is not None else (lambda v, to_pixels: v)
             y = switch(h.reshape(b, f, 1, -1, h.shape[-1]), True)
-            out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, rel, name=name)(
+            out = TemporalTransformer(heads, hd, depth, dtype, pdtype, backend, tgroups, rel, chunked=chunked,
+                                      name=name)(
                 y, transform, capture_attention, _attend(hooks))
             return rows(switch(out, False).reshape(h.shape))
 
@@ -632,8 +636,8 @@ class UNet3D(nn.Module):
             h = rows(ResBlock(out_ch, f, use_tconv, groups, dtype, pdtype, name=f"{name}_res")(h, emb))
             if has_attn:
                 heads, head_ch = level_heads[level]
-                h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups, apm_len,
-                                       name=f"{name}_spatial")(h, sp_ctx)
+                h = SpatialTransformer(heads, head_ch, depth, dtype, pdtype, backend, tgroups, chunked=chunked,
+                                       apm_text_len=apm_len, name=f"{name}_spatial")(h, sp_ctx)
                 if use_tattn:
                     h = temporal(h, out_ch, heads, head_ch, level, f"{name}_temporal")
             return h
@@ -659,8 +663,8 @@ class UNet3D(nn.Module):
         ch = widths[top]
         mid_heads, mid_hd = level_heads[top]
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_0")(h, emb)
-        h = SpatialTransformer(mid_heads, mid_hd, depth, dtype, pdtype, backend, tgroups, apm_len,
-                               name="mid_spatial")(h, sp_ctx)
+        h = SpatialTransformer(mid_heads, mid_hd, depth, dtype, pdtype, backend, tgroups, chunked=chunked,
+                               apm_text_len=apm_len, name="mid_spatial")(h, sp_ctx)
         if use_tattn:
             h = temporal(h, ch, mid_heads, mid_hd, top, "mid_temporal")
         h = ResBlock(ch, f, use_tconv, groups, dtype, pdtype, name="mid_res_1")(h, emb)
