@@ -50,11 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output video for a single item")
     p.add_argument("--out-dir", default="outputs", help="folder for several items")
     p.add_argument("--save-latents", action="store_true", help="also write each item's latents (.npy)")
-    p.add_argument("--coordinator", help="host:port of process 0's coordinator")
-    p.add_argument("--num-processes", type=int)
-    p.add_argument("--process-id", type=int)
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the coordinator")
-    p.add_argument("--log-dir", default=None, help="per-process logs (default: stderr)")
+    from vstar_jax.parallel.distributed import add_launch_arguments
+
+    add_launch_arguments(p)
     return p.parse_args(argv)
 
 

@@ -43,11 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--out", help="the sweep folder, shared by every process (default out/sweeps/<name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
     p.add_argument("--retry-errors", action="store_true", help="rerun runs that failed before")
-    p.add_argument("--coordinator", help="host:port of process 0's coordinator")
-    p.add_argument("--num-processes", type=int)
-    p.add_argument("--process-id", type=int)
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the coordinator")
-    p.add_argument("--log-dir", default=None, help="per-process logs (default: stderr)")
+    from vstar_jax.parallel.distributed import add_launch_arguments
+
+    add_launch_arguments(p)
     return p.parse_args(argv)
 
 

@@ -124,3 +124,13 @@ def is_writer() -> bool:
     import jax  # noqa: PLC0415
 
     return jax.process_index() == 0
+
+
+def add_launch_arguments(parser) -> None:
+    """The multi-process flags every launcher takes (``launch/*_multihost.py``): the coordinator, the
+    process count and id (else from the environment), the coordinator timeout and per-process logs."""
+    parser.add_argument("--coordinator", help="host:port of process 0's coordinator")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the coordinator")
+    parser.add_argument("--log-dir", default=None, help="per-process logs (default: stderr)")
