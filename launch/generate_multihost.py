@@ -20,7 +20,9 @@ one SPMD program over that mesh; only process 0 decodes and writes files; each p
         --command "cd vstar-jax && python launch/generate_multihost.py '...' --checkpoint gs-fuse/vc2 --mesh frames=-1"
 
 ``--prompts-file`` (one prompt a line) and ``--seeds 0,1,2`` make several items; each is written to
-``--out-dir/<prompt-slug>-<seed>.mp4`` with its sidecar. Bad input is one line on stderr, exit 2.
+``--out-dir/<prompt-slug>-<seed>.mp4`` with its sidecar. ``--batch`` runs them all in one compiled call
+with the items split over the mesh's ``data`` axis (``--mesh data=N``: over the processes too), each
+equal to its single-item run. Bad input is one line on stderr, exit 2.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--out", help="output video for a single item")
     p.add_argument("--out-dir", default="outputs", help="folder for several items")
     p.add_argument("--save-latents", action="store_true", help="also write each item's latents (.npy)")
+    p.add_argument("--batch", action="store_true",
+                   help="all items in one compiled call, split over the mesh's data axis (pipeline.generate_batch)")
     from vstar_jax.parallel.distributed import add_launch_arguments
 
     add_launch_arguments(p)
@@ -133,6 +137,21 @@ def run(args, info: dict) -> int:
         from vstar_jax.parallel.sharding import params_sharding_rule
 
         pipeline = Pipeline.from_checkpoint(args.checkpoint, unet_sharding=params_sharding_rule(mesh))
+    if args.batch and len(todo) > 1:  # one program for all items, each process's devices take their share
+        t0 = time.time()
+        batch_items = [{"prompt": p, "seed": s} for p, s in todo]
+        with contextlib.redirect_stderr(log):
+            results = pl.generate_batch(batch_items, checkpoint=args.checkpoint, pipeline=pipeline, mesh=mesh,
+                                        out_dir=args.out_dir if writer else None, progress=writer, keep_video=False,
+                                        frames=args.frames, steps=args.steps, tar=args.tar,
+                                        long_video=args.long_video)
+        print(f"[process {rank}] {len(batch_items)} items in one call: {time.time() - t0:.1f} s", file=log, flush=True)
+        for res in results:
+            if writer and args.save_latents:
+                np.save(os.path.splitext(res.path)[0] + ".latents.npy", res.latents)
+            if writer:
+                print(res.path)
+        return 0
     for prompt, seed in todo:
         out = args.out or pl.default_output(prompt, seed, args.out_dir)
         t0 = time.time()

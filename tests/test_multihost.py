@@ -87,6 +87,36 @@ def test_two_processes_one_global_mesh_equal_one_process(tmp_path):
     assert sc["mesh"] == {"frames": 2}
 
 
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_two_processes_split_a_batch_over_data(tmp_path):
+    """--batch --mesh data=2 over 2 processes: two items in one compiled call, one item on each process's
+    device; process 0 writes both, each bit-identical to its one-process single-item run."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from tiny_checkpoint import shared_tiny_checkpoint
+    from vstar_jax import pipeline as pl
+
+    ckpt = shared_tiny_checkpoint()
+    port = _free_port()
+    out = tmp_path / "batch"
+    common = [sys.executable, LAUNCH, "a red circle", "--checkpoint", ckpt, "--frames", "4", "--steps", "2",
+              "--seeds", "3,4", "--tar", "L0:1", "--mesh", "data=2", "--batch", "--out-dir", str(out),
+              "--save-latents", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+              "--log-dir", str(tmp_path / "logs")]
+    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=_env()) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-3000:] + (tmp_path / "logs" / "process-1.log").read_text()[-2000:]
+    assert "2 items in one call" in (tmp_path / "logs" / "process-1.log").read_text()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"a-red-circle-{s}{ext}" for s in (3, 4) for ext in (".json", ".latents.npy", ".mp4"))
+    for seed in (3, 4):
+        got = np.load(out / f"a-red-circle-{seed}.latents.npy")
+        want = pl.generate_video("a red circle", checkpoint=ckpt, frames=4, steps=2, seed=seed, tar="L0:1",
+                                 progress=False).latents
+        np.testing.assert_array_equal(got, want)
+
+
 SWEEP_LAUNCH = os.path.join(REPO, "launch", "sweep_multihost.py")
 SWEEP_CONFIG = """
 import importlib.util, ml_collections

@@ -292,8 +292,13 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
         sh = item_sharding if item_sharding is not None and len(idx) % item_sharding.mesh.shape["data"] == 0 else None
         _log(progress, f"sampling {len(idx)} item(s) in one call: {plan.latent_shape[2]} frames, {plan.steps} steps")
         t0 = time.time()
-        out = sample_batch_jit(pipe.unet, pipe.params["unet"], conds, unconds, keys, fps, cfg, plan=plan,
-                               item_sharding=sh)
+        params = pipe.params["unet"]
+        if sh is not None:  # the items over data (a mesh that may span processes), params replicated
+            from vstar_jax.parallel.sharding import put_global, replicate  # noqa: PLC0415
+
+            params = jax.tree_util.tree_map(lambda a: replicate(a, sh.mesh), params)
+            conds, unconds, keys, fps, cfg = (put_global(a, sh) for a in (conds, unconds, keys, fps, cfg))
+        out = sample_batch_jit(pipe.unet, params, conds, unconds, keys, fps, cfg, plan=plan, item_sharding=sh)
         lat = out.latents
         if not getattr(lat, "is_fully_addressable", True):
             from jax.experimental import multihost_utils  # noqa: PLC0415

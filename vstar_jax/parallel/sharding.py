@@ -206,3 +206,15 @@ def activation_layout(mesh: Mesh, batch: int, frames: int, rules: Rules = DEFAUL
     order = [mesh.axis_names.index(a) for a in names + rest]
     grid = np.transpose(mesh.devices, order).reshape((gb, gf) + tuple(mesh.shape[a] for a in rest))
     return ActivationLayout(Mesh(grid, ("data", "frames") + tuple(rest)), rules)
+
+
+def put_global(x, sharding: NamedSharding):
+    """Host data that every process holds alike, placed on ``sharding`` (which may span processes: each
+    process gives the pieces its own devices hold). PRNG key arrays keep their key type."""
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(put_global(np.asarray(jax.random.key_data(x)), sharding),
+                                        impl=jax.random.key_impl(x))
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
