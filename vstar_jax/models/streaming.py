@@ -77,25 +77,25 @@ def _as_dict(value) -> dict:
     return dict(value)
 
 
-def cam_settings(unet_cfg) -> Optional[dict]:
-    """The UNet config's CAM settings with defaults filled in, or None when it has no CAM."""
-    raw = _get(unet_cfg, "cam")
+def _settings(unet_cfg, key: str, defaults: dict) -> Optional[dict]:
+    """The UNet config's ``key`` settings over ``defaults``, or None when the config has none."""
+    raw = _get(unet_cfg, key)
     if not raw:
         return None
-    out = dict(CAM_DEFAULTS)
-    out.update(_as_dict(raw))
-    out["embed_channels"] = tuple(int(c) for c in out["embed_channels"])
+    return {**defaults, **_as_dict(raw)}
+
+
+def cam_settings(unet_cfg) -> Optional[dict]:
+    """The UNet config's CAM settings with defaults filled in, or None when it has no CAM."""
+    out = _settings(unet_cfg, "cam", CAM_DEFAULTS)
+    if out is not None:
+        out["embed_channels"] = tuple(int(c) for c in out["embed_channels"])
     return out
 
 
 def apm_settings(unet_cfg) -> Optional[dict]:
     """The UNet config's APM settings with defaults filled in, or None when it has no APM."""
-    raw = _get(unet_cfg, "apm")
-    if not raw:
-        return None
-    out = dict(APM_DEFAULTS)
-    out.update(_as_dict(raw))
-    return out
+    return _settings(unet_cfg, "apm", APM_DEFAULTS)
 
 
 def control_config(unet_cfg) -> dict:
