@@ -1,7 +1,11 @@
 """Convert the released StreamingT2V checkpoint (its UNet + CAM + APM) into UNet3D params.
 
-    python -m checkpoints_convert.streamingt2v streaming_t2v.ckpt --unet-config MODELSCOPE/unet/config.json \
-        --out checkpoints/streamingt2v [--modelscope MODELSCOPE]   # vae + text from the ModelScope folder
+    python -m checkpoints_convert.streamingt2v streaming_t2v.ckpt --modelscope MODELSCOPE \
+        --out checkpoints/streamingt2v [--openclip open_clip_pytorch_model.bin] [--trust-pickle]
+
+``MODELSCOPE``: the diffusers ModelScope folder the model was trained on (its ``unet/config.json``, and
+the VAE and text encoder, converted as ``vstar-jax convert diffusers`` does); ``--unet-config`` alone
+writes the UNet only. The result runs ``--long-video streaming:16:8`` with ``--checkpoint``.
 
 The checkpoint is the PyTorch Lightning state of ``t2v_enhanced/model/video_ldm.py: VideoLDM``
 (Picsart-AI-Research/StreamingT2V, branch StreamingModelscope); the key names below were read there:
@@ -21,10 +25,17 @@ The checkpoint is the PyTorch Lightning state of ``t2v_enhanced/model/video_ldm.
   block_{j}, conv_out}`` (merger "addition" and the Identity zero-convs have no weights);
 * ``resampler.context_embedding.{0, 2}`` -> ``apm_resampler/{fc_1, fc_2}`` (APM's image-embedding MLP).
 
-``image_encoder.*`` (the frozen OpenCLIP ViT-H-14), ``vae.*`` and ``text_encoder.*`` (ModelScope's,
-frozen) are not part of the UNet: they are skipped here (convert VAE and text from the ModelScope
-folder). Every other key must be planned, every planned key present with the model's shape, or a
-``ConversionError`` names them all (missing / unexpected / wrong shape).
+* ``image_encoder.model.visual.*``: APM's frozen OpenCLIP ViT-H-14 image tower
+  (``FrozenOpenCLIPImageEmbedder``; the text-side leftovers of its OpenCLIP model are not used) ->
+  the ``image_encoder`` component (``vstar_jax.models.clip_vision``), or from ``--openclip FILE``
+  (an OpenCLIP ``visual.*`` state dict) when the checkpoint has none.
+
+``vae.*`` and ``text_encoder.*`` (ModelScope's, frozen) are skipped (taken from the ModelScope folder).
+The CAM / APM settings are read from the weights' shapes (conditioning channels and stages, tokens,
+image width, text length); the conditioning frames (8) and head size (64) are the released training
+settings (``--cam-frames``, ``--cam-head-dim``). Every other key must be planned, every planned key
+present with the model's shape, or a ``ConversionError`` names them all (missing / unexpected / wrong
+shape).
 """
 from __future__ import annotations
 
@@ -37,6 +48,7 @@ from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
 from checkpoints_convert.unet import plan_unet_diffusers, shape_hints
 
 SKIPPED_PREFIXES = ("image_encoder.", "vae.", "text_encoder.")
+IMAGE_PREFIXES = ("image_encoder.model.visual.", "visual.")  # the checkpoint's, an OpenCLIP file's
 RELEASED_CAM = {"frames": 8, "cond_channels": 3, "embed_channels": (32, 96, 256, 512), "downsample": True,
                 "head_dim": 64, "norm_groups": 32}
 RELEASED_APM = {"tokens": 16, "image_dim": 1024, "hidden": 1280, "text_len": 77,
@@ -139,46 +151,138 @@ def convert_streamingt2v_unet(sd: Mapping, cfg, *, dtype=None) -> dict:
                       ignore_prefixes=SKIPPED_PREFIXES, dtype=dtype, hints=shape_hints(_base_config(cfg), "diffusers"))
 
 
-def convert(ckpt: str, unet_config: str, out: str, *, modelscope: Optional[str] = None, dtype=None,
-            trust_pickle: bool = False) -> str:
-    """Write a vstar-jax checkpoint whose UNet carries CAM + APM (+ VAE and text from ``modelscope``)."""
+def streaming_settings_from_state_dict(sd: Mapping, context_dim: int, *, cam_frames: int = 8,
+                                       head_dim: int = 64) -> tuple[dict, dict]:
+    """(cam, apm) settings of a StreamingT2V state dict, read from its weights' shapes."""
+    import numpy as np  # noqa: PLC0415
+
+    def shape(key):
+        if key not in sd:
+            from checkpoints_convert.common import ConversionError  # noqa: PLC0415
+
+            raise ConversionError("unet (streamingt2v)", missing=[key])
+        return tuple(np.shape(sd[key]))
+
+    enc = "unet.controlnet_cond_embedding"
+    cond_channels = shape(f"{enc}.conv_in.weight")[1]
+    n_blocks = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith(f"{enc}.blocks."))
+    embed = [shape(f"{enc}.conv_in.weight")[0]] + [shape(f"{enc}.blocks.{j}.weight")[0] for j in range(1, n_blocks, 2)]
+    fc2 = shape("resampler.context_embedding.2.weight")
+    mix = next(k for k in sd if k.startswith("base_model.") and k.endswith(".attn2.conv.weight"))
+    text_len, total, _ = shape(mix)
+    cam = dict(RELEASED_CAM, frames=int(cam_frames), cond_channels=int(cond_channels), embed_channels=tuple(embed),
+               downsample=int(cond_channels) == 3, head_dim=int(head_dim))
+    apm = dict(RELEASED_APM, tokens=int(fc2[0]) // int(context_dim), image_dim=shape("resampler.context_embedding.0.weight")[1],
+               hidden=int(fc2[1]), text_len=int(text_len))
+    if total != text_len + apm["tokens"]:
+        raise ValueError(f"{mix}: mixes {total} tokens, expected {text_len} text + {apm['tokens']} image tokens")
+    return cam, apm
+
+
+def convert_image_encoder(sd: Mapping, *, head_width: int = 80):
+    """(params, config) of APM's OpenCLIP image tower from ``image_encoder.model.visual.*`` (the
+    StreamingT2V checkpoint) or ``visual.*`` (an OpenCLIP file); None when neither is there."""
+    from checkpoints_convert.clip import openclip_vision_config_from_state_dict, openclip_vision_plan  # noqa: PLC0415
+    from checkpoints_convert.text import apply_multi_plan  # noqa: PLC0415
+    from vstar_jax.models.clip_vision import vision_param_shapes  # noqa: PLC0415
+
+    prefix = next((p for p in IMAGE_PREFIXES if any(k.startswith(p) for k in sd)), None)
+    if prefix is None:
+        return None
+    visual = {"visual." + k[len(prefix):]: sd[k] for k in sd if k.startswith(prefix)}
+    cfg = openclip_vision_config_from_state_dict(visual, head_width=head_width)
+    params = apply_multi_plan(visual, openclip_vision_plan(cfg), vision_param_shapes(cfg),
+                              component=f"APM image encoder ({prefix}*)")
+    return params, cfg
+
+
+def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscope: Optional[str] = None,
+            openclip: Optional[str] = None, image_head_width: int = 80, cam_frames: int = 8, cam_head_dim: int = 64,
+            dtype=None, trust_pickle: bool = False, overwrite: bool = False, verbose: bool = True) -> str:
+    """Write a vstar-jax checkpoint: the UNet with CAM + APM, APM's image encoder, and (from ``modelscope``)
+    the VAE, the text encoder and the scheduler settings."""
     import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     from checkpoints_convert.common import load_state_dict  # noqa: PLC0415
     from checkpoints_convert.unet import unet_config_from_diffusers  # noqa: PLC0415
     from vstar_jax.io.checkpoint import save_checkpoint  # noqa: PLC0415
 
+    say = (lambda m: print(f"[convert streamingt2v] {m}", file=sys.stderr, flush=True)) if verbose else (lambda m: None)
+    if unet_config is None:
+        if modelscope is None:
+            raise ValueError("give --modelscope DIR (the ModelScope folder it was trained on) or --unet-config FILE")
+        unet_config = os.path.join(modelscope, "unet", "config.json")
+    if not os.path.isfile(unet_config):
+        raise FileNotFoundError(f"UNet config not found: {unet_config}")
     with open(unet_config) as f:
-        cfg = with_streaming(unet_config_from_diffusers(json.load(f)))
+        base = unet_config_from_diffusers(json.load(f))
     sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
-    sd = sd.get("state_dict", sd) if hasattr(sd, "get") and "state_dict" in sd else sd
+    cam, apm = streaming_settings_from_state_dict(sd, int(base.context_dim), cam_frames=cam_frames,
+                                                  head_dim=cam_head_dim)
+    cfg = with_streaming(base, cam, apm)
+    say(f"UNet + CAM ({cam['frames']} frames, {'pixel' if cam['downsample'] else 'latent'} conditioning) + APM "
+        f"({apm['tokens']} image tokens)")
     params = {"unet": convert_streamingt2v_unet(sd, cfg, dtype=dtype)}
-    config = {"unet": cfg.to_dict(), "diffusion": {"flavor": "diffusers", "prediction": "eps"}}
+    config = {"source": {"layout": "streamingt2v", "checkpoint": os.path.abspath(ckpt)}, "unet": cfg.to_dict(),
+              "diffusion": {"flavor": "diffusers", "prediction": "eps"}}
+    image = convert_image_encoder(sd, head_width=image_head_width)
+    if image is None and openclip is not None:
+        image = convert_image_encoder(load_state_dict(openclip, trust_pickle=trust_pickle), head_width=image_head_width)
+        if image is None:
+            raise ValueError(f"{openclip}: no OpenCLIP image tower (visual.*) in it")
+    if image is not None:
+        if int(image[1].output_dim) != int(apm["image_dim"]):
+            raise ValueError(f"the image encoder embeds {image[1].output_dim} values but APM reads {apm['image_dim']}")
+        params["image_encoder"], config["image_encoder"] = image[0], image[1].to_dict()
+        say(f"APM image encoder: {image[1].layers} layers, width {image[1].width}, {image[1].image_size}px")
+    else:
+        say("no image_encoder.* in the checkpoint and no --openclip: APM's image encoder not written "
+            "(long_video streaming will refuse this checkpoint)")
     if modelscope is not None:
         from checkpoints_convert import diffusers as conv_diffusers  # noqa: PLC0415
-        import os  # noqa: PLC0415
 
         for comp in ("vae", "text"):
             p, c = conv_diffusers.CONVERTERS[comp](os.path.join(modelscope, conv_diffusers.SUBDIRS[comp]))
             params[comp] = p
             config[comp] = c.to_dict() if hasattr(c, "to_dict") else dict(c)
         config["diffusion"] = conv_diffusers.diffusion_config(modelscope)
-    save_checkpoint(out, params, config)
-    return out
+        vae_cfg = os.path.join(modelscope, "vae", "config.json")
+        if os.path.isfile(vae_cfg):
+            with open(vae_cfg) as f:
+                config["diffusion"]["scale_factor"] = float(json.load(f).get("scaling_factor", 0.18215))
+    if dtype is not None:
+        from checkpoints_convert.common import cast_tree  # noqa: PLC0415
+
+        params = {k: (v if k == "unet" else cast_tree(v, dtype)) for k, v in params.items()}
+    return save_checkpoint(out, params, config, overwrite=overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vstar-jax convert streamingt2v", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ckpt", help="StreamingT2V Lightning checkpoint (streaming_t2v.ckpt)")
+    ap.add_argument("--modelscope", default=None, help="ModelScope diffusers folder (UNet config, VAE, text encoder)")
+    ap.add_argument("--unet-config", default=None, help="the UNet's config.json (default: MODELSCOPE/unet/config.json)")
+    ap.add_argument("--openclip", default=None, help="OpenCLIP ViT-H-14 weights, when the checkpoint has no image_encoder.*")
+    ap.add_argument("--image-head-width", type=int, default=80, help="the image tower's head width (ViT-H-14: 80)")
+    ap.add_argument("--cam-frames", type=int, default=8, help="CAM's conditioning frames (released: 8)")
+    ap.add_argument("--cam-head-dim", type=int, default=64, help="CAM attention's head size (released: 64)")
+    ap.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--trust-pickle", action="store_true", help="allow a full torch unpickle of the checkpoint")
+    return ap
 
 
 def main(argv=None) -> int:
     from checkpoints_convert.common import run_cli  # noqa: PLC0415
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("ckpt", help="StreamingT2V Lightning checkpoint (streaming_t2v.ckpt)")
-    ap.add_argument("--unet-config", required=True, help="the ModelScope unet/config.json it was trained on")
-    ap.add_argument("--modelscope", default=None, help="ModelScope diffusers folder (VAE + text encoder)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--trust-pickle", action="store_true", help="allow a full torch unpickle of the checkpoint")
-    a = ap.parse_args(argv)
-    return run_cli(lambda: convert(a.ckpt, a.unet_config, a.out, modelscope=a.modelscope,
-                                   trust_pickle=a.trust_pickle))
+    a = build_parser().parse_args(argv)
+    return run_cli(lambda: convert(a.ckpt, a.out, unet_config=a.unet_config, modelscope=a.modelscope,
+                                   openclip=a.openclip, image_head_width=a.image_head_width, cam_frames=a.cam_frames,
+                                   cam_head_dim=a.cam_head_dim, dtype=a.dtype, trust_pickle=a.trust_pickle,
+                                   overwrite=a.overwrite))
 
 
 if __name__ == "__main__":

@@ -276,7 +276,12 @@ def _dummy(x, t, ctx, i, cam_frames=None, image_embed=None):
     return eps
 
 
-_dummy.anchor_embed = lambda frame: frame.reshape(frame.shape[0], -1) * 2.0
+def _embed(frame):
+    return frame.reshape(frame.shape[0], -1) * 2.0
+
+
+_dummy.anchor_pair = lambda frame: (_embed(jnp.zeros_like(frame)) - 1.0, _embed(frame))
+_dummy.cam_input = lambda z: z[:, :, ::-1] * 0.5  # what CAM reads is the model's (decoded frames for the released one)
 
 
 def _reference(x_T, ctx, co, keys, key, cfg, window, cond, blend):
@@ -295,7 +300,8 @@ def _reference(x_T, ctx, co, keys, key, cfg, window, cond, blend):
         for i in range(len(keys)):
             coi = {k: v[i] for k, v in co.items()}
             rows = jnp.concatenate([x, x])
-            kw = {} if c == 0 else {"cam_frames": jnp.concatenate([prev, prev]), "image_embed": img}
+            cam = prev[:, :, ::-1] * 0.5  # _dummy.cam_input
+            kw = {} if c == 0 else {"cam_frames": jnp.concatenate([cam, cam]), "image_embed": img}
             e = _dummy(rows, jnp.full((2,), coi["timesteps"]), ctx, i, **kw)
             eps = e[:1] + cfg * (e[1:] - e[:1])
             if c > 0 and blend:
@@ -307,7 +313,7 @@ def _reference(x_T, ctx, co, keys, key, cfg, window, cond, blend):
         x = np.array(x)
         if c == 0:
             anchor = x[:, :, 0]
-            img = jnp.concatenate([_dummy.anchor_embed(np.zeros_like(anchor)), _dummy.anchor_embed(anchor)])
+            img = jnp.concatenate([_embed(np.zeros_like(anchor)) - 1.0, _embed(anchor)])
         if c > 0 and not blend:
             x[:, :, :cond] = prev
         video[:, :, s:s + window] = x
@@ -357,10 +363,21 @@ def test_streaming_spec_lengths_and_model_checks():
     cam_only = {"unet": dict(base["unet"], cam={"frames": 4})}
     with pytest.raises(VstarError, match=r"no APM \(unet.apm\)$"):
         st.check_model(ModelInfo.from_config(cam_only, "ckpt"))
-    both = {"unet": dict(base["unet"], cam={"frames": 4}, apm={"image_encoder": "latent"})}
+    both = {"unet": dict(base["unet"], cam={"frames": 4, "downsample": False}, apm={"image_encoder": "latent"})}
     st.check_model(ModelInfo.from_config(both, "ckpt"))
     with pytest.raises(VstarError, match=r"built for 4 conditioning frames; use streaming:8:4"):
         parse_strategy("streaming:8:2").check_model(ModelInfo.from_config(both, "ckpt"))
+    # the released layout: CAM on decoded frames (3 stride-2 stages), APM on OpenCLIP's embedding
+    released = {"unet": dict(base["unet"], cam={"frames": 4}, apm={"tokens": 16})}
+    with pytest.raises(VstarError) as e:
+        st.check_model(ModelInfo.from_config(released, "ckpt"))
+    assert str(e.value).startswith("ckpt: long_video streaming cannot run: no VAE (its CAM / APM read decoded "
+                                   "frames); no OpenCLIP image encoder for APM (component 'image_encoder'")
+    vae2 = dict(released, vae={"ch_mult": [1, 2]})  # a VAE of factor 2 against a CAM that downsamples 8x
+    with pytest.raises(VstarError, match=r"downsamples by 8 but the VAE by 2$"):
+        st.check_model(ModelInfo.from_config(dict(vae2, image_encoder={"image_size": 28}), "ckpt"))
+    vae8 = dict(released, vae={"ch_mult": [1, 2, 4, 4]}, image_encoder={"image_size": 28})
+    st.check_model(ModelInfo.from_config(vae8, "ckpt"))
 
 
 @pytest.mark.slow  # ~25-50 s (two demo-UNet compiles); the chunk-by-chunk reference test above stays in CI

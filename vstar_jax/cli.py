@@ -31,6 +31,7 @@ FORWARD = {
 CONVERTERS = {
     "videocrafter2": ("checkpoints_convert.videocrafter2", "main"),
     "diffusers": ("checkpoints_convert.diffusers", "main"),
+    "streamingt2v": ("checkpoints_convert.streamingt2v", "main"),
 }
 SYNOPSIS_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
 
@@ -315,7 +316,7 @@ def _usage() -> str:
             "  generate PROMPT [--checkpoint DIR] [--frames N] [--steps N] [--cfg S] [--seed N] [--tar PRESET]\n"
             "           [--synopsis STATE ... | --llm URL | --local-lm PATH] [--out video.mp4] [--gif]\n"
             "           [--attention-png PATH] | --from-sidecar JSON   (vstar-jax generate --help)\n"
-            "  convert {videocrafter2,diffusers} ...   (vstar-jax convert --help)\n"
+            "  convert {videocrafter2,diffusers,streamingt2v} ...   (vstar-jax convert --help)\n"
             "  verify CKPT_DIR --source SOURCE   (check a conversion against its source)\n"
             "  sweep ... | report ... | metrics ...")
 

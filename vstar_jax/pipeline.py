@@ -33,9 +33,9 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
                                           decode_batches, default_output, frames_digest, load_sidecar,
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
-from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, plan_for,  # noqa: F401
-                                           resolve_mesh, resolve_rules, row_sharding, run_sampler,
-                                           sampler_args)
+from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, memory_for,  # noqa: F401
+                                           plan_for, plan_params, resolve_mesh, resolve_rules, row_sharding,
+                                           run_sampler, sampler_args)
 
 _log = log
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
@@ -58,7 +58,7 @@ def encode_text(pipe: Pipeline, request: GenerationRequest):
 def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest, cond, uncond, *, progress: bool,
                    sampler: Optional[Callable] = None):
     """The sampling stage: (latents (1, c, N, h, w) float32, aux, seconds)."""
-    params = pipe.params["unet"]
+    params = plan_params(pipe, plan)
     args = sampler_args(params, cond, uncond, request.seed, request.fps, request.cfg)
     if plan.row_sharding is not None:  # params FSDP/replicated, the rest replicated on the (global) mesh
         from vstar_jax.parallel.sharding import replicate, shard_params  # noqa: PLC0415
@@ -165,7 +165,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)
     pipe = pipeline
-    plan = plan_for(request, info.latent_channels, rows, rules)
+    plan = plan_for(request, info.latent_channels, rows, rules, memory_for(pipe, request))
 
     # ---- encode ----------------------------------------------------------------------------
     _log(progress, "encoding the prompt" + (f" and {len(request.synopsis)} synopsis states" if request.synopsis else ""))
@@ -277,7 +277,7 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
     encoded = [encode_text(pipe, r) for r in reqs]
     groups: dict = {}
     for i, r in enumerate(reqs):
-        plan = plan_for(r, info.latent_channels)
+        plan = plan_for(r, info.latent_channels, memory=memory_for(pipe, r))
         groups.setdefault((plan, encoded[i][0].shape), []).append(i)
     results: list = [None] * len(items)
     for (plan, _), idx in groups.items():
@@ -292,7 +292,7 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
         sh = item_sharding if item_sharding is not None and len(idx) % item_sharding.mesh.shape["data"] == 0 else None
         _log(progress, f"sampling {len(idx)} item(s) in one call: {plan.latent_shape[2]} frames, {plan.steps} steps")
         t0 = time.time()
-        params = pipe.params["unet"]
+        params = plan_params(pipe, plan)
         if sh is not None:  # the items over data (a mesh that may span processes), params replicated
             from vstar_jax.parallel.sharding import put_global, replicate  # noqa: PLC0415
 

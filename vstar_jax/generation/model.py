@@ -144,7 +144,7 @@ class Pipeline:
 
         path = os.path.abspath(os.fspath(ckpt_dir))
         config = read_config(path)
-        comps = [c for c in ("unet", "text", "vae") if c in config.get("components", [])]
+        comps = [c for c in ("unet", "text", "vae", "image_encoder") if c in config.get("components", [])]
         if _is_pixel(config):
             comps = [c for c in comps if c != "vae"]
         rule = None
@@ -164,6 +164,27 @@ class Pipeline:
 
     def describe(self) -> "ModelInfo":
         return ModelInfo.from_config(self.config, self.source)
+
+    def streaming_memory(self):
+        """StreamingT2V's :class:`~vstar_jax.models.streaming.StreamingMemory` for this model (what its
+        CAM and APM read inside the sampling loop). Raises VstarError when a part it needs is absent."""
+        from vstar_jax.models.streaming import StreamingMemory, memory_inputs  # noqa: PLC0415
+
+        info = self.describe()
+        if info.streaming_missing or info.streaming_unmet:
+            raise VstarError(f"{self.source}: long_video streaming cannot run: "
+                             f"{'; '.join(info.streaming_missing + info.streaming_unmet)}")
+        pixels, enc = memory_inputs(self.config["unet"])
+        vision = None
+        if enc == "openclip":
+            if "image_encoder" not in self.params:
+                raise VstarError(f"{self.source}: no 'image_encoder' params (APM's OpenCLIP image tower)")
+            from vstar_jax.models.clip_vision import CLIPVisionTransformer  # noqa: PLC0415
+
+            vision = CLIPVisionTransformer(_frozen(self.config["image_encoder"]))
+        decodes = pixels or enc != "latent"
+        return StreamingMemory(pixels, enc, self.vae if decodes else None, vision,
+                               float(self.diffusion["scale_factor"]))
 
     # -- text -------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
@@ -185,7 +206,7 @@ class ModelInfo:
     latent_channels: int
     streaming_missing: tuple = ("CAM (unet.cam)", "APM (unet.apm)")  # StreamingT2V modules it lacks
     cam_frames: int = 0  # CAM's conditioning frames (0: no CAM)
-    anchor_embedder: str = ""  # APM's image encoder when it runs inside the sampler ("latent"), else ""
+    streaming_unmet: tuple = ()  # what its CAM / APM need besides the UNet and this checkpoint lacks
 
     @classmethod
     def from_config(cls, config: Mapping, source: str) -> "ModelInfo":
@@ -200,8 +221,7 @@ class ModelInfo:
         cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
         return cls(source, diffusion_settings(config), unet_num_levels(config["unet"]), vae_factor,
                    int(config["unet"]["in_channels"]), tuple(has_streaming_modules(config["unet"])),
-                   int(cam["frames"]) if cam else 0,
-                   "latent" if apm and apm.get("image_encoder") == "latent" else "")
+                   int(cam["frames"]) if cam else 0, _streaming_unmet(config, vae_factor))
 
     def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         """Latent (h, w) of a video size; None = the checkpoint's default. Raises VstarError."""
@@ -223,6 +243,27 @@ class ModelInfo:
                                  f"use a multiple of {unet_factor * self.vae_factor}")
             out.append(int(lat))
         return out[0], out[1]
+
+
+def _streaming_unmet(config: Mapping, vae_factor: int) -> tuple:
+    """What a StreamingT2V UNet's CAM / APM read that the checkpoint does not have (one phrase each)."""
+    from vstar_jax.models.streaming import apm_settings, cam_settings, memory_inputs  # noqa: PLC0415
+
+    cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
+    if not cam and not apm:
+        return ()
+    pixels, enc = memory_inputs(config["unet"])
+    out = []
+    if (pixels or enc == "openclip") and _is_pixel(config):
+        out.append("no VAE (its CAM / APM read decoded frames)")
+    if enc == "openclip" and "image_encoder" not in config:
+        out.append("no OpenCLIP image encoder for APM (component 'image_encoder': checkpoints_convert.streamingt2v "
+                   "takes it from the checkpoint's image_encoder.* or --openclip FILE)")
+    if pixels and not _is_pixel(config):
+        cam_factor = 2 ** (len(cam["embed_channels"]) - 1)
+        if cam_factor != vae_factor:
+            out.append(f"its CAM frame encoder downsamples by {cam_factor} but the VAE by {vae_factor}")
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- checkpoint resolution

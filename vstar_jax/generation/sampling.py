@@ -51,6 +51,7 @@ class SamplePlan:
     strategy: Any = None  # vstar_jax.longvideo.Strategy (None: single pass)
     prediction: str = "eps"  # what the UNet predicts (vstar_jax.diffusion.parameterization)
     rules: Any = None  # logical-axis rules of the activations on the mesh (None: the default table)
+    memory: Any = None  # StreamingT2V's StreamingMemory (then params = (unet params, its params)), or None
 
     def schedule(self):
         from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
@@ -68,12 +69,23 @@ class SamplePlan:
         return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding, self.rules)
 
 
-def plan_for(request, latent_channels: int, row_sharding=None, rules=None) -> SamplePlan:
+def plan_for(request, latent_channels: int, row_sharding=None, rules=None, memory=None) -> SamplePlan:
     """The compiled loop's plan of a validated :class:`~vstar_jax.generation.request.GenerationRequest`."""
     h, w = request.latent_hw
     return SamplePlan(request.flavor, request.steps, request.eta, request.schedule_kwargs,
                       (1, int(latent_channels), request.frames, h, w), request.tar, request.capture, row_sharding,
-                      request.strategy, request.prediction, rules)
+                      request.strategy, request.prediction, rules, memory)
+
+
+def memory_for(pipe, request):
+    """The model's StreamingMemory when the request runs ``streaming`` (else None)."""
+    return pipe.streaming_memory() if request.strategy.name == "streaming" else None
+
+
+def plan_params(pipe, plan: SamplePlan):
+    """The params argument of ``plan``'s program: the UNet's, with the streaming memory's beside them."""
+    unet = pipe.params["unet"]
+    return unet if plan.memory is None else (unet, plan.memory.params_of(pipe.params))
 
 
 # ------------------------------------------------------------------------------- progress
@@ -151,8 +163,14 @@ def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan
     k_x, k_steps = jax.random.split(key)
     x_T = strategy.init_noise(k_x, plan.latent_shape)
     schedule = plan.schedule()
+    memory_params = None
+    if plan.memory is not None:
+        params, memory_params = params
     model_fn = make_denoiser(unet, params, plan.denoiser_spec(), alphas_cumprod=schedule.alphas_cumprod, fps=fps,
                              on_call=_progress_tick)
+    if plan.memory is not None:  # what StreamingT2V's CAM and APM read (decoded frames, the anchor embedding)
+        model_fn.cam_input = functools.partial(plan.memory.cam_input, memory_params)
+        model_fn.anchor_pair = functools.partial(plan.memory.anchor_pair, memory_params)
     frames = plan.latent_shape[2]
     x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
         x_T, cond, uncond, schedule, None, k_steps, "sampling", frames=frames)

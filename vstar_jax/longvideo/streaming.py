@@ -6,10 +6,14 @@ s_k = k (F - C)) is denoised by its own DDIM loop conditioned
 
 * through CAM on the previous chunk's last C frames (clean latents: ``video[s_k : s_k + C]``), which
   are the same times as the chunk's first C frames (the reference regenerates them: chunk 16,
-  condition 8, ``video[num_control_input_frames:]`` kept from every later chunk), and
+  condition 8, ``video[num_control_input_frames:]`` kept from every later chunk) -- decoded by the
+  VAE once per chunk when the CAM reads pixels (the released model), and
 * through APM on the first chunk's anchor frame (its frame 0, the reference's ``conditioning_type:
-  fixed``): its image embedding (the model's anchor embedder), a zero frame's for the CFG
-  unconditional row (the reference embeds ``zeros_like``).
+  fixed``): its image embedding (the released model: OpenCLIP's, of the decoded frame), a zero
+  image's for the CFG unconditional row (the reference embeds ``zeros_like``).
+
+What CAM and APM read comes from the model (``model_fn.cam_input`` and ``model_fn.anchor_pair``,
+bound from :class:`vstar_jax.models.streaming.StreamingMemory` by the sampling stage).
 
 The chunks are a ``lax.scan`` (one compiled body); each chunk's steps another. Overlaps compose with
 StreamingT2V's randomized blending (``blend``, on by default): at step i of chunk k, with
@@ -56,7 +60,7 @@ def _guided(model_fn, x, t, ctx, i, cfg_scale, guided, **extra):
     return cfg_combine(eps[:b], eps[b:], cfg_scale) if guided else eps
 
 
-def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, window, cond, blend, guided,
+def _stream(model_fn, x_T, context, coeffs, cfg_scale, keys, key, *, window, cond, blend, guided,
             use_noise):
     b = x_T.shape[0]
     frames = x_T.shape[2]
@@ -73,8 +77,10 @@ def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, wind
                 prev = jnp.pad(x0_prev, ((0, 0), (0, 0), (0, window - cond), (0, 0), (0, 0)))
                 eps_prev = (xc - co["sqrt_alpha"] * co["scale"] * prev) / co["sqrt_one_minus_alpha"]
                 eps = jnp.where(frame_idx < r, eps_prev, eps)
-            kk = jax.random.fold_in(k, chunk) if fold else k  # chunk 0: the single pass's noise
-            noise = jax.random.normal(kk, xc.shape, jnp.float32) if use_noise else None
+            noise = None
+            if use_noise:  # (eta 0, ModelScope's default: no keys to fold)
+                kk = jax.random.fold_in(k, chunk) if fold else k  # chunk 0: the single pass's noise
+                noise = jax.random.normal(kk, xc.shape, jnp.float32)
             x_prev, _ = ddim_step(xc, eps, co, noise)
             return x_prev, None
 
@@ -88,9 +94,9 @@ def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, wind
     video = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(x_T), first, 0, axis=2)
     if len(starts) == 1:
         return video
-    anchor = first[:, :, 0]
-    img = embed(anchor)
-    img = jnp.concatenate([embed(jnp.zeros_like(anchor)), img], axis=0) if guided else img
+    null, img = model_fn.anchor_pair(first[:, :, 0])  # APM: chunk 0's first frame (and a zero image)
+    img = jnp.concatenate([null, img], axis=0) if guided else img
+    cam_input = getattr(model_fn, "cam_input", None) or (lambda z: z)
     if blend:
         offsets = jax.random.randint(jax.random.fold_in(key, OFFSET_FOLD), (len(starts), n_steps), 0, cond,
                                      dtype=jnp.int32)
@@ -101,7 +107,7 @@ def _stream(model_fn, embed, x_T, context, coeffs, cfg_scale, keys, key, *, wind
         s, k, off = xs
         xw, ctx = W.window_view(x_T, context, s, window)
         prev = W.slice_frames(video, s, cond, 2)  # the previous chunk's last C frames
-        extra = {"cam_frames": rows(prev), "image_embed": img}
+        extra = {"cam_frames": rows(cam_input(prev)), "image_embed": img}  # CAM: decoded once per chunk
         out = denoise(xw, ctx, k, off, extra, prev if blend else None)
         if not blend:  # the reference: keep the previous chunk's overlap frames
             out = jnp.concatenate([prev, out[:, :, cond:]], axis=2)
@@ -144,9 +150,9 @@ class Streaming(Strategy):
         if have != self.cond:
             raise VstarError(f"{info.source}: its CAM was built for {have} conditioning frames; use "
                              f"streaming:{self.window}:{have} (got {self.cond})")
-        if not getattr(info, "anchor_embedder", None):
-            raise VstarError(f"{info.source}: its APM image encoder is not available here "
-                             f"(only the latent anchor embedder runs inside the sampler)")
+        unmet = tuple(getattr(info, "streaming_unmet", ()))
+        if unmet:
+            raise VstarError(f"{info.source}: long_video streaming cannot run: {'; '.join(unmet)}")
 
     def rng_rule(self) -> str:
         rule = "chunk 0's DDIM noise as the single pass; chunk k>=1's at step i = normal(fold_in(step_key_i, k))"
@@ -157,10 +163,10 @@ class Streaming(Strategy):
     def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
         if capture:
             raise VstarError("attention maps are not recorded with long_video streaming")
-        embed = getattr(model_fn, "anchor_embed", None)
-        if embed is None:
-            raise VstarError("long_video streaming needs a model with StreamingT2V's APM (an anchor embedder)")
-        x = _stream(model_fn, embed, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+        if getattr(model_fn, "anchor_pair", None) is None:
+            raise VstarError("long_video streaming needs a model with StreamingT2V's CAM and APM "
+                             "(the sampling plan has no streaming memory)")
+        x = _stream(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                     inputs.key, window=self.window, cond=self.cond, blend=self.blend, guided=inputs.guided,
                     use_noise=inputs.use_noise)
         return x, None

@@ -104,3 +104,115 @@ def preprocess(frames: np.ndarray, image_size: int) -> np.ndarray:
         r = cv2.resize(f, (nw, nh), interpolation=cv2.INTER_CUBIC)
         out[i] = r[top:top + image_size, left:left + image_size].astype(np.float32) / 255.0
     return (out - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+
+
+# --- OpenCLIP image-conditioning preprocessing (StreamingT2V), pure JAX ---------------------------
+
+
+def _reflect_index(i: np.ndarray, n: int) -> np.ndarray:
+    """torch 'reflect' padding as an index map: mirror about the edge pixels without repeating them."""
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i < n, i, period - i)
+
+
+def _gaussian_blur_matrix(n: int, sigma: float, k: int) -> np.ndarray:
+    """(n, n) float64 matrix of kornia's 1-D gaussian filter (correlation, 'reflect' border folded in)."""
+    x = np.arange(k, dtype=np.float64) - k // 2
+    if k % 2 == 0:
+        x = x + 0.5
+    g = np.exp(-(x ** 2) / (2.0 * sigma ** 2))
+    g = g / g.sum()
+    front = (k - 1) // 2  # kornia's _compute_padding: (k-1)//2 in front, the rest behind
+    m = np.zeros((n, n), np.float64)
+    rows = np.arange(n)
+    for j in range(k):
+        np.add.at(m, (rows, _reflect_index(rows + j - front, n)), g[j])
+    return m
+
+
+def _bicubic_matrix(n_out: int, n_in: int, a: float = -0.75) -> np.ndarray:
+    """(n_out, n_in) float64 matrix of torch's ``interpolate(mode="bicubic", align_corners=True)``
+    along one axis: cubic convolution (A = -0.75), 4 taps, indices clamped to the edges."""
+    # torch computes the source coordinate in float32 (opmath of float): scale = (in-1)/(out-1) and
+    # src = scale * i, both rounded to float32. At 256 -> 224 the rounding of src (~1e-5 px) moves
+    # the result by ~4e-5, so it is reproduced here rather than done in float64.
+    scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0.0)
+    src = np.arange(n_out, dtype=np.float32) * scale
+    base = np.floor(src)
+    t = (src - base).astype(np.float64)  # exact in float32; the weights are then taken in float64
+
+    def near(d):  # |d| <= 1
+        return ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+
+    weights = (far(t + 1.0), near(t), near(1.0 - t), far((1.0 - t) + 1.0))
+    m = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    for off, w in zip((-1, 0, 1, 2), weights):
+        idx = np.clip(base.astype(np.int64) + off, 0, n_in - 1)
+        np.add.at(m, (rows, idx), w)
+    return m
+
+
+def _antialiased_resize_matrices(in_hw, out_hw):
+    """Per-axis (out, in) float32 matrices of kornia's antialiased bicubic resize (blur, then bicubic)."""
+    factors = tuple(i / o for i, o in zip(in_hw, out_hw))
+    sigmas = tuple(max((f - 1.0) / 2.0, 0.001) for f in factors)
+    ks = []
+    for s in sigmas:
+        k = int(max(2.0 * 2 * s, 3))
+        ks.append(k + 1 if k % 2 == 0 else k)
+    # kornia blurs only when some axis shrinks; with sigma 0.001 the blur would be the identity anyway
+    blur = max(factors) > 1
+    mats = []
+    for n_in, n_out, s, k in zip(in_hw, out_hw, sigmas, ks):
+        m = _bicubic_matrix(n_out, n_in)
+        if blur:
+            m = m @ _gaussian_blur_matrix(n_in, s, k)
+        mats.append(np.asarray(m, np.float32))
+    return mats
+
+
+def resize_antialiased(x, size):
+    """Antialiased bicubic resize of NHWC ``x`` (n, H, W, C) to ``size`` = (S_h, S_w) -> float32
+    (n, S_h, S_w, C).
+
+    Same computation as ``kornia.geometry.resize(x_nchw, size, interpolation="bicubic",
+    align_corners=True, antialias=True)`` (kornia 0.7): a separable gaussian blur (sigma
+    ``max((factor - 1) / 2, 0.001)``, kernel ``max(4 sigma, 3)`` made odd, 'reflect' border) when
+    downscaling, then torch's bicubic interpolation (A = -0.75, align_corners=True, clamped edges).
+    Each axis is one (out, in) matrix built with numpy at trace time; ``size`` must be static.
+    Jittable."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be (n, H, W, C), got {x.shape}")
+    s_h, s_w = (int(s) for s in size)
+    if s_h < 1 or s_w < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    h, w = int(x.shape[1]), int(x.shape[2])
+    m_h, m_w = _antialiased_resize_matrices((h, w), (s_h, s_w))
+    hi = jax.lax.Precision.HIGHEST  # no bf16/tf32 passes on accelerators
+    x = jnp.asarray(x, jnp.float32)
+    x = jnp.einsum("oh,nhwc->nowc", jnp.asarray(m_h), x, precision=hi)
+    return jnp.einsum("pw,nowc->nopc", jnp.asarray(m_w), x, precision=hi)
+
+
+def openclip_pixels(frames, image_size: int):
+    """Frames (n, H, W, 3) NHWC floats in [-1, 1] -> normalized CLIP pixels float32
+    (n, image_size, image_size, 3): ``resize_antialiased`` to (image_size, image_size), then
+    ``(x + 1) / 2``, then ``(x - CLIP_MEAN) / CLIP_STD``.
+
+    This is the reference's ``FrozenOpenCLIPImageEmbedder.preprocess`` (resize first, then shift,
+    then normalize; no crop, so the aspect ratio is not kept) from StreamingT2V
+    (Picsart-AI-Research/StreamingT2V, branch StreamingModelscope,
+    ``t2v_enhanced/model/diffusers_conditional/models/controlnet/image_embedder.py``), in NHWC.
+    Jittable (``image_size`` static)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (n, H, W, 3), got {frames.shape}")
+    x = resize_antialiased(frames, (image_size, image_size))
+    x = (x + 1.0) / 2.0
+    return (x - jnp.asarray(CLIP_MEAN, jnp.float32)) / jnp.asarray(CLIP_STD, jnp.float32)

@@ -79,7 +79,4 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             jax.debug.callback(on_call, i, eps.reshape(-1)[0])
         return (eps, aux) if spec.capture else eps
 
-    from vstar_jax.models.streaming import anchor_embedder  # noqa: PLC0415
-
-    model_fn.anchor_embed = anchor_embedder(getattr(unet, "config", None))  # APM's anchor embedding (or None)
     return model_fn

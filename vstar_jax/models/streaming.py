@@ -50,6 +50,7 @@ Settings (``unet.cam``): ``frames`` C, ``cond_channels`` (latent channels for la
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -238,15 +239,80 @@ def init_control_from_base(params: Mapping) -> dict:
     return unflatten_dict(out)
 
 
-def anchor_embedder(unet_cfg):
-    """APM's image embedding of an anchor frame's latent (b, c, h, w) -> (b, D) when it can run inside the
-    sampler (``apm.image_encoder == "latent"``: the frame itself, flattened -- the demo model's stand-in
-    for a frozen image tower), else None (the released model's OpenCLIP ViT-H-14 on the decoded frame is
-    not wired into the sampling loop)."""
-    apm = apm_settings(unet_cfg) if unet_cfg is not None else None
-    if not apm or apm.get("image_encoder") != "latent":
-        return None
-    return lambda frame: jnp.asarray(frame, jnp.float32).reshape(frame.shape[0], -1)
+def memory_inputs(unet_cfg) -> tuple[bool, str]:
+    """(cam_pixels, image_encoder) of a StreamingT2V UNet config: whether CAM's frame encoder reads
+    decoded pixel frames (the reference's ``downsample_controlnet_cond``: 3 channels, stride-2 stages)
+    rather than the latent frames, and APM's image encoder: ``"latent"`` (the anchor latent flattened:
+    the demo model's parameter-free stand-in) or ``"openclip"`` (a CLIP vision tower on the decoded
+    anchor frame: the released model's OpenCLIP ViT-H-14)."""
+    cam, apm = cam_settings(unet_cfg), apm_settings(unet_cfg)
+    pixels = bool(cam and cam["downsample"])
+    enc = str(apm.get("image_encoder", "latent")) if apm else "latent"
+    return pixels, ("latent" if enc == "latent" else "openclip")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingMemory:
+    """What CAM and APM read, made from the latents inside the sampling loop (static and hashable;
+    params are passed at the call: ``{"vae": ..., "image_encoder": ...}``, only what is used).
+
+    * ``cam_input(params, z)``: the previous chunk's last C latent frames (b, c, C, h, w) -> what CAM
+      takes: the frames themselves, or (``cam_pixels``) the decoded frames (b, 3, C, H, W) in [-1, 1]
+      (the reference decodes the chunk, clamps to [0, 1] and conditions on ``2 x - 1``).
+    * ``anchor_pair(params, frame)``: the anchor latent (b, c, h, w) -> (unconditional, conditional)
+      image embeddings (b, D): the reference embeds the anchor's decoded frame with its frozen OpenCLIP
+      ViT-H-14 (``FrozenOpenCLIPImageEmbedder``: antialiased bicubic resize to 224, CLIP
+      normalisation, class-token embedding) and a zero image (``zeros_like``) for the CFG
+      unconditional row; the ``latent`` stand-in flattens the latent (a zero latent unconditionally).
+    """
+
+    cam_pixels: bool = False
+    image_encoder: str = "latent"
+    vae: Any = None  # vstar_jax.models.vae.AutoencoderKL when anything is decoded
+    vision: Any = None  # vstar_jax.models.clip_vision.CLIPVisionTransformer ("openclip")
+    scale_factor: float = 1.0  # diffusion latents = scale_factor * z
+
+    @property
+    def decodes(self) -> bool:
+        return self.cam_pixels or self.image_encoder != "latent"
+
+    def params_of(self, params: Mapping) -> dict:
+        """The parts of a checkpoint's params this memory reads ({} for the latent stand-ins)."""
+        out = {}
+        if self.decodes:
+            out["vae"] = params["vae"]
+        if self.image_encoder != "latent":
+            out["image_encoder"] = params["image_encoder"]
+        return out
+
+    def decode(self, params, z):
+        """Latent frames (b, c, n, h, w) -> pixel frames (b, 3, n, H, W) clamped to [-1, 1]."""
+        from vstar_jax.models.vae import AutoencoderKL  # noqa: PLC0415
+
+        b, c, n, h, w = z.shape
+        flat = jnp.swapaxes(z, 1, 2).reshape(b * n, c, h, w).astype(jnp.float32) / self.scale_factor
+        px = self.vae.apply({"params": params["vae"]}, flat, method=AutoencoderKL.decode)
+        px = jnp.clip(px.astype(jnp.float32), -1.0, 1.0)
+        return jnp.swapaxes(px.reshape((b, n) + px.shape[1:]), 1, 2)
+
+    def cam_input(self, params, z):
+        return self.decode(params, z) if self.cam_pixels else jnp.asarray(z, jnp.float32)
+
+    def embed_pixels(self, params, px):
+        """Decoded frames (b, 3, H, W) in [-1, 1] -> CLIP image embeddings (b, D)."""
+        from vstar_jax.models.clip_vision import openclip_pixels  # noqa: PLC0415
+
+        x = openclip_pixels(jnp.transpose(px, (0, 2, 3, 1)), int(self.vision.config.image_size))
+        return self.vision.apply({"params": params["image_encoder"]}, x).astype(jnp.float32)
+
+    def anchor_pair(self, params, frame):
+        frame = jnp.asarray(frame, jnp.float32)
+        if self.image_encoder == "latent":
+            emb = frame.reshape(frame.shape[0], -1)
+            return jnp.zeros_like(emb), emb
+        px = self.decode(params, frame[:, :, None])[:, :, 0]
+        both = self.embed_pixels(params, jnp.concatenate([jnp.zeros_like(px), px], axis=0))
+        return both[: frame.shape[0]], both[frame.shape[0]:]
 
 
 def has_streaming_modules(unet_cfg) -> list[str]:
