@@ -211,3 +211,22 @@ def test_without_the_image_encoder_it_is_refused_and_openclip_file_fills_it(rele
     want, _ = load_checkpoint(str(out), components=["image_encoder"])
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def test_streaming_on_a_mesh_equals_one_device(released):
+    """The released layout's loop (VAE decode and CLIP tower inside it) on data 2 x frames 2 simulated
+    devices: the same latents as one device within 1e-5 (float summation order only)."""
+    from conftest import run_on_host_devices
+
+    out = released[0]
+    script = (
+        "import numpy as np\n"
+        "from vstar_jax import pipeline as pl\n"
+        f"kw = dict(checkpoint={str(out)!r}, frames=6, steps=2, seed=2, height=16, width=16, progress=False,\n"
+        "          long_video='streaming:4:2', tar='L0:1', out=None)\n"
+        "one = pl.generate_video('a boat', **kw).latents\n"
+        "got = pl.generate_video('a boat', mesh={'data': 2, 'frames': 2}, **kw).latents\n"
+        "print('REL', float(np.abs(got - one).max() / np.abs(one).max()), float(np.abs(one).max()))\n")
+    r = run_on_host_devices(script, 4, timeout=600)
+    rel, peak = (float(v) for v in next(l for l in r.stdout.splitlines() if l.startswith("REL")).split()[1:])
+    assert peak > 0.1 and rel < 1e-5, (rel, peak)
