@@ -242,6 +242,8 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
     if modelscope is not None:
         from checkpoints_convert import diffusers as conv_diffusers  # noqa: PLC0415
 
+        config["source"]["modelscope"] = os.path.abspath(modelscope)
+
         for comp in ("vae", "text"):
             p, c = conv_diffusers.CONVERTERS[comp](os.path.join(modelscope, conv_diffusers.SUBDIRS[comp]))
             params[comp] = p

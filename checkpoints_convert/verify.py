@@ -12,6 +12,9 @@
 * VideoCrafter2 ``model.ckpt`` (+ its YAML; default: the one recorded at conversion): every source
   tensor is taken through the converter's key plan and compared with the converted array (names, shapes,
   values; all must be equal), then each component runs a forward pass on random inputs (finite outputs).
+* StreamingT2V ``streaming_t2v.ckpt`` (a checkpoint converted by ``convert streamingt2v``): the UNet
+  with CAM + APM and the image encoder the same way (key plan, equal arrays, finite forward); the VAE
+  and text encoder against the ModelScope folder recorded at conversion, as for a diffusers folder.
 
 Exit status 0 only if every component passes; 1 if one fails; 2 on bad input.
 """
@@ -292,6 +295,11 @@ def _forward_finite(comp: str, params, cfg, seed: int) -> tuple:
         outs = {"unet": _run_unet(cfg, params, x, t, ctx, fps=28 if cfg.get("fps_cond", False) else None)}
     elif comp == "vae":
         outs = _run_vae(cfg, params, *_vae_shapes(cfg, rng))
+    elif comp == "image_encoder":
+        from vstar_jax.models.clip_vision import CLIPVisionTransformer
+
+        px = rng.standard_normal((1, int(cfg.image_size), int(cfg.image_size), 3)).astype(np.float32)
+        outs = {"image_encoder": np.asarray(CLIPVisionTransformer(cfg).apply({"params": params}, px))}
     else:
         outs = {"text": _run_text(cfg, params, _tokens(rng, int(cfg.vocab_size), 49406, 49407,
                                                        int(cfg.context_length)))}
@@ -311,6 +319,50 @@ def _check_vc2(params, config, ckpt: str, yaml_path: str, components: Sequence[s
         try:
             plan = _vc2_plan(comp, sd, mp, config[comp])
             n, problems = _compare_arrays(comp, sd, PREFIXES[comp], plan, params[comp])
+            finite, shapes, bad = _forward_finite(comp, params[comp], config[comp], seed)
+            ok = not problems and finite
+            summary = (f"{n} arrays {'equal' if not problems else 'checked'} to the source through the key plan"
+                       + (f", {len(problems)} problem(s)" if problems else "")
+                       + f"; forward {'finite' if finite else 'NOT finite: ' + ', '.join(bad)} ({shapes})")
+            results.append(Result(comp, ok, summary, problems))
+        except Exception as e:
+            results.append(Result(comp, False, f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+    return results
+
+
+def _check_streamingt2v(params, config, ckpt: str, components: Sequence[str], seed: int,
+                        trust_pickle: bool) -> List[Result]:
+    from checkpoints_convert.clip import openclip_vision_plan
+    from checkpoints_convert.common import load_state_dict
+    from checkpoints_convert.streamingt2v import IMAGE_PREFIXES, plan_streamingt2v
+
+    sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
+    results = []
+    for comp in components:
+        try:
+            if comp in ("vae", "text"):
+                folder = (config.get("source") or {}).get("modelscope")
+                if not folder or not os.path.isdir(folder):
+                    results.append(Result(comp, False, "no ModelScope folder recorded at conversion to compare with"))
+                    continue
+                import torch
+
+                with torch.no_grad():
+                    results.append(_check_diffusers_one(comp, params, config, folder, np.random.default_rng(seed)))
+                continue
+            if comp == "unet":
+                plan, prefix = plan_streamingt2v(config["unet"]), ""
+            elif comp == "image_encoder":
+                prefix = next((p for p in IMAGE_PREFIXES[:1] if any(k.startswith(p) for k in sd)), None)
+                if prefix is None:
+                    results.append(Result(comp, False, f"{ckpt} has no image_encoder.model.visual.* (it came from "
+                                                        "--openclip FILE: verify against that file's conversion)"))
+                    continue
+                plan = openclip_vision_plan(config[comp], prefix="")
+            else:
+                results.append(Result(comp, False, "unknown component: no reference to compare with"))
+                continue
+            n, problems = _compare_arrays(comp, sd, prefix, plan, params[comp])
             finite, shapes, bad = _forward_finite(comp, params[comp], config[comp], seed)
             ok = not problems and finite
             summary = (f"{n} arrays {'equal' if not problems else 'checked'} to the source through the key plan"
@@ -353,6 +405,11 @@ def verify(ckpt_dir: str, source: str, *, config_yaml: Optional[str] = None,
         out(f"verify {ckpt_dir} against the diffusers folder {source}: same random inputs through both, "
             f"PASS if max |flax - torch| <= {TOL:.0e} x max |torch|")
         results = _check_diffusers(params, config, source, comps, seed)
+    elif (config.get("source") or {}).get("layout") == "streamingt2v":
+        out(f"verify {ckpt_dir} against {source}: every source tensor through the key plan must equal its "
+            f"converted array, each forward pass be finite; VAE and text against the ModelScope folder "
+            f"(max |flax - torch| <= {TOL:.0e} x max |torch|)")
+        results = _check_streamingt2v(params, config, source, comps, seed, trust_pickle)
     else:
         yaml_path = config_yaml or (config.get("source") or {}).get("config")
         if not yaml_path or not os.path.isfile(yaml_path):
@@ -378,10 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt_dir", help="converted checkpoint directory (vstar-jax convert ... --out)")
     ap.add_argument("--source", required=True,
-                    help="what it was converted from: a diffusers folder or a VideoCrafter2 model.ckpt")
+                    help="what it was converted from: a diffusers folder, a VideoCrafter2 model.ckpt or a "
+                         "StreamingT2V streaming_t2v.ckpt")
     ap.add_argument("--config", default=None,
                     help="VideoCrafter inference YAML (default: the one recorded at conversion)")
-    ap.add_argument("--components", default=None, help="comma list of unet,vae,text (default: all converted)")
+    ap.add_argument("--components", default=None,
+                    help="comma list of unet,vae,text,image_encoder (default: all converted)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")
     return ap
