@@ -15,7 +15,9 @@ The checkpoint is the PyTorch Lightning state of ``t2v_enhanced/model/video_ldm.
   - CAM mergers ``base_model.cross_attention_merger_down_blocks.{i}.temporal_transformer.{norm, proj_in,
     attention.to_q/to_k/to_v, attention.to_out.0, proj_out}`` (one per skip connection) and
     ``base_model.cross_attention_merger_mid_block.temporal_transformer.*`` -> ``cam_merge_{i}`` /
-    ``cam_merge_mid``;
+    ``cam_merge_mid`` (the reference builds 3 mergers per down block and zips them with the skip
+    connections: one per skip, with matching widths, only at ``layers_per_block`` 2 -- the released
+    ModelScope UNet; another layout's extra or mismatched mergers are reported by name);
   - APM's mixer in every spatial cross-attention: ``...attentions.{i}.transformer_blocks.{d}.attn2.{conv,
     conv_ln, alpha}`` -> ``..._spatial/block_{d}/attn2_mix/{conv, norm, alpha}`` (Conv1d (77, 93, 3) ->
     (3, 93, 77));
