@@ -307,6 +307,16 @@ def _forward_finite(comp: str, params, cfg, seed: int) -> tuple:
     return not bad, ", ".join(f"{k} {tuple(v.shape)}" for k, v in outs.items()), bad
 
 
+def _key_plan_result(comp: str, sd, prefix: str, plan, params, cfg, seed: int) -> Result:
+    """Every planned source tensor equal to its converted array, and a finite forward pass."""
+    n, problems = _compare_arrays(comp, sd, prefix, plan, params)
+    finite, shapes, bad = _forward_finite(comp, params, cfg, seed)
+    summary = (f"{n} arrays {'equal' if not problems else 'checked'} to the source through the key plan"
+               + (f", {len(problems)} problem(s)" if problems else "")
+               + f"; forward {'finite' if finite else 'NOT finite: ' + ', '.join(bad)} ({shapes})")
+    return Result(comp, not problems and finite, summary, problems)
+
+
 def _check_vc2(params, config, ckpt: str, yaml_path: str, components: Sequence[str], seed: int,
                trust_pickle: bool) -> List[Result]:
     from checkpoints_convert.common import load_state_dict
@@ -318,13 +328,7 @@ def _check_vc2(params, config, ckpt: str, yaml_path: str, components: Sequence[s
     for comp in components:
         try:
             plan = _vc2_plan(comp, sd, mp, config[comp])
-            n, problems = _compare_arrays(comp, sd, PREFIXES[comp], plan, params[comp])
-            finite, shapes, bad = _forward_finite(comp, params[comp], config[comp], seed)
-            ok = not problems and finite
-            summary = (f"{n} arrays {'equal' if not problems else 'checked'} to the source through the key plan"
-                       + (f", {len(problems)} problem(s)" if problems else "")
-                       + f"; forward {'finite' if finite else 'NOT finite: ' + ', '.join(bad)} ({shapes})")
-            results.append(Result(comp, ok, summary, problems))
+            results.append(_key_plan_result(comp, sd, PREFIXES[comp], plan, params[comp], config[comp], seed))
         except Exception as e:
             results.append(Result(comp, False, f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"))
     return results
@@ -362,13 +366,7 @@ def _check_streamingt2v(params, config, ckpt: str, components: Sequence[str], se
             else:
                 results.append(Result(comp, False, "unknown component: no reference to compare with"))
                 continue
-            n, problems = _compare_arrays(comp, sd, prefix, plan, params[comp])
-            finite, shapes, bad = _forward_finite(comp, params[comp], config[comp], seed)
-            ok = not problems and finite
-            summary = (f"{n} arrays {'equal' if not problems else 'checked'} to the source through the key plan"
-                       + (f", {len(problems)} problem(s)" if problems else "")
-                       + f"; forward {'finite' if finite else 'NOT finite: ' + ', '.join(bad)} ({shapes})")
-            results.append(Result(comp, ok, summary, problems))
+            results.append(_key_plan_result(comp, sd, prefix, plan, params[comp], config[comp], seed))
         except Exception as e:
             results.append(Result(comp, False, f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"))
     return results

@@ -100,22 +100,9 @@ def test_preprocess_resizes_short_side_and_centre_crops():
 
 def _to_openclip(sd):
     """The same weights in OpenCLIP's layout (fused qkv, ``visual.proj`` as a matrix)."""
-    out = {}
-    for prefix, dst, n in (("vision_model.", "visual.", 2), ("text_model.", "", 2)):
-        for i in range(n):
-            s, d = f"{prefix}encoder.layers.{i}", f"{dst}transformer.resblocks.{i}"
-            out[f"{d}.attn.in_proj_weight"] = np.concatenate([sd[f"{s}.self_attn.{q}_proj.weight"] for q in "qkv"])
-            out[f"{d}.attn.in_proj_bias"] = np.concatenate([sd[f"{s}.self_attn.{q}_proj.bias"] for q in "qkv"])
-            for a, b in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                         ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
-                out[f"{d}.{b}.weight"], out[f"{d}.{b}.bias"] = sd[f"{s}.{a}.weight"], sd[f"{s}.{a}.bias"]
-    v = "vision_model."
-    out["visual.conv1.weight"] = sd[v + "embeddings.patch_embedding.weight"]
-    out["visual.class_embedding"] = sd[v + "embeddings.class_embedding"]
-    out["visual.positional_embedding"] = sd[v + "embeddings.position_embedding.weight"]
-    out["visual.proj"] = sd["visual_projection.weight"].T
-    for a, b in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
-        out[f"visual.{b}.weight"], out[f"visual.{b}.bias"] = sd[f"{v}{a}.weight"], sd[f"{v}{a}.bias"]
+    from tiny_torch import hf_to_openclip_layers, hf_vision_to_openclip
+
+    out = dict(hf_vision_to_openclip(sd, 2), **hf_to_openclip_layers(sd, "text_model.", "", 2))
     out["token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
     out["positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
     out["ln_final.weight"], out["ln_final.bias"] = sd["text_model.final_layer_norm.weight"], sd["text_model.final_layer_norm.bias"]

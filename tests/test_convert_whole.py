@@ -77,30 +77,13 @@ def test_vc2_missing_component_and_corruption(vc2_whole, tmp_path):
 
 
 def test_diffusers_whole_folder_roundtrip(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tiny_torch import modelscope_folder
+
     model = tmp_path / "model"
-    unet = diffusers.UNet3DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, cross_attention_dim=32,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        norm_num_groups=32).eval()
-    vae = diffusers.AutoencoderKL(block_out_channels=(32, 64), norm_num_groups=32, latent_channels=4,
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2).eval()
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407,
-        pad_token_id=1)).eval()
-    with torch.no_grad():
-        for m in (unet, vae, text):
-            for p in m.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-    unet.save_pretrained(model / "unet")
-    vae.save_pretrained(model / "vae")
-    text.save_pretrained(model / "text_encoder")
-    diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                            steps_offset=1, set_alpha_to_one=False).save_pretrained(model / "scheduler")
+    m = modelscope_folder(model)
+    unet, vae, text = m["unet"], m["vae"], m["text"]
     out = tmp_path / "ms"
     assert conv_diffusers.main([str(model), "--out", str(out)]) == 0
     params, cfg = load_checkpoint(str(out))

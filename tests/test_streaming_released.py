@@ -14,6 +14,7 @@ import pytest
 from conftest import rel_err
 from test_clip_preprocess import kornia_resize_ref
 from test_streaming import _source_state_dict
+from tiny_torch import hf_vision_to_openclip, modelscope_folder
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -24,31 +25,6 @@ CAM = dict(frames=2, cond_channels=3, embed_channels=(8, 16), downsample=True, h
 APM = dict(tokens=3, image_dim=16, hidden=24, text_len=77, image_encoder="openclip_vit_h14")
 VISION = dict(image_size=28, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=2, projection_dim=16, hidden_act="gelu")
-
-
-def _modelscope_folder(root):
-    """A tiny diffusers ModelScope folder (UNet3D, VAE of factor 2, CLIP text encoder, scheduler)."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet3DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, cross_attention_dim=32,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        norm_num_groups=32).eval()
-    vae = diffusers.AutoencoderKL(block_out_channels=(32, 64), norm_num_groups=32, latent_channels=4,
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2).eval()
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1)).eval()
-    with torch.no_grad():
-        for m in (vae, text):
-            for p in m.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-    unet.save_pretrained(root / "unet")
-    vae.save_pretrained(root / "vae")
-    text.save_pretrained(root / "text_encoder")
-    diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                            steps_offset=1, set_alpha_to_one=False).save_pretrained(root / "scheduler")
-    return vae
 
 
 def _vision():
@@ -63,22 +39,8 @@ def _vision():
 
 def _openclip_visual(model, prefix):
     """transformers' vision tower in OpenCLIP's ``visual.*`` layout (fused qkv, ``proj`` a matrix)."""
-    sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    v, out = "vision_model.", {}
-    for i in range(VISION["num_hidden_layers"]):
-        s, d = f"{v}encoder.layers.{i}", f"{prefix}transformer.resblocks.{i}"
-        out[f"{d}.attn.in_proj_weight"] = np.concatenate([sd[f"{s}.self_attn.{q}_proj.weight"] for q in "qkv"])
-        out[f"{d}.attn.in_proj_bias"] = np.concatenate([sd[f"{s}.self_attn.{q}_proj.bias"] for q in "qkv"])
-        for a, b in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
-            out[f"{d}.{b}.weight"], out[f"{d}.{b}.bias"] = sd[f"{s}.{a}.weight"], sd[f"{s}.{a}.bias"]
-    out[f"{prefix}conv1.weight"] = sd[v + "embeddings.patch_embedding.weight"]
-    out[f"{prefix}class_embedding"] = sd[v + "embeddings.class_embedding"]
-    out[f"{prefix}positional_embedding"] = sd[v + "embeddings.position_embedding.weight"]
-    out[f"{prefix}proj"] = sd["visual_projection.weight"].T
-    for a, b in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
-        out[f"{prefix}{b}.weight"], out[f"{prefix}{b}.bias"] = sd[f"{v}{a}.weight"], sd[f"{v}{a}.bias"]
-    return out
+    return hf_vision_to_openclip({k: v.numpy() for k, v in model.state_dict().items()},
+                                 VISION["num_hidden_layers"], prefix)
 
 
 def _save_ckpt(path, sd):
@@ -94,7 +56,7 @@ def released(tmp_path_factory):
     from vstar_jax.cli import main
 
     root = tmp_path_factory.mktemp("released")
-    vae = _modelscope_folder(root / "modelscope")
+    vae = modelscope_folder(root / "modelscope", perturb=("vae", "text"))["vae"]
     vision = _vision()
     base = unet_config_from_diffusers(json.loads((root / "modelscope" / "unet" / "config.json").read_text()))
     sd = _source_state_dict(with_streaming(base, CAM, APM), seed=2)
@@ -204,8 +166,7 @@ def test_without_the_image_encoder_it_is_refused_and_openclip_file_fills_it(rele
     assert code == 2 and not video.exists()
     assert err[-1].startswith("error: ") and "no VAE" in err[-1] and "no OpenCLIP image encoder for APM" in err[-1]
 
-    save_file({k: np.ascontiguousarray(v) for k, v in _openclip_visual(vision, "visual.").items()},
-              str(root / "open_clip.safetensors"))
+    save_file(_openclip_visual(vision, "visual."), str(root / "open_clip.safetensors"))
     assert main(conv + ["--openclip", str(root / "open_clip.safetensors"), "--out", str(root / "filled")]) == 0
     got, _ = load_checkpoint(str(root / "filled"), components=["image_encoder"])
     want, _ = load_checkpoint(str(out), components=["image_encoder"])

@@ -34,26 +34,10 @@ def _perturb(src, dst, component, path, delta=0.5):
 @pytest.fixture(scope="module")
 def diffusers_conversion(tmp_path_factory):
     d = tmp_path_factory.mktemp("verify_diffusers")
-    torch.manual_seed(0)
+    from tiny_torch import modelscope_folder
+
     model = d / "model"
-    unet = diffusers.UNet3DConditionModel(  # widths that are not multiples of the first
-        block_out_channels=(16, 24), layers_per_block=1, attention_head_dim=8, cross_attention_dim=32,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        norm_num_groups=8).eval()
-    vae = diffusers.AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, latent_channels=4,
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2).eval()
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407,
-        pad_token_id=1)).eval()
-    with torch.no_grad():
-        for m in (unet, vae, text):
-            for p in m.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-    unet.save_pretrained(model / "unet")
-    vae.save_pretrained(model / "vae")
-    text.save_pretrained(model / "text_encoder")
+    modelscope_folder(model, unet_channels=(16, 24), vae_channels=(16, 32), groups=8, scheduler=False)
     out = d / "converted"
     conv_diffusers.convert(str(model), str(out), verbose=False)
     return model, out
