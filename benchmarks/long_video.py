@@ -216,7 +216,8 @@ def quality(args) -> list[dict]:
                    "seam_ratio": round(float(np.nanmean(ratios)), 3), "colour": float(np.mean(color)),
                    "direction": float(np.mean(direction)), "object_kept": float(np.mean(found)),
                    "direction_across_boundaries": round(float(np.nanmean(across)), 3),
-                   "seconds": round(time.time() - t0, 1)}
+                   "seconds": round(time.time() - t0, 1),
+                   "items": {"direction": [int(x) for x in direction], "object_kept": [int(x) for x in found]}}
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
