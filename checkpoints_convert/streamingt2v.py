@@ -50,6 +50,7 @@ from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
 from checkpoints_convert.unet import plan_unet_diffusers, shape_hints
 
 SKIPPED_PREFIXES = ("image_encoder.", "vae.", "text_encoder.")
+INFERENCE_DEFAULTS = {"steps": 50, "cfg": 7.5, "eta": 1.0}
 IMAGE_PREFIXES = ("image_encoder.model.visual.", "visual.")  # the checkpoint's, an OpenCLIP file's
 RELEASED_CAM = {"frames": 8, "cond_channels": 3, "embed_channels": (32, 96, 256, 512), "downsample": True,
                 "head_dim": 64, "norm_groups": 32}
@@ -251,6 +252,9 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
             params[comp] = p
             config[comp] = c.to_dict() if hasattr(c, "to_dict") else dict(c)
         config["diffusion"] = conv_diffusers.diffusion_config(modelscope)
+        # sampling defaults: the reference's long-video inference settings
+        # (t2v_enhanced/configs/inference/inference_long_video.yaml), not ModelScope's
+        config["diffusion"].update(INFERENCE_DEFAULTS)
         vae_cfg = os.path.join(modelscope, "vae", "config.json")
         if os.path.isfile(vae_cfg):
             with open(vae_cfg) as f:

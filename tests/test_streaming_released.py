@@ -84,6 +84,7 @@ def test_conversion_reads_the_settings_and_every_component(released):
     assert cfg["image_encoder"]["width"] == 32 and cfg["image_encoder"]["heads"] == 2
     assert cfg["image_encoder"]["image_size"] == 28 and cfg["image_encoder"]["output_dim"] == 16
     assert cfg["diffusion"]["flavor"] == "diffusers"
+    assert (cfg["diffusion"]["steps"], cfg["diffusion"]["cfg"], cfg["diffusion"]["eta"]) == (50, 7.5, 1.0)
 
 
 def test_what_cam_and_apm_read_matches_torch(released):
@@ -126,17 +127,19 @@ def test_what_cam_and_apm_read_matches_torch(released):
 def test_generate_streaming_on_the_converted_checkpoint_and_from_sidecar(released, capsys):
     """``vstar-jax generate --long-video streaming:4:2`` runs on the released layout (the UNet takes
     3-channel pixel frames for CAM and a 16-wide embedding for APM: the latent stand-ins would not fit),
-    and ``--from-sidecar`` repeats it bit for bit."""
+    and ``--from-sidecar`` repeats it bit for bit. At eta 0 (ModelScope's deterministic DDIM: no noise keys
+    to fold per chunk)."""
     from vstar_jax.cli import main
     from vstar_jax.longvideo import parse_strategy
 
     out, _, _, _, root = released
     video = root / "a.mp4"
     args = ["generate", "a boat on a lake", "--checkpoint", str(out), "--long-video", "streaming:4:2", "--frames", "6",
-            "--steps", "2", "--height", "16", "--width", "16", "--seed", "4", "--out", str(video), "--quiet"]
+            "--steps", "2", "--height", "16", "--width", "16", "--seed", "4", "--eta", "0", "--out", str(video), "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     side = json.loads(video.with_suffix(".json").read_text())
     assert side["long_video"] == parse_strategy("streaming:4:2").to_dict() and side["frames"] == 6
+    assert side["eta"] == 0 and side["cfg"] == 7.5  # the converter's defaults: the reference's CFG
     again = root / "b.mp4"
     assert main(["generate", "--from-sidecar", str(video.with_suffix(".json")), "--out", str(again),
                  "--quiet"]) == 0, capsys.readouterr().err
