@@ -168,10 +168,11 @@ def streaming_settings_from_state_dict(sd: Mapping, context_dim: int, *, cam_fra
 
     enc = "unet.controlnet_cond_embedding"
     cond_channels = shape(f"{enc}.conv_in.weight")[1]
-    n_blocks = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith(f"{enc}.blocks."))
+    n_blocks = 1 + max((int(k.split(".")[3]) for k in sd if k.startswith(f"{enc}.blocks.")), default=-1)
     embed = [shape(f"{enc}.conv_in.weight")[0]] + [shape(f"{enc}.blocks.{j}.weight")[0] for j in range(1, n_blocks, 2)]
     fc2 = shape("resampler.context_embedding.2.weight")
-    mix = next(k for k in sd if k.startswith("base_model.") and k.endswith(".attn2.conv.weight"))
+    mix = next((k for k in sd if k.startswith("base_model.") and k.endswith(".attn2.conv.weight")),
+               "base_model.<any>.attn2.conv.weight")  # (absent: named as missing by shape())
     text_len, total, _ = shape(mix)
     cam = dict(RELEASED_CAM, frames=int(cam_frames), cond_channels=int(cond_channels), embed_channels=tuple(embed),
                downsample=int(cond_channels) == 3, head_dim=int(head_dim))
@@ -218,9 +219,15 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
         unet_config = os.path.join(modelscope, "unet", "config.json")
     if not os.path.isfile(unet_config):
         raise FileNotFoundError(f"UNet config not found: {unet_config}")
+    if os.path.exists(out) and not overwrite:  # before the (long) conversion, not after
+        raise FileExistsError(f"output directory exists: {os.path.abspath(out)} (pass --overwrite)")
     with open(unet_config) as f:
         base = unet_config_from_diffusers(json.load(f))
     sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
+    if not any(k.startswith("base_model.") for k in sd) or not any(k.startswith("unet.controlnet_cond_embedding.")
+                                                                   for k in sd):
+        raise ValueError(f"{ckpt}: not a StreamingT2V checkpoint (it needs base_model.* and "
+                         f"unet.controlnet_cond_embedding.* keys; first keys: {', '.join(list(sd)[:3])})")
     cam, apm = streaming_settings_from_state_dict(sd, int(base.context_dim), cam_frames=cam_frames,
                                                   head_dim=cam_head_dim)
     cfg = with_streaming(base, cam, apm)

@@ -212,3 +212,21 @@ def test_verify_against_the_released_checkpoint(released, capsys):
     assert main(["verify", str(out), "--source", str(root / "tampered.ckpt"), "--components", "unet"]) == 1
     text = capsys.readouterr().out
     assert "unet  FAIL" in text and f"values differ from source {key}" in text
+
+
+def test_converter_refuses_before_work(released, capsys):
+    """An existing output (without --overwrite) and a checkpoint of another model: one line each, exit 2,
+    nothing written."""
+    from vstar_jax.cli import main
+
+    out, _, _, sd, root = released
+    conv = ["convert", "streamingt2v", str(root / "streaming_t2v.ckpt"), "--unet-config",
+            str(root / "modelscope/unet/config.json"), "--cam-frames", "2"]
+    assert main(conv + ["--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: output directory exists: {out} (pass --overwrite)"
+    _save_ckpt(root / "other.ckpt", {k: v for k, v in sd.items() if k.startswith("image_encoder.")})
+    conv[2] = str(root / "other.ckpt")
+    assert main(conv + ["--out", str(root / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {root / 'other.ckpt'}: not a StreamingT2V checkpoint") and "\n" not in err
+    assert not (root / "other").exists()
