@@ -118,7 +118,8 @@ def generate_parser() -> argparse.ArgumentParser:
                    help="how --frames frames are denoised with a UNet that sees a window of them: genl:16:8 "
                         "(Gen-L-Video, stride 8), blend:24:8 (StreamingT2V randomized blending, overlap 8), "
                         "freenoise:16:4 (FreeNoise, window 16 stride 4), fifo:16:4 (FIFO-Diffusion, window 16, "
-                        "4 partitions = 64 DDIM steps), vidrd:16:8 (Reuse and Diffuse, overlap 8); settings "
+                        "4 partitions = 64 DDIM steps), vidrd:16:8 (Reuse and Diffuse, overlap 8), streaming:16:8 "
+                        "(StreamingT2V's CAM + APM: chunks of 16 on the last 8; needs a checkpoint with them); settings "
                         "by name too, e.g. vidrd:window=16,overlap=8,pns_alpha=0.5 (default: one pass)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
