@@ -138,8 +138,9 @@ def boundaries(spec, frames: int) -> list[int]:
         starts = W.chunk_starts(frames, st.window, st.overlap)
         return [int(s) + st.overlap for s in starts[1:]]
     if st.name == "streaming":  # chunk k's own frames start after its C conditioning (overlap) frames
-        hop = st.window - st.cond
-        return [s + st.cond for s in range(hop, frames - st.window + 1, hop)]
+        from vstar_jax.longvideo.streaming import chunk_starts
+
+        return [s + st.cond for s in chunk_starts(frames, st.window, st.cond)[1:]]
     if st.name == "fifo":  # frames leave the queue one by one; windows of F
         return list(range(st.window, frames, st.window))
     return list(range(8, frames, 8))  # single pass: the trained window's multiples, for comparison

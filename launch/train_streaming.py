@@ -46,7 +46,7 @@ from vstar_jax.demo import streaming as demo_streaming  # noqa: E402
 from vstar_jax.demo import world  # noqa: E402
 from vstar_jax.diffusion.parameterization import target  # noqa: E402
 from vstar_jax.diffusion.schedules import make_alphas_cumprod  # noqa: E402
-from vstar_jax.models.streaming import init_control_from_base, split_params  # noqa: E402
+from vstar_jax.models.streaming import init_control_from_base, latent_anchor_embedding, split_params  # noqa: E402
 from vstar_jax.models.unet3d import UNet3D  # noqa: E402
 
 TRAIN_DEFAULTS = {"steps": 1500, "batch": 8, "lr": 3e-4, "warmup": 50, "clip": 1.0, "weight_decay": 0.0,
@@ -107,7 +107,7 @@ def make_train_step(config, unet, text, base_unet, text_params, optimizer):
         xt = jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise
         ctx = jax.lax.stop_gradient(text.apply({"params": text_params}, tokens))
         anchor_lat = demo_model.patchify(anchor[:, None], patch)[:, :, 0]
-        img = demo_streaming.anchor_embedding(anchor_lat) * (1.0 - drop)[:, None]
+        img = latent_anchor_embedding(anchor_lat) * (1.0 - drop)[:, None]
         out = unet.apply({"params": params}, xt, t, ctx, cam_frames=x0[:, :, :n_cond], image_embed=img)
         on_path = demo_model.patchify(jnp.broadcast_to(mask[:, None, :, :, None], video.shape), patch) > 0.0
         weight = 1.0 + float(tr.fg_weight) * on_path.astype(jnp.float32)
@@ -192,10 +192,11 @@ def train(config, settings, out: pathlib.Path, *, export=None, export_only=False
                     extra, opt_state, ema, jnp.asarray(video), jnp.asarray(anchor), jnp.asarray(tokens),
                     jnp.asarray(drop), jnp.asarray(mask), jnp.int32(step))
                 step += 1
-                losses.append(float(loss))
+                losses.append(loss)  # a device array: no host sync per step (read at the log line)
                 if step % tr.log_every == 0 or step == tr.steps:
                     now = time.time()
-                    rec = {"step": step, "loss": float(np.mean(losses)), "grad_norm": float(gnorm),
+                    mean_loss = float(np.mean(np.asarray(jax.device_get(losses), np.float64)))
+                    rec = {"step": step, "loss": mean_loss, "grad_norm": float(gnorm),
                            "s_per_step": round((now - t_last) / max(len(losses), 1), 3),
                            "wall_s": round(wall0 + now - t_start, 1)}
                     meta["history"].append(rec)

@@ -21,7 +21,6 @@ import json
 import pathlib
 from typing import Optional
 
-import jax.numpy as jnp
 import numpy as np
 
 from vstar_jax.demo.model import ASSET_DIR
@@ -40,13 +39,6 @@ def demo_settings(config) -> dict:
         "apm": {"tokens": 4, "image_dim": ch * side * side, "hidden": 128,
                 "text_len": int(config.text.context_length), "image_encoder": "latent"},
     }
-
-
-def anchor_embedding(frame_latent) -> jnp.ndarray:
-    """Image embedding of an anchor frame's latent (b, c, h, w) -> (b, c*h*w) (the demo's stand-in for
-    the frozen CLIP image embedding)."""
-    x = jnp.asarray(frame_latent, jnp.float32)
-    return x.reshape(x.shape[0], -1)
 
 
 def with_streaming(config, settings: dict):

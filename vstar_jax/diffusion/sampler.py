@@ -13,7 +13,7 @@ The model is called once per step on the CFG batch ``[uncond rows; cond rows]``:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -110,16 +110,17 @@ def cfg_context(cond, uncond, batch: int, frames: int) -> jax.Array:
 
 
 def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
-               capture: bool = False):
+               capture: bool = False, extra: Optional[dict] = None):
     """One CFG model evaluation: a single call on ``[x; x]`` with ``context`` = [uncond; cond]
     rows (from :func:`cfg_context`). ``t`` is a scalar timestep, or one per frame (F,) (FIFO's
-    diagonal denoising; the model then gets (rows, F)). Returns ``(eps, aux)`` (``aux`` None
+    diagonal denoising; the model then gets (rows, F)). ``extra``: more model inputs, already in
+    CFG rows (StreamingT2V's ``cam_frames`` / ``image_embed``). Returns ``(eps, aux)`` (``aux`` None
     unless ``capture``); eps is float32."""
     b = x.shape[0]
     t = jnp.asarray(t, jnp.int32)
     tt = jnp.broadcast_to(t, (2 * b if guided else b,) + t.shape)
     x_in = jnp.concatenate([x, x], axis=0) if guided else x
-    out = model_fn(x_in, tt, context, step_index)
+    out = model_fn(x_in, tt, context, step_index, **(extra or {}))
     eps, aux = out if capture else (out, None)
     eps = eps.astype(jnp.float32)
     if guided:

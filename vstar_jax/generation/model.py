@@ -182,9 +182,8 @@ class Pipeline:
             from vstar_jax.models.clip_vision import CLIPVisionTransformer  # noqa: PLC0415
 
             vision = CLIPVisionTransformer(_frozen(self.config["image_encoder"]))
-        decodes = pixels or enc != "latent"
-        return StreamingMemory(pixels, enc, self.vae if decodes else None, vision,
-                               float(self.diffusion["scale_factor"]))
+        memory = StreamingMemory(pixels, enc, None, vision, float(self.diffusion["scale_factor"]))
+        return dataclasses.replace(memory, vae=self.vae) if memory.decodes else memory
 
     # -- text -------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> np.ndarray:

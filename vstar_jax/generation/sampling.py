@@ -301,9 +301,7 @@ def row_sharding(mesh, frames: int, rows: int = 2, rules=None):
     if mesh is None:
         return None
     from vstar_jax.errors import VstarError  # noqa: PLC0415
-    from vstar_jax.parallel.sharding import LATENT_AXES, activation_layout, named  # noqa: PLC0415
-
-    from vstar_jax.parallel.sharding import DEFAULT_RULES  # noqa: PLC0415
+    from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named  # noqa: PLC0415
 
     layout = activation_layout(mesh, rows, frames, rules or DEFAULT_RULES)
     if layout is not None:

@@ -34,7 +34,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vstar_jax.diffusion.sampler import cfg_combine, ddim_step
+from vstar_jax.diffusion.sampler import ddim_step, guided_eps
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -43,21 +43,15 @@ OFFSET_FOLD = 0x7374726D  # "strm"
 
 
 def chunk_starts(frames: int, window: int, cond: int) -> list[int]:
-    hop = window - cond
-    if frames < window or (frames - window) % hop:
-        lo = window
+    """The chunk starts k (F - C) (StreamingT2V's chunking, :func:`windows.chunk_starts`); a length it
+    cannot make is a VstarError naming the lengths it makes."""
+    try:
+        return [int(s) for s in W.chunk_starts(frames, window, cond)]
+    except ValueError:
+        hop = window - cond
         raise VstarError(f"streaming:{window}:{cond} makes {window} + k*{hop} frames "
-                         f"(e.g. {lo}, {lo + hop}, {lo + 2 * hop}, {lo + 4 * hop}); got {frames}")
-    return [k * hop for k in range((frames - window) // hop + 1)]
-
-
-def _guided(model_fn, x, t, ctx, i, cfg_scale, guided, **extra):
-    b = x.shape[0]
-    rows = 2 * b if guided else b
-    tt = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (rows,))
-    x_in = jnp.concatenate([x, x], axis=0) if guided else x
-    eps = model_fn(x_in, tt, ctx, i, **extra).astype(jnp.float32)
-    return cfg_combine(eps[:b], eps[b:], cfg_scale) if guided else eps
+                         f"(e.g. {window}, {window + hop}, {window + 2 * hop}, {window + 4 * hop}); "
+                         f"got {frames}") from None
 
 
 def _stream(model_fn, x_T, context, coeffs, cfg_scale, keys, key, *, window, cond, blend, guided,
@@ -72,7 +66,7 @@ def _stream(model_fn, x_T, context, coeffs, cfg_scale, keys, key, *, window, con
     def denoise(x, ctx, chunk, offsets, extra, x0_prev, fold=True):
         def body(xc, xs):
             co, i, k, r = xs
-            eps = _guided(model_fn, xc, co["timesteps"], ctx, i, cfg_scale, guided, **extra)
+            eps, _ = guided_eps(model_fn, xc, co["timesteps"], ctx, i, cfg_scale, guided=guided, extra=extra)
             if x0_prev is not None:  # randomized blending of the overlap (frames before r keep chunk k-1)
                 prev = jnp.pad(x0_prev, ((0, 0), (0, 0), (0, window - cond), (0, 0), (0, 0)))
                 eps_prev = (xc - co["sqrt_alpha"] * co["scale"] * prev) / co["sqrt_one_minus_alpha"]
@@ -96,7 +90,6 @@ def _stream(model_fn, x_T, context, coeffs, cfg_scale, keys, key, *, window, con
         return video
     null, img = model_fn.anchor_pair(first[:, :, 0])  # APM: chunk 0's first frame (and a zero image)
     img = jnp.concatenate([null, img], axis=0) if guided else img
-    cam_input = getattr(model_fn, "cam_input", None) or (lambda z: z)
     if blend:
         offsets = jax.random.randint(jax.random.fold_in(key, OFFSET_FOLD), (len(starts), n_steps), 0, cond,
                                      dtype=jnp.int32)
@@ -107,7 +100,7 @@ def _stream(model_fn, x_T, context, coeffs, cfg_scale, keys, key, *, window, con
         s, k, off = xs
         xw, ctx = W.window_view(x_T, context, s, window)
         prev = W.slice_frames(video, s, cond, 2)  # the previous chunk's last C frames
-        extra = {"cam_frames": rows(cam_input(prev)), "image_embed": img}  # CAM: decoded once per chunk
+        extra = {"cam_frames": rows(model_fn.cam_input(prev)), "image_embed": img}  # CAM: decoded once per chunk
         out = denoise(xw, ctx, k, off, extra, prev if blend else None)
         if not blend:  # the reference: keep the previous chunk's overlap frames
             out = jnp.concatenate([prev, out[:, :, cond:]], axis=2)
@@ -163,7 +156,7 @@ class Streaming(Strategy):
     def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
         if capture:
             raise VstarError("attention maps are not recorded with long_video streaming")
-        if getattr(model_fn, "anchor_pair", None) is None:
+        if getattr(model_fn, "anchor_pair", None) is None or getattr(model_fn, "cam_input", None) is None:
             raise VstarError("long_video streaming needs a model with StreamingT2V's CAM and APM "
                              "(the sampling plan has no streaming memory)")
         x = _stream(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,

@@ -64,12 +64,6 @@ CAM_DEFAULTS = {"frames": 8, "cond_channels": 3, "embed_channels": (32, 96, 256,
 APM_DEFAULTS = {"tokens": 16, "image_dim": 1024, "hidden": 1280, "text_len": 77, "image_encoder": "openclip_vit_h14"}
 
 
-def _get(cfg, key, default=None):
-    if cfg is None:
-        return default
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
-
 def _as_dict(value) -> dict:
     if value is None:
         return {}
@@ -80,7 +74,9 @@ def _as_dict(value) -> dict:
 
 def _settings(unet_cfg, key: str, defaults: dict) -> Optional[dict]:
     """The UNet config's ``key`` settings over ``defaults``, or None when the config has none."""
-    raw = _get(unet_cfg, key)
+    from vstar_jax.models.unet3d import _cfg_get  # noqa: PLC0415  (the UNet's config reader)
+
+    raw = _cfg_get(unet_cfg, key)
     if not raw:
         return None
     return {**defaults, **_as_dict(raw)}
@@ -195,16 +191,6 @@ class APMContextMix(nn.Module):
         return text + jax.nn.silu(alpha).astype(m.dtype) * m.astype(text.dtype)
 
 
-def trainable_mask(params: Mapping) -> Any:
-    """A pytree of bools over UNet params: True for CAM / APM parameters (what StreamingT2V trains with
-    the base frozen), False for the base UNet's."""
-    def mark(path, _):
-        names = [getattr(p, "key", str(p)) for p in path]
-        return any(n.startswith(("cam_", "apm_")) or n == "attn2_mix" for n in names)
-
-    return jax.tree_util.tree_map_with_path(mark, params)
-
-
 def split_params(params: Mapping) -> tuple[dict, dict]:
     """(base, extra): the UNet params without and with only the CAM / APM parts (flat dicts keyed by
     '/'-joined paths), so the base file stays what it was and the extra ships on its own."""
@@ -249,6 +235,13 @@ def memory_inputs(unet_cfg) -> tuple[bool, str]:
     pixels = bool(cam and cam["downsample"])
     enc = str(apm.get("image_encoder", "latent")) if apm else "latent"
     return pixels, ("latent" if enc == "latent" else "openclip")
+
+
+def latent_anchor_embedding(frame):
+    """APM's ``latent`` stand-in for an image tower: the anchor latent (b, c, h, w) flattened to (b, c*h*w)
+    (the demo model's; its trainer embeds the anchor the same way)."""
+    frame = jnp.asarray(frame, jnp.float32)
+    return frame.reshape(frame.shape[0], -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,7 +301,7 @@ class StreamingMemory:
     def anchor_pair(self, params, frame):
         frame = jnp.asarray(frame, jnp.float32)
         if self.image_encoder == "latent":
-            emb = frame.reshape(frame.shape[0], -1)
+            emb = latent_anchor_embedding(frame)
             return jnp.zeros_like(emb), emb
         px = self.decode(params, frame[:, :, None])[:, :, 0]
         both = self.embed_pixels(params, jnp.concatenate([jnp.zeros_like(px), px], axis=0))

@@ -671,8 +671,8 @@ class UNet3D(nn.Module):
         if encoder_only:
             return skips, h
         if cam_frames is not None and c("cam", None):
-            skips, h = self._cam_inject(x, timesteps.reshape(b, -1)[:, 0] if per_frame else timesteps, ctx, fps,
-                                        cam_frames, skips, h, b, f)
+            skips, h = _cam_inject(self, x, timesteps.reshape(b, -1)[:, 0] if per_frame else timesteps, ctx, fps,
+                                   cam_frames, skips, h, b, f)
 
         for level in reversed(range(len(widths))):
             out_ch = widths[level]
@@ -715,9 +715,6 @@ def _cam_inject(self, x, timesteps, ctx, fps, cam_frames, skips, mid, b, f):
            for i, (s, r) in enumerate(zip(skips, ctrl_skips))]
     mid = merge("cam_merge_mid")(as5(mid, f), as5(ctrl_mid, n_cond)).reshape(mid.shape)
     return new, mid
-
-
-UNet3D._cam_inject = _cam_inject
 
 
 def _logit_transform(hooks: tuple, level: int, step_index):
