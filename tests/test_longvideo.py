@@ -499,6 +499,8 @@ def test_new_methods_compose_with_tar_and_vsp_and_regenerate(tiny_ckpt, tmp_path
     st = parse_strategy(spec)
     assert res.video.shape == (frames, 16, 16, 3) and res.video.std() > 1
     assert res.sidecar["long_video"] == st.to_dict() and st.rng_rule() in res.sidecar["rng"]["rule"]
+    if st.name == "fifo":  # the schedule the run used: FIFO's reference timestep rule, recorded
+        assert res.sidecar["schedule"]["timestep_spacing"] == "linspace"
     assert res.sidecar["tar"]["levels"] == [[0, 1.0, 1.0]] and len(res.sidecar["synopsis"]) == 2
     again = pl.regenerate(res.sidecar_path, out=tmp_path / "b.mp4", progress=False)
     np.testing.assert_array_equal(again.video, res.video)

@@ -96,6 +96,9 @@ class DDIMSchedule:
 
         x0 = (x - sqrt_one_minus_alpha * e) / sqrt_alpha / scale;
         x_prev = prev_x0_coef * x0 + dir_coef * e + sigma * noise.
+
+        ``sqrt_alpha_prev`` is ``prev_x0_coef`` without the ``use_scale`` factor (equal to it for
+        the diffusers flavour).
         """
         sig = self.sigmas if eta is None else self.sigmas_for(eta)
         f32 = np.float32
@@ -115,6 +118,7 @@ class DDIMSchedule:
             "sqrt_one_minus_alpha": sqrt_1ma.astype(f32),
             "scale": self.scale.astype(f32),
             "prev_x0_coef": prev_coef,
+            "sqrt_alpha_prev": np.sqrt(ap).astype(f32),  # the step without use_scale (FIFO's queue)
             "dir_coef": dir_coef.astype(f32),
             "sigma": sg,
         }
@@ -137,20 +141,35 @@ def _sigmas(flavour: str, alphas: np.ndarray, alphas_prev: np.ndarray, eta: floa
     return (f32(eta) * np.sqrt(var)).astype(f32)
 
 
+VC2_SPACINGS = ("uniform", "linspace")
+
+
+def videocrafter2_timesteps(num_steps: int, num_timesteps: int = 1000, spacing: str = "uniform") -> np.ndarray:
+    """The DDIM timesteps of lvdm's ``make_ddim_timesteps`` (``lvdm/models/utils_diffusion.py``).
+
+    ``uniform``: VideoCrafter2's ``range(0, T, T // num_steps) + 1``; like the reference, a
+    ``num_steps`` that does not divide T gives ``ceil(T / (T // num_steps))`` steps.
+    ``linspace``: FIFO-Diffusion's copy of lvdm (jjihwan/FIFO-Diffusion_public, same file,
+    ``make_ddim_timesteps``): ``linspace(0, T - 1, num_steps).round()``, no + 1, so the first step
+    is t = 0 and the last t = T - 1.
+    """
+    if spacing == "uniform":
+        return np.arange(0, num_timesteps, num_timesteps // num_steps, dtype=np.int64) + 1
+    if spacing == "linspace":
+        return np.linspace(0, num_timesteps - 1, num_steps).round().astype(np.int64)
+    raise ValueError(f"unsupported timestep_spacing {spacing!r} for videocrafter2 (use one of {VC2_SPACINGS})")
+
+
 def videocrafter2_schedule(num_steps: int = 25, eta: float = 1.0, *, use_scale: bool = True,
                            scale_a: float = 1.0, scale_b: float = 0.7, mid_step: int = 400,
                            linear_start: float = 0.00085, linear_end: float = 0.012,
-                           num_timesteps: int = 1000) -> DDIMSchedule:
-    """VideoCrafter2's DDIM schedule (``lvdm/models/samplers/ddim.py: make_schedule``).
-
-    Uniform timesteps ``range(0, T, T // num_steps) + 1``; like the reference, a
-    ``num_steps`` that does not divide T gives ``ceil(T / (T // num_steps))`` steps.
-    """
+                           num_timesteps: int = 1000, timestep_spacing: str = "uniform") -> DDIMSchedule:
+    """VideoCrafter2's DDIM schedule (``lvdm/models/samplers/ddim.py: make_schedule``), timesteps
+    from :func:`videocrafter2_timesteps` (``timestep_spacing``)."""
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
     ac = make_alphas_cumprod(linear_start, linear_end, num_timesteps).astype(np.float32)
-    stride = num_timesteps // num_steps
-    ts = np.arange(0, num_timesteps, stride, dtype=np.int64) + 1
+    ts = videocrafter2_timesteps(num_steps, num_timesteps, timestep_spacing)
     alphas = ac[ts]
     alphas_prev = np.concatenate([ac[:1], ac[ts[:-1]]])
     if use_scale:

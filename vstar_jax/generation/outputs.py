@@ -385,7 +385,11 @@ def sidecar_kwargs(sidecar: Mapping) -> dict:
     """generate_video keyword arguments that reproduce a sidecar's video."""
     from vstar_jax.generation.model import DEMO_SOURCE  # noqa: PLC0415
 
+    from vstar_jax.longvideo.base import sidecar_settings  # noqa: PLC0415
+
     kw = {k: sidecar[k] for k in SIDECAR_ARGS if k in sidecar}
+    if "long_video" in kw:
+        kw["long_video"] = sidecar_settings(kw["long_video"])
     kw["tar"] = sidecar.get("tar")
     kw["height"], kw["width"] = sidecar.get("height"), sidecar.get("width")
     ck = sidecar.get("checkpoint")

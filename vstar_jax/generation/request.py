@@ -232,7 +232,7 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
                    integer=True, minimum=1, maximum=d["num_timesteps"])
     cfg = number("cfg", cfg if cfg is not None else d.get("default_cfg", DEFAULTS["cfg"]))
     eta = number("eta", eta if eta is not None else d.get("default_eta", DEFAULTS["eta"]), minimum=0.0)
-    sched_kw = schedule_kwargs(d)
+    sched_kw = strategy.schedule_kwargs(d["flavor"], schedule_kwargs(d))
     ddim_steps = check_schedule(d["flavor"], int(steps), float(eta), sched_kw)
     plan = strategy.check(frames, ddim_steps)  # VstarError naming valid lengths
     strategy.check_model(info)  # e.g. streaming without CAM/APM: one line naming what is missing

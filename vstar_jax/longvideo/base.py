@@ -69,6 +69,8 @@ class Strategy:
     POSITIONAL: ClassVar[tuple] = ()
     #: strategies whose UNet calls take one timestep per frame (the UNet supports it by shape)
     per_frame_timesteps: ClassVar[bool] = False
+    #: settings a sidecar written before a field existed ran with (``from_sidecar`` fills them in)
+    SIDECAR_LEGACY: ClassVar[dict] = {}
 
     # ---- protocol ------------------------------------------------------------------------------
     def check(self, frames: int, steps: int) -> Plan:
@@ -95,6 +97,11 @@ class Strategy:
         """Refuse (one-line :class:`VstarError`) a model this strategy cannot run (``ModelInfo``);
         StreamingT2V needs trained CAM / APM modules. Default: any model."""
 
+    def schedule_kwargs(self, flavor: str, kwargs: tuple) -> tuple:
+        """The DDIM schedule's keyword arguments (sorted (key, value) pairs) this strategy runs with,
+        given the checkpoint's; FIFO takes its reference's timestep rule. Default: the checkpoint's."""
+        return kwargs
+
     def steps_for(self, requested: Optional[int]) -> Optional[int]:
         """The DDIM step count this strategy runs (None: the model's default); FIFO fixes it."""
         return requested
@@ -108,6 +115,11 @@ class Strategy:
         return {"method": self.name, **dataclasses.asdict(self)}
 
     def spec(self) -> str:
+        """``name:v1:v2`` (positional), or ``name:k=v,...`` when a non-positional setting is not its default."""
+        extra = [f for f in dataclasses.fields(self) if f.name not in self.POSITIONAL
+                 and getattr(self, f.name) != f.default]
+        if extra:
+            return f"{self.name}:" + ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
         return ":".join([self.name] + [str(getattr(self, f)) for f in self.POSITIONAL])
 
     @classmethod
@@ -190,6 +202,16 @@ def _load_all() -> None:
 
     for mod in ("single", "genl", "blend", "freenoise", "fifo", "vidrd", "streaming"):
         importlib.import_module(f"vstar_jax.longvideo.{mod}")
+
+
+def sidecar_settings(recorded):
+    """A sidecar's recorded ``long_video`` dict with the fields it lacks filled in with the values
+    the code that wrote it ran with (the class's ``SIDECAR_LEGACY``), not today's defaults, so that
+    ``--from-sidecar`` regenerates the recorded video. Anything else is returned as it is."""
+    _load_all()
+    if isinstance(recorded, Mapping) and recorded.get("method") in REGISTRY:
+        return {**REGISTRY[recorded["method"]].SIDECAR_LEGACY, **recorded}
+    return recorded
 
 
 def parse_strategy(spec) -> Optional[Strategy]:

@@ -1,5 +1,7 @@
 """``fifo:F[:n[:lookahead]]`` -- FIFO-Diffusion (Kim et al. 2024; jjihwan/FIFO-Diffusion_public,
-``scripts/evaluation/funcs.py``: ``prepare_latents``, ``fifo_ddim_sampling``, ``shift_latents``).
+``scripts/evaluation/funcs.py``: ``prepare_latents``, ``fifo_ddim_sampling``, ``shift_latents``;
+``lvdm/models/samplers/ddim.py``: ``ddim_step``; ``lvdm/models/utils_diffusion.py``:
+``make_ddim_timesteps``).
 
 A queue of L = n F latents at increasing noise levels: queue position r (0 = least noisy) sits at
 DDIM timestep ``timesteps[r]`` of an L-step schedule (so the run has exactly L DDIM steps). Every
@@ -11,12 +13,29 @@ each window spans n-times-finer noise levels (steps = n F). *Lookahead denoising
 the reference's flag): F/2 already-clean frames are kept in front of the queue as context, the
 windows step by F/2 and each writes back only its second half.
 
+What the reference computes, and so this module by default:
+
+- **Timesteps** (``timesteps="linspace"``): FIFO's copy of lvdm makes the L DDIM timesteps as
+  ``linspace(0, T - 1, L).round()`` (``make_ddim_timesteps``), not VideoCrafter2's
+  ``range(0, T, T // L) + 1``; the base clip and every queue level use them. On a diffusers-flavour
+  checkpoint (ModelScope) the same timesteps come from diffusers' own ``timestep_spacing="linspace"``
+  (FIFO has no diffusers reference). ``timesteps="model"`` keeps the checkpoint's schedule.
+- **The queue step** (``scale_in_queue=False``): ``ddim_step`` computes
+  ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) e + s z`` with ``x0 = (x - sqrt(1 - a) e) /
+  sqrt(a)``: without VideoCrafter2's ``use_scale`` factors, which the base clip (``p_sample_ddim``)
+  does apply. ``scale_in_queue=True`` applies them in the queue too (the consistent variant: every
+  frame then follows the same DDIM update the model was sampled with).
+
+Sidecars written before these two settings existed ran with ``timesteps="model"`` and
+``scale_in_queue=True``; ``--from-sidecar`` fills those in (``SIDECAR_LEGACY``).
+
 Set-up as the reference: an F-frame base clip is sampled with plain DDIM (L steps, the first F
 frames' context), then queue position r holds ``sqrt(a_r) base[max(0, r - (L - F))] +
 sqrt(1 - a_r) noise`` (plain alpha, as ``prepare_latents``; the lookahead prefix at a_0). The
-reference writes out every dequeued frame, so its video starts with L - F re-denoised copies of
-the base clip's first frame; here those lead-in frames are dropped and the N output frames are
-the base clip's frames re-denoised in the queue followed by new ones.
+reference writes out every dequeued frame and keeps the last N, so its video starts after
+L - F re-denoised copies of the base clip's first frame; here those lead-in frames are dropped the
+same way and the N output frames are the base clip's frames re-denoised in the queue followed by
+new ones.
 
 TAR's step gate uses the loop index of each window's middle frame. FIFO cannot reproduce plain
 DDIM for any N (its frames are never denoised together at one noise level after the base clip).
@@ -26,7 +45,7 @@ holds the queue (n F + F/2 frames) and the output latents, whatever N is.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -78,15 +97,26 @@ class FIFO(Strategy):
     name = "fifo"
     POSITIONAL = ("window", "partitions", "lookahead")
     per_frame_timesteps = True
+    TIMESTEPS: ClassVar[tuple] = ("linspace", "model")
+    SIDECAR_LEGACY: ClassVar[dict] = {"timesteps": "model", "scale_in_queue": True}
     window: int = 16
     partitions: int = 1
     lookahead: bool = True
+    timesteps: str = "linspace"  # the reference's make_ddim_timesteps; "model": the checkpoint's schedule
+    scale_in_queue: bool = False  # True: the queue step applies use_scale as the base clip does
 
     def __post_init__(self):
         positive(self.name, window=self.window, partitions=self.partitions)
+        if self.timesteps not in self.TIMESTEPS:
+            raise VstarError(f"fifo timesteps must be one of {', '.join(self.TIMESTEPS)}, got {self.timesteps!r}")
         if self.window < 2 or (self.lookahead and self.window % 2):
             raise VstarError(f"fifo window must be >= 2{' and even with lookahead' if self.lookahead else ''}, "
                              f"got {self.window}")
+
+    def schedule_kwargs(self, flavor: str, kwargs: tuple) -> tuple:
+        if self.timesteps == "model":
+            return kwargs
+        return tuple(sorted({**dict(kwargs), "timestep_spacing": "linspace"}.items()))
 
     @property
     def queue_steps(self) -> int:
@@ -127,6 +157,8 @@ class FIFO(Strategy):
         f, L, N = self.window, self.queue_steps, inputs.frames
         co = inputs.coeffs  # loop order: loop index i <-> reference index L - 1 - i
         ref = {k: v[::-1] for k, v in co.items()}
+        if not self.scale_in_queue:  # the reference's ddim_step: no use_scale factors
+            ref = dict(ref, scale=jnp.ones_like(ref["scale"]), prev_x0_coef=ref["sqrt_alpha_prev"])
         per_frame_ctx = inputs.context.ndim == 4
         base_ctx = W.slice_frames(inputs.context, 0, f, 1) if per_frame_ctx else inputs.context
         base, _, _ = _sample(model_fn, inputs.x_T, base_ctx, co, inputs.cfg_scale, inputs.keys,
