@@ -95,6 +95,12 @@ def items(args) -> list[tuple[str, int]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vstar_jax.errors import VstarError
+    if argv is None:  # the script: the work runs in a child, a runtime abort becomes one line here
+        from vstar_jax.parallel.supervise import supervised
+
+        rc = supervised()
+        if rc is not None:
+            return rc
 
     try:
         from vstar_jax.parallel import distributed
@@ -105,6 +111,12 @@ def main(argv=None) -> int:
     except VstarError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the JAX runtime's errors (a peer gone mid-collective)
+        if "JaxRuntimeError" not in type(e).__name__ and "XlaRuntimeError" not in type(e).__name__:
+            raise
+        print(f"error: the JAX runtime failed ({' '.join(str(e).split())[:300]}); files already written are "
+              f"kept", file=sys.stderr)
+        return 3
 
 
 def run(args, info: dict) -> int:

@@ -52,6 +52,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vstar_jax.errors import VstarError
+    if argv is None:  # the script: the work runs in a child, a runtime abort becomes one line here
+        from vstar_jax.parallel.supervise import supervised
+
+        rc = supervised()
+        if rc is not None:
+            return rc
 
     try:
         from vstar_jax import sweep
@@ -67,6 +73,12 @@ def main(argv=None) -> int:
     except (VstarError, ValueError, FileNotFoundError, PermissionError) as e:
         print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the JAX runtime's errors (a peer gone mid-collective)
+        if "JaxRuntimeError" not in type(e).__name__ and "XlaRuntimeError" not in type(e).__name__:
+            raise
+        print(f"error: the JAX runtime failed ({' '.join(str(e).split())[:300]}); finished runs are kept, "
+              f"rerun to continue", file=sys.stderr)
+        return 3
 
 
 def run(args, info: dict, config, config_dir) -> int:
@@ -93,10 +105,10 @@ def run(args, info: dict, config, config_dir) -> int:
                                shard=(rank, count), mesh=mesh)
     mine = [r for r in rows if r.get("process") == rank]
     print(f"[process {rank}] {len(mine)} run(s) in {time.time() - t0:.1f} s", file=log, flush=True)
-    if count > 1:
-        from jax.experimental import multihost_utils
+    if count > 1:  # on the coordinator's barrier, not a gloo collective (whose set-up times out in 30 s)
+        from vstar_jax.parallel.distributed import barrier
 
-        multihost_utils.sync_global_devices("vstar-jax sweep done")
+        barrier("vstar-jax sweep done")
     if rank == 0:  # every process is done: the table of every row, once more
         rows = list(sweep.read_rows(out).values())
         sweep.write_table(rows, out)

@@ -1,6 +1,7 @@
 """A real multi-process run: two processes on this machine, jax.distributed on a loopback coordinator,
 CPU collectives over gloo, one global mesh over both; plus the launcher's one-line errors."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -181,3 +182,103 @@ def test_two_processes_share_one_sweep_each_run_once_equal_to_one_process(tmp_pa
         assert sc["frames_sha256"] == want["frames_sha256"], rid
         for key in ("mawe", "ofs", "warp_error", "scuts", "motion"):
             assert row[key] == pytest.approx(ref[rid][key], rel=1e-6, abs=1e-9), (rid, key)
+
+
+# ------------------------------------------------------------------ faults: one line on every process
+GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
+
+
+def _assert_one_line(name, rc, err, elapsed, limit):
+    """A survivor's report: non-zero exit (no signal), its last stderr line an ``error:``, no Python
+    traceback, no runtime log line or C++ stack, within ``limit`` seconds."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc not in (0, None) and rc > 0, (name, rc, err[-2000:])
+    assert lines and lines[-1].startswith("error: "), (name, err[-2000:])
+    assert "Traceback" not in err and "Check failure" not in err and not GLOG_LINE.search(err), (name, err[-3000:])
+    assert elapsed < limit, (name, elapsed)
+    return lines[-1]
+
+
+def _launch(args, port, n, pid, timeout, tmp_path, extra=()):
+    cmd = [sys.executable, LAUNCH, "a red circle moves right", "--frames", "8", "--coordinator",
+           f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(pid), "--timeout", str(timeout),
+           "--out", str(tmp_path / f"{args}-{pid}.mp4"), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_bad_launches_end_in_one_line_on_every_process(tmp_path):
+    """All at once (they mostly wait): process counts 2 vs 3; two processes given --process-id 0; a
+    coordinator port another program holds; a peer that never starts. Every process exits non-zero
+    within --timeout + 30 s (+ start-up on a loaded machine) with one error line, writes nothing,
+    and none aborts with the runtime's C++ stack (it did: SIGABRT 134 / SIGSEGV 139 before)."""
+    import time
+
+    timeout = 10
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    ports = {k: _free_port() for k in ("count", "dup", "lone")}
+    ports["held"] = held.getsockname()[1]
+    t0 = time.time()
+    procs = {("count", 0): _launch("count", ports["count"], 2, 0, timeout, tmp_path),
+             ("count", 1): _launch("count", ports["count"], 3, 1, timeout, tmp_path),
+             ("dup", "a"): _launch("dupa", ports["dup"], 2, 0, timeout, tmp_path)}
+    time.sleep(1.0)  # the first process 0 holds the port when the second starts
+    procs[("dup", "b")] = _launch("dupb", ports["dup"], 2, 0, timeout, tmp_path)
+    procs[("held", 0)] = _launch("held", ports["held"], 2, 0, timeout, tmp_path)
+    procs[("held", 1)] = _launch("held", ports["held"], 2, 1, timeout, tmp_path)
+    procs[("lone", 0)] = _launch("lone", ports["lone"], 2, 0, timeout, tmp_path)
+    said, ends = {}, {}
+    for k, p in procs.items():
+        _, err = p.communicate(timeout=300)
+        ends[k] = time.time() - t0
+        said[k] = _assert_one_line(k, p.returncode, err, ends[k], timeout + 30 + 60)
+    held.close()
+    assert "give every process the same --num-processes" in said[("count", 0)], said
+    assert "this process was given 3 processes" in said[("count", 1)], said
+    assert "coordinator port" in said[("dup", "b")] and "--process-id 0" in said[("dup", "b")], said
+    assert "not every process joined" in said[("dup", "a")], said
+    assert "coordinator port" in said[("held", 0)] and "in use" in said[("held", 0)], said
+    assert "not every process joined" in said[("held", 1)], said
+    assert "not every process joined" in said[("lone", 0)], said
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+@pytest.mark.parametrize("killed", [1, pytest.param(0, marks=pytest.mark.slow)])
+def test_a_process_killed_mid_sampling_ends_the_other_in_one_line(tmp_path, killed):
+    """kill -9 of one launcher while both sample: the survivor says which process stopped, exits
+    non-zero within --timeout + 30 s of the kill, without a C++ stack (before: an abort with a stack
+    75-100 s later); a restart of both on the same port then completes."""
+    import signal
+    import time
+
+    timeout, port = 10, _free_port()
+    logs = tmp_path / "logs"
+    extra = ("--frames", "16", "--steps", "250", "--log-dir", str(logs))
+    procs = [_launch("kill", port, 2, i, timeout, tmp_path, extra) for i in range(2)]
+    deadline = time.time() + 240
+    while time.time() < deadline:  # both are in the sampling loop (process 0 logs its progress)
+        text = (logs / "process-0.log").read_text() if (logs / "process-0.log").exists() else ""
+        if "denoising:" in text and "%" in text.split("denoising:")[-1]:
+            break
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.5)
+    else:
+        pytest.fail("sampling did not start in 240 s")
+    procs[killed].send_signal(signal.SIGKILL)
+    t_kill = time.time()
+    survivor = procs[1 - killed]
+    _, err = survivor.communicate(timeout=300)
+    line = _assert_one_line("survivor", survivor.returncode, err, time.time() - t_kill, timeout + 30 + 30)
+    procs[killed].communicate(timeout=60)
+    if killed == 1:
+        assert "process 1 stopped sending heartbeats" in line, line
+    assert not (tmp_path / "kill-0.mp4").exists()
+    # a restart on the same port runs to the end
+    again = [_launch("again", port, 2, i, timeout, tmp_path) for i in range(2)]
+    for p in again:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    assert (tmp_path / "again-0.mp4").exists()

@@ -6,12 +6,17 @@ this process's id taken from, in order: explicit arguments (``--coordinator``, `
 ``RANK``), SLURM (``SLURM_NTASKS``, ``SLURM_PROCID``, the first host of ``SLURM_STEP_NODELIST`` /
 ``SLURM_JOB_NODELIST``), or nothing (a TPU pod slice: JAX finds its peers itself). Every problem is
 a one-line :class:`~vstar_jax.errors.VstarError` before compute: counts that disagree with the
-environment, a process id out of range, a coordinator that cannot be reached in ``timeout`` seconds.
+environment, a process id out of range, a coordinator that cannot be reached in ``timeout`` seconds,
+a coordinator port another program holds (checked on process 0), a process started with another
+process count (a handshake in JAX's key-value store right after joining). JAX's join, heartbeat and
+shutdown timeouts are all ``timeout``; what the runtime itself aborts on (a duplicate id, a peer
+that dies) is turned into one line by :mod:`vstar_jax.parallel.supervise`.
 On CPU the collectives go over gloo (``jax_cpu_collectives_implementation``), which is how two
 processes on one machine make a real multi-host run.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -92,6 +97,57 @@ def _check_reachable(address: str, timeout: float, is_coordinator: bool) -> None
             time.sleep(0.2)
 
 
+def _check_port_free(address: str) -> None:
+    """Process 0 starts the coordinator on ``address``'s port; a port another program holds makes
+    JAX's gRPC server crash the process (SIGSEGV), so refuse it in one line first."""
+    port = int(address.rpartition(":")[2])
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a TIME_WAIT port is free
+                s.bind((host, port))
+            return
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise VstarError(f"coordinator port {port} is in use on this host ({e.strerror}): another program, "
+                                 f"or a second process given --process-id 0, holds it; pick a free port in "
+                                 f"--coordinator and give each process its own id") from None
+            continue  # this address family is not available here; try the other
+    return
+
+
+def _handshake(settings: dict, timeout: float) -> None:
+    """Every process publishes its settings in JAX's key-value store, then reads every other's: a
+    process started with another process count, or a duplicate id, is named in one line on every
+    process, in ``timeout`` seconds at most (instead of a collective that hangs, then aborts)."""
+    import json  # noqa: PLC0415
+
+    import jax  # noqa: PLC0415
+    from jax._src import distributed as jd  # noqa: PLC0415 - the runtime's own client
+
+    client = jd.global_state.client
+    if client is None:
+        return
+    me, count = jax.process_index(), jax.process_count()
+    mine = {"num_processes": settings["num_processes"], "host": socket.gethostname(), "pid": os.getpid()}
+    client.key_value_set(f"vstar-jax/hello/{me}", json.dumps(mine))
+    if settings["num_processes"] is not None and count != settings["num_processes"]:
+        raise VstarError(f"this process was given {settings['num_processes']} processes but the coordinator's run "
+                         f"has {count}: give every process the same --num-processes")
+    for other in range(count):
+        if other == me:
+            continue
+        try:
+            theirs = json.loads(client.blocking_key_value_get(f"vstar-jax/hello/{other}", int(timeout * 1000)))
+        except Exception:  # noqa: BLE001 - a timeout; the runtime raises its own status type
+            raise VstarError(f"process {other} did not report within {timeout:.0f} s after joining "
+                             f"(it died or is stuck); see its log") from None
+        n = theirs.get("num_processes")
+        if n is not None and n != count:
+            raise VstarError(f"process {other} (host {theirs.get('host')}) was started with {n} processes, this run "
+                             f"has {count}: give every process the same --num-processes")
+
+
 def initialize(*, coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None, timeout: float = 120.0, env=None) -> dict:
     """``jax.distributed.initialize`` from arguments or the environment (see the module doc); returns
@@ -106,17 +162,39 @@ def initialize(*, coordinator: Optional[str] = None, num_processes: Optional[int
     kw = {}
     if s["coordinator_address"] is not None:
         _check_reachable(s["coordinator_address"], timeout, s["process_id"] == 0)
+        if s["process_id"] == 0:
+            _check_port_free(s["coordinator_address"])
         kw = {"coordinator_address": s["coordinator_address"], "num_processes": s["num_processes"],
               "process_id": s["process_id"]}
+    # every wait of the runtime is bounded by --timeout: joining, a peer's missing heartbeats, shutdown
+    bound = max(5, int(timeout))
     try:
-        jax.distributed.initialize(initialization_timeout=max(1, int(timeout)), **kw)
+        jax.distributed.initialize(initialization_timeout=max(1, int(timeout)), heartbeat_timeout_seconds=bound,
+                                   shutdown_timeout_seconds=bound, **kw)
     except Exception as e:  # noqa: BLE001 - JAX raises several types; all mean the same to a user
         raise VstarError(f"jax.distributed.initialize failed ({s['source']}): {' '.join(str(e).split())[:300]}") \
             from None
-    if s["num_processes"] is not None and jax.process_count() != s["num_processes"]:
-        raise VstarError(f"JAX sees {jax.process_count()} processes, the {s['source']} says {s['num_processes']}")
+    _handshake(s, timeout)
     return {**s, "process_index": jax.process_index(), "process_count": jax.process_count(),
             "devices": len(jax.devices())}
+
+
+def barrier(name: str, timeout_s: float = 7 * 24 * 3600) -> None:
+    """Wait until every process gets here, on the coordination service (no gloo collective, whose
+    set-up times out after 30 s when one process comes much later); a peer that dies is caught by
+    the runtime's heartbeat timeout instead (``--timeout``)."""
+    import jax  # noqa: PLC0415
+    from jax._src import distributed as jd  # noqa: PLC0415
+
+    if jax.process_count() == 1:
+        return
+    client = jd.global_state.client
+    if client is None:  # a runtime without a client of ours (TPU auto-detection still has one)
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, int(timeout_s * 1000))
 
 
 def is_writer() -> bool:
