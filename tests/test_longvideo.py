@@ -230,6 +230,26 @@ def test_parse_strategy():
 
 
 # ------------------------------------------------------------------------------ samplers
+@pytest.mark.parametrize("steps, eta", [(4, 1.0), (7, 0.5), (25, 1.0)])
+def test_lvdm_reference_precision_is_torchs(steps, eta):
+    """tests/lvdm_reference.py's schedule against the reference's own torch/numpy expressions run with
+    torch (ddpm3d.py:118-133, utils_diffusion.py:76-80, ddim.py:56 and torch.full): bit for bit."""
+    torch = pytest.importorskip("torch")
+    ddim = LvdmDDIM(steps, eta)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    ac = torch.tensor(np.cumprod(1.0 - betas.numpy()), dtype=torch.float32)
+    ts = ddim.ddim_timesteps
+    alphas = ac[ts]
+    alphas_prev = np.asarray([ac[0]] + ac[ts[:-1]].tolist())
+    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))  # noqa: mixed on purpose
+    for index in range(ddim.total_steps):
+        got = ddim.scalars(index)
+        assert got["a_t"] == torch.full((1,), alphas[index])[0].item()
+        assert got["a_prev"] == torch.full((1,), alphas_prev[index])[0].item()
+        assert got["sigma_t"] == torch.full((1,), sigmas[index])[0].item()
+        assert got["sqrt_one_minus_at"] == np.asarray(np.sqrt(1.0 - alphas))[index]
+
+
 @pytest.mark.parametrize("per_frame, eta", [(True, 1.0), (False, 1.0), (False, 0.0)])
 def test_both_reduce_to_ddim_sample_when_n_equals_f(per_frame, eta):
     sched = S.videocrafter2_schedule(5, eta=eta)
