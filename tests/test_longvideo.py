@@ -13,6 +13,8 @@ from vstar_jax.longvideo import Blend, GenL, parse_strategy
 from vstar_jax.longvideo.blend import blend_offsets, blend_sample
 from vstar_jax.longvideo.genl import genl_sample
 
+from lvdm_reference import LvdmDDIM, cfg
+
 CFG = 7.5
 
 
@@ -45,62 +47,106 @@ def start_model(x, t, ctx, i):
 
 
 # ------------------------------------------------------------------------- numpy references
-def _np_guided(x, t, ctx_u, ctx_c, i):
-    """numpy CFG with the dummy model on rows [uncond; cond] (batch 1)."""
-    e_u = dummy_model_np(x, t, ctx_u, i)
-    e_c = dummy_model_np(x, t, ctx_c, i)
-    return e_u + CFG * (e_c - e_u)
-
-
-def _np_step_coeffs(sched, eta):
-    co = sched.coefficients(eta)
-    return [{k: np.float64(v[i]) for k, v in co.items()} for i in range(sched.num_steps)]
-
-
 def _noises(key, n, shape):
+    """The step noise as the product draws it (step i: normal(split(key, n)[i], shape)): a raw input."""
     return [np.asarray(jax.random.normal(k, shape, jnp.float32), np.float64) for k in jax.random.split(key, n)]
 
 
-def genl_reference(x_T, cond, uncond, sched, eta, key, window, stride):
-    """Gen-L-Video in numpy float64: per-window DDIM steps, averaged over overlaps; shared noise."""
-    n_frames = x_T.shape[2]
-    starts = W.sliding_starts(n_frames, window, stride)
-    cos = _np_step_coeffs(sched, eta)
-    noises = _noises(key, len(cos), x_T.shape)
-    x = x_T.astype(np.float64)
-    for i, co in enumerate(cos):
-        acc = np.zeros_like(x)
-        cnt = np.zeros(n_frames)
-        for s in starts:
-            xw = x[:, :, s:s + window]
-            eps = _np_guided(xw, co["timesteps"], uncond[None, s:s + window], cond[None, s:s + window], i)
-            x0 = (xw - co["sqrt_one_minus_alpha"] * eps) / co["sqrt_alpha"] / co["scale"]
-            acc[:, :, s:s + window] += co["prev_x0_coef"] * x0 + co["dir_coef"] * eps
-            cnt[s:s + window] += 1
-        x = acc / cnt[None, None, :, None, None] + co["sigma"] * noises[i]
-    return x
+# G-U-N/Gen-L-Video (commit e31cd2c) glv/pipelines/pipeline_tuning_free.py:941-948 (get_views):
+# (N - W) // S + 1 windows at i * S.
+def glv_get_views(video_length, window_size, stride):
+    return [(i * stride, i * stride + window_size) for i in range((video_length - window_size) // stride + 1)]
 
 
-def blend_reference(x_T, cond, uncond, sched, eta, key, window, overlap):
-    """StreamingT2V blending in numpy float64, as the reference writes it: chunks in order,
-    chunk k overwrites x0 from s_k + r_k on; then a DDIM update from the blended x0."""
+def genl_reference(x_T, cond, uncond, steps, eta, key, window, stride):
+    """Gen-L-Video's denoising loop, G-U-N/Gen-L-Video glv/pipelines/pipeline_tuning_free.py:561-597
+    (per view: CFG, one scheduler step of the view; value += x_prev, count += 1; latents =
+    where(count > 0, value / count, value)), with VideoCrafter2's DDIM step (tests/lvdm_reference.py)
+    as the scheduler. Two documented choices of vstar_jax/longvideo/genl.py differ from that code and
+    are written out here: (1) a last window anchored at N - F when the stride does not land there
+    (get_views leaves those frames uncovered, i.e. zero); (2) the step noise is one draw for the long
+    latent, each view adding its slice (the reference's scheduler draws fresh noise per view, which
+    averaging shrinks); adding a shared slice per view is the same as adding it after the average."""
     n_frames = x_T.shape[2]
-    starts = W.chunk_starts(n_frames, window, overlap)
-    cos = _np_step_coeffs(sched, eta)
-    offsets = np.asarray(blend_offsets(key, len(cos), len(starts), overlap))
-    noises = _noises(key, len(cos), x_T.shape)
+    ddim = LvdmDDIM(steps, eta)
+    views = glv_get_views(n_frames, window, stride)
+    if views[-1][1] != n_frames:  # choice (1)
+        views.append((n_frames - window, n_frames))
+    noises = _noises(key, ddim.total_steps, x_T.shape)
+    latents = x_T.astype(np.float64)
+    for i, step, index in ddim.time_range():
+        count = np.zeros_like(latents)
+        value = np.zeros_like(latents)
+        for t_start, t_end in views:
+            view = latents[:, :, t_start:t_end]
+            e_t = cfg(dummy_model_np(view, step, uncond[None, t_start:t_end], i),
+                      dummy_model_np(view, step, cond[None, t_start:t_end], i), CFG)
+            noise = noises[i][:, :, t_start:t_end] if eta > 0 else None  # choice (2)
+            view_prev, _ = ddim.p_sample_ddim(view, e_t, index, noise)
+            value[:, :, t_start:t_end] += view_prev
+            count[:, :, t_start:t_end] += 1
+        latents = np.where(count > 0, value / np.maximum(count, 1), value)
+    return latents
+
+
+BLEND_OFFSET_FOLD = 0x626C6E64  # Blend.rng_rule(): the offsets' key is fold_in(k_steps, 0x626c6e64)
+
+
+def _blend_offsets_raw(key, steps, n_chunks, overlap):
+    """The documented PRNG rule of the offsets (randint(fold_in(k, 0x626c6e64), (steps, chunks), 0, O));
+    the reference draws random.randint(0, O - 1) at the same places."""
+    return np.asarray(jax.random.randint(jax.random.fold_in(key, BLEND_OFFSET_FOLD), (steps, n_chunks), 0, overlap))
+
+
+def _streamingt2v_n_chunks(n_frames, chunk_size, overlap_size):
+    n, chunk_start = 0, 0
+    while chunk_start + chunk_size <= n_frames:  # the loop of diffusion_sdedit.py:171
+        n, chunk_start = n + 1, chunk_start + chunk_size - overlap_size
+    return n
+
+
+def streamingt2v_blend_x0(xt, chunk_size, overlap_size, offsets, chunk_x0):
+    """Picsart-AI-Research/StreamingT2V, branch StreamingModelscope (commit a8aceea),
+    t2v_enhanced/thirdparty/modelscope/models/multi_modal/video_to_video/utils/diffusion_sdedit.py:168-188
+    (model_fn): chunks in order from 0 by chunk_size - overlap_size while they fit; chunk 0 writes all
+    its frames, a later chunk writes x0 from chunk_start + random_offset on. ``chunk_x0(start)`` is the
+    chunk's x0 prediction; ``offsets[k]`` the k-th chunk's random_offset. Returns (x0, owner start)."""
+    x0 = np.full(xt.shape, np.nan)
+    owner = np.full(xt.shape[2], -1)
+    chunk_start, k = 0, 0
+    while chunk_start + chunk_size <= xt.shape[2]:
+        x0_chunk = chunk_x0(chunk_start)
+        random_offset = 0 if chunk_start == 0 else int(offsets[k])
+        x0[:, :, chunk_start + random_offset:chunk_start + chunk_size] = x0_chunk[:, :, random_offset:]
+        owner[chunk_start + random_offset:chunk_start + chunk_size] = chunk_start
+        chunk_start += chunk_size - overlap_size
+        k += 1
+    if chunk_start + overlap_size > xt.shape[2]:
+        raise NotImplementedError("not dividable into chunks")
+    assert not np.isnan(x0).any()  # (torch.empty_like there: an uncovered frame would be garbage)
+    return x0, owner
+
+
+def blend_reference(x_T, cond, uncond, steps, eta, key, window, overlap):
+    """StreamingT2V's randomized blending (``streamingt2v_blend_x0``) driving VideoCrafter2's DDIM step
+    (tests/lvdm_reference.py): each chunk's x0 is lvdm's pred_x0 of the chunk; the solver step of the
+    whole latent takes the blended x0, its eps recomputed from x0 as diffusion_sdedit.py:106 does.
+    The whole long latent is noised once (SPEC: overlaps share noise)."""
+    n_frames = x_T.shape[2]
+    ddim = LvdmDDIM(steps, eta)
+    offsets = _blend_offsets_raw(key, ddim.total_steps, _streamingt2v_n_chunks(n_frames, window, overlap), overlap)
+    noises = _noises(key, ddim.total_steps, x_T.shape)
     x = x_T.astype(np.float64)
-    for i, co in enumerate(cos):
-        x0 = np.full_like(x, np.nan)
-        for k, s in enumerate(starts):
+    for i, step, index in ddim.time_range():
+        def chunk_x0(s, x=x, i=i, step=step, index=index):
             xw = x[:, :, s:s + window]
-            eps = _np_guided(xw, co["timesteps"], uncond[None, s:s + window], cond[None, s:s + window], i)
-            x0_chunk = (xw - co["sqrt_one_minus_alpha"] * eps) / co["sqrt_alpha"] / co["scale"]
-            r = 0 if k == 0 else int(offsets[i, k])
-            x0[:, :, s + r:s + window] = x0_chunk[:, :, r:]
-        assert not np.isnan(x0).any()
-        eps = (x - co["sqrt_alpha"] * co["scale"] * x0) / co["sqrt_one_minus_alpha"]
-        x = co["prev_x0_coef"] * x0 + co["dir_coef"] * eps + co["sigma"] * noises[i]
+            e_t = cfg(dummy_model_np(xw, step, uncond[None, s:s + window], i),
+                      dummy_model_np(xw, step, cond[None, s:s + window], i), CFG)
+            return ddim.p_sample_ddim(xw, e_t, index)[1]
+
+        x0, _ = streamingt2v_blend_x0(x, window, overlap, offsets[i], chunk_x0)
+        eps = ddim.eps_from_x0(x, x0, index)
+        x, _ = ddim.p_sample_ddim(x, eps, index, noises[i] if eta > 0 else None)
     return x
 
 
@@ -184,6 +230,26 @@ def test_parse_strategy():
 
 
 # ------------------------------------------------------------------------------ samplers
+@pytest.mark.parametrize("steps, eta", [(4, 1.0), (7, 0.5), (25, 1.0)])
+def test_lvdm_reference_precision_is_torchs(steps, eta):
+    """tests/lvdm_reference.py's schedule against the reference's own torch/numpy expressions run with
+    torch (ddpm3d.py:118-133, utils_diffusion.py:76-80, ddim.py:56 and torch.full): bit for bit."""
+    torch = pytest.importorskip("torch")
+    ddim = LvdmDDIM(steps, eta)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    ac = torch.tensor(np.cumprod(1.0 - betas.numpy()), dtype=torch.float32)
+    ts = ddim.ddim_timesteps
+    alphas = ac[ts]
+    alphas_prev = np.asarray([ac[0]] + ac[ts[:-1]].tolist())
+    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))  # noqa: mixed on purpose
+    for index in range(ddim.total_steps):
+        got = ddim.scalars(index)
+        assert got["a_t"] == torch.full((1,), alphas[index])[0].item()
+        assert got["a_prev"] == torch.full((1,), alphas_prev[index])[0].item()
+        assert got["sigma_t"] == torch.full((1,), sigmas[index])[0].item()
+        assert got["sqrt_one_minus_at"] == np.asarray(np.sqrt(1.0 - alphas))[index]
+
+
 @pytest.mark.parametrize("per_frame, eta", [(True, 1.0), (False, 1.0), (False, 0.0)])
 def test_both_reduce_to_ddim_sample_when_n_equals_f(per_frame, eta):
     sched = S.videocrafter2_schedule(5, eta=eta)
@@ -210,9 +276,9 @@ def test_genl_matches_numpy_averaging(n_frames, window, stride):
     x_T, cond, uncond = _inputs(n_frames, seed=n_frames)
     key = jax.random.key(7)
     out = genl_sample(dummy_model, x_T, cond, uncond, sched, window=window, stride=stride, cfg_scale=CFG, key=key)
-    ref = genl_reference(x_T, cond, uncond, sched, 1.0, key, window, stride)
+    ref = genl_reference(x_T, cond, uncond, 4, 1.0, key, window, stride)
     err = _scaled_err(out, ref)
-    assert err < 1e-5, err
+    assert err < 1e-5, err  # float32 product vs float64 reference over 4 steps; the bugs this catches are >> 1e-3
     if n_frames == 12:  # the windows matter: co-denoising differs from one pass over all frames
         full = SP.ddim_sample(dummy_model, x_T, cond, uncond, sched, cfg_scale=CFG, key=key)
         assert _scaled_err(out, full) > 1e-3
@@ -225,9 +291,9 @@ def test_blend_matches_numpy_reference(n_frames, window, overlap):
     key = jax.random.key(11)
     out = blend_sample(dummy_model, x_T, cond, uncond, sched, window=window, overlap=overlap, cfg_scale=CFG,
                        key=key)
-    ref = blend_reference(x_T, cond, uncond, sched, 1.0, key, window, overlap)
+    ref = blend_reference(x_T, cond, uncond, 4, 1.0, key, window, overlap)
     err = _scaled_err(out, ref)
-    assert err < 1e-4, err
+    assert err < 1e-5, err  # float32 product vs float64 reference (rounding ~1e-7); a wrong chunk or offset is >> 1e-3
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -239,20 +305,21 @@ def test_blend_takes_chunk_k_minus_1_before_s_k_plus_r_k(seed):
     key = jax.random.key(seed)
     out = blend_sample(start_model, np.zeros((1, 1, n_frames, 1, 1), np.float32), frame_ctx, None, sched,
                        window=window, overlap=overlap, key=key, return_x0=True)
-    starts = W.chunk_starts(n_frames, window, overlap)
-    offsets = np.asarray(blend_offsets(key, steps, len(starts), overlap))
+    n_chunks = _streamingt2v_n_chunks(n_frames, window, overlap)
+    offsets = np.asarray(blend_offsets(key, steps, n_chunks, overlap))
     assert offsets[:, 0].tolist() == [0] * steps and offsets.min() >= 0 and offsets.max() < overlap
-    co = _np_step_coeffs(sched, 0.0)
-    x = np.zeros(n_frames)
+    raw = _blend_offsets_raw(key, steps, n_chunks, overlap)  # the documented rule, drawn here
+    ddim = LvdmDDIM(steps, 0.0)
+    x = np.zeros((1, 1, n_frames, 1, 1))
     seen_offsets = set()
-    for i in range(steps):
-        x0 = np.asarray(out.pred_x0[i], np.float64).reshape(-1)
-        eps = (x - x0 * co[i]["sqrt_alpha"] * co[i]["scale"]) / co[i]["sqrt_one_minus_alpha"]
-        owner_start = np.rint(eps - 1).astype(int)
-        expected = starts[W.blend_owner(n_frames, window, starts, offsets[i])]
-        assert owner_start.tolist() == expected.tolist(), (i, offsets[i])
-        seen_offsets.update(offsets[i, 1:].tolist())
-        x = co[i]["prev_x0_coef"] * x0 + co[i]["dir_coef"] * eps
+    for i, _, index in ddim.time_range():
+        x0 = np.asarray(out.pred_x0[i], np.float64)
+        eps = ddim.eps_from_x0(x, x0, index)
+        owner_start = np.rint(eps - 1).astype(int).reshape(-1)
+        _, expected = streamingt2v_blend_x0(x, window, overlap, raw[i], lambda s: np.zeros((1, 1, window, 1, 1)))
+        assert owner_start.tolist() == expected.tolist(), (i, raw[i])
+        seen_offsets.update(raw[i, 1:].tolist())
+        x, _ = ddim.p_sample_ddim(x, eps, index)
     assert len(seen_offsets) > 1  # offsets are drawn fresh per chunk and step
 
 
@@ -522,5 +589,5 @@ def test_the_protocol_runs_each_registered_method(spec, ref_fn, kw):
     x_T, _, ctx, co, keys, use_noise, guided = SP.prepare_sampling(x_T, cond, uncond, sched, None, key, "t")
     inputs = SampleInputs(x_T, ctx, co, keys, key, jnp.float32(CFG), 12, guided, use_noise)
     got = jax.jit(lambda x, c: st.run(dummy_model, inputs._replace(x_T=x, context=c))[0])(x_T, ctx)
-    ref = ref_fn(np.asarray(x_T), cond, uncond, sched, 1.0, key, **kw)
-    assert _scaled_err(got, ref) < 1e-4
+    ref = ref_fn(np.asarray(x_T), cond, uncond, 4, 1.0, key, **kw)
+    assert _scaled_err(got, ref) < 1e-5  # float32 vs float64 rounding only

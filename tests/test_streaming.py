@@ -14,6 +14,8 @@ from checkpoints_convert.common import conv1d_kernel, conv2d_kernel, linear_kern
 from vstar_jax.errors import VstarError
 from vstar_jax.models import streaming as ST
 
+from lvdm_reference import LvdmDDIM, cfg
+
 torch = pytest.importorskip("torch")
 F_ = torch.nn.functional
 TOL = 1e-4
@@ -284,39 +286,72 @@ _dummy.anchor_pair = lambda frame: (_embed(jnp.zeros_like(frame)) - 1.0, _embed(
 _dummy.cam_input = lambda z: z[:, :, ::-1] * 0.5  # what CAM reads is the model's (decoded frames for the released one)
 
 
-def _reference(x_T, ctx, co, keys, key, cfg, window, cond, blend):
-    """The strategy written as plain Python loops (chunk by chunk, step by step)."""
-    from vstar_jax.diffusion.sampler import ddim_step
+def _np_dummy(x, ctx, i, cam=None, img=None):
+    """_dummy for one CFG row in numpy: ctx (1, L, C) the row's context, img (1, D) its image embedding."""
+    f = x.shape[2]
+    eps = 0.1 * x + 0.01 * np.arange(f)[None, None, :, None, None] + 0.001 * i + ctx.mean()
+    if cam is not None:
+        eps = eps + 0.3 * cam.mean(axis=2, keepdims=True) + 0.05 * img.mean()
+    return eps
 
-    n, hop = x_T.shape[2], window - cond
-    video = np.zeros(x_T.shape, np.float32)
-    n_chunks = (n - window) // hop + 1
-    offs = np.asarray(jax.random.randint(jax.random.fold_in(key, 0x7374726D), (n_chunks, len(keys)), 0, cond))
-    img = None
-    for c in range(n_chunks):
-        s = c * hop
-        x = jnp.asarray(x_T[:, :, s:s + window])
-        prev = video[:, :, s:s + cond]
-        for i in range(len(keys)):
-            coi = {k: v[i] for k, v in co.items()}
-            rows = jnp.concatenate([x, x])
-            cam = prev[:, :, ::-1] * 0.5  # _dummy.cam_input
-            kw = {} if c == 0 else {"cam_frames": jnp.concatenate([cam, cam]), "image_embed": img}
-            e = _dummy(rows, jnp.full((2,), coi["timesteps"]), ctx, i, **kw)
-            eps = e[:1] + cfg * (e[1:] - e[:1])
-            if c > 0 and blend:
-                for j in range(offs[c, i]):
-                    eps = eps.at[:, :, j].set((x[:, :, j] - coi["sqrt_alpha"] * coi["scale"] * prev[:, :, j])
-                                              / coi["sqrt_one_minus_alpha"])
-            k = keys[i] if c == 0 else jax.random.fold_in(keys[i], c)
-            x, _ = ddim_step(x, eps, coi, jax.random.normal(k, x.shape))
-        x = np.array(x)
-        if c == 0:
-            anchor = x[:, :, 0]
-            img = jnp.concatenate([_embed(np.zeros_like(anchor)) - 1.0, _embed(anchor)])
-        if c > 0 and not blend:
-            x[:, :, :cond] = prev
-        video[:, :, s:s + window] = x
+
+def _np_embed(frame):
+    return frame.reshape(frame.shape[0], -1) * 2.0
+
+
+STREAM_OFFSET_FOLD = 0x7374726D  # Streaming.rng_rule(): offsets = randint(fold_in(k_steps, 0x7374726d), (chunks, steps), 0, C)
+
+
+def _reference(x_T, cond, uncond, steps, eta, key, cfg_scale, window, n_cond, blend):
+    """StreamingT2V's autoregressive loop, Picsart-AI-Research/StreamingT2V branch StreamingModelscope
+    (commit a8aceea) t2v_enhanced/model/video_ldm.py:229-291: chunk 0 is a text-to-video chunk; chunk
+    k >= 1 is generated whole, conditioned (CAM) on the previous chunk's last C frames
+    (``condition_input[:, num_control_input_frames:]``, :265, with F = 2C there) and (APM, ``fixed``,
+    :247-253) on the first chunk's first frame, a zero image's embedding on the CFG unconditional row;
+    the video is chunk 0 then every later chunk from frame C on (:287-291). Each chunk's denoising is
+    VideoCrafter2's DDIM loop (tests/lvdm_reference.py). With ``blend``, the project's documented
+    composition (vstar_jax/longvideo/streaming.py) of StreamingT2V's randomized blending: at every step
+    the chunk's x0 is overwritten before r ~ U{0..C-1} by the previous chunk's clean frames as
+    diffusion_sdedit.py:176-180 overwrites x0, eps recomputed from x0 as :106, and the chunk then
+    writes all its frames. What CAM reads of a chunk and the anchor embedding are the toy model's
+    (``_dummy.cam_input`` / ``anchor_pair``). Raw inputs: x_T of the whole length (chunks take their
+    frames' noise), the step keys split(key, steps), chunk k's noise at step i normal(fold_in(key_i, k))."""
+    ddim = LvdmDDIM(steps, eta)
+    keys = jax.random.split(key, ddim.total_steps)
+    hop = window - n_cond
+    n_chunks = (x_T.shape[2] - window) // hop + 1
+    offsets = np.asarray(jax.random.randint(jax.random.fold_in(key, STREAM_OFFSET_FOLD),
+                                            (n_chunks, ddim.total_steps), 0, n_cond))
+    chunks_conditional = []
+    video = np.zeros(x_T.shape)
+    for idx in range(n_chunks):
+        s = idx * hop
+        x = np.asarray(x_T[:, :, s:s + window], np.float64)
+        if idx > 0:
+            input_frames = chunks_conditional[-1][:, :, window - n_cond:]  # the previous chunk's last C
+            cam = input_frames[:, :, ::-1] * 0.5  # _dummy.cam_input
+            anchor = chunks_conditional[0][:, :, 0]
+            img_u, img_c = _np_embed(np.zeros_like(anchor)) - 1.0, _np_embed(anchor)  # _dummy.anchor_pair
+        for i, step, index in ddim.time_range():
+            if idx == 0:
+                e_t = cfg(_np_dummy(x, uncond, i), _np_dummy(x, cond, i), cfg_scale)
+            else:
+                e_t = cfg(_np_dummy(x, uncond, i, cam, img_u), _np_dummy(x, cond, i, cam, img_c), cfg_scale)
+            if idx > 0 and blend:
+                _, x0 = ddim.p_sample_ddim(x, e_t, index)
+                r = int(offsets[idx, i])
+                x0[:, :, :r] = input_frames[:, :, :r]
+                e_t = ddim.eps_from_x0(x, x0, index)
+            noise = None
+            if eta > 0:
+                k = keys[i] if idx == 0 else jax.random.fold_in(keys[i], idx)
+                noise = np.asarray(jax.random.normal(k, x.shape, jnp.float32), np.float64)
+            x, _ = ddim.p_sample_ddim(x, e_t, index, noise)
+        chunks_conditional.append(x)
+        if idx == 0 or blend:
+            video[:, :, s:s + window] = x
+        else:
+            video[:, :, s + n_cond:s + window] = x[:, :, n_cond:]
     return video
 
 
@@ -335,8 +370,8 @@ def test_streaming_matches_the_chunk_by_chunk_reference(blend):
     x_T, _, ctx, co, keys, use_noise, guided = SP.prepare_sampling(x_T, cond, uncond, sched, None, key, "t")
     inputs = SampleInputs(x_T, ctx, co, keys, key, jnp.float32(5.0), 8, guided, use_noise)
     got = jax.jit(lambda x: st.run(_dummy, inputs._replace(x_T=x))[0])(x_T)
-    ref = _reference(np.asarray(x_T), ctx, co, keys, key, 5.0, 4, 2, blend)
-    assert _rel(got, ref) < 1e-5
+    ref = _reference(np.asarray(x_T), cond, uncond, 4, 1.0, key, 5.0, 4, 2, blend)
+    assert _rel(got, ref) < 1e-5  # float32 product vs float64 reference: rounding only
     # one chunk is the single pass
     one = jax.jit(lambda x: st.run(_dummy, inputs._replace(x_T=x, frames=4))[0])(x_T[:, :, :4])
     single = jax.jit(lambda x: parse_strategy(None).run(_dummy, inputs._replace(x_T=x, frames=4))[0])(x_T[:, :, :4])

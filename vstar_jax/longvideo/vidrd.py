@@ -14,9 +14,11 @@ There is no official code; these are the project's choices, all settings of the 
   variance kept). ``pns_alpha`` = 0.5 (correlation 0.45); 0 gives independent noise.
 * **Denoising with Staged Guidance (DSG)**: clip k-1's latents x_t of its last O frames are cached
   at every step; while clip k is denoised, before each step i its first O latents are
-  - replaced by the cached ones (loop index i < ``hard_until`` x steps: strong, early),
-  - blended w cached + (1 - w) own with w falling linearly from 1 to 0 (i < ``soft_until`` x steps),
+  - replaced by the cached ones (loop index i < H = round(``hard_until`` x steps): strong, early),
+  - blended w cached + (1 - w) own with w falling linearly from 1 to 0, both excluded
+    (H <= i < S = round(``soft_until`` x steps): w = 1 - (i - H + 1) / (S - H + 1)),
   - left free after that (relaxed, late steps).
+  ``round`` is Python's (half to even): with 6 steps H = round(2.4) = 2, not the 3 steps i < 2.4.
   The video keeps clip k-1's frames for the overlap and appends clip k's new frames.
 
 Noise keys: clip 0 uses the pipeline's step keys; clip k's step keys are
