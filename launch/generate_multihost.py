@@ -95,6 +95,7 @@ def items(args) -> list[tuple[str, int]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vstar_jax.errors import VstarError
+
     if argv is None:  # the script: the work runs in a child, a runtime abort becomes one line here
         from vstar_jax.parallel.supervise import supervised
 
@@ -102,21 +103,17 @@ def main(argv=None) -> int:
         if rc is not None:
             return rc
 
-    try:
-        from vstar_jax.parallel import distributed
+    from vstar_jax.parallel import distributed
 
+    try:
         info = distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
                                       process_id=args.process_id, timeout=args.timeout)
         return run(args, info)
     except VstarError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - the JAX runtime's errors (a peer gone mid-collective)
-        if "JaxRuntimeError" not in type(e).__name__ and "XlaRuntimeError" not in type(e).__name__:
-            raise
-        print(f"error: the JAX runtime failed ({' '.join(str(e).split())[:300]}); files already written are "
-              f"kept", file=sys.stderr)
-        return 3
+    except Exception as e:  # noqa: BLE001 - the JAX runtime's errors become one line; the rest is raised
+        return distributed.runtime_failure_exit(e, "files already written are kept")
 
 
 def run(args, info: dict) -> int:

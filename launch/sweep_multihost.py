@@ -52,6 +52,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vstar_jax.errors import VstarError
+
     if argv is None:  # the script: the work runs in a child, a runtime abort becomes one line here
         from vstar_jax.parallel.supervise import supervised
 
@@ -59,10 +60,10 @@ def main(argv=None) -> int:
         if rc is not None:
             return rc
 
-    try:
-        from vstar_jax import sweep
-        from vstar_jax.parallel import distributed
+    from vstar_jax import sweep
+    from vstar_jax.parallel import distributed
 
+    try:
         config, config_dir = sweep.load_config(args.config, args.overrides)  # a bad config fails before start-up
         info = distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
                                       process_id=args.process_id, timeout=args.timeout)
@@ -73,12 +74,8 @@ def main(argv=None) -> int:
     except (VstarError, ValueError, FileNotFoundError, PermissionError) as e:
         print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - the JAX runtime's errors (a peer gone mid-collective)
-        if "JaxRuntimeError" not in type(e).__name__ and "XlaRuntimeError" not in type(e).__name__:
-            raise
-        print(f"error: the JAX runtime failed ({' '.join(str(e).split())[:300]}); finished runs are kept, "
-              f"rerun to continue", file=sys.stderr)
-        return 3
+    except Exception as e:  # noqa: BLE001 - the JAX runtime's errors become one line; the rest is raised
+        return distributed.runtime_failure_exit(e, "finished runs are kept, rerun to continue")
 
 
 def run(args, info: dict, config, config_dir) -> int:

@@ -20,6 +20,7 @@ import errno
 import os
 import re
 import socket
+import sys
 from typing import Mapping, Optional
 
 from vstar_jax.errors import VstarError
@@ -195,6 +196,15 @@ def barrier(name: str, timeout_s: float = 7 * 24 * 3600) -> None:
         multihost_utils.sync_global_devices(name)
         return
     client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
+def runtime_failure_exit(e: BaseException, kept: str) -> int:
+    """For a launcher's last ``except``: the JAX runtime's own exceptions (a peer gone mid-collective)
+    become one ``error:`` line and exit status 3; anything else is raised again."""
+    if type(e).__name__ not in ("JaxRuntimeError", "XlaRuntimeError"):
+        raise e
+    print(f"error: the JAX runtime failed ({' '.join(str(e).split())[:300]}); {kept}", file=sys.stderr)
+    return 3
 
 
 def is_writer() -> bool:
