@@ -9,10 +9,13 @@ setup(
     include_package_data=True,
     package_data={"vstar_jax": ["assets/*", "assets/**/*"], "configs": ["*.py", "*.txt", "*.yaml"]},
     install_requires=[
-        "jax>=0.4.30",
-        "flax>=0.8",
-        "optax",
-        "orbax-checkpoint",
+        # lower bounds: the oldest versions CI has run (the code needs jax.shard_map(check_vma=),
+        # jax.export with platforms=, orbax's current restore API); raise them when CI moves on
+        "jax>=0.10.2",
+        "jaxlib>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
         "transformers",
         "einops",
         "ml-collections",
