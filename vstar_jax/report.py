@@ -83,7 +83,10 @@ def plot_metric(rows: list[dict], metric: str, axis: str, path: str) -> None:
     ax.set_title(f"{metric} vs {axis} (error bars: std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from vstar_jax.io.atomic import atomic_path  # noqa: PLC0415
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -154,10 +157,9 @@ def write_html(rows, metrics, plots, sweep_dir, out_dir) -> str:
 </body></html>
 """
     path = os.path.join(out_dir, "index.html")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    from vstar_jax.io.atomic import write_text  # noqa: PLC0415
+
+    write_text(path, page)
     return path
 
 
