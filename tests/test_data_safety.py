@@ -139,6 +139,20 @@ def test_overwrite_replaces_a_previous_checkpoint_only(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["ck"]  # no temporary or old folder left
     (tmp_path / "empty").mkdir()  # an empty folder has nothing to lose
     save_checkpoint(str(tmp_path / "empty"), {"a": {"w": np.ones(3, np.float32)}}, {"a": {}}, overwrite=True)
+    # the writer itself (not only the converters' early check) refuses a foreign folder, a checkpoint
+    # holding the user's files, and a folder holding a source
+    (out / "my-eval.txt").write_text("keep me\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.ckpt").write_bytes(b"weights")
+    before = snapshot(tmp_path)
+    for target, sources, match in ((out, (), "holding other files"), (tmp_path / "mine", (), "not a vstar-jax"),
+                                   (tmp_path / "src", [tmp_path / "src" / "model.ckpt"], "holds the source")):
+        with pytest.raises(ValueError, match=match):
+            save_checkpoint(str(target), {"a": {"w": np.ones(3, np.float32)}}, {"a": {}}, overwrite=True,
+                            sources=sources)
+    assert snapshot(tmp_path) == before
 
 
 # ------------------------------------------------------------------ generate --overwrite
