@@ -266,6 +266,26 @@ def test_a_really_full_disk_keeps_the_previous_run(ckpt, previous_run, tmp_path,
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def test_a_full_disk_while_converting_keeps_the_previous_checkpoint(tmp_path, capfd, caplog):
+    from vstar_jax.io.checkpoint import load_checkpoint, save_checkpoint
+
+    mnt = tmp_path / "small"
+    _mount_tmpfs(mnt, "256k")
+    try:
+        save_checkpoint(str(mnt / "ck"), {"a": {"w": np.zeros(3, np.float32)}}, {"a": {}})
+        before = snapshot(mnt)
+        capfd.readouterr()
+        big = np.random.default_rng(0).random((400, 400), np.float32)  # 640 kB that do not compress
+        with pytest.raises(atomic.WriteError, match="no space left on device"):
+            save_checkpoint(str(mnt / "ck"), {"a": {"w": big}}, {"a": {}}, overwrite=True)
+        assert "Traceback" not in capfd.readouterr().err
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]  # orbax's thread tracebacks, logged
+        assert snapshot(mnt) == before
+        np.testing.assert_array_equal(load_checkpoint(str(mnt / "ck"))[0]["a"]["w"], np.zeros(3))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 # ------------------------------------------------------------------ the helper itself
 def test_atomic_helpers_keep_the_old_file_on_any_failure(tmp_path):
     target = tmp_path / "table.csv"

@@ -101,7 +101,7 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
     ``sources``: the paths converted from, which ``out_dir`` must neither be nor hold."""
     import orbax.checkpoint as ocp
 
-    from vstar_jax.io.atomic import atomic_dir  # noqa: PLC0415
+    from vstar_jax.io.atomic import atomic_dir, write_error  # noqa: PLC0415
 
     out_dir = check_checkpoint_out(out_dir, overwrite=overwrite, sources=sources)
     parent = os.path.dirname(out_dir)
@@ -114,12 +114,39 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
     with atomic_dir(out_dir, what="checkpoint") as tmp:
         # Bounded in-flight bytes: a 5.6 GB tree is written without a second full copy.
         ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=1))
-        ckptr.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(dict(params)))
+        try:
+            with _quiet_absl():  # orbax logs each failing writer thread's traceback; the error is raised once
+                ckptr.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(dict(params)))
+        except (OSError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - tensorstore reports a full disk as ValueError(RESOURCE_EXHAUSTED)
+            raise write_error(out_dir, _as_oserror(e), "checkpoint") from None
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
         _user_permissions(str(tmp))
         check_checkpoint_out(out_dir, overwrite=overwrite, sources=sources)  # unchanged while converting
     return out_dir
+
+
+class _quiet_absl:
+    def __enter__(self):
+        import logging  # noqa: PLC0415
+
+        self.logger = logging.getLogger("absl")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def _as_oserror(e: BaseException) -> OSError:
+    import errno  # noqa: PLC0415
+
+    text = " ".join(str(e).split())
+    if "No space left on device" in text or "os_error_code='28'" in text:
+        return OSError(errno.ENOSPC, "No space left on device")
+    return OSError(None, f"{type(e).__name__}: {text[:300]}")
 
 
 def _user_permissions(root: str) -> None:
