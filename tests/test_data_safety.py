@@ -176,6 +176,18 @@ def test_gif_frame_rate_is_checked_before_compute(tmp_path):
                              tmp_path, tmp_path, "--save-fps 0.001 cannot be written as a GIF")
 
 
+def test_report_never_replaces_a_page_it_did_not_write(tmp_path):
+    from vstar_jax.sweep import write_table
+
+    write_table([{"run_id": "r0", "status": "ok", "method": "plain", "frames": 8, "seed": 0, "prompt": PROMPT,
+                  "ofs": 0.1}], str(tmp_path / "sweep"))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html><title>my homepage</title></html>\n")
+    (site / "style.css").write_text("body{}\n")
+    assert_refused_unchanged(["report", "sweep", "--out", "site"], tmp_path, tmp_path, "did not write")
+
+
 # ------------------------------------------------------------------ failing writers (in process: one compile)
 def _generate(ckpt, out, *extra):
     return cli.main(["generate", PROMPT, "--checkpoint", ckpt, *TINY, "--out", str(out), *extra])
