@@ -188,6 +188,13 @@ def test_report_never_replaces_a_page_it_did_not_write(tmp_path):
     assert_refused_unchanged(["report", "sweep", "--out", "site"], tmp_path, tmp_path, "did not write")
 
 
+def test_sweep_never_takes_over_a_folder_that_is_not_a_sweep(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.csv").write_text("my,own\n1,2\n")
+    assert_refused_unchanged(["sweep", str(REPO / "configs" / "sweep_tiny.py"), "--out", "mine", "--no-progress"],
+                             tmp_path, tmp_path, "not a vstar-jax sweep")
+
+
 # ------------------------------------------------------------------ failing writers (in process: one compile)
 def _generate(ckpt, out, *extra):
     return cli.main(["generate", PROMPT, "--checkpoint", ckpt, *TINY, "--out", str(out), *extra])

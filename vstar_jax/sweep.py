@@ -491,6 +491,20 @@ def generate_and_score_batch(runs: list[dict], out_dir: str, config, mesh=None) 
             for r, res in zip(runs, results)]
 
 
+SWEEP_SNAPSHOT = "sweep_config.json"  # written first: marks a folder as a vstar-jax sweep
+
+
+def check_sweep_dir(out_dir: str) -> None:
+    """A sweep resumes (and rewrites the tables of) its own folder only: a folder holding a results table,
+    rows/ or videos/ without the sweep's sweep_config.json is someone else's and is refused (one line)."""
+    if os.path.isfile(os.path.join(out_dir, SWEEP_SNAPSHOT)):
+        return
+    taken = [n for n in (RESULTS_PARQUET, RESULTS_CSV, ROWS_DIR, "videos") if os.path.lexists(os.path.join(out_dir, n))]
+    if taken:
+        raise ValueError(f"sweep folder {out_dir} holds {', '.join(taken)} but no {SWEEP_SNAPSHOT}: not a vstar-jax "
+                         f"sweep, and a sweep never replaces them: choose another --out")
+
+
 def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True,
               *, shard: tuple = (0, 1), mesh=None) -> list[dict]:
     """Run every pending run of the grid (of this ``shard`` = (index, count) of processes: every
@@ -501,6 +515,7 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     index, count = (int(v) for v in shard)
     if not 0 <= index < count:
         raise ValueError(f"sweep shard {index} of {count} does not exist")
+    check_sweep_dir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     from vstar_jax.io.atomic import is_temp_name  # noqa: PLC0415
 
@@ -519,7 +534,7 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
         raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
     if index == 0:
-        snapshot = os.path.join(out_dir, "sweep_config.json")
+        snapshot = os.path.join(out_dir, SWEEP_SNAPSHOT)
         from vstar_jax.io.atomic import write_text  # noqa: PLC0415
 
         write_text(snapshot, json.dumps(_plain(config), indent=1, default=str))
