@@ -112,7 +112,10 @@ class Staging:
         except OSError as e:
             raise write_error(final, e) from None
         tmp = temp_path(final, suffix=suffix)
-        self.items = [(t, f) for t, f in self.items if f != final]  # a second write of the same file wins
+        for t, f in self.items:  # a second write of the same file wins
+            if f == final:
+                _unlink(t)
+        self.items = [(t, f) for t, f in self.items if f != final]
         self.items.append((tmp, final))
         return tmp
 
