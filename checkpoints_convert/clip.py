@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(args.src, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
         params, configs = convert_hf_clip(load_state_dict(_hf_weights(args.src)), config)
-    save_checkpoint(args.out, params, {k: v.to_dict() for k, v in configs.items()}, overwrite=args.overwrite)
+    save_checkpoint(args.out, params, {k: v.to_dict() for k, v in configs.items()}, overwrite=args.overwrite,
+                    sources=[args.src])
     print(f"wrote {args.out}")
     return 0
 

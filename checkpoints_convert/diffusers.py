@@ -102,8 +102,9 @@ def diffusion_config(model_dir: str) -> dict:
 
 def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
             dtype: Optional[str] = None, overwrite: bool = False, verbose: bool = True) -> str:
-    from vstar_jax.io.checkpoint import save_checkpoint
+    from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 
+    check_checkpoint_out(out, overwrite=overwrite, sources=[model_dir])  # before the (long) conversion
     unknown = sorted(set(components) - set(CONVERTERS))
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(CONVERTERS)}")
@@ -121,7 +122,7 @@ def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "v
         dtype=dtype, verbose=verbose)
     gc.collect()
     config_out = {"source": {"layout": "diffusers", "model_dir": str(model_dir)}, "diffusion": diff, **cfgs}
-    return save_checkpoint(out, params, config_out, overwrite=overwrite)
+    return save_checkpoint(out, params, config_out, overwrite=overwrite, sources=[model_dir])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
     ap.add_argument("--components", default="unet,vae,text", help="comma list of unet,vae,text (default: all)")
     ap.add_argument("--dtype", choices=DTYPES, default=None, help="store weights in this dtype (default float32)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    ap.add_argument("--overwrite", action="store_true", help="replace a previous vstar-jax checkpoint at --out (never another folder, "
+                                                                  "never the source)")
     return ap
 
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = convert_raft(load_state_dict(args.src))
     save_checkpoint(args.out, {"raft": params}, {"raft": {"model": "raft_large", "source": "torchvision"}},
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, sources=[args.src])
     print(f"wrote {args.out}")
     return 0
 

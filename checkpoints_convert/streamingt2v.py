@@ -210,7 +210,7 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
 
     from checkpoints_convert.common import load_state_dict  # noqa: PLC0415
     from checkpoints_convert.unet import unet_config_from_diffusers  # noqa: PLC0415
-    from vstar_jax.io.checkpoint import save_checkpoint  # noqa: PLC0415
+    from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint  # noqa: PLC0415
 
     say = (lambda m: print(f"[convert streamingt2v] {m}", file=sys.stderr, flush=True)) if verbose else (lambda m: None)
     if unet_config is None:
@@ -219,8 +219,8 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
         unet_config = os.path.join(modelscope, "unet", "config.json")
     if not os.path.isfile(unet_config):
         raise FileNotFoundError(f"UNet config not found: {unet_config}")
-    if os.path.exists(out) and not overwrite:  # before the (long) conversion, not after
-        raise FileExistsError(f"output directory exists: {os.path.abspath(out)} (pass --overwrite)")
+    sources = [ckpt, modelscope, unet_config, openclip]
+    check_checkpoint_out(out, overwrite=overwrite, sources=sources)  # before the (long) conversion, not after
     with open(unet_config) as f:
         base = unet_config_from_diffusers(json.load(f))
     sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
@@ -270,7 +270,7 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
         from checkpoints_convert.common import cast_tree  # noqa: PLC0415
 
         params = {k: (v if k == "unet" else cast_tree(v, dtype)) for k, v in params.items()}
-    return save_checkpoint(out, params, config, overwrite=overwrite)
+    return save_checkpoint(out, params, config, overwrite=overwrite, sources=sources)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cam-head-dim", type=int, default=64, help="CAM attention's head size (released: 64)")
     ap.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a previous vstar-jax checkpoint at --out (never another folder, never the source)")
     ap.add_argument("--trust-pickle", action="store_true", help="allow a full torch unpickle of the checkpoint")
     return ap
 

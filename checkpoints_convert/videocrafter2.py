@@ -92,8 +92,9 @@ CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
 def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
             dtype: Optional[str] = None, overwrite: bool = False, trust_pickle: bool = False,
             text_heads: Optional[int] = None, verbose: bool = True) -> str:
-    from vstar_jax.io.checkpoint import save_checkpoint
+    from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 
+    check_checkpoint_out(out, overwrite=overwrite, sources=[ckpt, config])  # before the (long) conversion
     unknown = sorted(set(components) - set(CONVERTERS))
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(CONVERTERS)}")
@@ -116,7 +117,7 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
     gc.collect()
     config_out = {"source": {"layout": "videocrafter2", "ckpt": str(ckpt), "config": str(config)},
                   "diffusion": diffusion_config(mp), **cfgs}
-    path = save_checkpoint(out, params, config_out, overwrite=overwrite)
+    path = save_checkpoint(out, params, config_out, overwrite=overwrite, sources=[ckpt, config])
     if verbose:
         print(f"[convert] wrote {path} (peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
     return path
@@ -131,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--components", default="unet,vae,text", help="comma list of unet,vae,text")
     ap.add_argument("--dtype", choices=DTYPES, default=None,
                     help="store weights in this dtype (default float32)")
-    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a previous vstar-jax checkpoint at --out (never another folder, never the source)")
     ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")
     ap.add_argument("--text-heads", type=int, default=None,
                     help="text encoder attention heads (default width/64: 16 for ViT-H-14)")

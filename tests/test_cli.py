@@ -217,9 +217,11 @@ def test_existing_outputs_need_overwrite_and_foreign_json_is_never_replaced(ckpt
     # a GIF in the way
     (tmp_path / "w.gif").write_bytes(b"gif")
     _one_line(capsys, cli.main([*base[:-1], str(tmp_path / "w.mp4"), "--gif"]), match="--overwrite")
-    # with --overwrite an old video (and our own sidecar) may be replaced: the check lets it through
+    # with --overwrite an old video that our own sidecar names may be replaced: the check lets it through
     from vstar_jax.generation.outputs import SIDECAR_FORMAT, check_outputs
     (tmp_path / "v.json").write_text(json.dumps({"format": SIDECAR_FORMAT}))
+    _one_line(capsys, cli.main([*base, "--overwrite"]), match="not a vstar-jax output")  # the sidecar names no v.mp4
+    (tmp_path / "v.json").write_text(json.dumps({"format": SIDECAR_FORMAT, "outputs": {"video": "/elsewhere/v.mp4"}}))
     paths = check_outputs(str(out), False, None, overwrite=True)
     assert paths["video"].name == "v.mp4"
 

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from vstar_jax.io.atomic import is_temp_name
+
 from vstar_jax.sweep import (
     expand_runs,
     load_config,
@@ -192,7 +194,7 @@ def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, sig):
     assert kept == first  # finished runs were neither redone nor lost
     with open(tmp_path / "results.csv", newline="") as fh:
         assert sorted(r["run_id"] for r in csv.DictReader(fh)) == sorted(ids)
-    assert not list(tmp_path.glob("results.*.tmp*"))
+    assert not [p.name for p in tmp_path.iterdir() if is_temp_name(p.name)]  # no temporary file left
 
 
 def test_default_run_fn_calls_generate_video(tmp_path, monkeypatch):

@@ -168,10 +168,9 @@ def compile_lowered(lowered, cache_dir: Optional[str] = None):
         pickle.dump({"callbacks": len(callbacks), "devices": [d.id for d in unloaded.device_list]}, buf)
         Pickler(buf).dump((unloaded, args_info_flat, compiled._no_kwargs))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
+        from vstar_jax.io.atomic import write_bytes  # noqa: PLC0415
+
+        write_bytes(path, buf.getvalue())
     except Exception:  # noqa: BLE001 - not cacheable (e.g. constants in the program): just not cached
         pass
     return compiled, False

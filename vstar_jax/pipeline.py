@@ -36,6 +36,7 @@ from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_stat
 from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, memory_for,  # noqa: F401
                                            plan_for, plan_params, resolve_mesh, resolve_rules, row_sharding,
                                            run_sampler, sampler_args)
+from vstar_jax.io.atomic import Staging
 
 _log = log
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
@@ -80,12 +81,13 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
 
 
 def decode_and_write(pipe: Pipeline, latents, request: GenerationRequest, paths: dict, *, keep_video: bool,
-                     progress: bool, expect_sha256: Optional[str] = None):
+                     progress: bool, expect_sha256: Optional[str] = None, stage=None):
     """The decode + write stage: streams frame batches into the video file (if any) and the hash.
-    Returns (video or None, frame hash, (H, W), seconds)."""
+    With ``stage`` (a :class:`vstar_jax.io.atomic.Staging`) the files stay temporary until the caller
+    commits them with the sidecar. Returns (video or None, frame hash, (H, W), seconds)."""
     t0 = time.time()
     n = latents.shape[2]
-    sink = VideoSink(paths["video"], n, request.save_fps, gif=paths["gif"], keep=keep_video)
+    sink = VideoSink(paths["video"], n, request.save_fps, gif=paths["gif"], keep=keep_video, stage=stage)
     size = None
     bar = None
     if progress and n > request.frame_batch:
@@ -155,7 +157,8 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     rules = resolve_rules(mesh) if mesh is not None else None
     mesh = resolve_mesh(mesh)
     rows = row_sharding(mesh, splan.unet_frames, rules=rules)
-    paths = check_outputs(out, gif, attention_png, overwrite)  # creates the output folder: after the other checks
+    paths = check_outputs(out, gif, attention_png, overwrite,  # creates the output folder: after the other checks
+                          save_fps=request.save_fps)
     if llm is not None:
         states, source = _llm_synopsis(request.prompt, request.frames, dict(llm), progress)
         request = dataclasses.replace(request, synopsis=tuple(states), synopsis_source=source)
@@ -179,36 +182,41 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                    f"{', VSP' if request.synopsis else ''}{f', {st.spec()}: {splan.note}' if st.name != 'single' else ''})")
     latents, aux, t_sample = sample_latents(pipe, plan, request, cond, uncond, progress=progress, sampler=_sampler)
 
-    # ---- decode + write (streamed) ----------------------------------------------------------
+    # ---- decode + write (streamed; every file temporary until all are complete) ---------------
     _log(progress and not pipe.pixel_space, f"decoding {request.frames} frames (batches of {request.frame_batch})")
-    video, digest, size, t_decode = decode_and_write(pipe, latents, request, paths, keep_video=keep_video,
-                                                     progress=progress, expect_sha256=_expect_sha256)
-    attention = capture_maps(aux) if request.capture else None
-    sidecar = build_sidecar(
-        request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
-        vae_factor=info.vae_factor, frames_sha256=digest,
-        mesh=dict(mesh.shape) if rows is not None else None, paths=paths,
-        scale_factor=pipe.diffusion["scale_factor"],
-        timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3), "total": round(time.time() - t_start, 3)})
-    result = GenerationResult(video, sidecar, None, latents, attention)
-    _finish_outputs(result, paths, progress)
+    with Staging() as stage:
+        video, digest, size, t_decode = decode_and_write(pipe, latents, request, paths, keep_video=keep_video,
+                                                         progress=progress, expect_sha256=_expect_sha256, stage=stage)
+        attention = capture_maps(aux) if request.capture else None
+        sidecar = build_sidecar(
+            request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
+            vae_factor=info.vae_factor, frames_sha256=digest,
+            mesh=dict(mesh.shape) if rows is not None else None, paths=paths,
+            scale_factor=pipe.diffusion["scale_factor"],
+            timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3), "total": round(time.time() - t_start, 3)})
+        result = GenerationResult(video, sidecar, None, latents, attention)
+        _finish_outputs(result, paths, progress, stage)
     return result
 
 
-def _finish_outputs(result: GenerationResult, paths: dict, progress: bool) -> None:
-    """Attention plot, then the sidecar last (its presence means the video is complete)."""
-    from vstar_jax.io.video import write_sidecar  # noqa: PLC0415
+def _finish_outputs(result: GenerationResult, paths: dict, progress: bool, stage) -> None:
+    """Attention plot, then the sidecar last (its presence means the video is complete); then every
+    staged file is renamed into place together (a failure before that replaces nothing)."""
+    from vstar_jax.io.video import sidecar_path, sidecar_text  # noqa: PLC0415
 
-    result.attention_png = write_attention(result.attention, paths)
+    result.attention_png = write_attention(result.attention, paths, stage)
+    if paths["video"] is not None:
+        result.path = str(paths["video"])
+        result.gif_path = str(paths["gif"]) if paths["gif"] is not None else None
+        sc = sidecar_path(paths["video"])
+        stage.write_text(sc, sidecar_text(result.sidecar))
+        result.sidecar_path = str(sc)
+    stage.commit()
     if result.attention_png:
         _log(progress, f"wrote {result.attention_png} ({len(result.attention)} layers)")
-    if paths["video"] is None:
-        return
-    result.path = str(paths["video"])
-    result.gif_path = str(paths["gif"]) if paths["gif"] is not None else None
-    result.sidecar_path = str(write_sidecar(paths["video"], result.sidecar))
-    _log(progress, f"wrote {result.path}" + (f", {result.gif_path}" if result.gif_path else "")
-         + f" and {result.sidecar_path}")
+    if result.path is not None:
+        _log(progress, f"wrote {result.path}" + (f", {result.gif_path}" if result.gif_path else "")
+             + f" and {result.sidecar_path}")
 
 
 def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
@@ -269,7 +277,7 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
     for r, out in zip(reqs, outs):
         if out is None and out_dir is not None:
             out = default_output(r.prompt, r.seed, str(out_dir))
-        all_paths.append(check_outputs(out, False, None, overwrite))
+        all_paths.append(check_outputs(out, False, None, overwrite, save_fps=r.save_fps))
     if pipeline is None:
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)
@@ -308,16 +316,18 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
         t_sample = (time.time() - t0) / len(idx)
         for j, i in enumerate(idx):
             r, paths = reqs[i], all_paths[i]
-            video, digest, size, t_decode = decode_and_write(pipe, lat[j], r, paths, keep_video=keep_video,
-                                                             progress=False)
-            sidecar = build_sidecar(
-                r, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
-                vae_factor=info.vae_factor, frames_sha256=digest, mesh=dict(sh.mesh.shape) if sh is not None else None,
-                paths=paths, scale_factor=pipe.diffusion["scale_factor"],
-                timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3),
-                        "total": round(time.time() - t_start, 3), "batch": len(idx)})
-            res = GenerationResult(video, sidecar, None, lat[j])
-            _finish_outputs(res, paths, progress)
+            with Staging() as stage:
+                video, digest, size, t_decode = decode_and_write(pipe, lat[j], r, paths, keep_video=keep_video,
+                                                                 progress=False, stage=stage)
+                sidecar = build_sidecar(
+                    r, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
+                    vae_factor=info.vae_factor, frames_sha256=digest,
+                    mesh=dict(sh.mesh.shape) if sh is not None else None,
+                    paths=paths, scale_factor=pipe.diffusion["scale_factor"],
+                    timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3),
+                            "total": round(time.time() - t_start, 3), "batch": len(idx)})
+                res = GenerationResult(video, sidecar, None, lat[j])
+                _finish_outputs(res, paths, progress, stage)
             results[i] = res
     return results
 

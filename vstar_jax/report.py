@@ -19,6 +19,7 @@ from vstar_jax.sweep import read_table
 
 METRICS = ("ofs", "mawe", "warp_error", "scuts", "clip_score", "band_score")
 AXES = ("method", "frames")
+REPORT_TITLE = "<title>vstar-jax sweep report</title>"  # marks an index.html as vstar-jax's own
 
 
 def _num(v):
@@ -83,7 +84,10 @@ def plot_metric(rows: list[dict], metric: str, axis: str, path: str) -> None:
     ax.set_title(f"{metric} vs {axis} (error bars: std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from vstar_jax.io.atomic import atomic_path  # noqa: PLC0415
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -142,7 +146,7 @@ def write_html(rows, metrics, plots, sweep_dir, out_dir) -> str:
     flow_models = sorted({str(r["flow_model"]) for r in rows if r.get("flow_model")})
     imgs = "".join(f"<img src='plots/{html.escape(p)}' width='480'>" for p in plots)
     page = f"""<!doctype html>
-<html><head><meta charset='utf-8'><title>vstar-jax sweep report</title>
+<html><head><meta charset='utf-8'>{REPORT_TITLE}
 <style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px}}
 .row{{display:flex;flex-wrap:wrap;gap:12px}} .run{{border:1px solid #ddd;padding:4px}} .err{{color:#b00}}</style></head>
 <body><h1>Sweep report: {html.escape(os.path.abspath(sweep_dir))}</h1>
@@ -154,21 +158,44 @@ def write_html(rows, metrics, plots, sweep_dir, out_dir) -> str:
 </body></html>
 """
     path = os.path.join(out_dir, "index.html")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    from vstar_jax.io.atomic import write_text  # noqa: PLC0415
+
+    write_text(path, page)
     return path
 
 
+def _is_our_report(out_dir: str) -> bool:
+    try:
+        with open(os.path.join(out_dir, "index.html"), encoding="utf-8", errors="replace") as f:
+            return REPORT_TITLE in f.read(4096)
+    except OSError:
+        return False
+
+
+def check_report_dir(out_dir: str, plot_names=()) -> None:
+    """A report replaces its own earlier index.html and plots only: in a folder whose index.html is not
+    a vstar-jax report, an existing index.html or plots/<name>.png is never replaced (one line)."""
+    if _is_our_report(out_dir):
+        return
+    taken = [n for n in ["index.html"] + [os.path.join("plots", p) for p in plot_names]
+             if os.path.lexists(os.path.join(out_dir, n))]
+    if taken:
+        raise ValueError(f"report folder {out_dir} holds {', '.join(taken[:3])}"
+                         f"{f' and {len(taken) - 3} more' if len(taken) > 3 else ''} that vstar-jax did not write; "
+                         f"a report never replaces them: choose another --out")
+
+
 def make_report(sweep_dir: str, out_dir: str | None = None) -> str:
-    """Write plots and index.html for a sweep directory; returns the HTML path."""
+    """Write plots and index.html for a sweep directory; returns the HTML path. Files vstar-jax did not
+    write are never replaced (:func:`check_report_dir`)."""
+    out_dir = out_dir or os.path.join(sweep_dir, "report")
+    check_report_dir(out_dir)
     rows = read_table(sweep_dir)
     if not rows:
         raise ValueError(f"no results table in {sweep_dir}")
-    out_dir = out_dir or os.path.join(sweep_dir, "report")
-    os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     metrics = metrics_present(rows)
+    check_report_dir(out_dir, [f"{m}_vs_{axis}.png" for m in metrics for axis in AXES])
+    os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     plots = []
     for m in metrics:
         for axis in AXES:

@@ -27,7 +27,7 @@ progress (sampling stops between UNet calls), which is not recorded; the table k
 finished run and the sweep exits with status 130; running it again resumes with the runs left.
 
 Each run has a stable id (hash of its settings and checkpoint). A finished run is written once, atomically,
-as ``rows/<run_id>.json`` (temporary file + ``os.replace``), and then the whole table is rewritten the same
+as ``rows/<run_id>.json`` (atomically: :mod:`vstar_jax.io.atomic`), and then the whole table is rewritten the same
 way, as Parquet and CSV, so a killed sweep loses at most the runs in progress; on restart finished ids
 (the row files and the table) are skipped. A run that raises is recorded with ``status="error"`` and
 its message, and the sweep goes on. Every row has the run's wall time (``elapsed_s``), the devices it
@@ -49,6 +49,7 @@ import csv
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -369,23 +370,21 @@ def _arrow_table(rows: list[dict]):
 
 
 def write_table(rows: list[dict], out_dir: str) -> None:
-    """Write ``rows`` as results.parquet then results.csv, each atomically (temp + os.replace)."""
+    """Write ``rows`` as results.parquet then results.csv, each atomically (:mod:`vstar_jax.io.atomic`)."""
     import pyarrow.parquet as pq
 
+    from vstar_jax.io.atomic import atomic_path, write_text  # noqa: PLC0415
+
     out = pathlib.Path(out_dir)
-    tmp = out / (RESULTS_PARQUET + f".tmp{os.getpid()}")
-    pq.write_table(_arrow_table(rows), tmp)
-    os.replace(tmp, out / RESULTS_PARQUET)
+    with atomic_path(out / RESULTS_PARQUET) as tmp:
+        pq.write_table(_arrow_table(rows), tmp)
     cols = _columns(rows)
-    tmp = out / (RESULTS_CSV + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / RESULTS_CSV)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    write_text(out / RESULTS_CSV, text.getvalue())
 
 
 def read_table(out_dir: str) -> list[dict]:
@@ -446,15 +445,12 @@ def read_rows(out_dir: str) -> dict:
 
 
 def write_row(row: dict, out_dir: str) -> None:
-    """One finished run, atomically (temporary file + ``os.replace``)."""
+    """One finished run, atomically (:mod:`vstar_jax.io.atomic`)."""
     folder = pathlib.Path(out_dir) / ROWS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{row['run_id']}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(row, f, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / f"{row['run_id']}.json")
+    from vstar_jax.io.atomic import write_text  # noqa: PLC0415
+
+    write_text(folder / f"{row['run_id']}.json", json.dumps(row, default=str))
 
 
 def _row(run: dict) -> dict:
@@ -495,6 +491,20 @@ def generate_and_score_batch(runs: list[dict], out_dir: str, config, mesh=None) 
             for r, res in zip(runs, results)]
 
 
+SWEEP_SNAPSHOT = "sweep_config.json"  # written first: marks a folder as a vstar-jax sweep
+
+
+def check_sweep_dir(out_dir: str) -> None:
+    """A sweep resumes (and rewrites the tables of) its own folder only: a folder holding a results table,
+    rows/ or videos/ without the sweep's sweep_config.json is someone else's and is refused (one line)."""
+    if os.path.isfile(os.path.join(out_dir, SWEEP_SNAPSHOT)):
+        return
+    taken = [n for n in (RESULTS_PARQUET, RESULTS_CSV, ROWS_DIR, "videos") if os.path.lexists(os.path.join(out_dir, n))]
+    if taken:
+        raise ValueError(f"sweep folder {out_dir} holds {', '.join(taken)} but no {SWEEP_SNAPSHOT}: not a vstar-jax "
+                         f"sweep, and a sweep never replaces them: choose another --out")
+
+
 def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True,
               *, shard: tuple = (0, 1), mesh=None) -> list[dict]:
     """Run every pending run of the grid (of this ``shard`` = (index, count) of processes: every
@@ -505,9 +515,12 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     index, count = (int(v) for v in shard)
     if not 0 <= index < count:
         raise ValueError(f"sweep shard {index} of {count} does not exist")
+    check_sweep_dir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    for stale in list(pathlib.Path(out_dir).glob("results.*.tmp*")) + list(pathlib.Path(out_dir).glob(
-            f"{ROWS_DIR}/.*.tmp*")):
+    from vstar_jax.io.atomic import is_temp_name  # noqa: PLC0415
+
+    for stale in [p for folder in (pathlib.Path(out_dir), pathlib.Path(out_dir) / ROWS_DIR) if folder.is_dir()
+                  for p in folder.iterdir() if is_temp_name(p.name)]:
         # alone: every leftover is stale; beside other processes only old ones (another may be mid-write)
         with contextlib.suppress(OSError):
             if count == 1 or time.time() - stale.stat().st_mtime > 600:
@@ -521,10 +534,10 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
         raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
     if index == 0:
-        snapshot = os.path.join(out_dir, "sweep_config.json")
-        with open(snapshot + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(_plain(config), f, indent=1, default=str)
-        os.replace(snapshot + ".tmp", snapshot)
+        snapshot = os.path.join(out_dir, SWEEP_SNAPSHOT)
+        from vstar_jax.io.atomic import write_text  # noqa: PLC0415
+
+        write_text(snapshot, json.dumps(_plain(config), indent=1, default=str))
 
     known = read_rows(out_dir)
     if retry_errors:

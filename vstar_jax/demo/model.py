@@ -159,13 +159,16 @@ def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None
     flat[EMBED_KEY] = compact_embedding(flat[EMBED_KEY], ids)
     tensors = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in flat.items()}
     tensors[IDS_KEY] = ids
-    save_file(tensors, str(out / PARAMS_FILE))
-    (out / PARAMS_FILE).chmod(0o644)
+    from vstar_jax.io.atomic import atomic_path, write_text  # noqa: PLC0415
+
+    with atomic_path(out / PARAMS_FILE) as tmp:
+        save_file(tensors, str(tmp))
+        tmp.chmod(0o644)
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     meta = {"config": cfg, "record": record or {},
             "embedding": {"kept_ids": int(ids.size), "vocab_size": int(config.text.vocab_size),
                           "other_rows": "zero"}}
-    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=_json_default))
+    write_text(out / CONFIG_FILE, json.dumps(meta, indent=1, default=_json_default))
     return out
 
 

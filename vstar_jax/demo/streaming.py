@@ -57,10 +57,13 @@ def save_streaming(out_dir, extra_flat: dict, settings: dict, record: Optional[d
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.array(v, np.float32, order="C") for k, v in extra_flat.items()},  # 0-d alphas stay 0-d
-              str(out / WEIGHTS_FILE))
-    (out / WEIGHTS_FILE).chmod(0o644)
-    (out / META_FILE).write_text(json.dumps({"settings": settings, "record": record or {}}, indent=1))
+    from vstar_jax.io.atomic import atomic_path, write_text  # noqa: PLC0415
+
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file({k: np.array(v, np.float32, order="C") for k, v in extra_flat.items()},  # 0-d alphas stay 0-d
+                  str(tmp))
+        tmp.chmod(0o644)
+    write_text(out / META_FILE, json.dumps({"settings": settings, "record": record or {}}, indent=1))
     return out
 
 

@@ -16,7 +16,6 @@ import os
 import pathlib
 import platform
 import re
-import warnings
 from typing import Iterator, Mapping, Optional
 
 import jax
@@ -128,39 +127,69 @@ class FramesDiffer(VstarError):
 
 
 # ------------------------------------------------------------------------------- writing
-def _is_our_sidecar(p: pathlib.Path) -> bool:
+def _our_sidecar(p: pathlib.Path) -> Optional[dict]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT
+        return None
+    return data if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT else None
 
 
-def _check_free(p: pathlib.Path, overwrite: bool, what: str) -> None:
-    if p.exists() and not overwrite:
+def _is_our_sidecar(p: pathlib.Path) -> bool:
+    return _our_sidecar(p) is not None
+
+
+def _our_names(sc: pathlib.Path) -> set:
+    """The file names a vstar-jax sidecar says vstar-jax wrote (itself included); empty when ``sc`` is
+    not one. By name: a folder moved or copied as a whole keeps its outputs recognisable."""
+    data = _our_sidecar(sc)
+    if data is None:
+        return set()
+    outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+    return {sc.name} | {pathlib.Path(v).name for v in outputs.values() if isinstance(v, str) and v}
+
+
+def _check_free(p: pathlib.Path, overwrite: bool, what: str, ours: set = frozenset()) -> None:
+    """An existing file is replaced only with ``overwrite`` and only when it is vstar-jax's own output
+    (named by the vstar-jax sidecar beside the video): never someone else's file or a folder."""
+    if not os.path.lexists(p):
+        return
+    if not overwrite:
         raise VstarError(f"{what} {p} exists; pass --overwrite (overwrite=True) to replace it")
+    if not p.is_file() or p.is_symlink():
+        raise VstarError(f"{what} {p} exists and is not a file; it is never replaced: choose another output path")
+    if p.name not in ours:
+        raise VstarError(f"{what} {p} exists and is not a vstar-jax output (no vstar-jax sidecar beside it names it); "
+                         f"--overwrite replaces only vstar-jax's own outputs: choose another output path or move it away")
 
 
-def check_outputs(out, gif: bool, attention_png, overwrite: bool = True) -> dict:
+def check_outputs(out, gif: bool, attention_png, overwrite: bool = True, *, save_fps: Optional[float] = None) -> dict:
     """Output paths, checked writable (one-line errors) before any compute.
 
-    Without ``overwrite`` an existing output file is refused; an existing ``.json`` beside the
-    video that is not a vstar-jax sidecar is never replaced (it is someone else's file)."""
-    from vstar_jax.io.video import check_writable, sidecar_path  # noqa: PLC0415
+    Without ``overwrite`` an existing output file is refused; with it, an existing file is replaced
+    only when the vstar-jax sidecar beside the video names it (a previous run's output): a video,
+    GIF, plot or ``.json`` that vstar-jax did not write is never replaced. ``save_fps``: the frame
+    rate the video is written at, checked against what a GIF can store when one is written."""
+    from vstar_jax.io.video import check_gif_fps, check_writable, sidecar_path  # noqa: PLC0415
 
     paths = {"video": None, "gif": None, "sidecar": None, "attention_png": None, "attention_npz": None}
+    ours: set = set()
     if out is not None:
         p = pathlib.Path(out)
         if p.suffix.lower() not in VIDEO_SUFFIXES:
             raise VstarError(f"output {p} must end in one of {', '.join(VIDEO_SUFFIXES)}")
         sc = sidecar_path(p)
-        if sc.is_file() and not _is_our_sidecar(sc):
+        if os.path.lexists(sc) and not (sc.is_file() and _is_our_sidecar(sc)):
             raise VstarError(f"{sc} exists and is not a vstar-jax sidecar; it is never overwritten: "
                              f"choose another --out")
-        _check_free(p, overwrite, "output video")
-        _check_free(sc, overwrite, "sidecar")
+        ours = _our_names(sc)
+        writes_gif = p.suffix.lower() == ".gif" or gif
+        if writes_gif and save_fps is not None:
+            check_gif_fps(save_fps, "--save-fps")
+        _check_free(p, overwrite, "output video", ours)
+        _check_free(sc, overwrite, "sidecar", ours)
         if gif and p.suffix.lower() != ".gif":
-            _check_free(p.with_suffix(".gif"), overwrite, "GIF")
+            _check_free(p.with_suffix(".gif"), overwrite, "GIF", ours)
         paths["video"] = check_writable(p)
         paths["sidecar"] = check_writable(sidecar_path(paths["video"]))
         if gif and p.suffix.lower() != ".gif":
@@ -171,7 +200,8 @@ def check_outputs(out, gif: bool, attention_png, overwrite: bool = True) -> dict
         a = pathlib.Path(attention_png)
         if a.suffix.lower() != ".png":
             raise VstarError(f"attention plot path {a} must end in .png")
-        _check_free(a, overwrite, "attention plot")
+        _check_free(a, overwrite, "attention plot", ours)
+        _check_free(a.with_suffix(".npz"), overwrite, "attention maps", ours)
         paths["attention_png"] = check_writable(a)
         paths["attention_npz"] = check_writable(paths["attention_png"].with_suffix(".npz"))
     return paths
@@ -179,28 +209,32 @@ def check_outputs(out, gif: bool, attention_png, overwrite: bool = True) -> dict
 
 class VideoSink:
     """Streams uint8 frame batches into an mp4 (or collects them for a GIF / the caller) and hashes
-    them. ``finish()`` renames the temporary file into place; ``abort()`` removes it."""
+    them. Every file goes to a temporary name in ``stage`` (a :class:`vstar_jax.io.atomic.Staging`);
+    ``finish()`` closes them (ffmpeg's exit status checked) and, when the sink owns its stage (none
+    given), renames them into place; ``abort()`` removes them."""
 
     def __init__(self, path: Optional[pathlib.Path], total_frames: int, fps: float, *, gif: Optional[pathlib.Path] = None,
-                 keep: bool = False, crf: int = 10):
+                 keep: bool = False, crf: int = 10, stage=None):
+        from vstar_jax.io.atomic import Staging  # noqa: PLC0415
+
         self.path, self.gif, self.fps, self.crf = path, gif, float(fps), crf
         self.total = int(total_frames)
         self.hasher = FrameHasher(total_frames)
         self.keep = keep or gif is not None or (path is not None and path.suffix.lower() == ".gif")
         self.kept: list = []
         self.writer = None
-        self.tmp = None
+        self.own_stage = stage is None
+        self.stage = Staging() if stage is None else stage
+
+    @property
+    def tmp(self):
+        return self.writer.path if self.writer is not None else None
 
     def _open(self, h: int, w: int) -> None:
-        import imageio_ffmpeg  # noqa: PLC0415
+        from vstar_jax.io.video import FfmpegWriter  # noqa: PLC0415
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix or '.mp4'}")
-        self.writer = imageio_ffmpeg.write_frames(
-            str(self.tmp), (w + w % 2, h + h % 2), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p", quality=None, macro_block_size=1,
-            output_params=["-crf", str(int(self.crf)), "-movflags", "+faststart"])
-        self.writer.send(None)
+        tmp = self.stage.path(self.path, suffix=self.path.suffix or ".mp4")
+        self.writer = FfmpegWriter(tmp, (w + w % 2, h + h % 2), self.fps, crf=self.crf)
 
     def write(self, batch: np.ndarray) -> None:
         from vstar_jax.io.video import pad_to_multiple  # noqa: PLC0415
@@ -211,9 +245,7 @@ class VideoSink:
             self.kept.append(batch)
         if self.path is not None and self.path.suffix.lower() != ".gif":
             if self.writer is None:
-                with warnings.catch_warnings():  # ffmpeg runs as a subprocess; JAX warns about fork()
-                    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-                    self._open(batch.shape[1], batch.shape[2])
+                self._open(batch.shape[1], batch.shape[2])
             for frame in pad_to_multiple(batch, 2):
                 self.writer.send(frame)
 
@@ -221,9 +253,10 @@ class VideoSink:
         return np.concatenate(self.kept) if self.kept else None
 
     def finish(self, expect_sha256: Optional[str] = None) -> str:
-        """Close the files (atomically in place); returns the frame hash. With ``expect_sha256``,
-        frames hashing differently are not kept (the temporary file is removed, FramesDiffer)."""
-        from vstar_jax.io.video import write_gif  # noqa: PLC0415
+        """Close the files; returns the frame hash. With ``expect_sha256``, frames hashing differently
+        are not kept (the temporary files are removed, FramesDiffer)."""
+        from vstar_jax.io.atomic import write_error  # noqa: PLC0415
+        from vstar_jax.io.video import encode_gif  # noqa: PLC0415
 
         digest = self.hasher.hexdigest()
         if expect_sha256 is not None and digest != expect_sha256:
@@ -231,33 +264,51 @@ class VideoSink:
             raise FramesDiffer(f"the regenerated frames differ from the sidecar's (frames_sha256 {digest[:12]}... "
                                f"!= {str(expect_sha256)[:12]}...): nothing was written")
         if self.writer is not None:
-            self.writer.close()
-            os.replace(self.tmp, self.path)
-            self.writer = None
-        if self.path is not None and self.path.suffix.lower() == ".gif":
-            write_gif(self.path, self.video(), self.fps)
-        if self.gif is not None:
-            write_gif(self.gif, self.video(), self.fps)
+            self.writer.close()  # raises (WriteError) when ffmpeg failed: the caller aborts
+        for gif in ([self.path] if self.path is not None and self.path.suffix.lower() == ".gif" else []) + \
+                ([self.gif] if self.gif is not None else []):
+            tmp = self.stage.path(gif, suffix=".gif")
+            try:
+                encode_gif(tmp, self.video(), self.fps)
+            except OSError as e:
+                raise write_error(gif, e) from None
+        if self.own_stage:
+            self.stage.commit()
+        self.writer = None
         return digest
 
     def abort(self) -> None:
         if self.writer is not None:
-            try:
-                self.writer.close()
-            except Exception:  # noqa: BLE001 - already failing; the temp file goes either way
-                pass
+            self.writer.abort()
             self.writer = None
-        if self.tmp is not None:
-            pathlib.Path(self.tmp).unlink(missing_ok=True)
+        self.stage.abort()
 
 
-def write_attention(attention: dict, paths: dict) -> Optional[str]:
+def write_attention(attention: dict, paths: dict, stage=None) -> Optional[str]:
+    """The attention plot and its ``.npz`` (into ``stage`` when given, else each atomically)."""
     if attention is None or paths["attention_png"] is None:
         return None
+    from vstar_jax.io.atomic import Staging, write_error  # noqa: PLC0415
     from vstar_jax.vstar.analysis import plot_attention_grid  # noqa: PLC0415
 
-    plot_attention_grid(attention, paths["attention_png"], cell_inches=1.8 if len(attention) <= 8 else 1.2)
-    np.savez(paths["attention_npz"], **attention)
+    own = stage is None
+    st = Staging() if own else stage
+    try:
+        try:
+            plot_attention_grid(attention, st.path(paths["attention_png"], suffix=".png"),
+                                cell_inches=1.8 if len(attention) <= 8 else 1.2)
+        except OSError as e:
+            raise write_error(paths["attention_png"], e) from None
+        try:
+            np.savez(st.path(paths["attention_npz"], suffix=".npz"), **attention)
+        except OSError as e:
+            raise write_error(paths["attention_npz"], e) from None
+        if own:
+            st.commit()
+    except BaseException:
+        if own:
+            st.abort()
+        raise
     return str(paths["attention_png"])
 
 

@@ -5,20 +5,22 @@ Layout::
     DIR/config.json      {"format": "vstar-jax/1", "components": [...], "unet": {...}, ...}
     DIR/params/          orbax StandardCheckpointer tree {"unet": ..., "vae": ..., "text": ...}
 
-Writes are atomic: everything goes to a hidden temporary directory beside DIR
-that is renamed into place only when complete, so a failed or interrupted
-conversion leaves no partial DIR behind (and an existing DIR untouched).
+Writes are atomic (:func:`vstar_jax.io.atomic.atomic_dir`): everything goes to a hidden temporary
+directory beside DIR that is renamed into place only when complete, so a failed or interrupted
+conversion leaves no partial DIR behind (and an existing DIR untouched). ``overwrite`` replaces only a
+previous vstar-jax checkpoint (its config.json marker, nothing else inside), never the source or a
+folder holding it.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+
+from vstar_jax.errors import VstarError
 
 FORMAT = "vstar-jax/1"
 
@@ -35,14 +37,73 @@ def _jsonable(obj):
     return obj
 
 
+CHECKPOINT_ENTRIES = ("config.json", "params")  # everything save_checkpoint writes into a checkpoint
+
+
+def is_checkpoint_dir(path) -> bool:
+    """A folder save_checkpoint wrote: config.json of format vstar-jax/1 (its marker)."""
+    cfg = os.path.join(os.fspath(path), "config.json")
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def check_checkpoint_out(out_dir, *, overwrite: bool = False, sources=()) -> str:
+    """Refuse (one line, before any conversion) an output folder that must not be written: the
+    source itself or a folder holding it (any source path: a model folder, a checkpoint file, a
+    config), an existing one without ``overwrite``, and with ``overwrite`` anything but a previous
+    vstar-jax checkpoint (config.json of format vstar-jax/1 beside params/ and nothing else) or an
+    empty folder. Returns the absolute output path."""
+    out_abs = os.path.abspath(os.fspath(out_dir))
+    out_real = os.path.realpath(out_abs)
+    for src in sources:
+        if src is None:
+            continue
+        src_real = os.path.realpath(os.fspath(src))
+        if _inside(src_real, out_real):
+            what = "is the source" if src_real == out_real else f"holds the source {src}"
+            raise VstarError(f"--out {out_dir} {what}; converting never writes over its source: "
+                             f"choose another --out")
+    if not os.path.lexists(out_abs):
+        return out_abs
+    if not overwrite:
+        raise FileExistsError(f"output directory exists: {out_abs} (pass overwrite=True / --overwrite)")
+    if os.path.islink(out_abs) or not os.path.isdir(out_abs):
+        raise VstarError(f"--out {out_dir} exists and is not a folder; --overwrite replaces only a previous "
+                         f"vstar-jax checkpoint: choose another --out")
+    entries = sorted(os.listdir(out_abs))
+    if not entries:
+        return out_abs
+    if not is_checkpoint_dir(out_abs):
+        raise VstarError(f"--out {out_dir} exists and is not a vstar-jax checkpoint (no config.json of format "
+                         f"{FORMAT}); --overwrite replaces only a previous vstar-jax checkpoint, never another "
+                         f"folder: choose another --out")
+    extra = [e for e in entries if e not in CHECKPOINT_ENTRIES]
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise VstarError(f"--out {out_dir} is a vstar-jax checkpoint holding other files too ({shown}); "
+                         f"--overwrite would delete them: move them away or choose another --out")
+    return out_abs
+
+
 def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str, Any], *,
-                    overwrite: bool = False) -> str:
-    """Write ``params`` (a dict of component trees) and ``config`` to ``out_dir`` atomically."""
+                    overwrite: bool = False, sources=()) -> str:
+    """Write ``params`` (a dict of component trees) and ``config`` to ``out_dir`` atomically.
+
+    ``overwrite`` replaces only a previous vstar-jax checkpoint (see :func:`check_checkpoint_out`);
+    ``sources``: the paths converted from, which ``out_dir`` must neither be nor hold."""
     import orbax.checkpoint as ocp
 
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"output directory exists: {out_dir} (pass overwrite=True / --overwrite)")
+    from vstar_jax.io.atomic import atomic_dir, write_error  # noqa: PLC0415
+
+    out_dir = check_checkpoint_out(out_dir, overwrite=overwrite, sources=sources)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     if not os.access(parent, os.W_OK):
@@ -50,25 +111,42 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
     cfg = dict(_jsonable(config))
     cfg.setdefault("format", FORMAT)
     cfg["components"] = sorted(params)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    with atomic_dir(out_dir, what="checkpoint") as tmp:
         # Bounded in-flight bytes: a 5.6 GB tree is written without a second full copy.
         ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=1))
-        ckptr.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(dict(params)))
+        try:
+            with _quiet_absl():  # orbax logs each failing writer thread's traceback; the error is raised once
+                ckptr.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(dict(params)))
+        except (OSError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - tensorstore reports a full disk as ValueError(RESOURCE_EXHAUSTED)
+            raise write_error(out_dir, _as_oserror(e), "checkpoint") from None
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
-        _user_permissions(tmp)  # mkdtemp makes it 0700: give the result the user's normal (umask) mode
-        if os.path.exists(out_dir):
-            old = out_dir + ".old-" + os.path.basename(tmp)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _user_permissions(str(tmp))
+        check_checkpoint_out(out_dir, overwrite=overwrite, sources=sources)  # unchanged while converting
     return out_dir
+
+
+class _quiet_absl:
+    def __enter__(self):
+        import logging  # noqa: PLC0415
+
+        self.logger = logging.getLogger("absl")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def _as_oserror(e: BaseException) -> OSError:
+    import errno  # noqa: PLC0415
+
+    text = " ".join(str(e).split())
+    if "No space left on device" in text or "os_error_code='28'" in text:
+        return OSError(errno.ENOSPC, "No space left on device")
+    return OSError(None, f"{type(e).__name__}: {text[:300]}")
 
 
 def _user_permissions(root: str) -> None:

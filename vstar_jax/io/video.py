@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -58,48 +60,132 @@ def pad_to_multiple(frames: np.ndarray, multiple: int = 2) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
 
 
+class FfmpegWriter:
+    """H.264 mp4 (yuv420p) from uint8 RGB frames through an ffmpeg subprocess whose exit status is
+    checked: :meth:`close` raises :class:`~vstar_jax.io.atomic.WriteError` (with ffmpeg's last
+    message) when ffmpeg failed or wrote nothing, e.g. on a full disk. Write to a temporary path
+    (:func:`vstar_jax.io.atomic.atomic_path`); ``abort()`` stops ffmpeg without waiting."""
+
+    def __init__(self, path, size, fps: float, *, crf: int = 10):
+        import subprocess  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+        from fractions import Fraction  # noqa: PLC0415
+
+        import imageio_ffmpeg  # noqa: PLC0415
+
+        self.path = pathlib.Path(path)
+        w, h = int(size[0]), int(size[1])
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{w}x{h}",
+               "-pix_fmt", "rgb24", "-r", str(Fraction(float(fps)).limit_denominator()), "-i", "-", "-an",
+               "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error", "-crf", str(int(crf)),
+               "-movflags", "+faststart", str(self.path)]
+        # its own session: Ctrl-C reaches Python (which aborts the write), not ffmpeg
+        with warnings.catch_warnings():  # JAX warns about fork() in a threaded process; ffmpeg execs at once
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, start_new_session=True)
+        self._err = []
+        self._reader = threading.Thread(target=lambda: self._err.append(self.proc.stderr.read()), daemon=True)
+        self._reader.start()
+        self.frames = 0
+
+    def message(self) -> str:
+        self._reader.join(timeout=5)
+        text = b"".join(self._err).decode("utf-8", "replace")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    def send(self, frame) -> None:
+        try:
+            self.proc.stdin.write(memoryview(np.ascontiguousarray(frame, np.uint8)).cast("B"))
+        except OSError as e:  # ffmpeg exited (a full disk, a bad path): its own message says why
+            self.abort()
+            from vstar_jax.io.atomic import write_error  # noqa: PLC0415
+
+            raise write_error(self.path, OSError(e.errno, self.message() or e.strerror)) from None
+        self.frames += 1
+
+    def close(self) -> None:
+        from vstar_jax.io.atomic import write_error  # noqa: PLC0415
+
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        rc = self.proc.wait()
+        msg = self.message()
+        if rc != 0:
+            raise write_error(self.path, OSError(None, msg or f"ffmpeg exited with status {rc}"))
+        if self.frames == 0 or not self.path.is_file() or self.path.stat().st_size == 0:
+            raise write_error(self.path, OSError(None, msg or "ffmpeg wrote no video"))
+
+    def abort(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait()
+
+
 def write_video(path: str | os.PathLike, frames, fps: float = 8, *, crf: int = 10) -> pathlib.Path:
     """Write uint8 frames (F, H, W, 3) as H.264 mp4 (yuv420p; odd sizes edge-padded to even).
 
-    A ``.gif`` path is written with :func:`write_gif`. Written to a temp file, then renamed.
+    A ``.gif`` path is written with :func:`write_gif`. Atomic: a temporary file, ffmpeg's exit
+    status checked, then renamed (:mod:`vstar_jax.io.atomic`); on failure the old file stays.
     """
+    from vstar_jax.io.atomic import atomic_path  # noqa: PLC0415
+
     p = pathlib.Path(path)
     if p.suffix.lower() == ".gif":
         return write_gif(p, frames, fps)
     f = pad_to_multiple(_check_frames(frames), 2)
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    import imageio_ffmpeg  # noqa: PLC0415
-
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}{p.suffix or '.mp4'}")
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp), (f.shape[2], f.shape[1]), fps=fps, codec="libx264", pix_fmt_in="rgb24",
-        pix_fmt_out="yuv420p", quality=None, macro_block_size=1,
-        output_params=["-crf", str(int(crf)), "-movflags", "+faststart"])
-    try:
-        writer.send(None)  # start ffmpeg
-        for frame in f:
-            writer.send(frame)
-        writer.close()
-        os.replace(tmp, p)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(p, suffix=p.suffix or ".mp4") as tmp:  # ffmpeg picks the container from the suffix
+        writer = FfmpegWriter(tmp, (f.shape[2], f.shape[1]), fps, crf=crf)
+        try:
+            for frame in f:
+                writer.send(frame)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     return p
 
 
-def write_gif(path: str | os.PathLike, frames, fps: float = 8) -> pathlib.Path:
-    """Write uint8 frames (F, H, W, 3) as a looping GIF."""
+GIF_FPS = (1000.0 / 655350.0, 100.0)  # a GIF frame lasts 1 to 65535 hundredths of a second
+
+
+def check_gif_fps(fps: float, what: str = "fps") -> None:
+    """A GIF stores each frame's delay as 1..65535 hundredths of a second."""
+    lo, hi = GIF_FPS
+    if not lo <= float(fps) <= hi:
+        from vstar_jax.errors import VstarError  # noqa: PLC0415
+
+        raise VstarError(f"{what} {fps:g} cannot be written as a GIF (a GIF frame lasts 0.01 s to 655.35 s): "
+                         f"use {what} between {math.ceil(lo * 1e4) / 1e4:g} and {hi:g}")
+
+
+def encode_gif(path, frames, fps: float) -> None:
+    """The GIF encoder (imageio/Pillow) writing ``path`` in place: callers give it a temporary path."""
     import imageio.v3 as iio  # noqa: PLC0415
+
+    iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+
+
+def write_gif(path: str | os.PathLike, frames, fps: float = 8) -> pathlib.Path:
+    """Write uint8 frames (F, H, W, 3) as a looping GIF, atomically (an existing GIF stays on failure)."""
+    from vstar_jax.io.atomic import atomic_path  # noqa: PLC0415
 
     f = _check_frames(frames)
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    check_gif_fps(fps)
     p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(p, f, extension=".gif", duration=1000.0 / fps, loop=0)
+    with atomic_path(p, suffix=".gif") as tmp:
+        encode_gif(tmp, f, fps)
     return p
 
 
@@ -149,13 +235,14 @@ def _json_default(o):
 
 def write_sidecar(video_path: str | os.PathLike, data: dict) -> pathlib.Path:
     """Write ``data`` as JSON next to the video (same stem, ``.json``), atomically."""
+    from vstar_jax.io.atomic import write_text  # noqa: PLC0415
+
     p = sidecar_path(video_path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return write_text(p, sidecar_text(data))
+
+
+def sidecar_text(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
 
 
 def read_sidecar(video_path: str | os.PathLike) -> dict:
