@@ -48,6 +48,31 @@ def test_program_with_callback_loads_from_disk_with_this_lowerings_callback(tmp_
     TICKS.clear()
 
 
+def _loop_other(x):  # _loop's shapes and callback, another body
+    def body(c, i):
+        c = jnp.tanh(c @ c.T) * 0.25 - jnp.cos(c) * i
+        jax.debug.callback(_tick, i)
+        return c, None
+
+    return jax.lax.scan(body, x, jnp.arange(4.0))[0]
+
+
+def test_programs_of_the_same_shapes_but_other_bodies_do_not_share_an_entry(tmp_path):
+    """Two programs with the same shapes, callback and signature but different bodies get different
+    keys, and the second is compiled (not loaded from the first's entry) and computes its own result.
+    Catches the key losing the lowered program text."""
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((8, 8)), jnp.float32)
+    a, b = jax.jit(_loop).lower(x), jax.jit(_loop_other).lower(x)
+    assert cc._program_key(a) != cc._program_key(b)
+    assert cc._program_key(a) == cc._program_key(jax.jit(_loop).lower(x))
+    TICKS.clear()
+    cc.compile_lowered(a, cache_dir=str(tmp_path))
+    other, loaded = cc.compile_lowered(b, cache_dir=str(tmp_path))
+    assert not loaded and len(os.listdir(tmp_path / cc.CALLBACK_SUBDIR)) == 2
+    np.testing.assert_array_equal(np.asarray(other(x)), np.asarray(jax.jit(_loop_other)(x)))
+    TICKS.clear()
+
+
 def test_corrupt_entry_is_recompiled_and_no_cache_means_plain_compile(tmp_path):
     x = jnp.ones((4, 4), jnp.float32)
     cc.compile_lowered(jax.jit(_loop).lower(x), cache_dir=str(tmp_path))

@@ -55,3 +55,17 @@ def test_capture_returns_cond_rows_averaged_over_pixels():
     fn = make_denoiser(unet, {}, DenoiserSpec(capture=True), alphas_cumprod=make_alphas_cumprod(), fps=1.0)
     eps, aux = fn(jnp.ones((2, 4, 3, 2, 2)), jnp.array([1, 1]), jnp.zeros((2, 5, 8)), 0)
     assert unet.seen["capture"] and aux["layer"]["weights"].shape == (1, 3, 3)
+
+
+def test_attention_rows_are_the_cond_rows_averaged_over_pixels():
+    """Hand-made sown weights: CFG rows [uncond; cond] of b=2 items, 3 pixels each, 2x2 maps. The
+    result is each cond item's mean over its pixels; the uncond rows (all 7s) never show. Catches the
+    maps being taken from the uncond half (``[:batch]``)."""
+    from vstar_jax.models.denoiser import attention_rows
+
+    b, pixels, f = 2, 3, 2
+    uncond = np.full((b * pixels, f, f), 7.0, np.float32)
+    cond = np.arange(b * pixels * f * f, dtype=np.float32).reshape(b, pixels, f, f)
+    w = jnp.asarray(np.concatenate([uncond, cond.reshape(b * pixels, f, f)]))
+    got = attention_rows({"layer": {"weights": w}}, b)["layer"]["weights"]
+    np.testing.assert_array_equal(np.asarray(got), cond.mean(axis=1))

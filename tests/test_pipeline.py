@@ -356,3 +356,97 @@ def test_sampler_receives_the_settings(ckpt):
     got = plan.schedule().coefficients()
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+# ----------------------------------------------------------------- issue 25: mutations the suite missed
+def test_fps_reaches_the_unet_through_generate_video(first, ckpt):
+    """The fps a generation asks for conditions the UNet (the tiny config has VideoCrafter2's fps
+    embedding): fps 8 and the default 28 give different latents (the slow
+    test_sampling_matches_a_plain_ddim_loop checks the loop itself against a direct UNet loop).
+    Catches ``make_denoiser(..., fps=None)`` in generation/sampling.py (the UNet then falls back to
+    28 whatever was asked, while the sidecar still says 8)."""
+    slow = pl.generate_video(PROMPT, checkpoint=ckpt, frames=FRAMES, steps=STEPS, seed=SEED, fps=8, progress=False)
+    assert first.sidecar["fps"] == 28 and slow.sidecar["fps"] == 8
+    diff = np.abs(slow.latents - first.latents).max() / np.abs(first.latents).max()
+    assert diff > 1e-3, diff
+
+
+def test_video_is_the_vae_decoding_of_latents_over_the_scale_factor(first, ckpt):
+    """generate_video's frames are the VAE's decoding of latents / scale_factor (0.18215 here, so an
+    inverted scale is ~30x off), computed here with the VAE module directly. Catches
+    ``latents * scale_factor`` before decoding in generation/outputs.py."""
+    import jax
+    import jax.numpy as jnp
+
+    from vstar_jax.models.vae import AutoencoderKL
+
+    pipe = pl.load_pipeline(ckpt)
+    sf = pipe.diffusion["scale_factor"]
+    assert sf == pytest.approx(0.18215) and first.sidecar["scale_factor"] == sf
+    z = np.asarray(first.latents, np.float32)[0] / np.float32(sf)  # (c, f, h, w)
+    frames = jnp.asarray(np.moveaxis(z, 1, 0))  # (f, c, h, w)
+    px = jax.jit(lambda p, z: pipe.vae.apply({"params": p}, z, method=AutoencoderKL.decode))(pipe.params["vae"], frames)
+    px = np.asarray(px, np.float32)  # (f, 3, H, W) in about [-1, 1]
+    want = (np.clip(px, -1.0, 1.0) + 1.0) * 127.5  # the video's uint8 mapping before truncation
+    got = first.video.astype(np.float64).transpose(0, 3, 1, 2)
+    assert got.shape == want.shape
+    assert (got <= want + 0.01).all() and (got > want - 1.01).all()
+
+
+def test_sidecar_round_trip_keeps_every_request_field(ckpt, tmp_path, monkeypatch):
+    """Every field of GenerationRequest (from dataclasses.fields, so a new field cannot be forgotten)
+    survives build_sidecar -> JSON -> regenerate's path (load_sidecar, sidecar_kwargs, generate_video's
+    make_request). Two requests between them move every field off its default (attention capture and a
+    long-video method exclude each other). Catches e.g. ``vsp_mode`` missing from SIDECAR_ARGS."""
+    import dataclasses
+
+    from vstar_jax.generation.request import GenerationRequest
+
+    # Fields not compared, each with its reason:
+    not_compared = {
+        # the TAR spec as typed, kept in the sidecar for the reader; regenerate passes the resolved
+        # TARConfig (field ``tar``, compared), which is all that sampling reads
+        "tar_spec": "recorded only",
+    }
+    # Fields that come from the checkpoint, not from the caller (cannot be moved off the default here)
+    from_checkpoint = {"schedule_kwargs", "flavor", "prediction", "ddim_steps"}
+    info = pl.model_info(ckpt)
+    common = dict(steps=4, cfg=7.5, eta=0.5, seed=1234, fps=12, save_fps=5.0, tar="64D4",
+                  synopsis=["a red ball", "a blue ball", "a green ball"], vsp_mode="same", height=32, width=24,
+                  frame_batch=3)
+    setups = [dict(common, frames=12, long_video="genl:8:4"), dict(common, frames=6, capture=True)]
+    default = pl.make_request("p", info)
+    originals, rebuilt = [], []
+    real = pl.make_request
+
+    class _Stop(Exception):
+        pass
+
+    def capture(*a, **k):
+        rebuilt.append(real(*a, **k))
+        raise _Stop
+
+    for i, kw in enumerate(setups):
+        req = real("a ball changes colour", info, **kw)
+        sc = pl.build_sidecar(req, checkpoint=info.source, video_size=(req.latent_hw[0] * 2, req.latent_hw[1] * 2),
+                              latent_shape=[1, 4, req.frames, *req.latent_hw], vae_factor=info.vae_factor,
+                              frames_sha256="0" * 64, mesh=None, paths={"video": None}, timing={},
+                              scale_factor=0.18215)
+        path = tmp_path / f"s{i}.json"
+        path.write_text(json.dumps(sc))
+        monkeypatch.setattr(pl, "make_request", capture)
+        with pytest.raises(_Stop):
+            pl.regenerate(path, progress=False)
+        monkeypatch.setattr(pl, "make_request", real)
+        originals.append(req)
+    names = [f.name for f in dataclasses.fields(GenerationRequest)]
+    assert set(not_compared) | from_checkpoint <= set(names)
+    for name in names:
+        if name in not_compared or name in from_checkpoint:
+            continue
+        assert any(getattr(r, name) != getattr(default, name) for r in originals), f"{name} is never moved off its default"
+        for orig, again in zip(originals, rebuilt):
+            assert getattr(again, name) == getattr(orig, name), name
+    for orig, again in zip(originals, rebuilt):  # the checkpoint's settings come back the same way
+        for name in from_checkpoint:
+            assert getattr(again, name) == getattr(orig, name), name

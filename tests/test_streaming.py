@@ -199,6 +199,20 @@ def _inputs(seed=1):
             jax.random.normal(k[2], (1, 4, 2, 8, 8)), jax.random.normal(k[3], (1, 12)))
 
 
+_CAM_UNET: dict = {}
+
+
+def _cam_unet(cfg, x, t, ctx):
+    """One jitted UNet-with-CAM/APM of ``tiny_cfg`` on ``_inputs``' x, t, ctx: (params, prev, img) -> out
+    (shared by the tests below, so it compiles once)."""
+    from vstar_jax.models.unet3d import UNet3D
+
+    if "fn" not in _CAM_UNET:
+        _CAM_UNET["fn"] = jax.jit(lambda p, prev, img: UNet3D(cfg).apply({"params": p}, x, t, ctx, cam_frames=prev,
+                                                                         image_embed=img))
+    return _CAM_UNET["fn"]
+
+
 def test_zero_initialised_cam_and_apm_give_the_plain_unet_exactly():
     """At CAM's and APM's initialisation (zero proj_out / conv_out, alpha 0) the UNet fed with previous
     frames and an anchor embedding equals the plain UNet (no cam/apm in its config) bit for bit; moving
@@ -208,7 +222,7 @@ def test_zero_initialised_cam_and_apm_give_the_plain_unet_exactly():
     cfg = tiny_cfg()
     params = _random_params(cfg)
     x, t, ctx, prev, img = _inputs()
-    fn = jax.jit(lambda p, prev, img: UNet3D(cfg).apply({"params": p}, x, t, ctx, cam_frames=prev, image_embed=img))
+    fn = _cam_unet(cfg, x, t, ctx)
     plain = jax.jit(lambda p: UNet3D(tiny_base()).apply({"params": p}, x, t, ctx))
     want = np.asarray(plain({k: v for k, v in params.items() if not k.startswith(("cam_", "apm_"))}))
     np.testing.assert_array_equal(np.asarray(fn(params, prev, img)), want)
@@ -216,6 +230,25 @@ def test_zero_initialised_cam_and_apm_give_the_plain_unet_exactly():
     moved["cam_merge_1"]["proj_out"]["kernel"] = np.full_like(moved["cam_merge_1"]["proj_out"]["kernel"], 0.1)
     moved["mid_spatial"]["block_0"]["attn2_mix"]["alpha"] = np.float32(1.0)
     assert np.abs(np.asarray(fn(moved, prev, img)) - want).max() > 1e-3
+
+
+def test_cam_changes_the_output_through_every_skip_connection():
+    """Each skip-connection merger (cam_merge_0..3), moved off zero alone (the mid merger and APM at
+    zero), changes the UNet's output: the merged skips are what the up path reads. Catches ``_cam_inject`` returning the unmerged skips (``return skips, mid``)."""
+    cfg = tiny_cfg()
+    params = _random_params(cfg)
+    x, t, ctx, prev, img = _inputs()
+    fn = _cam_unet(cfg, x, t, ctx)
+    base = np.asarray(fn(params, prev, img))
+    names = sorted(k for k in params if k.startswith("cam_merge_") and k != "cam_merge_mid")
+    assert names == [f"cam_merge_{i}" for i in range(4)]  # conv_in, down_0_0, downsample_0, down_1_0
+    rng = np.random.default_rng(5)
+    for name in names:
+        moved = jax.tree_util.tree_map(lambda v: v, params)
+        k = moved[name]["proj_out"]["kernel"]
+        moved[name]["proj_out"]["kernel"] = (0.3 * rng.standard_normal(k.shape)).astype(np.float32)
+        out = np.asarray(fn(moved, prev, img))
+        assert np.abs(out - base).max() / np.abs(base).max() > 1e-3, name
 
 
 # ------------------------------------------------------------- conversion of the released key layout

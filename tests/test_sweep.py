@@ -372,3 +372,16 @@ def test_shards_split_the_grid_and_a_dead_shard_resumes(tmp_path):
     assert not list((tmp_path / "sw" / "rows").glob(".*"))  # no temporary file left
     with pytest.raises(ValueError, match="shard 2 of 2"):
         run_sweep(config, out, d, progress=False, shard=(2, 2))
+
+
+def test_batches_share_checkpoint_method_and_frames():
+    """Hand-made runs: a batch (one compiled program) only holds runs of one (checkpoint, method,
+    frames), in order, at most ``size`` each. Catches grouping by the checkpoint only."""
+    from vstar_jax.sweep import _chunks
+
+    runs = [{"run_id": i, "checkpoint": ck, "method": m, "frames": n}
+            for i, (ck, m, n) in enumerate([("a", "plain", 8), ("a", "tar", 8), ("a", "plain", 12), ("b", "plain", 8),
+                                            ("a", "plain", 8), ("a", "plain", 8), ("a", "tar", 8)])]
+    got = [[r["run_id"] for r in g] for g in _chunks(runs, 2)]
+    assert got == [[0, 4], [5], [1, 6], [2], [3]]
+    assert _chunks(runs, 1) == [[r] for r in runs]

@@ -57,7 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vstar_jax.models.layers import GroupNorm32
+from vstar_jax.models.layers import Attention, GroupNorm32, cfg_get
 
 CAM_DEFAULTS = {"frames": 8, "cond_channels": 3, "embed_channels": (32, 96, 256, 512), "downsample": True,
                 "head_dim": 64, "norm_groups": 32}
@@ -74,9 +74,7 @@ def _as_dict(value) -> dict:
 
 def _settings(unet_cfg, key: str, defaults: dict) -> Optional[dict]:
     """The UNet config's ``key`` settings over ``defaults``, or None when the config has none."""
-    from vstar_jax.models.unet3d import _cfg_get  # noqa: PLC0415  (the UNet's config reader)
-
-    raw = _cfg_get(unet_cfg, key)
+    raw = cfg_get(unet_cfg, key)
     if not raw:
         return None
     return {**defaults, **_as_dict(raw)}
@@ -143,8 +141,6 @@ class CAMMerger(nn.Module):
 
     @nn.compact
     def __call__(self, x, cond):
-        from vstar_jax.models.unet3d import Attention  # noqa: PLC0415  (the UNet's attention module)
-
         b, f, hh, ww, c = x.shape
         heads = max(c // self.head_dim, 1)
         y = GroupNorm32(self.groups, 1e-6, name="norm")(x).reshape(b, f, hh * ww, c)

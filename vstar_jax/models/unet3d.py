@@ -22,8 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vstar_jax.models.attention import attention
-from vstar_jax.models.layers import GroupNorm32
+from vstar_jax.models.layers import Attention, GroupNorm32
+from vstar_jax.models.layers import RelativePosition, relative_positions  # noqa: F401  (moved there; re-exported)
+from vstar_jax.models.layers import cfg_get as _cfg_get
 
 Dtype = Any
 
@@ -44,73 +45,6 @@ def frame_position_embedding(frames: int, dim: int) -> jax.Array:
     timestep (x 1000). Normalised, so a longer video maps onto the trained range (demo-model options)."""
     pos = jnp.linspace(0.0, 1.0, frames) if frames > 1 else jnp.zeros((1,))
     return timestep_embedding(pos * 1000.0, dim)
-
-
-def relative_positions(length_q: int, length_k: int, max_relative: int) -> jax.Array:
-    """(Lq, Lk) rows of a (2 m + 1)-row table: clip(j - i, -m, m) + m (lvdm ``RelativePosition``)."""
-    dist = jnp.arange(length_k)[None, :] - jnp.arange(length_q)[:, None]
-    return jnp.clip(dist, -max_relative, max_relative) + max_relative
-
-
-class RelativePosition(nn.Module):
-    """A learned (2 m + 1, head_dim) table indexed by the clipped frame offset j - i."""
-
-    max_relative: int
-    head_dim: int
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, length_q: int, length_k: int):
-        table = self.param("embeddings_table", nn.initializers.xavier_uniform(),
-                           (2 * self.max_relative + 1, self.head_dim), self.param_dtype)
-        return table[relative_positions(length_q, length_k, self.max_relative)]
-
-
-class Attention(nn.Module):
-    """q/k/v projections (no bias) + the project's attention + output projection.
-
-    ``relative_position`` > 0 adds lvdm's relative-position terms over the sequence axis (temporal
-    attention with ``use_relative_position``; m = ``temporal_length``)."""
-
-    heads: int
-    head_dim: int
-    out_dim: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    backend: str = "xla"
-    relative_position: int = 0
-
-    @nn.compact
-    def __call__(self, x, context=None, logit_transform=None, capture: bool = False, attend=None):
-        """x: (B, L, C) attends over L; or (b, f, p, C) attends over f at each of p pixels (temporal
-        attention in its natural channels-last layout: the pixels are folded into the heads axis, a
-        free reshape, so no (b, f, p) -> (b, p, f) transpose of the activations is needed)."""
-        ctx = x if context is None else context
-        inner = self.heads * self.head_dim
-        dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                                               name=name)
-        q = dense(inner, False, "to_q")(x)
-        k = dense(inner, False, "to_k")(ctx)
-        v = dense(inner, False, "to_v")(ctx)
-        # (B, L, heads, d), or (b, f, p * heads, d) for the folded temporal form
-        split = lambda t: t.reshape(t.shape[:2] + (-1, self.head_dim))
-        rel = {}
-        if self.relative_position:
-            m, lq, lk = self.relative_position, x.shape[1], ctx.shape[1]
-            rel = {"rel_k": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_k")(lq, lk),
-                   "rel_v": RelativePosition(m, self.head_dim, self.param_dtype, name="relative_position_v")(lq, lk)}
-        res = (attend or attention)(split(q), split(k), split(v), logit_transform=logit_transform,
-                                    backend=self.backend, return_weights=capture, **rel)
-        if capture:
-            out, weights = res
-            if x.ndim == 4:  # (b, p * heads, f, f) -> (b * p, heads, f, f), the (b h w) row order as before
-                weights = weights.reshape((-1, self.heads) + weights.shape[-2:])
-            # Mean over heads; the caller averages over pixels.
-            self.sow("intermediates", "weights", weights.mean(axis=1))
-        else:
-            out = res
-        out = out.reshape(x.shape[:-1] + (inner,))
-        return dense(self.out_dim, True, "to_out")(out)
 
 
 class TransformerBlock(nn.Module):
@@ -367,12 +301,6 @@ class ResBlock(nn.Module):
 # One place derives the per-level widths, head layout and attention flags from either config form, so
 # the model, the converters' key plans and the pipeline agree: ``block_channels`` (per-level widths as a
 # diffusers ``block_out_channels`` states them) or lvdm's ``model_channels`` x ``channel_mult``.
-
-
-def _cfg_get(cfg, key, default=None):
-    if hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def _int_list(value, field: str) -> tuple:
