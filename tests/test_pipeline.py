@@ -403,11 +403,7 @@ def test_sidecar_round_trip_keeps_every_request_field(ckpt, tmp_path, monkeypatc
     from vstar_jax.generation.request import GenerationRequest
 
     # Fields not compared, each with its reason:
-    not_compared = {
-        # the TAR spec as typed, kept in the sidecar for the reader; regenerate passes the resolved
-        # TARConfig (field ``tar``, compared), which is all that sampling reads
-        "tar_spec": "recorded only",
-    }
+    not_compared = {}
     # Fields that come from the checkpoint, not from the caller (cannot be moved off the default here)
     from_checkpoint = {"schedule_kwargs", "flavor", "prediction", "ddim_steps"}
     info = pl.model_info(ckpt)

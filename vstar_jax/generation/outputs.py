@@ -435,13 +435,20 @@ def validate_sidecar(data: Mapping, where="sidecar") -> None:
 def sidecar_kwargs(sidecar: Mapping) -> dict:
     """generate_video keyword arguments that reproduce a sidecar's video."""
     from vstar_jax.generation.model import DEMO_SOURCE  # noqa: PLC0415
-
     from vstar_jax.longvideo.base import sidecar_settings  # noqa: PLC0415
+    from vstar_jax.vstar.tar import parse_tar  # noqa: PLC0415
 
     kw = {k: sidecar[k] for k in SIDECAR_ARGS if k in sidecar}
     if "long_video" in kw:
         kw["long_video"] = sidecar_settings(kw["long_video"])
     kw["tar"] = sidecar.get("tar")
+    spec = sidecar.get("tar_spec")
+    if isinstance(spec, str) and kw["tar"] is not None:
+        try:  # the spec as typed, when it still means the recorded settings (else the settings win)
+            if parse_tar(spec).to_dict() == kw["tar"]:
+                kw["tar"] = spec
+        except ValueError:
+            pass
     kw["height"], kw["width"] = sidecar.get("height"), sidecar.get("width")
     ck = sidecar.get("checkpoint")
     kw["checkpoint"] = None if ck in (None, DEMO_SOURCE) else ck
