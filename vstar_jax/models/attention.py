@@ -40,6 +40,9 @@ gives the kernel, CPU/GPU lowering the XLA (or cuDNN) path. One module cannot be
 ``("tpu", "cuda")`` together (the Pallas call's TPU compiler params refuse a GPU lowering);
 export per platform. ``backend="pallas"`` forces the kernel (TPU, or any host inside
 ``jax.experimental.pallas.tpu.force_tpu_interpret_mode()``, which is how CI checks its numbers).
+On a device mesh a Mosaic kernel cannot be partitioned by XLA; inside :func:`rows_on_mesh` (the
+UNet enters it when given an activation layout) the kernel runs per device under ``shard_map`` over
+the leading (rows) axis, which attention never mixes; rows that do not divide stay on XLA.
 
 Temporal attention stays on the XLA path on TPU: its rows are F frames long, F < 128 in every
 program here (16 frames per pass; long-video windows of 16), and TAR / attention hooks need the
@@ -51,6 +54,8 @@ Without TAR/hooks, temporal rows of >= 128 frames go to the kernel like spatial 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Callable, Optional
 
@@ -73,6 +78,32 @@ BLOCK_Q = 1024
 BLOCK_K = 1024
 TILE_ELEMS = 1 << 20  # CPU: float32 logits per tile (4 MiB), fits a CPU L2/L3 slice
 TILE_ELEMS_ACCEL = 1 << 26  # GPU/TPU: 256 MiB tiles, so the sequential tile loop stays short
+
+
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("vstar_attention_rows", default=None)
+
+
+@contextlib.contextmanager
+def rows_on_mesh(mesh, axes):
+    """While tracing inside: attention's leading (batch / rows) axis is split over mesh axis or axes
+    ``axes`` of ``mesh`` (a Mesh or AbstractMesh), so the Pallas kernel runs under shard_map."""
+    token = _ROWS.set(None if axes is None else (mesh, axes))
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def _rows_split(batch: int, batch_k: int):
+    """(mesh, axes) to shard_map the kernel over, None for no mesh, False when the rows cannot split."""
+    rows = _ROWS.get()
+    if rows is None:
+        return None
+    mesh, axes = rows
+    n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    if n == 1:
+        return None
+    return rows if batch % n == 0 and batch_k == batch else False
 
 
 def _tile_elems() -> int:
@@ -142,14 +173,16 @@ def attention(
             if not simple:
                 raise ValueError("attention backend 'pallas' takes no logit_transform, weights, relative position "
                                  "or mask; use 'auto'")
-            if not _pallas_shapes_ok(q, k, v):
-                raise ValueError(f"the Pallas flash kernel does not take shapes {q.shape}, {k.shape}, {v.shape}")
-            return _pallas(q, k, v)
-        if simple and _pallas_shapes_ok(q, k, v) and q.shape[1] >= PALLAS_MIN_LEN and blockwise is not True:
+            if not _pallas_shapes_ok(q, k, v) or _rows_split(q.shape[0], k.shape[0]) is False:
+                raise ValueError(f"the Pallas flash kernel does not take shapes {q.shape}, {k.shape}, {v.shape}"
+                                 " (on this mesh)")
+            return _pallas_on_rows(q, k, v)
+        if (simple and _pallas_shapes_ok(q, k, v) and q.shape[1] >= PALLAS_MIN_LEN and blockwise is not True
+                and _rows_split(q.shape[0], k.shape[0]) is not False):
             rest = lambda q_, k_, v_: attention(q_, k_, v_, backend="auto", blockwise=blockwise,  # noqa: E731
                                                 block_threshold=block_threshold, block_q=block_q, block_k=block_k,
                                                 _no_pallas=True)
-            return jax.lax.platform_dependent(q, k, v, tpu=_pallas, default=rest)
+            return jax.lax.platform_dependent(q, k, v, tpu=_pallas_on_rows, default=rest)
     if _use_cudnn(backend, logit_transform, return_weights, q.dtype, relative):
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     whole_rows = logit_transform is not None or return_weights or relative
@@ -181,6 +214,18 @@ def _pallas_block(length: int) -> int:
         if length % b == 0:
             best = b
     return best
+
+
+def _pallas_on_rows(q, k, v):
+    """:func:`_pallas`, per device under shard_map when inside :func:`rows_on_mesh`."""
+    rows = _rows_split(q.shape[0], k.shape[0])
+    if not rows:
+        return _pallas(q, k, v)
+    from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+    mesh, axes = rows
+    spec = P(axes)
+    return jax.shard_map(_pallas, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
 def _pallas(q, k, v):
