@@ -38,7 +38,7 @@ import contextlib, json, os, time
 import jax, jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from vstar_jax.models.attention import attention
-interp = pltpu.force_tpu_interpret_mode() if os.environ["SMOKE"] == "1" else contextlib.nullcontext()
+interp = pltpu.force_tpu_interpret_mode if os.environ["SMOKE"] == "1" else contextlib.nullcontext
 for spec in os.environ["KSHAPES"].split(";"):
     b, l, h, d = map(int, spec.split(","))
     for lk in (l, 77):  # self-attention, text cross-attention (77 keys -> 128, masked)
@@ -47,7 +47,7 @@ for spec in os.environ["KSHAPES"].split(";"):
             q = jax.random.normal(ks[0], (b, l, h, d), dt)
             k, v = (jax.random.normal(kk, (b, lk, h, d), dt) for kk in ks[1:])
             ref = attention(*(t.astype(jnp.float32) for t in (q, k, v)), backend="xla")
-            with interp:
+            with interp():
                 f = jax.jit(lambda q, k, v: attention(q, k, v, backend="pallas"))
                 t0 = time.time(); out = f(q, k, v).block_until_ready(); compile_s = time.time() - t0
                 t0 = time.time()
