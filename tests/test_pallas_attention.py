@@ -67,3 +67,14 @@ def test_pallas_blocks_and_refusals():
         attention(q, k, v, backend="pallas", logit_transform=lambda s: s)
     with pytest.raises(ValueError, match="pallas"):
         attention(q, k, v, backend="pallas", return_weights=True)
+
+
+def test_auto_on_cpu_runs_the_xla_path():
+    """Backend auto with kernel-sized rows: on this CPU host lax.platform_dependent takes the default
+    branch, the XLA path, bit for bit (the kernel branch is lowered only for TPU)."""
+    q, k, v = _qkv(1, 128, 77, 2, 8, jnp.float32)
+    got = jax.jit(lambda q, k, v: attention(q, k, v, backend="auto"))(q, k, v)
+    want = jax.jit(lambda q, k, v: attention(q, k, v, backend="xla"))(q, k, v)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    text = jax.jit(lambda q, k, v: attention(q, k, v, backend="auto")).lower(q, k, v).as_text()
+    assert "tpu_custom_call" not in text
