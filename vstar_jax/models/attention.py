@@ -3,8 +3,8 @@
 Every attention in the project (UNet spatial/temporal, VAE mid-block, text
 encoder, CLIP) goes through :func:`attention`. Methods that act on attention
 (TAR, attention-map capture) plug in as a ``logit_transform`` or by asking for
-the weights; the backend choice (plain XLA, blockwise XLA or cuDNN fused) lives
-here only.
+the weights; the backend choice (plain XLA, blockwise XLA, cuDNN fused on GPU,
+JAX's Pallas flash-attention kernel on TPU) lives here only.
 
 Layout: q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D).
 Logits and softmax are computed in float32 whatever the input dtype, as the
@@ -47,7 +47,7 @@ the leading (rows) axis, which attention never mixes; rows that do not divide st
 Temporal attention stays on the XLA path on TPU: its rows are F frames long, F < 128 in every
 program here (16 frames per pass; long-video windows of 16), and TAR / attention hooks need the
 whole (F, F) logits. The plain path holds (batch * pixels * heads, F, F) float32 logits (and
-their exp): at VideoCrafter2's 40x64 latents, 5 heads and batch 2 (CFG) that is 16 MiB at F = 16,
+their exp): at VideoCrafter2's 40x64 latents, 5 heads and batch 2 (CFG) that is 25 MiB at F = 16,
 400 MiB at F = 64 and 1.6 GiB at F = 128 per temporal attention call, so whole-row temporal
 attention is comfortable on a 16+ GiB accelerator up to F = 128 (6.4 GiB at F = 256 is not).
 Without TAR/hooks, temporal rows of >= 128 frames go to the kernel like spatial ones.
