@@ -6,7 +6,8 @@
 #      shapes (head dim 64; 2,560 and 640 tokens; 77 text keys), fp32 and bf16        kernel.jsonl
 #   2. bf16 parity vs float32 (tiny config, backend auto = the Pallas kernel)         bf16_parity.jsonl
 #   3. ModelScope UNet, bf16, backend auto, at the three anchor shapes, TFLOP/s        unet_anchor.jsonl
-#   4. one full 25-step generation (tiny checkpoint): compile, cached-load, run times  generate.jsonl
+#   4. one full 25-step generation (tiny checkpoint, 16x16 latents, backend auto):
+#      compile, cached-load and run times                                            generate.jsonl
 # Usage (repo root):   bash benchmarks/tpu_check.sh           # on the TPU VM (pip install -e . first)
 #                      bash benchmarks/tpu_check.sh --smoke   # CPU: tiny shapes, kernel in interpret mode
 set -uo pipefail
@@ -70,6 +71,18 @@ echo "[3/4] UNet at the anchor shapes (backend auto = Pallas on TPU)" >&2
 timeout "$T3" "$PY" benchmarks/unet_speed.py --config "$CFG" --dtype "$DTYPE" --backend auto "${SHAPES[@]}" \
   --reps "$REPS" --no-torch --json "$OUT/unet_anchor.jsonl" || echo "unet anchor: rc $?" >&2
 echo "[4/4] one full generation" >&2
-timeout "$T4" "$PY" benchmarks/generate_speed.py --frames "$FRAMES" --steps "$STEPS" --json "$OUT/generate.jsonl" \
-  || echo "generate: rc $?" >&2
+# The tiny checkpoint at 16x16 latents with attention_backend auto, so the level-0 spatial and cross
+# attention (256 tokens) take the Pallas kernel on TPU (the shipped configs say xla; 8x8 would be < 128).
+CKPT="$OUT/tiny_auto_ckpt"
+rm -rf "$CKPT"
+CKPT="$CKPT" "$PY" - <<'PYEOF' || echo "tiny auto checkpoint: rc $?" >&2
+import os, sys
+sys.path.insert(0, "tests")
+from tiny_checkpoint import save_checkpoint, tiny_configs, tiny_params
+configs = tiny_configs(16)
+configs["unet"]["attention_backend"] = "auto"
+save_checkpoint(os.environ["CKPT"], tiny_params(configs, 0), dict(configs, source={"layout": "tiny-random", "seed": 0}))
+PYEOF
+timeout "$T4" "$PY" benchmarks/generate_speed.py --frames "$FRAMES" --steps "$STEPS" --checkpoint "$CKPT" \
+  --json "$OUT/generate.jsonl" || echo "generate: rc $?" >&2
 ls -l "$OUT" >&2
