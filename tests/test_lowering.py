@@ -14,8 +14,9 @@ tokens) and the mid-block are under PALLAS_MIN_LEN (128) and stay on XLA, as doe
 attention (4 frames, TAR). The sampling loops trace the UNet once (inside the scan), so 2 as well.
 
 The fp32 variants of the three whole programs add no check the fp32 UNet call does not make (the
-kernel choice does not depend on the dtype) and are marked slow; CI time of the rest ~30 s on an idle
-2-core machine (each (program, dtype) is traced once and lowered for both platforms).
+kernel choice does not depend on the dtype) and are marked slow; CI time of the rest 29-47 s measured on
+the shared 2-core machine under load (each (program, dtype) is traced once and lowered for both
+platforms; the parameters are ``eval_shape``'d once).
 """
 import pytest
 
