@@ -26,5 +26,5 @@ def get_config():
     c.transformer_norm_groups = 32  # spatial/temporal transformer GroupNorm (lvdm: always 32)
     c.dtype = "float32"            # activations / matmuls: float32 | bfloat16 | float16
     c.param_dtype = "float32"
-    c.attention_backend = "xla"    # xla | cudnn | auto
+    c.attention_backend = "xla"    # xla | cudnn | auto (TPU: Pallas flash kernel) | pallas
     return c

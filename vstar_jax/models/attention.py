@@ -3,8 +3,8 @@
 Every attention in the project (UNet spatial/temporal, VAE mid-block, text
 encoder, CLIP) goes through :func:`attention`. Methods that act on attention
 (TAR, attention-map capture) plug in as a ``logit_transform`` or by asking for
-the weights; the backend choice (plain XLA, blockwise XLA or cuDNN fused) lives
-here only.
+the weights; the backend choice (plain XLA, blockwise XLA, cuDNN fused on GPU,
+JAX's Pallas flash-attention kernel on TPU) lives here only.
 
 Layout: q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D).
 Logits and softmax are computed in float32 whatever the input dtype, as the
@@ -25,9 +25,37 @@ Three XLA code paths, all the same function of q, k, v (to float32 rounding):
   which stays in cache on CPU (4x faster than the plain path for 1,024-token
   spatial attention on the 2-core developer machine) and bounds memory for long
   sequences everywhere. Used automatically when ``Lk >= block_threshold``.
+
+TPU (backend ``auto``): attention that needs no whole rows (no logit transform, weight capture,
+relative position or mask) and has at least ``PALLAS_MIN_LEN`` (128) query rows goes through the
+Pallas TPU flash-attention kernel that ships with JAX
+(``jax.experimental.pallas.ops.tpu.flash_attention``): UNet spatial self-attention and text
+cross-attention at every level with >= 128 pixels (VideoCrafter2 at 320x512: 2,560, 640 and 160
+tokens; its 40-token mid-block stays on XLA, where padding to one 128 block would be 10x the
+work). Sequences are padded to multiples of 128 (the kernel's lane width) and padded keys are
+masked by segment ids (77 text keys -> 128, keys 77.. in segment 0, every query in segment 1), so
+they get weight exactly 0. The choice is made by the platform being lowered for
+(``jax.lax.platform_dependent``), not the host: ``jax.export`` for ``tpu`` from a CPU machine
+gives the kernel, CPU/GPU lowering the XLA (or cuDNN) path. One module cannot be lowered for
+``("tpu", "cuda")`` together (the Pallas call's TPU compiler params refuse a GPU lowering);
+export per platform. ``backend="pallas"`` forces the kernel (TPU, or any host inside
+``jax.experimental.pallas.tpu.force_tpu_interpret_mode()``, which is how CI checks its numbers).
+On a device mesh a Mosaic kernel cannot be partitioned by XLA; inside :func:`rows_on_mesh` (the
+UNet enters it when given an activation layout) the kernel runs per device under ``shard_map`` over
+the leading (rows) axis, which attention never mixes; rows that do not divide stay on XLA.
+
+Temporal attention stays on the XLA path on TPU: its rows are F frames long, F < 128 in every
+program here (16 frames per pass; long-video windows of 16), and TAR / attention hooks need the
+whole (F, F) logits. The plain path holds (batch * pixels * heads, F, F) float32 logits (and
+their exp): at VideoCrafter2's 40x64 latents, 5 heads and batch 2 (CFG) that is 25 MiB at F = 16,
+400 MiB at F = 64 and 1.6 GiB at F = 128 per temporal attention call, so whole-row temporal
+attention is comfortable on a 16+ GiB accelerator up to F = 128 (6.4 GiB at F = 256 is not).
+Without TAR/hooks, temporal rows of >= 128 frames go to the kernel like spatial ones.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Callable, Optional
 
@@ -36,7 +64,12 @@ import jax.numpy as jnp
 
 LogitTransform = Callable[[jax.Array], jax.Array]
 
-BACKENDS = ("xla", "cudnn", "auto")
+BACKENDS = ("xla", "cudnn", "auto", "pallas")
+
+# TPU Pallas flash attention (backend "auto" on TPU, or "pallas"). Read at call time.
+PALLAS_MIN_LEN = 128  # query rows from which "auto" uses the kernel on TPU
+PALLAS_LANE = 128  # sequences are padded to a multiple of this (the kernel's key block must be)
+PALLAS_MAX_BLOCK = 512  # largest query / key block (a multiple of 128 dividing the padded length)
 
 # Keys per row from which the XLA path goes blockwise (spatial self-attention at 32x32 latents and up;
 # text cross-attention (77 keys) and temporal attention (F keys) stay on the fused path).
@@ -45,6 +78,32 @@ BLOCK_Q = 1024
 BLOCK_K = 1024
 TILE_ELEMS = 1 << 20  # CPU: float32 logits per tile (4 MiB), fits a CPU L2/L3 slice
 TILE_ELEMS_ACCEL = 1 << 26  # GPU/TPU: 256 MiB tiles, so the sequential tile loop stays short
+
+
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("vstar_attention_rows", default=None)
+
+
+@contextlib.contextmanager
+def rows_on_mesh(mesh, axes):
+    """While tracing inside: attention's leading (batch / rows) axis is split over mesh axis or axes
+    ``axes`` of ``mesh`` (a Mesh or AbstractMesh), so the Pallas kernel runs under shard_map."""
+    token = _ROWS.set(None if axes is None else (mesh, axes))
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def _rows_split(batch: int, batch_k: int):
+    """(mesh, axes) to shard_map the kernel over, None for no mesh, False when the rows cannot split."""
+    rows = _ROWS.get()
+    if rows is None:
+        return None
+    mesh, axes = rows
+    n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    if n == 1:
+        return None
+    return rows if batch % n == 0 and batch_k == batch else False
 
 
 def _tile_elems() -> int:
@@ -57,7 +116,7 @@ def _use_cudnn(backend: str, logit_transform, return_weights: bool, dtype, relat
     if logit_transform is not None or return_weights or relative:
         # A data-dependent logit transform (TAR) or weight capture needs the explicit logits.
         return False
-    if backend == "xla":
+    if backend in ("xla", "pallas"):
         return False
     on_gpu = jax.default_backend() == "gpu"
     if backend == "cudnn" and not on_gpu:
@@ -81,6 +140,7 @@ def attention(
     block_threshold: Optional[int] = None,
     block_q: int = BLOCK_Q,
     block_k: int = BLOCK_K,
+    _no_pallas: bool = False,
 ):
     """Scaled dot-product attention with a pluggable transform of the logits.
 
@@ -89,8 +149,10 @@ def attention(
       mask: optional bool array broadcastable to (B, H, Lq, Lk); True = attend.
       logit_transform: optional ``f(logits) -> logits`` on float32 (B, H, Lq, Lk)
         logits, applied after scaling and masking, before the softmax.
-      backend: "xla" (explicit einsum + softmax), "cudnn" (fused, GPU only) or
-        "auto" (cuDNN on GPU when the dtype and options allow, else XLA).
+      backend: "xla" (explicit einsum + softmax), "cudnn" (fused, GPU only), "auto" (cuDNN on GPU
+        when the dtype and options allow; on TPU the Pallas flash kernel when nothing needs whole
+        rows and Lq >= PALLAS_MIN_LEN; else XLA) or "pallas" (the TPU kernel, always; TPU only, or
+        CPU in Pallas interpret mode).
       return_weights: also return the softmax weights (B, H, Lq, Lk), float32.
       rel_k, rel_v: optional (Lq, Lk, D) relative-position embeddings shared over heads (lvdm's
         ``RelativePosition``, Shaw et al. 2018): logits += q . rel_k[i, j] (scaled like q . k) and
@@ -105,6 +167,22 @@ def attention(
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects (B, L, H, D) inputs, got {q.shape}, {k.shape}, {v.shape}")
     relative = rel_k is not None or rel_v is not None
+    if backend in ("auto", "pallas") and not _no_pallas:
+        simple = logit_transform is None and not return_weights and not relative and mask is None
+        if backend == "pallas":
+            if not simple:
+                raise ValueError("attention backend 'pallas' takes no logit_transform, weights, relative position "
+                                 "or mask; use 'auto'")
+            if not _pallas_shapes_ok(q, k, v) or _rows_split(q.shape[0], k.shape[0]) is False:
+                raise ValueError(f"the Pallas flash kernel does not take shapes {q.shape}, {k.shape}, {v.shape}"
+                                 " (on this mesh)")
+            return _pallas_on_rows(q, k, v)
+        if (simple and _pallas_shapes_ok(q, k, v) and q.shape[1] >= PALLAS_MIN_LEN and blockwise is not True
+                and _rows_split(q.shape[0], k.shape[0]) is not False):
+            rest = lambda q_, k_, v_: attention(q_, k_, v_, backend="auto", blockwise=blockwise,  # noqa: E731
+                                                block_threshold=block_threshold, block_q=block_q, block_k=block_k,
+                                                _no_pallas=True)
+            return jax.lax.platform_dependent(q, k, v, tpu=_pallas_on_rows, default=rest)
     if _use_cudnn(backend, logit_transform, return_weights, q.dtype, relative):
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     whole_rows = logit_transform is not None or return_weights or relative
@@ -119,6 +197,63 @@ def attention(
     if not whole_rows:
         return _fused(q, k, v, mask)
     return _plain(q, k, v, mask, logit_transform, return_weights, rel_k, rel_v)
+
+
+def _pallas_shapes_ok(q, k, v) -> bool:
+    """Whether the Pallas TPU flash kernel takes these shapes/dtypes (head dim <= 128 or a multiple of
+    128, equal q/k/v head dims, float32 or bfloat16)."""
+    d = q.shape[-1]
+    return (k.shape[-1] == d and v.shape[-1] == d and (d <= 128 or d % 128 == 0)
+            and q.dtype in (jnp.float32, jnp.bfloat16) and q.dtype == k.dtype == v.dtype)
+
+
+def _pallas_block(length: int) -> int:
+    """Largest multiple of PALLAS_LANE that divides ``length`` (itself such a multiple), <= PALLAS_MAX_BLOCK."""
+    best = PALLAS_LANE
+    for b in range(PALLAS_LANE, min(length, PALLAS_MAX_BLOCK) + 1, PALLAS_LANE):
+        if length % b == 0:
+            best = b
+    return best
+
+
+def _pallas_on_rows(q, k, v):
+    """:func:`_pallas`, per device under shard_map when inside :func:`rows_on_mesh`."""
+    rows = _rows_split(q.shape[0], k.shape[0])
+    if not rows:
+        return _pallas(q, k, v)
+    from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+    mesh, axes = rows
+    spec = P(axes)
+    return jax.shard_map(_pallas, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _pallas(q, k, v):
+    """Attention through JAX's Pallas TPU flash-attention kernel: (B, L, H, D) in and out.
+
+    Both sequences are padded to multiples of PALLAS_LANE; padded keys are masked with segment ids
+    (queries segment 1, real keys 1, padding 0), padded query rows are computed and dropped."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa  # noqa: PLC0415
+
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    lq_p, lk_p = (-(-n // PALLAS_LANE) * PALLAS_LANE for n in (lq, lk))
+
+    def heads_first(t, length, padded):
+        t = t.transpose(0, 2, 1, 3)  # (B, H, L, D)
+        return jnp.pad(t, ((0, 0), (0, 0), (0, padded - length), (0, 0))) if padded != length else t
+
+    qt, kt, vt = heads_first(q, lq, lq_p), heads_first(k, lk, lk_p), heads_first(v, lk, lk_p)
+    segment_ids = None
+    if lk_p != lk:
+        kv_ids = jnp.broadcast_to((jnp.arange(lk_p) < lk).astype(jnp.int32), (b, lk_p))
+        segment_ids = fa.SegmentIds(q=jnp.ones((b, lq_p), jnp.int32), kv=kv_ids)
+    bq, bk = _pallas_block(lq_p), _pallas_block(lk_p)
+    blocks = fa.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1,
+                           block_q_major_dkv=bq, block_k_major_dkv=bk, block_k_dkv=bk, block_q_dkv=bq,
+                           block_k_major_dq=bk, block_k_dq=bk, block_q_dq=bq)
+    out = fa.flash_attention(qt, kt, vt, segment_ids=segment_ids, sm_scale=_scale(d), block_sizes=blocks)
+    return out[:, :, :lq].transpose(0, 2, 1, 3)
 
 
 def _scale(depth: int) -> float:

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.models.attention import rows_on_mesh
 from vstar_jax.models.layers import Attention, GroupNorm32
 from vstar_jax.models.layers import RelativePosition, relative_positions  # noqa: F401  (moved there; re-exported)
 from vstar_jax.models.layers import cfg_get as _cfg_get
@@ -448,8 +449,18 @@ class UNet3D(nn.Module):
         cfg = self.config
         return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
+    def __call__(self, *args, layout: Optional[Any] = None, **kwargs) -> jax.Array:
+        """See :meth:`_forward`. On a mesh (``layout``), attention knows how its rows are split
+        (:func:`~vstar_jax.models.attention.rows_on_mesh`: the TPU Pallas kernel runs per device)."""
+        if layout is None:
+            return self._forward(*args, **kwargs)
+        from vstar_jax.parallel.sharding import logical_to_spec  # noqa: PLC0415
+
+        with rows_on_mesh(layout.mesh, logical_to_spec(("rows",), layout.rules, layout.mesh)[0]):
+            return self._forward(*args, layout=layout, **kwargs)
+
     @nn.compact
-    def __call__(
+    def _forward(
         self,
         x: jax.Array,
         timesteps: jax.Array,

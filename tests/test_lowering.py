@@ -1,0 +1,50 @@
+"""The device programs lower for TPU and for CUDA on this CPU-only machine (``jax.export``).
+
+What lowering checks: every primitive has a lowering rule for the platform, backend ``auto`` puts the
+UNet's spatial self- and text cross-attention on the Pallas TPU flash kernel when lowering for TPU
+(``tpu_custom_call`` in the StableHLO text, none for CUDA), the mesh program's shardings (2x2
+AbstractMesh) are expressible with the kernel inside (Mosaic kernels need shard_map), and in bfloat16
+no float32 matmul/convolution is left but the ones the UNet keeps in float32 on purpose. What it
+cannot check: that Mosaic / XLA:GPU compile it, its speed, its memory (see benchmarks/tpu_check.sh).
+
+Programs on the tiny config (configs/unet_tiny.py, 16x16 latents, 4 frames; widths 32 / 64): at
+16x16 the level-0 transformer has 256 tokens, so its self-attention (256 keys) and cross-attention
+(77 text keys padded to 128) take the kernel: 2 kernel calls per UNet trace. Level 1 (8x8 = 64
+tokens) and the mid-block are under PALLAS_MIN_LEN (128) and stay on XLA, as does every temporal
+attention (4 frames, TAR). The sampling loops trace the UNet once (inside the scan), so 2 as well.
+
+The fp32 variants of the three whole programs add no check the fp32 UNet call does not make (the
+kernel choice does not depend on the dtype) and are marked slow; CI time of the rest 29-47 s measured on
+the shared 2-core machine under load (each (program, dtype) is traced once and lowered for both
+platforms; the parameters are ``eval_shape``'d once).
+"""
+import pytest
+
+from vstar_jax import lowering as L
+
+# Level 0 spatial self-attention + cross-attention of the tiny UNet at 16x16 latents (see above).
+KERNELS_TPU = 2
+
+CASES = [
+    ("unet", "float32"), ("unet", "bfloat16"),
+    ("sample_tar_vsp", "bfloat16"), pytest.param("sample_tar_vsp", "float32", marks=pytest.mark.slow),
+    ("sample_genl", "bfloat16"), pytest.param("sample_genl", "float32", marks=pytest.mark.slow),
+    ("unet_sharded", "bfloat16"), pytest.param("unet_sharded", "float32", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("program,dtype", CASES)
+def test_program_lowers_for_tpu_and_cuda(program, dtype):
+    lowered, params = L.lower(program, ("tpu", "cuda"), dtype)
+    tpu, cuda = lowered["tpu"], lowered["cuda"]
+    assert tpu.text and cuda.text
+    # TPU: the spatial/cross attention is the Pallas kernel; CUDA (and the CPU host) never see it.
+    assert tpu.kernel_calls() == KERNELS_TPU, (program, dtype, tpu.kernel_calls())
+    assert "tpu_custom_call" not in cuda.text
+    assert tpu.sizes()["devices"] == (4 if program == "unet_sharded" else 1)
+    if dtype == "bfloat16":
+        # every dot/conv with a float32 operand is one the UNet keeps in float32 on purpose
+        for lo in (tpu, cuda):
+            assert dict(lo.f32_dots()) == L.F32_DOTS_BF16, (program, lo.platform, dict(lo.f32_dots()))
+            assert any(k[1] == "bf16" for k in lo.dots())  # and the bulk is bf16 (not vacuous)
+    assert L.param_bytes(params) > 0
