@@ -34,6 +34,8 @@ CONVERTERS = {
     "streamingt2v": ("checkpoints_convert.streamingt2v", "main"),
 }
 SYNOPSIS_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
+MAX_MEMORY_GIB = 1_000_000  # about 1 PiB: above any machine (0 = no check)
+MAX_LLM_TIMEOUT = 24 * 3600.0  # seconds for the LLM's whole reply
 
 
 class UsageError(ValueError):
@@ -171,6 +173,13 @@ def _synopsis_arg(values: Optional[list[str]]):
     return list(values)
 
 
+def number(name, value, **kw):
+    """vstar_jax.generation.request.number (imported when needed: ``--help`` does not start JAX)."""
+    from vstar_jax.generation.request import number as _number  # noqa: PLC0415
+
+    return _number(name, value, **kw)
+
+
 def _llm_arg(a) -> Optional[dict]:
     if a.local_lm and a.llm is not None:
         raise UsageError("give either --llm or --local-lm, not both")
@@ -181,7 +190,7 @@ def _llm_arg(a) -> Optional[dict]:
         if a.llm_timeout is not None:
             if not a.llm_timeout > 0:
                 raise UsageError(f"--llm-timeout must be > 0 seconds, got {a.llm_timeout:g}")
-            llm["timeout"] = a.llm_timeout
+            llm["timeout"] = number("--llm-timeout (seconds)", a.llm_timeout, minimum=0.001, maximum=MAX_LLM_TIMEOUT)
         return llm
     if a.num_states is not None:
         raise UsageError("--num-states needs --llm or --local-lm")
@@ -196,7 +205,7 @@ def _max_memory_arg(gib: Optional[float]):
         return None
     if not gib >= 0:
         raise UsageError(f"--max-memory must be >= 0 GiB, got {gib:g}")
-    return int(gib * 2**30)
+    return int(number("--max-memory (GiB)", gib, minimum=0, maximum=MAX_MEMORY_GIB) * 2**30)
 
 
 # flags --from-sidecar applies; every other one is the sidecar's to say

@@ -57,6 +57,8 @@ import time
 import traceback
 from typing import Callable
 
+from vstar_jax.generation.request import MAX_FRAMES, number
+
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 SETTING_COLUMNS = ("run_id", "status", "error", "prompt", "method", "frames", "seed")
@@ -65,6 +67,7 @@ KNOWN_KEYS = ("name", "prompts", "prompts_file", "prompts_tfds", "methods", "fra
               "checkpoint", "run_fn", "metrics", "synopses", "run_fn_keys", "batch")
 ROWS_DIR = "rows"  # one JSON file per finished run, written once, atomically: the record a restart reads
 OPEN_TABLES = ("methods", "generate", "synopses")  # --set may add new entries under these
+MAX_BATCH = 4096
 
 
 # --- config --------------------------------------------------------------------------------
@@ -247,8 +250,8 @@ def expand_runs(config, config_dir: str | None = None) -> list[dict]:
     methods = _plain(_get(config, "methods", {}))
     if not methods:
         raise ValueError("sweep config has no methods")
-    frames_list = _int_list(config, "frames", [16], 2)
-    seeds = _int_list(config, "seeds", [0], 0)
+    frames_list = _int_list(config, "frames", [16], 2, MAX_FRAMES)
+    seeds = _int_list(config, "seeds", [0], 0, 2**32 - 1)
     shared = _plain(_get(config, "generate", {}))
     checkpoint = str(_get(config, "checkpoint", "") or "")
     synopses = _plain(_get(config, "synopses", {}) or {})
@@ -264,7 +267,7 @@ def expand_runs(config, config_dir: str | None = None) -> list[dict]:
     return [{"run_id": rid, **settings} for rid, settings in runs.items()]
 
 
-def _int_list(config, key: str, default: list, minimum: int) -> list[int]:
+def _int_list(config, key: str, default: list, minimum: int, maximum: int) -> list[int]:
     value = _get(config, key, default)
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
@@ -274,7 +277,7 @@ def _int_list(config, key: str, default: list, minimum: int) -> list[int]:
             raise ValueError(f"sweep {key} must be a list of integers, got {v!r}")
         if int(v) < minimum:
             raise ValueError(f"sweep {key} must be >= {minimum}, got {v!r}")
-        out.append(int(v))
+        out.append(number(f"sweep {key}", v, integer=True, minimum=minimum, maximum=maximum))
     if not out:
         raise ValueError(f"sweep {key} is empty")
     return out
@@ -505,6 +508,19 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     index, count = (int(v) for v in shard)
     if not 0 <= index < count:
         raise ValueError(f"sweep shard {index} of {count} does not exist")
+    runs = expand_runs(config, config_dir)
+    from vstar_jax.metrics.cli import check_settings  # noqa: PLC0415
+
+    mcfg = _get(config, "metrics", {})
+    check_settings(_plain(_get(mcfg, "mawe_size", None)), _get(mcfg, "fps", None), where="sweep metrics.")
+    run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
+    run_fn = resolve_fn(run_fn_name)
+    batch = _get(config, "batch", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer (runs per compiled call), got {batch!r}")
+    batch = number("sweep batch (runs per compiled call)", batch, integer=True, minimum=1, maximum=MAX_BATCH)
+    if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
+        raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
     os.makedirs(out_dir, exist_ok=True)
     for stale in list(pathlib.Path(out_dir).glob("results.*.tmp*")) + list(pathlib.Path(out_dir).glob(
             f"{ROWS_DIR}/.*.tmp*")):
@@ -512,14 +528,6 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
         with contextlib.suppress(OSError):
             if count == 1 or time.time() - stale.stat().st_mtime > 600:
                 stale.unlink(missing_ok=True)
-    runs = expand_runs(config, config_dir)
-    run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
-    run_fn = resolve_fn(run_fn_name)
-    batch = _get(config, "batch", 1) or 1
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer (runs per compiled call), got {batch!r}")
-    if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
-        raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
     if index == 0:
         snapshot = os.path.join(out_dir, "sweep_config.json")
         with open(snapshot + ".tmp", "w", encoding="utf-8") as f:
