@@ -35,7 +35,7 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, memory_for,  # noqa: F401
                                            plan_for, plan_params, resolve_mesh, resolve_rules, row_sharding,
-                                           run_sampler, sampler_args)
+                                           run_sampler, sampler_args, check_finite, reset_finite_check)
 
 _log = log
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
@@ -76,6 +76,7 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
         from jax.experimental import multihost_utils  # noqa: PLC0415
 
         latents = multihost_utils.process_allgather(latents, tiled=True)
+    check_finite(latents, request.ddim_steps)  # NaN/inf would decode to black frames: stop, naming the step
     return np.asarray(latents, np.float32), aux, seconds
 
 
@@ -298,8 +299,10 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
 
             params = jax.tree_util.tree_map(lambda a: replicate(a, sh.mesh), params)
             conds, unconds, keys, fps, cfg = (put_global(a, sh) for a in (conds, unconds, keys, fps, cfg))
+        reset_finite_check()
         out = sample_batch_jit(pipe.unet, params, conds, unconds, keys, fps, cfg, plan=plan, item_sharding=sh)
         lat = out.latents
+        check_finite(lat, plan.steps, what=f"sampling {len(idx)} item(s)")
         if not getattr(lat, "is_fully_addressable", True):
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
