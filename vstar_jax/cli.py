@@ -55,6 +55,11 @@ def _error(msg: str) -> int:
     return 2
 
 
+def _os_error(e: OSError) -> str:
+    where = " ".join(repr(os.fspath(f)) for f in (e.filename, e.filename2) if f is not None)
+    return f"{e.strerror or type(e).__name__}{': ' + where if where else ''}" if e.strerror else str(e)
+
+
 def _call(module: str, func: str, argv: Sequence[str], what: str) -> int:
     try:
         mod = importlib.import_module(module)
@@ -361,6 +366,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
         return _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except OSError as e:  # a read-only or not-a-folder output path, ...: the OS's reason and the path
+        return _error(_os_error(e))
     except KeyboardInterrupt:  # sampling stops between UNet calls; temp files were removed
         _error("interrupted")
         return 130

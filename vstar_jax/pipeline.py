@@ -267,9 +267,20 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
 
         m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
         item_sharding = _item_sharding(m, len(items))
-    for r, out in zip(reqs, outs):
+    seen: dict = {}
+    for i, (r, out) in enumerate(zip(reqs, outs)):
         if out is None and out_dir is not None:
             out = default_output(r.prompt, r.seed, str(out_dir))
+        if out is not None:  # two items, one file name: the second would replace the first
+            key = os.path.normcase(os.path.abspath(os.fspath(out)))
+            if key in seen:
+                j = seen[key]
+                raise VstarError(f"items {j + 1} and {i + 1} ({reqs[j].prompt!r} and {r.prompt!r}, seed {r.seed}) "
+                                 f"would both be written to {out}; make the prompts differ in letters or digits "
+                                 f"(file names keep only those), or give each item its own out")
+            seen[key] = i
+        outs[i] = out
+    for out in outs:  # only when no two collide: checking may create the folder
         all_paths.append(check_outputs(out, False, None, overwrite))
     if pipeline is None:
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")

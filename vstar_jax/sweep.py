@@ -498,6 +498,46 @@ def generate_and_score_batch(runs: list[dict], out_dir: str, config, mesh=None) 
             for r, res in zip(runs, results)]
 
 
+class SweepLocked(ValueError):
+    """Another live process is running a sweep in this folder (one line, exit status 2)."""
+
+
+LOCK_FILE = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: str, name: str = LOCK_FILE):
+    """Hold ``out_dir/name`` locked (``flock``, released by the OS when the process dies, so a stale lock
+    from a dead process is simply taken over) while a sweep runs there; a second sweep on the same folder
+    is refused in one line naming the holder. The file stays (emptied) after: removing it would let a
+    process that opened it meanwhile lock a file no one else sees."""
+    import fcntl
+    import socket
+
+    path = os.path.join(out_dir, name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PermissionError(f"cannot lock the sweep folder {out_dir}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+            raise SweepLocked(f"sweep folder {out_dir} is in use by {holder}; wait for that sweep to end (or stop "
+                              f"it), or give this one another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
 def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True,
               *, shard: tuple = (0, 1), mesh=None) -> list[dict]:
     """Run every pending run of the grid (of this ``shard`` = (index, count) of processes: every
@@ -522,6 +562,13 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
         raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
     os.makedirs(out_dir, exist_ok=True)
+    with folder_lock(out_dir, LOCK_FILE if count == 1 else f".sweep-{index}-of-{count}.lock"):
+        return _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, index, count, mesh)
+
+
+def _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, index, count, mesh):
+    from tqdm import tqdm
+
     for stale in list(pathlib.Path(out_dir).glob("results.*.tmp*")) + list(pathlib.Path(out_dir).glob(
             f"{ROWS_DIR}/.*.tmp*")):
         # alone: every leftover is stale; beside other processes only old ones (another may be mid-write)
@@ -591,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e) if isinstance(e, SweepInterrupted) else "interrupted"
         print(f"error: {msg}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, KeyError, OSError) as e:
         line = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {line}", file=sys.stderr)
         return 2
