@@ -34,3 +34,67 @@ def test_non_finite_latents_stop_with_the_step_named(tmp_path):
     line = assert_one_line_refusal(r, "went non-finite (NaN or inf) at DDIM step 0 of 2", code=2)
     assert "no video written" in line
     assert snapshot(out) == before
+
+
+class _BadLLM:
+    """A local HTTP server on 127.0.0.1: ``/trickle`` sends a byte of its body every 0.5 s (a per-read
+    socket timeout never trips), ``/cut`` promises 1000 bytes and closes after 10."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_POST(self):  # noqa: N802 - http.server API
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = b'{"choices": [{"message": {"content": "1. a\\n2. b"}}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000" if self.path.startswith("/cut") else str(len(body)))
+                self.end_headers()
+                if self.path.startswith("/cut"):
+                    self.wfile.write(body[:10])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                for i in range(len(body)):
+                    if stop.is_set():
+                        return
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    stop.wait(0.5)
+
+        stop = threading.Event()
+        self.stop = stop
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("path,match", [("trickle", "timed out: no complete reply within 2 s"),
+                                        ("cut", "closed the connection in the middle of its reply")])
+def test_an_llm_that_trickles_or_breaks_off_is_one_line_within_the_timeout(tmp_path, path, match):
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("kept")
+    before = snapshot(out)
+    with _BadLLM() as llm:
+        t0 = time.time()
+        r = run_cli(["generate", "a red ball", "--frames", "8", "--steps", "2", "--out", out / "clip.mp4",
+                     "--llm", f"{llm.url}/{path}", "--llm-model", "m", "--llm-timeout", "2"], cwd=tmp_path, timeout=60)
+        took = time.time() - t0
+    assert_one_line_refusal(r, match, code=2)
+    assert took < 40, took  # the body alone would take 27 s at a byte per 0.5 s
+    assert snapshot(out) == before
