@@ -38,6 +38,10 @@ MAX_MEMORY_GIB = 1_000_000  # about 1 PiB: above any machine (0 = no check)
 MAX_LLM_TIMEOUT = 24 * 3600.0  # seconds for the LLM's whole reply
 
 
+# flax's errors for params whose shapes or names are not the module's (raised while tracing the model)
+PARAM_MISMATCH = ("ScopeParamShapeError", "ScopeParamNotFoundError")
+
+
 class UsageError(ValueError):
     """A command-line mistake (reported in one line, exit status 2)."""
 
@@ -368,6 +372,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except OSError as e:  # a read-only or not-a-folder output path, ...: the OS's reason and the path
         return _error(_os_error(e))
+    except Exception as e:  # noqa: BLE001 - only a checkpoint whose weights do not fit its config is one line
+        if type(e).__name__ in PARAM_MISMATCH and type(e).__module__.startswith("flax"):
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            return _error(f"the checkpoint's weights do not fit its config.json (another model's config, or an "
+                          f"edited one): {first.split(' (https://')[0]}; convert the checkpoint again")
+        raise
     except KeyboardInterrupt:  # sampling stops between UNet calls; temp files were removed
         _error("interrupted")
         return 130
