@@ -98,3 +98,38 @@ def test_an_llm_that_trickles_or_breaks_off_is_one_line_within_the_timeout(tmp_p
     assert_one_line_refusal(r, match, code=2)
     assert took < 40, took  # the body alone would take 27 s at a byte per 0.5 s
     assert snapshot(out) == before
+
+
+@pytest.mark.slow  # one compile of the demo model's batched loop (~25 s on a loaded CPU)
+def test_a_long_prompts_file_shows_progress_and_stops_at_the_next_call_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hostile import env
+
+    (tmp_path / "prompts.txt").write_text("".join(f"a ball number {i} rolls\n" for i in range(1, 7)))
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "vstar_jax.cli", "generate", "--prompts-file", "prompts.txt",
+                                 "--out-dir", "out", "--frames", "8", "--steps", "2"], cwd=tmp_path,
+                                env=env(VSTAR_BATCH_ITEMS="2"), stdout=subprocess.DEVNULL, stderr=fh)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None and "wrote" not in log.read_text():
+                time.sleep(0.1)
+            assert proc.poll() is None, log.read_text()[-2000:]
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = log.read_text()
+    assert "encoded 6 of 6 prompt(s)" in err and "(items 1-2 of 6)" in err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    assert rc == 130 and lines[-1] == "error: interrupted" and "Traceback" not in err, err[-2000:]
+    videos = sorted(p.name for p in (tmp_path / "out").glob("*.mp4"))
+    assert 1 <= len(videos) < 6, videos  # the finished items are kept, the rest not started
+    assert all((tmp_path / "out" / v).with_suffix(".json").is_file() for v in videos)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary left
