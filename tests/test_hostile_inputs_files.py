@@ -91,3 +91,26 @@ def test_sweep_and_report_into_a_read_only_folder(tmp_path):
             assert snapshot(tmp_path) == before
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.05, 0.2])
+def test_a_double_ctrl_c_in_a_sweep_still_ends_in_one_line(tmp_path, gap):
+    """The second Ctrl-C lands while the first one winds the sweep down (before: killed by the signal,
+    exit -2, or a traceback)."""
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "vstar_jax.cli", *_sweep_args(out, "--set", "fake_sleep=0.3")],
+                            cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not (out / "rows").exists():
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err[-2000:])
+    assert lines[-1].startswith("error: interrupted"), err[-2000:]

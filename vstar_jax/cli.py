@@ -340,7 +340,31 @@ def _usage() -> str:
             "  sweep ... | report ... | metrics ...")
 
 
+def _hold_sigint(restore: bool = False, _saved: dict = {}) -> None:  # noqa: B006 - one per process
+    """While an interrupted command winds down, further Ctrl-C are ignored (a second one would cut
+    its message or end it in a traceback); the previous handler comes back when ``restore``."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if restore:
+        if "handler" in _saved:
+            signal.signal(signal.SIGINT, _saved.pop("handler"))
+    elif "handler" not in _saved:
+        _saved["handler"] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    rc = _main(argv)
+    if argv is not None:  # called from Python (tests, a notebook): give Ctrl-C back
+        _hold_sigint(restore=True)
+    elif rc == 130:
+        _hold_sigint()  # the process is about to exit with 130: keep ignoring a second Ctrl-C
+    return rc
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from vstar_jax.compile_cache import enable_compile_cache  # noqa: PLC0415
 
@@ -379,6 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           f"edited one): {first.split(' (https://')[0]}; convert the checkpoint again")
         raise
     except KeyboardInterrupt:  # sampling stops between UNet calls; temp files were removed
+        _hold_sigint()
         _error("interrupted")
         return 130
 

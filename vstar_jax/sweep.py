@@ -427,6 +427,23 @@ def _sigint_deferred():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def _ignore_sigint():
+    """Ignore further Ctrl-C (main thread only) while a stopped sweep winds down; returns the handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return None
+
+
+def _restore_sigint(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a sweep; ``done`` of ``total`` runs are in its table."""
 
@@ -616,8 +633,13 @@ def _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, in
                 write_table(list(known.values()), out_dir)
             bar.update(len(chunk))
     except KeyboardInterrupt:  # Ctrl-C: the runs in progress are not recorded (they rerun on resume)
-        bar.close()
-        raise SweepInterrupted(len(read_rows(out_dir)), len(runs)) from None
+        previous = _ignore_sigint()  # a second Ctrl-C while it winds down would cut it short (or traceback)
+        try:
+            bar.close()
+            done = len(read_rows(out_dir))
+        finally:
+            _restore_sigint(previous)
+        raise SweepInterrupted(done, len(runs)) from None
     bar.close()
     return list(known.values())
 
@@ -635,8 +657,12 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or os.path.join("out", "sweeps", _get(config, "name", "sweep"))
         rows = run_sweep(config, out, config_dir, retry_errors=args.retry_errors, progress=not args.no_progress)
     except KeyboardInterrupt as e:  # the table holds every finished run
-        msg = str(e) if isinstance(e, SweepInterrupted) else "interrupted"
-        print(f"error: {msg}", file=sys.stderr)
+        previous = _ignore_sigint()
+        try:
+            msg = str(e) if isinstance(e, SweepInterrupted) else "interrupted"
+            print(f"error: {msg}", file=sys.stderr)
+        finally:
+            _restore_sigint(previous)
         return 130
     except (ValueError, FileNotFoundError, PermissionError, KeyError, OSError) as e:
         line = " ".join(str(e).split()) or type(e).__name__
