@@ -43,6 +43,7 @@ CASES = {
     "genl_window_huge": (GEN + ["--long-video", "genl:window=1000000000,stride=8"], "genl window must be <= 100000"),
     "max_memory_inf": (GEN + ["--max-memory", "inf"], "--max-memory (GiB) must be a finite number"),
     "llm_timeout_inf": (GEN + LLM + ["--llm-timeout", "inf"], "--llm-timeout (seconds) must be a finite number"),
+    "llm_num_states_0": (GEN + LLM + ["--num-states", "0"], "num_states must be >= 2 (valid: 2 to 8)"),
     "sidecar_until_1e30": (["generate", "--from-sidecar", "out/until.json", "--quiet"],
                            "TAR until_time must be <= 100000"),
     "sidecar_cfg_nan": (["generate", "--from-sidecar", "out/nan.json", "--quiet"], "cfg must be a finite number"),

@@ -218,7 +218,9 @@ def _finish_outputs(result: GenerationResult, paths: dict, progress: bool) -> No
 def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
     from vstar_jax.vstar import synopsis as syn  # noqa: PLC0415
 
-    num = number("num_states", llm.get("num_states") or min(5, frames), integer=True, minimum=2)
+    asked = llm.get("num_states")  # 0 is a mistake, not "the default"
+    num = number("num_states", asked if asked is not None else min(5, frames), integer=True, minimum=2,
+                 maximum=frames)
     if num > frames:
         raise VstarError(f"asked the LLM for {num} states but there are only {frames} frames")
     if llm.get("local_path"):
