@@ -51,8 +51,9 @@ class TARConfig:
 
         if not self.levels:
             raise VstarError("TAR has no levels, so it would never be applied")
-        if isinstance(self.until_time, bool) or not isinstance(self.until_time, (int, float)) or not (
-                isinstance(self.until_time, int) or float(self.until_time).is_integer()) or self.until_time < 0:
+        if isinstance(self.until_time, bool) or not isinstance(self.until_time, (int, float, np.integer)) or not (
+                isinstance(self.until_time, (int, np.integer)) or float(self.until_time).is_integer()) or \
+                self.until_time < 0:
             raise VstarError(f"TAR until_time must be an integer >= 0 (the last DDIM step index it applies to, "
                              f"0 = the first step), got {self.until_time!r}: TAR would never be applied")
         number("TAR until_time", self.until_time, integer=True, minimum=0, maximum=MAX_UNTIL)
@@ -64,7 +65,11 @@ class TARConfig:
             number("TAR level", level, integer=True, minimum=0, maximum=MAX_LEVEL)
             if level in seen:
                 raise ValueError(f"TAR level {level} is negative or repeated")
-            if not (isinstance(sigma, (int, float)) and sigma > 0):
+            try:
+                positive_sigma = float(sigma) > 0
+            except (TypeError, ValueError):
+                positive_sigma = False
+            if not positive_sigma:
                 raise ValueError(f"TAR sigma must be > 0, got {sigma} at level {level}")
             number(f"TAR sigma (level {level})", sigma, minimum=SIGMA_RANGE[0], maximum=SIGMA_RANGE[1])
             number(f"TAR scale (level {level})", scale, minimum=SCALE_RANGE[0], maximum=SCALE_RANGE[1])
