@@ -55,6 +55,11 @@ CASES = {
                          "--no-progress"], "sweep metrics.mawe-size must be <= 4096"),
     "sweep_fps_inf": (["sweep", SWEEP, "--out", "out/sweep", "--set", "metrics.fps=.inf", "--no-progress"],
                       "sweep metrics.fps must be a finite number"),
+    "sweep_generate_cfg_huge": (["sweep", SWEEP, "--out", "out/sweep", "--set", "generate.cfg=1e30", "--no-progress"],
+                                "sweep method 'plain' (8 frames): cfg must be <= 100"),
+    "sweep_method_tar_inf": (["sweep", SWEEP, "--out", "out/sweep", "--set", "methods.tar_64D1.tar=0:1e400",
+                              "--no-progress"], "sweep method 'tar_64D1' (8 frames): TAR sigma (level 0) must be a "
+                                                "finite number"),
     "convert_text_heads_0": (["convert", "videocrafter2", "--ckpt", "out/none.ckpt", "--config", "out/none.yaml",
                               "--out", "out/ckpt", "--text-heads", "0"], "--text-heads must be >= 1 (valid: 1 to"),
     "convert_cam_frames_0": (["convert", "streamingt2v", "out/none.ckpt", "--out", "out/ckpt", "--cam-frames", "0"],

@@ -555,6 +555,35 @@ def folder_lock(out_dir: str, name: str = LOCK_FILE):
         os.close(fd)
 
 
+def check_runs(runs: list[dict]) -> None:
+    """Every distinct run setting through :func:`~vstar_jax.generation.request.make_request` before the
+    folder is touched (the model's config only, no params): a ``--set generate.cfg=1e30`` or a method's
+    bad TAR spec is one line naming the method, not a table of failed runs."""
+    import inspect
+
+    from vstar_jax.errors import VstarError
+    from vstar_jax.generation.model import model_info
+    from vstar_jax.generation.request import make_request
+
+    accepted = set(inspect.signature(make_request).parameters) - {"prompt", "info", "frames", "seed"}
+    infos: dict = {}
+    seen = set()
+    for r in runs:
+        kw = {k: v for k, v in r["kwargs"].items() if k in accepted}
+        key = json.dumps([r["checkpoint"], r["frames"], kw], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        ck = r["checkpoint"] or None
+        if ck not in infos:
+            infos[ck] = model_info(ck)
+        try:
+            make_request(r["prompt"], infos[ck], frames=r["frames"], seed=r["seed"], **kw)
+        except (VstarError, TypeError) as e:
+            raise VstarError(f"sweep method {r['method']!r} ({r['frames']} frames): {' '.join(str(e).split())}") \
+                from None
+
+
 def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True,
               *, shard: tuple = (0, 1), mesh=None) -> list[dict]:
     """Run every pending run of the grid (of this ``shard`` = (index, count) of processes: every
@@ -578,6 +607,8 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     batch = number("sweep batch (runs per compiled call)", batch, integer=True, minimum=1, maximum=MAX_BATCH)
     if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
         raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
+    if run_fn_name == DEFAULT_RUN_FN:
+        check_runs(runs)
     os.makedirs(out_dir, exist_ok=True)
     with folder_lock(out_dir, LOCK_FILE if count == 1 else f".sweep-{index}-of-{count}.lock"):
         return _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, index, count, mesh)
