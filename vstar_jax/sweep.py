@@ -33,6 +33,11 @@ way, as Parquet and CSV, so a killed sweep loses at most the runs in progress; o
 its message, and the sweep goes on. Every row has the run's wall time (``elapsed_s``), the devices it
 ran on (``devices``), the process that ran it (``process``) and the size of its batch (``batch``).
 
+A sweep folder is locked (``flock`` on ``.sweep.lock``, naming the holder) by the process running in
+it: a second sweep there is refused in one line, and the lock of a process that died is taken over.
+With the default run_fn every distinct run's settings are checked (``make_request``) before the folder
+is touched, so a bad ``--set generate.cfg=...`` is one line, not a table of failed runs.
+
 Many runs per compiled call: ``batch: N`` (default 1) runs up to N runs that share a method and a
 frame count in one call (``pipeline.generate_batch``: each equals its single run), their item axis
 split over the ``data`` axis of ``mesh`` (the devices given, e.g. all local devices). Many processes:
