@@ -376,12 +376,12 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
         run = functools.partial(sample_batch_jit, pipe.unet, plan=plan, item_sharding=sh)
         lat, _, _ = run_sampler(run, (params, conds, unconds, keys, fps, cfg), total_calls=calls, progress=progress,
                                 unit="call")
-        check_finite(lat, plan.steps, what=f"sampling {len(idx)} item(s)")
         if not getattr(lat, "is_fully_addressable", True):
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
             lat = multihost_utils.process_allgather(lat, tiled=True)
         lat = np.asarray(lat, np.float32)
+        check_finite(lat[:n_real], plan.steps, what=f"sampling {n_real} item(s)")  # on the host: every process
         t_sample = (time.time() - t0) / len(idx)
         for j, i in enumerate(idx[:n_real]):
             r, paths = reqs[i], all_paths[i]
