@@ -7,7 +7,8 @@ frames (``--cfg 1e30``, ``--eta 1e6``, ``pns_alpha=inf``), a video identical to 
 ``batch=0``; or ended in a traceback (``--max-memory inf``, ``--llm-timeout inf``, a sidecar's
 ``until_time`` 1e30, ``metrics --mawe-size 100000``).
 
-All cases start at once, a few processes at a time (each is mostly Python start-up: no compile)."""
+Most kinds run as their own process (a few at a time: each is mostly Python start-up, no compile); the
+rest go through ``cli.main`` in the test process."""
 import json
 
 import pytest
@@ -76,26 +77,54 @@ def _sidecar(**over) -> dict:
     return sc
 
 
+# one case of each kind runs as its own process, as typed; the others (the same code paths) run
+# through cli.main in this process, which keeps the file's time small (each process is ~2 s of imports)
+IN_PROCESS = ("cfg_nan", "save_fps_inf", "frame_batch_huge", "tar_until_exp", "vidrd_pns_nan", "vidrd_pns_huge",
+              "sidecar_cfg_nan", "sweep_fps_inf", "sweep_seed_huge", "convert_cam_frames_0", "metrics_fps_inf",
+              "tar_scale_huge", "sweep_method_tar_inf")
+SUBPROCESS = [name for name in CASES if name not in IN_PROCESS]
+
+
+def _folder(root):
+    out = root / "out"
+    out.mkdir()
+    (out / "keep.mp4").write_bytes(b"not really a video, but it must stay")
+    (out / "until.json").write_text(json.dumps(_sidecar(tar={"levels": [[0, 1.0, 1.0]], "until_time": 1e30})))
+    (out / "nan.json").write_text(json.dumps(_sidecar(cfg=float("nan"))))  # json writes NaN, Python reads it
+    return root
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """Every case in its own folder holding an ``out/`` with a video and sidecars: (result, before, after)."""
+    """The subprocess cases, each in its own folder holding an ``out/`` with a file and sidecars:
+    (result, before, after)."""
     folders, cases = {}, {}
-    for name, (argv, _) in CASES.items():
-        root = tmp_path_factory.mktemp(name)
-        out = root / "out"
-        out.mkdir()
-        (out / "keep.mp4").write_bytes(b"not really a video, but it must stay")
-        (out / "until.json").write_text(json.dumps(_sidecar(tar={"levels": [[0, 1.0, 1.0]], "until_time": 1e30})))
-        (out / "nan.json").write_text(json.dumps(_sidecar(cfg=float("nan"))))  # json writes NaN, Python reads it
+    for name in SUBPROCESS:
+        root = _folder(tmp_path_factory.mktemp(name))
         folders[name] = (root, snapshot(root))
-        cases[name] = (argv, root)
+        cases[name] = (CASES[name][0], root)
     runs = run_many(cases)
     return {name: (runs[name], before, snapshot(root)) for name, (root, before) in folders.items()}
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", SUBPROCESS)
 def test_a_bad_number_is_one_line_before_compute(results, name):
     r, before, after = results[name]
     line = assert_one_line_refusal(r, CASES[name][1], code=2)
     assert after == before, f"{name}: the folder changed: {line}"
     assert "compiling" not in r.stderr and "denoising" not in r.stderr
+
+
+@pytest.mark.parametrize("name", IN_PROCESS)
+def test_a_bad_number_is_one_line_before_compute_in_process(tmp_path, monkeypatch, capsys, name):
+    from vstar_jax import cli
+
+    root = _folder(tmp_path)
+    before = snapshot(root)
+    monkeypatch.chdir(root)
+    rc = cli.main(list(CASES[name][0]))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith("error:") and CASES[name][1] in lines[-1], lines[-1]
+    assert snapshot(root) == before
