@@ -294,7 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from checkpoints_convert.common import run_cli  # noqa: PLC0415
 
+    from vstar_jax.generation.request import number  # noqa: PLC0415
+
     a = build_parser().parse_args(argv)
+    rc = run_cli(lambda: [number(flag, v, integer=True, minimum=1, maximum=4096) for flag, v in (
+        ("--image-head-width", a.image_head_width), ("--cam-frames", a.cam_frames),
+        ("--cam-head-dim", a.cam_head_dim))])
+    if rc:
+        return rc
     return run_cli(lambda: convert(a.ckpt, a.out, unet_config=a.unet_config, modelscope=a.modelscope,
                                    openclip=a.openclip, image_head_width=a.image_head_width, cam_frames=a.cam_frames,
                                    cam_head_dim=a.cam_head_dim, dtype=a.dtype, trust_pickle=a.trust_pickle,

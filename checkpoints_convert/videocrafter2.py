@@ -19,6 +19,7 @@ import yaml
 from checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, convert_components, load_state_dict,
                                         peak_rss_gib, run_cli)
 from checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
+from vstar_jax.generation.request import number
 
 PREFIXES = {
     "unet": "model.diffusion_model.",
@@ -33,8 +34,17 @@ IGNORED = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumpro
 
 
 def read_yaml(path: str) -> dict:
-    with open(path) as f:
-        doc = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a YAML text file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a VideoCrafter inference YAML") from None
     try:
         return doc["model"]["params"]
     except (KeyError, TypeError):
@@ -123,6 +133,9 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
     return path
 
 
+MAX_HEADS = 1024  # attention heads of the text tower (ViT-H-14: 16)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vstar-jax convert videocrafter2", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if a.text_heads is not None:  # 0 would silently mean "the default" (width // 64) further down
+        rc = run_cli(lambda: number("--text-heads", a.text_heads, integer=True, minimum=1, maximum=MAX_HEADS))
+        if rc:
+            return rc
     return run_cli(lambda: convert(a.ckpt, a.config, a.out, components=[c for c in a.components.split(",") if c],
                                    dtype=a.dtype, overwrite=a.overwrite, trust_pickle=a.trust_pickle,
                                    text_heads=a.text_heads))

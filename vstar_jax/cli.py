@@ -34,6 +34,12 @@ CONVERTERS = {
     "streamingt2v": ("checkpoints_convert.streamingt2v", "main"),
 }
 SYNOPSIS_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
+MAX_MEMORY_GIB = 1_000_000  # about 1 PiB: above any machine (0 = no check)
+MAX_LLM_TIMEOUT = 24 * 3600.0  # seconds for the LLM's whole reply
+
+
+# flax's errors for params whose shapes or names are not the module's (raised while tracing the model)
+PARAM_MISMATCH = ("ScopeParamShapeError", "ScopeParamNotFoundError")
 
 
 class UsageError(ValueError):
@@ -51,6 +57,11 @@ def _error(msg: str) -> int:
     line = " ".join(str(msg).split()) or "unknown error"
     print(f"error: {line}", file=sys.stderr)
     return 2
+
+
+def _os_error(e: OSError) -> str:
+    where = " ".join(repr(os.fspath(f)) for f in (e.filename, e.filename2) if f is not None)
+    return f"{e.strerror or type(e).__name__}{': ' + where if where else ''}" if e.strerror else str(e)
 
 
 def _call(module: str, func: str, argv: Sequence[str], what: str) -> int:
@@ -171,6 +182,13 @@ def _synopsis_arg(values: Optional[list[str]]):
     return list(values)
 
 
+def number(name, value, **kw):
+    """vstar_jax.generation.request.number (imported when needed: ``--help`` does not start JAX)."""
+    from vstar_jax.generation.request import number as _number  # noqa: PLC0415
+
+    return _number(name, value, **kw)
+
+
 def _llm_arg(a) -> Optional[dict]:
     if a.local_lm and a.llm is not None:
         raise UsageError("give either --llm or --local-lm, not both")
@@ -181,7 +199,7 @@ def _llm_arg(a) -> Optional[dict]:
         if a.llm_timeout is not None:
             if not a.llm_timeout > 0:
                 raise UsageError(f"--llm-timeout must be > 0 seconds, got {a.llm_timeout:g}")
-            llm["timeout"] = a.llm_timeout
+            llm["timeout"] = number("--llm-timeout (seconds)", a.llm_timeout, minimum=0.001, maximum=MAX_LLM_TIMEOUT)
         return llm
     if a.num_states is not None:
         raise UsageError("--num-states needs --llm or --local-lm")
@@ -196,7 +214,7 @@ def _max_memory_arg(gib: Optional[float]):
         return None
     if not gib >= 0:
         raise UsageError(f"--max-memory must be >= 0 GiB, got {gib:g}")
-    return int(gib * 2**30)
+    return int(number("--max-memory (GiB)", gib, minimum=0, maximum=MAX_MEMORY_GIB) * 2**30)
 
 
 # flags --from-sidecar applies; every other one is the sidecar's to say
@@ -322,7 +340,31 @@ def _usage() -> str:
             "  sweep ... | report ... | metrics ...")
 
 
+def _hold_sigint(restore: bool = False, _saved: dict = {}) -> None:  # noqa: B006 - one per process
+    """While an interrupted command winds down, further Ctrl-C are ignored (a second one would cut
+    its message or end it in a traceback); the previous handler comes back when ``restore``."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if restore:
+        if "handler" in _saved:
+            signal.signal(signal.SIGINT, _saved.pop("handler"))
+    elif "handler" not in _saved:
+        _saved["handler"] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    rc = _main(argv)
+    if argv is not None:  # called from Python (tests, a notebook): give Ctrl-C back
+        _hold_sigint(restore=True)
+    elif rc == 130:
+        _hold_sigint()  # the process is about to exit with 130: keep ignoring a second Ctrl-C
+    return rc
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from vstar_jax.compile_cache import enable_compile_cache  # noqa: PLC0415
 
@@ -352,7 +394,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:
         return _error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except OSError as e:  # a read-only or not-a-folder output path, ...: the OS's reason and the path
+        return _error(_os_error(e))
+    except Exception as e:  # noqa: BLE001 - only a checkpoint whose weights do not fit its config is one line
+        if type(e).__name__ in PARAM_MISMATCH and type(e).__module__.startswith("flax"):
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+            return _error(f"the checkpoint's weights do not fit its config.json (another model's config, or an "
+                          f"edited one): {first.split(' (https://')[0]}; convert the checkpoint again")
+        raise
     except KeyboardInterrupt:  # sampling stops between UNet calls; temp files were removed
+        _hold_sigint()
         _error("interrupted")
         return 130
 

@@ -17,6 +17,7 @@ h, w))`` (a strategy may reschedule it); step i's DDIM noise = ``normal(split(k_
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -35,10 +36,12 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, memory_for,  # noqa: F401
                                            plan_for, plan_params, resolve_mesh, resolve_rules, row_sharding,
-                                           run_sampler, sampler_args)
+                                           run_sampler, sampler_args, check_finite, reset_finite_check)
 from vstar_jax.io.atomic import Staging
 
 _log = log
+ITEMS_PER_CALL = 16  # generate_batch: items per compiled call (progress and Ctrl-C between calls)
+PROGRESS_EVERY = 100  # generate_batch: a line every this many prompts encoded
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
 
 
@@ -77,6 +80,7 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
         from jax.experimental import multihost_utils  # noqa: PLC0415
 
         latents = multihost_utils.process_allgather(latents, tiled=True)
+    check_finite(latents, request.ddim_steps)  # NaN/inf would decode to black frames: stop, naming the step
     return np.asarray(latents, np.float32), aux, seconds
 
 
@@ -222,7 +226,9 @@ def _finish_outputs(result: GenerationResult, paths: dict, progress: bool, stage
 def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
     from vstar_jax.vstar import synopsis as syn  # noqa: PLC0415
 
-    num = number("num_states", llm.get("num_states") or min(5, frames), integer=True, minimum=2)
+    asked = llm.get("num_states")  # 0 is a mistake, not "the default"
+    num = number("num_states", asked if asked is not None else min(5, frames), integer=True, minimum=2,
+                 maximum=frames)
     if num > frames:
         raise VstarError(f"asked the LLM for {num} states but there are only {frames} frames")
     if llm.get("local_path"):
@@ -250,6 +256,42 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
     written to ``out_dir/<prompt-slug>-<seed>.mp4`` with its sidecar (``--from-sidecar`` reproduces it
     alone); an item's own ``out`` names its file instead. Returns one :class:`GenerationResult` per
     item, in order."""
+    with _sigint_flag() as stop:
+        return _generate_batch(items, checkpoint=checkpoint, pipeline=pipeline, out_dir=out_dir, mesh=mesh,
+                               progress=progress, keep_video=keep_video, overwrite=overwrite, stop=stop, **common)
+
+
+@contextlib.contextmanager
+def _sigint_flag():
+    """Ctrl-C during a batch sets a flag checked before each prompt encoded, each call and each item
+    written (a KeyboardInterrupt raised at a random point, e.g. inside the fork of a video writer,
+    can be swallowed; sampling itself stops at the next UNet call, see ``interruptible``)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal API
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_stop(stop) -> None:
+    from vstar_jax.generation.sampling import SamplingInterrupted  # noqa: PLC0415
+
+    if stop["stop"]:
+        raise SamplingInterrupted("interrupted")
+
+
+def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, keep_video, overwrite, stop, **common):
     from vstar_jax.generation.sampling import sample_batch_jit  # noqa: PLC0415
 
     t_start = time.time()
@@ -274,23 +316,53 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
 
         m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
         item_sharding = _item_sharding(m, len(items))
-    for r, out in zip(reqs, outs):
+    seen: dict = {}
+    for i, (r, out) in enumerate(zip(reqs, outs)):
         if out is None and out_dir is not None:
             out = default_output(r.prompt, r.seed, str(out_dir))
+        if out is not None:  # two items, one file name: the second would replace the first
+            key = os.path.normcase(os.path.abspath(os.fspath(out)))
+            if key in seen:
+                j = seen[key]
+                raise VstarError(f"items {j + 1} and {i + 1} ({reqs[j].prompt!r} and {r.prompt!r}, seed {r.seed}) "
+                                 f"would both be written to {out}; make the prompts differ in letters or digits "
+                                 f"(file names keep only those), or give each item its own out")
+            seen[key] = i
+        outs[i] = out
+    for r, out in zip(reqs, outs):  # only when no two collide: checking may create the folder
         all_paths.append(check_outputs(out, False, None, overwrite, save_fps=r.save_fps))
     if pipeline is None:
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)
     pipe = pipeline
-    encoded = [encode_text(pipe, r) for r in reqs]
+    encoded = []
+    for n, r in enumerate(reqs):  # a long prompts file: say how far the text encoder is (Ctrl-C stops here too)
+        if progress and len(reqs) > 1 and (n + 1 == len(reqs) or (n + 1) % PROGRESS_EVERY == 0):
+            _log(progress, f"encoded {n + 1} of {len(reqs)} prompt(s)")
+        _check_stop(stop)
+        encoded.append(encode_text(pipe, r))
     groups: dict = {}
     for i, r in enumerate(reqs):
         plan = plan_for(r, info.latent_channels, memory=memory_for(pipe, r))
         groups.setdefault((plan, encoded[i][0].shape), []).append(i)
     results: list = [None] * len(items)
-    for (plan, _), idx in groups.items():
+    # at most ITEMS_PER_CALL items a call (a multiple of the data axis): progress after each call, and
+    # Ctrl-C stops at the next UNet call with every finished item's video kept
+    per_call = int(number("VSTAR_BATCH_ITEMS", os.environ.get("VSTAR_BATCH_ITEMS", ITEMS_PER_CALL), integer=True,
+                          minimum=1, maximum=1 << 20))
+    if item_sharding is not None:
+        d = item_sharding.mesh.shape["data"]
+        per_call = max(d, per_call // d * d)
+    chunks = [(plan, idx[k:k + per_call]) for (plan, _), idx in groups.items() for k in range(0, len(idx), per_call)]
+    done = 0
+    for plan, idx in chunks:
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
+
+        _check_stop(stop)
+        n_real = len(idx)
+        if len(chunks) > 1 and len(idx) < per_call:  # the same shape as the other calls: one compile
+            idx = idx + [idx[0]] * (per_call - len(idx))
 
         conds = jnp.stack([jnp.asarray(encoded[i][0]) for i in idx])
         unconds = jnp.stack([jnp.asarray(encoded[i][1]) for i in idx])
@@ -298,7 +370,9 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
         fps = jnp.asarray([reqs[i].fps for i in idx], jnp.float32)
         cfg = jnp.asarray([reqs[i].cfg for i in idx], jnp.float32)
         sh = item_sharding if item_sharding is not None and len(idx) % item_sharding.mesh.shape["data"] == 0 else None
-        _log(progress, f"sampling {len(idx)} item(s) in one call: {plan.latent_shape[2]} frames, {plan.steps} steps")
+        _log(progress, f"sampling {n_real} item(s) in one call: {plan.latent_shape[2]} frames, {plan.steps} steps"
+                       + (f" (items {done + 1}-{done + n_real} of {len(items)})" if len(chunks) > 1 else ""))
+        done += n_real
         t0 = time.time()
         params = plan_params(pipe, plan)
         if sh is not None:  # the items over data (a mesh that may span processes), params replicated
@@ -306,15 +380,18 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
 
             params = jax.tree_util.tree_map(lambda a: replicate(a, sh.mesh), params)
             conds, unconds, keys, fps, cfg = (put_global(a, sh) for a in (conds, unconds, keys, fps, cfg))
-        out = sample_batch_jit(pipe.unet, params, conds, unconds, keys, fps, cfg, plan=plan, item_sharding=sh)
-        lat = out.latents
+        calls = reqs[idx[0]].strategy.check(reqs[idx[0]].frames, reqs[idx[0]].ddim_steps).calls * len(idx)
+        run = functools.partial(sample_batch_jit, pipe.unet, plan=plan, item_sharding=sh)
+        lat, _, _ = run_sampler(run, (params, conds, unconds, keys, fps, cfg), total_calls=calls, progress=progress,
+                                unit="call")
         if not getattr(lat, "is_fully_addressable", True):
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
             lat = multihost_utils.process_allgather(lat, tiled=True)
         lat = np.asarray(lat, np.float32)
+        check_finite(lat[:n_real], plan.steps, what=f"sampling {n_real} item(s)")  # on the host: every process
         t_sample = (time.time() - t0) / len(idx)
-        for j, i in enumerate(idx):
+        for j, i in enumerate(idx[:n_real]):
             r, paths = reqs[i], all_paths[i]
             with Staging() as stage:
                 video, digest, size, t_decode = decode_and_write(pipe, lat[j], r, paths, keep_video=keep_video,
@@ -329,6 +406,7 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
                 res = GenerationResult(video, sidecar, None, lat[j])
                 _finish_outputs(res, paths, progress, stage)
             results[i] = res
+            _check_stop(stop)  # the next item is not started
     return results
 
 

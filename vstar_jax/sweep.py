@@ -33,6 +33,11 @@ way, as Parquet and CSV, so a killed sweep loses at most the runs in progress; o
 its message, and the sweep goes on. Every row has the run's wall time (``elapsed_s``), the devices it
 ran on (``devices``), the process that ran it (``process``) and the size of its batch (``batch``).
 
+A sweep folder is locked (``flock`` on ``.sweep.lock``, naming the holder) by the process running in
+it: a second sweep there is refused in one line, and the lock of a process that died is taken over.
+With the default run_fn every distinct run's settings are checked (``make_request``) before the folder
+is touched, so a bad ``--set generate.cfg=...`` is one line, not a table of failed runs.
+
 Many runs per compiled call: ``batch: N`` (default 1) runs up to N runs that share a method and a
 frame count in one call (``pipeline.generate_batch``: each equals its single run), their item axis
 split over the ``data`` axis of ``mesh`` (the devices given, e.g. all local devices). Many processes:
@@ -58,6 +63,8 @@ import time
 import traceback
 from typing import Callable
 
+from vstar_jax.generation.request import MAX_FRAMES, number
+
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 SETTING_COLUMNS = ("run_id", "status", "error", "prompt", "method", "frames", "seed")
@@ -66,6 +73,7 @@ KNOWN_KEYS = ("name", "prompts", "prompts_file", "prompts_tfds", "methods", "fra
               "checkpoint", "run_fn", "metrics", "synopses", "run_fn_keys", "batch")
 ROWS_DIR = "rows"  # one JSON file per finished run, written once, atomically: the record a restart reads
 OPEN_TABLES = ("methods", "generate", "synopses")  # --set may add new entries under these
+MAX_BATCH = 4096
 
 
 # --- config --------------------------------------------------------------------------------
@@ -248,8 +256,8 @@ def expand_runs(config, config_dir: str | None = None) -> list[dict]:
     methods = _plain(_get(config, "methods", {}))
     if not methods:
         raise ValueError("sweep config has no methods")
-    frames_list = _int_list(config, "frames", [16], 2)
-    seeds = _int_list(config, "seeds", [0], 0)
+    frames_list = _int_list(config, "frames", [16], 2, MAX_FRAMES)
+    seeds = _int_list(config, "seeds", [0], 0, 2**32 - 1)
     shared = _plain(_get(config, "generate", {}))
     checkpoint = str(_get(config, "checkpoint", "") or "")
     synopses = _plain(_get(config, "synopses", {}) or {})
@@ -265,7 +273,7 @@ def expand_runs(config, config_dir: str | None = None) -> list[dict]:
     return [{"run_id": rid, **settings} for rid, settings in runs.items()]
 
 
-def _int_list(config, key: str, default: list, minimum: int) -> list[int]:
+def _int_list(config, key: str, default: list, minimum: int, maximum: int) -> list[int]:
     value = _get(config, key, default)
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
@@ -275,7 +283,7 @@ def _int_list(config, key: str, default: list, minimum: int) -> list[int]:
             raise ValueError(f"sweep {key} must be a list of integers, got {v!r}")
         if int(v) < minimum:
             raise ValueError(f"sweep {key} must be >= {minimum}, got {v!r}")
-        out.append(int(v))
+        out.append(number(f"sweep {key}", v, integer=True, minimum=minimum, maximum=maximum))
     if not out:
         raise ValueError(f"sweep {key} is empty")
     return out
@@ -423,6 +431,23 @@ def _sigint_deferred():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def _ignore_sigint():
+    """Ignore further Ctrl-C (main thread only) while a stopped sweep winds down; returns the handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return None
+
+
+def _restore_sigint(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a sweep; ``done`` of ``total`` runs are in its table."""
 
@@ -505,18 +530,107 @@ def check_sweep_dir(out_dir: str) -> None:
                          f"sweep, and a sweep never replaces them: choose another --out")
 
 
+class SweepLocked(ValueError):
+    """Another live process is running a sweep in this folder (one line, exit status 2)."""
+
+
+LOCK_FILE = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: str, name: str = LOCK_FILE):
+    """Hold ``out_dir/name`` locked (``flock``, released by the OS when the process dies, so a stale lock
+    from a dead process is simply taken over) while a sweep runs there; a second sweep on the same folder
+    is refused in one line naming the holder. The file stays (emptied) after: removing it would let a
+    process that opened it meanwhile lock a file no one else sees."""
+    import fcntl
+    import socket
+
+    path = os.path.join(out_dir, name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PermissionError(f"cannot lock the sweep folder {out_dir}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+            raise SweepLocked(f"sweep folder {out_dir} is in use by {holder}; wait for that sweep to end (or stop "
+                              f"it), or give this one another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def check_runs(runs: list[dict]) -> None:
+    """Every distinct run setting through :func:`~vstar_jax.generation.request.make_request` before the
+    folder is touched (the model's config only, no params): a ``--set generate.cfg=1e30`` or a method's
+    bad TAR spec is one line naming the method, not a table of failed runs."""
+    import inspect
+
+    from vstar_jax.errors import VstarError
+    from vstar_jax.generation.model import model_info
+    from vstar_jax.generation.request import make_request
+
+    accepted = set(inspect.signature(make_request).parameters) - {"prompt", "info", "frames", "seed"}
+    infos: dict = {}
+    seen = set()
+    for r in runs:
+        kw = {k: v for k, v in r["kwargs"].items() if k in accepted}
+        key = json.dumps([r["checkpoint"], r["frames"], kw], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        ck = r["checkpoint"] or None
+        if ck not in infos:
+            infos[ck] = model_info(ck)
+        try:
+            make_request(r["prompt"], infos[ck], frames=r["frames"], seed=r["seed"], **kw)
+        except (VstarError, TypeError) as e:
+            raise VstarError(f"sweep method {r['method']!r} ({r['frames']} frames): {' '.join(str(e).split())}") \
+                from None
+
+
 def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors: bool = False, progress: bool = True,
               *, shard: tuple = (0, 1), mesh=None) -> list[dict]:
     """Run every pending run of the grid (of this ``shard`` = (index, count) of processes: every
     count-th run from the index-th); returns the table's rows. ``mesh``: the devices a batch of runs
     is split over (its ``data`` axis; ``batch`` in the config)."""
-    from tqdm import tqdm
-
     index, count = (int(v) for v in shard)
     if not 0 <= index < count:
         raise ValueError(f"sweep shard {index} of {count} does not exist")
+    runs = expand_runs(config, config_dir)
+    from vstar_jax.metrics.cli import check_settings  # noqa: PLC0415
+
+    mcfg = _get(config, "metrics", {})
+    check_settings(_plain(_get(mcfg, "mawe_size", None)), _get(mcfg, "fps", None), where="sweep metrics.")
+    run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
+    run_fn = resolve_fn(run_fn_name)
+    batch = _get(config, "batch", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer (runs per compiled call), got {batch!r}")
+    batch = number("sweep batch (runs per compiled call)", batch, integer=True, minimum=1, maximum=MAX_BATCH)
+    if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
+        raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
+    if run_fn_name == DEFAULT_RUN_FN:
+        check_runs(runs)
     check_sweep_dir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    with folder_lock(out_dir, LOCK_FILE if count == 1 else f".sweep-{index}-of-{count}.lock"):
+        return _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, index, count, mesh)
+
+
+def _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, index, count, mesh):
+    from tqdm import tqdm
+
     from vstar_jax.io.atomic import is_temp_name  # noqa: PLC0415
 
     for stale in [p for folder in (pathlib.Path(out_dir), pathlib.Path(out_dir) / ROWS_DIR) if folder.is_dir()
@@ -525,14 +639,6 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
         with contextlib.suppress(OSError):
             if count == 1 or time.time() - stale.stat().st_mtime > 600:
                 stale.unlink(missing_ok=True)
-    runs = expand_runs(config, config_dir)
-    run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
-    run_fn = resolve_fn(run_fn_name)
-    batch = _get(config, "batch", 1) or 1
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer (runs per compiled call), got {batch!r}")
-    if batch > 1 and run_fn_name != DEFAULT_RUN_FN:
-        raise ValueError(f"batch {batch} needs the default run_fn ({DEFAULT_RUN_FN}), not {run_fn_name}")
     if index == 0:
         snapshot = os.path.join(out_dir, SWEEP_SNAPSHOT)
         from vstar_jax.io.atomic import write_text  # noqa: PLC0415
@@ -574,8 +680,13 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
                 write_table(list(known.values()), out_dir)
             bar.update(len(chunk))
     except KeyboardInterrupt:  # Ctrl-C: the runs in progress are not recorded (they rerun on resume)
-        bar.close()
-        raise SweepInterrupted(len(read_rows(out_dir)), len(runs)) from None
+        previous = _ignore_sigint()  # a second Ctrl-C while it winds down would cut it short (or traceback)
+        try:
+            bar.close()
+            done = len(read_rows(out_dir))
+        finally:
+            _restore_sigint(previous)
+        raise SweepInterrupted(done, len(runs)) from None
     bar.close()
     return list(known.values())
 
@@ -593,10 +704,14 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or os.path.join("out", "sweeps", _get(config, "name", "sweep"))
         rows = run_sweep(config, out, config_dir, retry_errors=args.retry_errors, progress=not args.no_progress)
     except KeyboardInterrupt as e:  # the table holds every finished run
-        msg = str(e) if isinstance(e, SweepInterrupted) else "interrupted"
-        print(f"error: {msg}", file=sys.stderr)
+        previous = _ignore_sigint()
+        try:
+            msg = str(e) if isinstance(e, SweepInterrupted) else "interrupted"
+            print(f"error: {msg}", file=sys.stderr)
+        finally:
+            _restore_sigint(previous)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+    except (ValueError, FileNotFoundError, PermissionError, KeyError, OSError) as e:
         line = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {line}", file=sys.stderr)
         return 2

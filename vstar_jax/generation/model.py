@@ -19,6 +19,7 @@ from vstar_jax.errors import VstarError
 DEMO_SOURCE = "builtin:demo"
 DEFAULTS = {"frames": 16, "steps": 25, "cfg": 12.0, "eta": 1.0, "fps": 28}  # VSTAR on VideoCrafter2
 FLAVOR_DEFAULTS = {"diffusers": {"steps": 50, "cfg": 9.0, "eta": 0.0}}  # ModelScope's pipeline defaults
+MAX_PIXELS = 1_000_000  # a video side in pixels (beyond any screen; the memory check refuses far less)
 
 
 def _frozen(cfg):
@@ -224,6 +225,8 @@ class ModelInfo:
 
     def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         """Latent (h, w) of a video size; None = the checkpoint's default. Raises VstarError."""
+        from vstar_jax.generation.request import number  # noqa: PLC0415 - request imports this module
+
         dh, dw = self.diffusion["latent_size"]
         unet_factor = 2 ** (self.unet_levels - 1)
         out = []
@@ -231,8 +234,7 @@ class ModelInfo:
             if px is None:
                 lat = default
             else:
-                if int(px) != px or px < 1:
-                    raise VstarError(f"{name} must be a positive integer, got {px}")
+                px = number(name, px, integer=True, minimum=1, maximum=MAX_PIXELS)
                 if px % self.vae_factor:
                     raise VstarError(f"{name} {px} is not a multiple of the VAE factor {self.vae_factor}")
                 lat = int(px) // self.vae_factor

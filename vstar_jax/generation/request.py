@@ -51,23 +51,52 @@ class GenerationRequest:
         return None if self.strategy.name == "single" else self.strategy
 
 
+def _g(x) -> str:
+    """A bound as people write it: 4294967295, 0.1, 1e+06 only when it is not a whole number."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def _range(minimum, maximum) -> str:
+    if minimum is not None and maximum is not None:
+        return f" (valid: {_g(minimum)} to {_g(maximum)})"
+    if minimum is not None:
+        return f" (valid: >= {_g(minimum)})"
+    if maximum is not None:
+        return f" (valid: <= {_g(maximum)})"
+    return ""
+
+
 def number(name: str, value, *, integer: bool = False, minimum=None, maximum=None):
-    """A finite number (int when ``integer``) within bounds, else a one-line VstarError."""
+    """A finite number (int when ``integer``) within bounds, else a one-line VstarError that
+    states the valid range. Every numeric setting (flags, sidecar fields, spec strings, sweep
+    ``--set`` values, converter flags) goes through here before any compute."""
+    rng = _range(minimum, maximum)
+    if isinstance(value, str):
+        value = value.strip()
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise VstarError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise VstarError(f"{name} must be a number{rng}, got {value!r}") from None
     if not math.isfinite(v):
-        raise VstarError(f"{name} must be finite, got {value!r}")
+        raise VstarError(f"{name} must be a finite number{rng}, got {value!r}")
     if integer:
-        if v != int(v) or isinstance(value, bool):
-            raise VstarError(f"{name} must be an integer, got {value!r}")
-        v = int(v)
+        if isinstance(value, bool) or v != int(v):
+            raise VstarError(f"{name} must be an integer{rng}, got {value!r}")
+        v = int(value) if isinstance(value, int) else int(v)
     if minimum is not None and v < minimum:
-        raise VstarError(f"{name} must be >= {minimum}, got {value!r}")
+        raise VstarError(f"{name} must be >= {_g(minimum)}{rng}, got {value!r}")
     if maximum is not None and v > maximum:
-        raise VstarError(f"{name} must be <= {maximum}, got {value!r}")
+        raise VstarError(f"{name} must be <= {_g(maximum)}{rng}, got {value!r}")
     return v
+
+
+# The sensible range of each numeric generation setting (checked before any compute; see number()).
+CFG_RANGE = (0.0, 100.0)  # classifier-free guidance scale (1 = no guidance; VSTAR uses 12)
+ETA_RANGE = (0.0, 1.0)  # DDIM eta: 0 deterministic, 1 DDPM-like; above 1 the DDIM variance goes negative
+FPS_RANGE = (1e-3, 1000.0)  # the UNet's fps conditioning
+SAVE_FPS_RANGE = (0.1, 240.0)  # frame rate of the written video
+MAX_FRAMES = 100_000
+MAX_FRAME_BATCH = 4096
 
 
 def schedule_kwargs(d: dict) -> tuple:
@@ -154,7 +183,7 @@ def check_memory(unet_frames: int, latent_hw, max_memory=None) -> int:
     """Refuse (VstarError stating the estimate) a UNet call that cannot fit in ``max_memory`` bytes
     (None: :func:`available_memory`; 0 or a negative number: no check). Returns the estimate."""
     need = estimate_memory(unet_frames, latent_hw)
-    limit = available_memory() if max_memory is None else number("max_memory", max_memory)
+    limit = available_memory() if max_memory is None else number("max_memory", max_memory, minimum=0)
     if limit and limit > 0 and need > limit:
         h, w = latent_hw
         raise VstarError(f"not enough memory: one UNet call on {unet_frames} frames of {h}x{w} latents needs about "
@@ -209,9 +238,7 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
         raise VstarError("empty prompt: give a text description of the video")
     prompt = prompt.strip()
     if frames is not None:
-        frames = number("frames", frames, integer=True)
-        if frames < 2:
-            raise VstarError(f"frames must be >= 2, got {frames}")
+        frames = number("frames", frames, integer=True, minimum=2, maximum=MAX_FRAMES)
     seed = number("seed", seed, integer=True, minimum=0, maximum=2**32 - 1)
     tar_cfg = tar if isinstance(tar, TARConfig) else parse_tar(tar)
     strategy = parse_strategy(long_video)
@@ -221,8 +248,8 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
         raise VstarError(f"unknown VSP mode {vsp_mode!r} (use one of {', '.join(MODES)})")
     if synopsis is not None and llm_asked:
         raise VstarError("give either a synopsis or an LLM to write one, not both")
-    save_fps = number("save_fps", save_fps, minimum=1e-3)
-    frame_batch = number("frame_batch", frame_batch, integer=True, minimum=1)
+    save_fps = number("save_fps", save_fps, minimum=SAVE_FPS_RANGE[0], maximum=SAVE_FPS_RANGE[1])
+    frame_batch = number("frame_batch", frame_batch, integer=True, minimum=1, maximum=MAX_FRAME_BATCH)
     d = info.diffusion
     frames = frames if frames is not None else int(d.get("default_frames", DEFAULTS["frames"]))
     if frames < 2:
@@ -230,8 +257,10 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
     steps = strategy.steps_for(steps)
     steps = number("steps", steps if steps is not None else d.get("default_steps", DEFAULTS["steps"]),
                    integer=True, minimum=1, maximum=d["num_timesteps"])
-    cfg = number("cfg", cfg if cfg is not None else d.get("default_cfg", DEFAULTS["cfg"]))
-    eta = number("eta", eta if eta is not None else d.get("default_eta", DEFAULTS["eta"]), minimum=0.0)
+    cfg = number("cfg", cfg if cfg is not None else d.get("default_cfg", DEFAULTS["cfg"]),
+                 minimum=CFG_RANGE[0], maximum=CFG_RANGE[1])
+    eta = number("eta", eta if eta is not None else d.get("default_eta", DEFAULTS["eta"]),
+                 minimum=ETA_RANGE[0], maximum=ETA_RANGE[1])
     sched_kw = strategy.schedule_kwargs(d["flavor"], schedule_kwargs(d))
     ddim_steps = check_schedule(d["flavor"], int(steps), float(eta), sched_kw)
     plan = strategy.check(frames, ddim_steps)  # VstarError naming valid lengths
@@ -239,9 +268,8 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
     if d.get("max_frames") and plan.unet_frames > int(d["max_frames"]):
         raise VstarError(f"this model takes at most {d['max_frames']} frames"
                          f"{' per window' if strategy.name != 'single' else ''}, got {plan.unet_frames}")
-    fps = number("fps", fps if fps is not None else d.get("default_fps", DEFAULTS["fps"]))
-    if fps <= 0:
-        raise VstarError(f"fps must be > 0, got {fps}")
+    fps = number("fps", fps if fps is not None else d.get("default_fps", DEFAULTS["fps"]),
+                 minimum=FPS_RANGE[0], maximum=FPS_RANGE[1])
     fps = int(fps) if float(fps).is_integer() else fps
     check_tar_levels(tar_cfg, info)
     lat_hw = info.latent_hw(height, width)

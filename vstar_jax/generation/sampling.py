@@ -24,9 +24,11 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
+from vstar_jax.errors import VstarError
 from vstar_jax.longvideo.base import SampleInputs
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
 
@@ -89,16 +91,44 @@ def plan_params(pipe, plan: SamplePlan):
 
 
 # ------------------------------------------------------------------------------- progress
-_PROGRESS: dict = {"bar": None, "stop": False, "wake": None}
+_PROGRESS: dict = {"bar": None, "stop": False, "wake": None, "first_nonfinite": None}
+
+
+class NonFiniteLatents(VstarError):
+    """The sampled latents hold NaN or inf (one line naming the first step that produced them)."""
+
+
+def reset_finite_check() -> None:
+    """Forget the first non-finite step (call before a sampling run)."""
+    _PROGRESS["first_nonfinite"] = None
+
+
+def check_finite(latents, total_steps: int, what: str = "sampling") -> None:
+    """Refuse latents that are not all finite (NaN/inf would decode to black frames): one
+    :class:`NonFiniteLatents` naming the first DDIM step (loop index, 0 = noisiest) whose UNet
+    output was not finite, as noted by :func:`_progress_tick`. One reduction on the device."""
+    if bool(jnp.isfinite(latents).all()):
+        return
+    first = _PROGRESS.get("first_nonfinite")
+    at = (f"at DDIM step {first} of {total_steps} (0 = the first)" if first is not None
+          else "after the last step")
+    raise NonFiniteLatents(f"{what} went non-finite (NaN or inf) {at}; no video written: the checkpoint's "
+                           f"weights or the settings overflow (check the checkpoint with vstar-jax verify, or try "
+                           f"float32 weights)")
 
 
 class SamplingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped the sampling loop between two UNet calls; nothing was written."""
 
 
-def _progress_tick(step, _probe) -> None:
-    """Host callback once per UNet call: advances the bar, and stops the compiled loop when asked
-    (raising here makes the running XLA program fail at once with a runtime error)."""
+def _progress_tick(step, finite) -> None:
+    """Host callback once per UNet call: advances the bar, notes the first step whose UNet output is
+    not finite, and stops the compiled loop when asked (raising here makes the running XLA program
+    fail at once with a runtime error)."""
+    if _PROGRESS.get("first_nonfinite") is None:
+        f = np.asarray(finite)
+        if not (f.all() if f.dtype == bool else np.isfinite(f).all()):
+            _PROGRESS["first_nonfinite"] = int(np.min(np.asarray(step)))
     wake = _PROGRESS.get("wake")
     if wake is not None and not _PROGRESS.get("stop"):
         try:
@@ -232,6 +262,7 @@ def run_sampler(sampler, args: tuple, *, total_calls: int, progress: bool, unit:
 
         bar = tqdm(total=int(total_calls), desc="denoising", unit=unit, file=sys.stderr, leave=True)
     _PROGRESS["bar"] = bar
+    reset_finite_check()
     try:
         with interruptible():
             try:

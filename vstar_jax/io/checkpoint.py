@@ -13,6 +13,7 @@ folder holding it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -121,6 +122,7 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
             raise
         except Exception as e:  # noqa: BLE001 - tensorstore reports a full disk as ValueError(RESOURCE_EXHAUSTED)
             raise write_error(out_dir, _as_oserror(e), "checkpoint") from None
+        cfg[FILES_KEY] = params_files(os.path.join(tmp, "params"))  # checked at every load (check_params_files)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
         _user_permissions(str(tmp))
@@ -149,6 +151,52 @@ def _as_oserror(e: BaseException) -> OSError:
     return OSError(None, f"{type(e).__name__}: {text[:300]}")
 
 
+FILES_KEY = "params_files"  # config.json: [[path under params/, size, mtime_ns, sha256], ...] at conversion
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def params_files(root: str) -> list:
+    """Every file under ``root`` (the params tree) as [relative path, size, mtime_ns, sha256]."""
+    out = []
+    for dirpath, _, filenames in os.walk(root):
+        for name in sorted(filenames):
+            p = os.path.join(dirpath, name)
+            st = os.stat(p)
+            out.append([os.path.relpath(p, root), st.st_size, st.st_mtime_ns, _sha256(p)])
+    return sorted(out)
+
+
+def check_params_files(ckpt_dir: str, recorded) -> None:
+    """Refuse (one-line CheckpointError naming the file) params whose files changed since conversion:
+    a missing file or another size at once; a file whose mtime is not the recorded one is hashed and
+    compared (so an untouched checkpoint costs a stat per file; ``VSTAR_VERIFY_HASHES=1`` hashes all).
+    Checkpoints converted before the hashes were recorded pass."""
+    if not recorded:
+        return
+    root = os.path.join(os.path.abspath(os.fspath(ckpt_dir)), "params")
+    force = os.environ.get("VSTAR_VERIFY_HASHES", "") not in ("", "0")
+    for entry in recorded:
+        rel, size, mtime_ns, digest = entry
+        p = os.path.join(root, str(rel))
+        try:
+            st = os.stat(p)
+        except OSError:
+            raise CheckpointError(f"{ckpt_dir}: params/{rel} is missing (a damaged checkpoint; convert it again)") from None
+        if st.st_size != size:
+            raise CheckpointError(f"{ckpt_dir}: params/{rel} is {st.st_size} bytes, {size} at conversion (truncated or "
+                                  f"replaced; convert the checkpoint again)")
+        if (force or st.st_mtime_ns != mtime_ns) and _sha256(p) != digest:
+            raise CheckpointError(f"{ckpt_dir}: params/{rel} changed since conversion (its sha256 differs; "
+                                  f"convert the checkpoint again)")
+
+
 def _user_permissions(root: str) -> None:
     """Directories 0777 and files 0666, less the process umask (what mkdir/open would have given)."""
     mask = os.umask(0)
@@ -165,12 +213,23 @@ def read_config(ckpt_dir: str) -> dict:
     path = os.path.join(os.fspath(ckpt_dir), "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"not a vstar-jax checkpoint (no config.json): {ckpt_dir}")
-    with open(path) as f:
-        cfg = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({' '.join(str(e).split())[:200]}); "
+                              f"convert the checkpoint again") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not a vstar-jax checkpoint config "
+                              f"(an object with format {FORMAT!r}); convert the checkpoint again")
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{ckpt_dir}: unknown checkpoint format {cfg.get('format')!r} (want {FORMAT})")
     import ml_collections
 
+    comps = cfg.get("components")
+    if not isinstance(comps, list) or not all(isinstance(cfg.get(c), dict) for c in comps if c in ("unet", "vae", "text")):
+        raise CheckpointError(f"{path}: 'components' and each component's settings are missing or malformed; "
+                              f"convert the checkpoint again")
     # Component configs as ConfigDicts: the models read them by attribute.
     return {k: ml_collections.ConfigDict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
 
@@ -189,11 +248,13 @@ def load_checkpoint(ckpt_dir: str, shardings: Optional[Any] = None, *,
 
     cfg = read_config(ckpt_dir)
     path = os.path.join(os.path.abspath(os.fspath(ckpt_dir)), "params")
+    files = cfg.get(FILES_KEY)
     if not os.path.isdir(path):
         raise CheckpointError(f"{ckpt_dir}: no params/ directory (an incomplete or damaged checkpoint; convert it again)")
     if not os.path.isfile(os.path.join(path, "_METADATA")):
         raise CheckpointError(f"{ckpt_dir}: params/_METADATA is missing (an incomplete or damaged checkpoint; "
                               f"convert it again)")
+    check_params_files(ckpt_dir, list(files) if isinstance(files, (list, tuple)) else None)
     ckptr = ocp.StandardCheckpointer()
     try:
         meta = ckptr.metadata(path).item_metadata.tree

@@ -20,11 +20,14 @@ order) or ``name:field=value,...``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional
 
 import jax
 
 from vstar_jax.errors import VstarError
+
+MAX_SETTING = 100_000  # a window, stride, overlap or partition count (frames are at most this many too)
 
 REGISTRY: dict[str, type] = {}
 
@@ -158,6 +161,12 @@ class Strategy:
         return cls.from_dict(dict(zip(cls.POSITIONAL, parts)))
 
 
+def number(name, value, **kw):
+    from vstar_jax.generation.request import number as _number  # noqa: PLC0415 - request imports this package
+
+    return _number(name, value, **kw)
+
+
 def _coerce(method: str, name: str, value, typ):
     """A setting from a spec string or JSON into the field's type (int, float, bool)."""
     typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
@@ -173,12 +182,15 @@ def _coerce(method: str, name: str, value, typ):
             if isinstance(value, bool):
                 raise ValueError
             v = float(value)
-            if not v.is_integer():
+            if not math.isfinite(v) or not v.is_integer():
                 raise ValueError
-            return int(v)
+            return number(f"long_video {method} {name}", v, integer=True, minimum=0, maximum=MAX_SETTING)
         if typ == "float":
-            return float(value)
-    except (TypeError, ValueError):
+            v = float(value)
+            return number(f"long_video {method} {name}", v)  # finite; each strategy checks its range
+    except (TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, VstarError):
+            raise
         raise VstarError(f"long_video {method} {name} must be {'an' if typ == 'int' else 'a'} {typ}, "
                          f"got {value!r}") from None
     return value

@@ -37,10 +37,11 @@ import numpy as np
 from vstar_jax.diffusion.sampler import ddim_step, guided_eps
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
-from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
+from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, number, positive, register
 
 CLIP_FOLD = 0x76726463  # "vrdc": clip k's DDIM step keys
 PNS_FOLD = 0x76726470  # "vrdp": clip k's past-dependent noise
+PNS_ALPHA_MAX = 100.0  # past-dependent noise weight: beyond this the fresh noise is nothing (alpha=inf: NaN)
 
 
 def pns_noise(reused, fresh, alpha: float):
@@ -84,6 +85,9 @@ class VidRD(Strategy):
         positive(self.name, window=self.window, overlap=self.overlap)
         if self.overlap >= self.window:
             raise VstarError(f"vidrd overlap {self.overlap} must be smaller than the window {self.window}")
+        for k in ("hard_until", "soft_until"):
+            number(f"vidrd {k}", getattr(self, k), minimum=0.0, maximum=1.0)
+        number("vidrd pns_alpha", self.pns_alpha, minimum=0.0, maximum=PNS_ALPHA_MAX)
         if not 0.0 <= self.hard_until <= self.soft_until <= 1.0:
             raise VstarError(f"vidrd needs 0 <= hard_until <= soft_until <= 1, got {self.hard_until}, "
                              f"{self.soft_until}")

@@ -17,6 +17,27 @@ def _jsonable(v):
     return v
 
 
+MAX_MAWE_SIZE = 4096  # pixels a side for the warp error (720 in the papers; 100000 would ask for TiBs)
+FPS_RANGE = (1e-3, 1000.0)
+
+
+def check_settings(mawe_size, fps=None, where: str = "--"):
+    """(mawe_size, fps) checked before any video is read: finite, in range, else one-line VstarError."""
+    from vstar_jax.generation.request import number  # noqa: PLC0415
+
+    size = None
+    if mawe_size is not None and not (isinstance(mawe_size, (list, tuple)) and not mawe_size) and mawe_size != 0:
+        sides = mawe_size if isinstance(mawe_size, (list, tuple)) else (mawe_size, mawe_size)
+        if len(sides) != 2:
+            from vstar_jax.errors import VstarError  # noqa: PLC0415
+
+            raise VstarError(f"{where}mawe-size must be one size or [height, width], got {mawe_size!r}")
+        size = tuple(number(f"{where}mawe-size", v, integer=True, minimum=1, maximum=MAX_MAWE_SIZE) for v in sides)
+    if fps is not None:
+        fps = number(f"{where}fps", fps, minimum=FPS_RANGE[0], maximum=FPS_RANGE[1])
+    return size, fps
+
+
 def _read(read_video, path: str):
     """(frames, fps) of a video file, or a one-line ValueError naming the file."""
     try:
@@ -34,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default=None, help="prompt for the CLIP score (default: the sidecar's)")
     parser.add_argument("--clip", default=None, help="CLIP checkpoint from checkpoints_convert.clip")
     parser.add_argument("--flow", default="dis", help="flow model (dis, dis-fast, dis-ultrafast, ...)")
-    parser.add_argument("--mawe-size", type=int, default=720, help="square size for warp error/MAWE (0 = as is)")
+    parser.add_argument("--mawe-size", type=int, default=720,
+                        help=f"square size for warp error/MAWE (0 = as is; at most {MAX_MAWE_SIZE})")
     parser.add_argument("--fps", type=float, default=None, help="fps for SCuts (default: the file's)")
     args = parser.parse_args(argv)
+    size, _ = check_settings(args.mawe_size, args.fps)
 
     from vstar_jax.io.video import read_sidecar, read_video
     from vstar_jax.metrics import compute_metrics
@@ -57,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
                 prompt = None
             if prompt is None:
                 raise ValueError(f"no --prompt and no sidecar prompt for {path}: needed for the CLIP score")
-        size = (args.mawe_size, args.mawe_size) if args.mawe_size else None
         m = compute_metrics(frames, prompt=prompt, clip_scorer=scorer, flow_model=args.flow,
                             mawe_size=size, fps=args.fps or fps or 8.0)
         results[path] = {k: _jsonable(v) for k, v in m.items()}

@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vstar_jax.diffusion.parameterization import to_eps
@@ -43,8 +44,8 @@ def attention_rows(inter, batch: int):
 def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
                   on_call: Optional[Callable] = None) -> Callable:
     """``model_fn(x, t, ctx, i) -> eps`` on CFG rows, or ``(eps, aux)`` with the attention maps when
-    ``spec.capture`` (the samplers' ``capture`` contract). ``on_call(step_index, probe)`` runs as a host callback once per
-    call (the progress bar); it is always in the graph when given."""
+    ``spec.capture`` (the samplers' ``capture`` contract). ``on_call(step_index, finite)`` runs as a host callback once per
+    call (the progress bar; ``finite``: whether the call's output is all finite); it is always in the graph when given."""
     ac = np.asarray(alphas_cumprod, np.float32)
 
     def model_fn(x, t, ctx, i, **extra):
@@ -76,7 +77,8 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
         if rows is not None:
             eps = jax.lax.with_sharding_constraint(eps, rows)
         if on_call is not None:
-            jax.debug.callback(on_call, i, eps.reshape(-1)[0])
+            # the probe: whether this call's output is finite (one reduction; the first non-finite step is named)
+            jax.debug.callback(on_call, i, jnp.isfinite(eps).all())
         return (eps, aux) if spec.capture else eps
 
     return model_fn

@@ -10,11 +10,14 @@ All LLM replies go through :func:`parse_states`; fewer than 2 states is a
 """
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import pathlib
 import re
 import socket
+import threading
 import urllib.error
 import urllib.request
 from typing import Iterable, Sequence
@@ -216,6 +219,17 @@ def user_synopsis(states: Sequence[str] | str | os.PathLike, prompt: str | None 
 
 
 # ------------------------------------------------------------------------------ HTTP LLM
+MAX_REPLY_BYTES = 16 << 20  # a chat completion is a few kB
+
+
+def _response_socket(resp):
+    """The socket under an http.client response (to unblock a read from another thread), or None."""
+    try:
+        return resp.fp.raw._sock  # noqa: SLF001 - http.client keeps no public handle
+    except AttributeError:
+        return None
+
+
 def chat_completions_url(url: str) -> str:
     """Normalise a base URL to its ``/v1/chat/completions`` endpoint."""
     u = url.strip().rstrip("/")
@@ -236,19 +250,63 @@ def chat_completion(messages: list[dict], *, url: str, model: str, api_key: str 
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     req = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-chosen URL
-            raw = resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as e:
+    timeout = float(timeout)
+    # --llm-timeout bounds the whole reply: a server that trickles a byte a second never trips a
+    # per-read socket timeout, so the request runs in a worker thread that gets ``timeout`` seconds in all.
+    box: dict = {}
+    done = threading.Event()
+
+    def fetch():
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-chosen URL
+                box["sock"] = _response_socket(resp)
+                box["status"] = resp.status
+                chunks, size = [], 0
+                while True:
+                    chunk = resp.read(65536)
+                    if not chunk:
+                        if resp.length:  # EOF before the Content-Length promised (read(n) does not raise)
+                            raise http.client.IncompleteRead(b"".join(chunks), resp.length)
+                        break
+                    size += len(chunk)
+                    if size > MAX_REPLY_BYTES:
+                        raise SynopsisError(f"LLM endpoint {endpoint} sent more than {MAX_REPLY_BYTES >> 20} MiB")
+                    chunks.append(chunk)
+                box["raw"] = b"".join(chunks)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=fetch, name="vstar-llm", daemon=True).start()
+    if not done.wait(timeout):
+        sock = box.get("sock")
+        if sock is not None:  # unblock the worker's read
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        raise SynopsisError(f"LLM endpoint {endpoint} timed out: no complete reply within {timeout:g} s "
+                            f"(raise it with --llm-timeout)")
+    e = box.get("error")
+    if isinstance(e, SynopsisError):
+        raise e
+    if isinstance(e, urllib.error.HTTPError):
         detail = e.read()[:300].decode("utf-8", "replace") if e.fp is not None else ""
         raise SynopsisError(f"LLM endpoint {endpoint} returned HTTP {e.code}: {detail.strip()}") from None
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+    if isinstance(e, (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError)):
         reason = getattr(e, "reason", e)
         if isinstance(reason, (socket.timeout, TimeoutError)) or isinstance(e, (socket.timeout, TimeoutError)):
             raise SynopsisError(f"LLM endpoint {endpoint} timed out: no reply within {timeout:g} s "
                                 f"(raise it with --llm-timeout)") from None
         raise SynopsisError(f"LLM endpoint {endpoint} unreachable: {reason}") from None
+    if isinstance(e, http.client.IncompleteRead):
+        got = len(e.partial or b"")
+        raise SynopsisError(f"LLM endpoint {endpoint} closed the connection in the middle of its reply "
+                            f"(got {got} bytes{f', {e.expected} more expected' if e.expected else ''})") from None
+    if isinstance(e, (http.client.HTTPException, OSError)):
+        raise SynopsisError(f"LLM endpoint {endpoint} broke off its reply: {type(e).__name__}: {e}") from None
+    if e is not None:
+        raise e
+    raw, status = box["raw"], box["status"]
     if status != 200:
         raise SynopsisError(f"LLM endpoint {endpoint} returned HTTP {status}")
     try:

@@ -24,6 +24,13 @@ import numpy as np
 
 from vstar_jax.errors import VstarError
 
+# The sensible ranges of a TAR spec's numbers (checked before compute; a sigma beyond the frame count is
+# already a flat band, and an infinite one would be exactly no TAR).
+SIGMA_RANGE = (1e-3, 1e4)
+SCALE_RANGE = (-100.0, 100.0)
+MAX_LEVEL = 16
+MAX_UNTIL = 100_000  # a DDIM step index (steps <= num_timesteps)
+
 # VideoCrafter2 latent width (320x512 video) -> UNet level.
 WIDTH_TO_LEVEL = {64: 0, 32: 1, 16: 2, 8: 3}
 
@@ -40,23 +47,35 @@ class TARConfig:
     until_time: int = 13
 
     def __post_init__(self):
+        from vstar_jax.generation.request import number  # noqa: PLC0415 - one check for every number
+
         if not self.levels:
             raise VstarError("TAR has no levels, so it would never be applied")
-        if isinstance(self.until_time, bool) or int(self.until_time) != self.until_time or self.until_time < 0:
+        if isinstance(self.until_time, bool) or not isinstance(self.until_time, (int, float, np.integer)) or not (
+                isinstance(self.until_time, (int, np.integer)) or float(self.until_time).is_integer()) or \
+                self.until_time < 0:
             raise VstarError(f"TAR until_time must be an integer >= 0 (the last DDIM step index it applies to, "
                              f"0 = the first step), got {self.until_time!r}: TAR would never be applied")
-        if all(float(scale) == 0.0 for _, _, scale in self.levels):
-            raise VstarError("TAR scale is 0 at every level, so it would never change anything")
+        number("TAR until_time", self.until_time, integer=True, minimum=0, maximum=MAX_UNTIL)
         seen = set()
         for entry in self.levels:
             if len(entry) != 3:
                 raise ValueError(f"TAR level entry must be (level, sigma, scale), got {entry!r}")
-            level, sigma, _ = entry
-            if level < 0 or level in seen:
+            level, sigma, scale = entry
+            number("TAR level", level, integer=True, minimum=0, maximum=MAX_LEVEL)
+            if level in seen:
                 raise ValueError(f"TAR level {level} is negative or repeated")
-            if sigma <= 0:
+            try:
+                positive_sigma = float(sigma) > 0
+            except (TypeError, ValueError):
+                positive_sigma = False
+            if not positive_sigma:
                 raise ValueError(f"TAR sigma must be > 0, got {sigma} at level {level}")
+            number(f"TAR sigma (level {level})", sigma, minimum=SIGMA_RANGE[0], maximum=SIGMA_RANGE[1])
+            number(f"TAR scale (level {level})", scale, minimum=SCALE_RANGE[0], maximum=SCALE_RANGE[1])
             seen.add(level)
+        if all(float(scale) == 0.0 for _, _, scale in self.levels):
+            raise VstarError("TAR scale is 0 at every level, so it would never change anything")
 
     def for_level(self, level: int) -> Optional[Tuple[float, float]]:
         for lv, sigma, scale in self.levels:
@@ -108,9 +127,19 @@ def parse_tar(spec) -> Optional[TARConfig]:
     if spec is None or isinstance(spec, TARConfig):
         return spec
     if isinstance(spec, dict):
+        from vstar_jax.generation.request import number  # noqa: PLC0415
+
+        levels = spec.get("levels")
+        if not isinstance(levels, (list, tuple)) or not all(isinstance(x, (list, tuple)) and len(x) == 3
+                                                             for x in levels):
+            raise VstarError(f"TAR levels must be a list of [level, sigma, scale], got {levels!r}")
         return TARConfig(
-            levels=tuple((int(a), float(b), float(c)) for a, b, c in spec["levels"]),
-            until_time=int(spec.get("until_time", 13)),
+            levels=tuple((number("TAR level", a, integer=True, minimum=0, maximum=MAX_LEVEL),
+                          number("TAR sigma", b, minimum=SIGMA_RANGE[0], maximum=SIGMA_RANGE[1]),
+                          number("TAR scale", c, minimum=SCALE_RANGE[0], maximum=SCALE_RANGE[1]))
+                         for a, b, c in levels),
+            until_time=number("TAR until_time", spec.get("until_time", 13), integer=True, minimum=0,
+                              maximum=MAX_UNTIL),
         )
     spec = str(spec).strip()
     if spec.lower() in ("", "none", "off"):
@@ -129,7 +158,12 @@ def parse_tar(spec) -> Optional[TARConfig]:
     until = until.strip()
     if until and not until.lstrip("+-").isdigit():
         raise VstarError(f"bad TAR spec {spec!r}: @until must be a step index (an integer >= 0), got {until!r}")
-    return TARConfig(levels=tuple(levels), until_time=int(until) if until else 13)
+    until_time = 13
+    if until:
+        from vstar_jax.generation.request import number  # noqa: PLC0415
+
+        until_time = number("TAR until_time (@until)", until, integer=True, minimum=0, maximum=MAX_UNTIL)
+    return TARConfig(levels=tuple(levels), until_time=until_time)
 
 
 def gaussian_band(frames: int, sigma: float) -> np.ndarray:
