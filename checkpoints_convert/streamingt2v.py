@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from checkpoints_convert.common import run_cli  # noqa: PLC0415
 
-    from vstar_jax.generation.request import number  # noqa: PLC0415
+    from vstar_jax.validate import number  # noqa: PLC0415
 
     a = build_parser().parse_args(argv)
     rc = run_cli(lambda: [number(flag, v, integer=True, minimum=1, maximum=4096) for flag, v in (

@@ -172,8 +172,10 @@ def test_generate_overwrite_never_replaces_a_video_vstar_jax_did_not_write(tmp_p
 
 def test_gif_frame_rate_is_checked_before_compute(tmp_path):
     good_outputs(tmp_path)
-    assert_refused_unchanged(["generate", PROMPT, "--out", "clip.mp4", "--gif", "--overwrite", "--save-fps", "0.001"],
-                             tmp_path, tmp_path, "--save-fps 0.001 cannot be written as a GIF")
+    # 0.001 is now refused by the general save_fps range (0.1 to 240); 200 fps fits an mp4, not a GIF
+    # (a GIF frame lasts at least 0.01 s)
+    assert_refused_unchanged(["generate", PROMPT, "--out", "clip.mp4", "--gif", "--overwrite", "--save-fps", "200"],
+                             tmp_path, tmp_path, "--save-fps 200 cannot be written as a GIF")
 
 
 def test_report_never_replaces_a_page_it_did_not_write(tmp_path):

@@ -250,7 +250,7 @@ def test_bad_launches_end_in_one_line_on_every_process(tmp_path):
 def test_a_process_killed_mid_sampling_ends_the_other_in_one_line(tmp_path, killed):
     """kill -9 of one launcher while both sample: the survivor says which process stopped, exits
     non-zero within --timeout + 30 s of the kill, without a C++ stack (before: an abort with a stack
-    75-100 s later); a restart of both on the same port then completes."""
+    75-100 s later); after the kill of process 0 (slow), a restart of both on the same port completes."""
     import signal
     import time
 
@@ -276,7 +276,8 @@ def test_a_process_killed_mid_sampling_ends_the_other_in_one_line(tmp_path, kill
     if killed == 1:
         assert "process 1 stopped sending heartbeats" in line, line
     assert not (tmp_path / "kill-0.mp4").exists()
-    # a restart on the same port runs to the end
+    if killed == 1:
+        return  # CI stops here; the slow variant also restarts both on the same port
     again = [_launch("again", port, 2, i, timeout, tmp_path) for i in range(2)]
     for p in again:
         _, err = p.communicate(timeout=600)

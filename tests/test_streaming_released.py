@@ -177,9 +177,12 @@ def test_without_the_image_encoder_it_is_refused_and_openclip_file_fills_it(rele
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
 
 
+@pytest.mark.slow  # ~75 s (a 4-device subprocess); test_sharding keeps the generation-on-a-mesh check in CI
 def test_streaming_on_a_mesh_equals_one_device(released):
     """The released layout's loop (VAE decode and CLIP tower inside it) on data 2 x frames 2 simulated
-    devices: the same latents as one device within 1e-5 (float summation order only)."""
+    devices: the same latents as one device within 3e-5. Float summation order only: measured 1.1e-5 on
+    this machine's CPU (the VAE decode and the CLIP tower between chunks amplify reordering), where a
+    shard in the wrong place gives O(1)."""
     from conftest import run_on_host_devices
 
     out = released[0]
@@ -193,7 +196,7 @@ def test_streaming_on_a_mesh_equals_one_device(released):
         "print('REL', float(np.abs(got - one).max() / np.abs(one).max()), float(np.abs(one).max()))\n")
     r = run_on_host_devices(script, 4, timeout=600)
     rel, peak = (float(v) for v in next(l for l in r.stdout.splitlines() if l.startswith("REL")).split()[1:])
-    assert peak > 0.1 and rel < 1e-5, (rel, peak)
+    assert peak > 0.1 and rel < 3e-5, (rel, peak)
 
 
 def test_verify_against_the_released_checkpoint(released, capsys):
@@ -223,7 +226,7 @@ def test_converter_refuses_before_work(released, capsys):
     conv = ["convert", "streamingt2v", str(root / "streaming_t2v.ckpt"), "--unet-config",
             str(root / "modelscope/unet/config.json"), "--cam-frames", "2"]
     assert main(conv + ["--out", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: output directory exists: {out} (pass --overwrite)"
+    assert capsys.readouterr().err.strip() == f"error: output directory exists: {out} (pass overwrite=True / --overwrite)"
     _save_ckpt(root / "other.ckpt", {k: v for k, v in sd.items() if k.startswith("image_encoder.")})
     conv[2] = str(root / "other.ckpt")
     assert main(conv + ["--out", str(root / "other")]) == 2

@@ -184,7 +184,7 @@ def _synopsis_arg(values: Optional[list[str]]):
 
 def number(name, value, **kw):
     """vstar_jax.generation.request.number (imported when needed: ``--help`` does not start JAX)."""
-    from vstar_jax.generation.request import number as _number  # noqa: PLC0415
+    from vstar_jax.validate import number as _number  # noqa: PLC0415
 
     return _number(name, value, **kw)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from vstar_jax.diffusion.parameterization import check_prediction
 from vstar_jax.errors import VstarError
+from vstar_jax.validate import number
 
 DEMO_SOURCE = "builtin:demo"
 DEFAULTS = {"frames": 16, "steps": 25, "cfg": 12.0, "eta": 1.0, "fps": 28}  # VSTAR on VideoCrafter2
@@ -225,7 +226,6 @@ class ModelInfo:
 
     def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         """Latent (h, w) of a video size; None = the checkpoint's default. Raises VstarError."""
-        from vstar_jax.generation.request import number  # noqa: PLC0415 - request imports this module
 
         dh, dw = self.diffusion["latent_size"]
         unet_factor = 2 ** (self.unet_levels - 1)

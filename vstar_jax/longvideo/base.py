@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional
 import jax
 
 from vstar_jax.errors import VstarError
+from vstar_jax.validate import number as _number
 
 MAX_SETTING = 100_000  # a window, stride, overlap or partition count (frames are at most this many too)
 
@@ -162,7 +163,6 @@ class Strategy:
 
 
 def number(name, value, **kw):
-    from vstar_jax.generation.request import number as _number  # noqa: PLC0415 - request imports this package
 
     return _number(name, value, **kw)
 

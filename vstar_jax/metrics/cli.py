@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+from vstar_jax.validate import number
 
 
 def _jsonable(v):
@@ -23,7 +24,6 @@ FPS_RANGE = (1e-3, 1000.0)
 
 def check_settings(mawe_size, fps=None, where: str = "--"):
     """(mawe_size, fps) checked before any video is read: finite, in range, else one-line VstarError."""
-    from vstar_jax.generation.request import number  # noqa: PLC0415
 
     size = None
     if mawe_size is not None and not (isinstance(mawe_size, (list, tuple)) and not mawe_size) and mawe_size != 0:

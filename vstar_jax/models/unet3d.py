@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vstar_jax.models.attention import rows_on_mesh
+from vstar_jax.models.attention import attention, rows_on_mesh
 from vstar_jax.models.layers import Attention, GroupNorm32
 from vstar_jax.models.layers import RelativePosition, relative_positions  # noqa: F401  (moved there; re-exported)
 from vstar_jax.models.layers import cfg_get as _cfg_get

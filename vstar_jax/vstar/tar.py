@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vstar_jax.errors import VstarError
+from vstar_jax.validate import number
 
 # The sensible ranges of a TAR spec's numbers (checked before compute; a sigma beyond the frame count is
 # already a flat band, and an infinite one would be exactly no TAR).
@@ -47,7 +48,6 @@ class TARConfig:
     until_time: int = 13
 
     def __post_init__(self):
-        from vstar_jax.generation.request import number  # noqa: PLC0415 - one check for every number
 
         if not self.levels:
             raise VstarError("TAR has no levels, so it would never be applied")
@@ -127,7 +127,6 @@ def parse_tar(spec) -> Optional[TARConfig]:
     if spec is None or isinstance(spec, TARConfig):
         return spec
     if isinstance(spec, dict):
-        from vstar_jax.generation.request import number  # noqa: PLC0415
 
         levels = spec.get("levels")
         if not isinstance(levels, (list, tuple)) or not all(isinstance(x, (list, tuple)) and len(x) == 3
@@ -160,7 +159,6 @@ def parse_tar(spec) -> Optional[TARConfig]:
         raise VstarError(f"bad TAR spec {spec!r}: @until must be a step index (an integer >= 0), got {until!r}")
     until_time = 13
     if until:
-        from vstar_jax.generation.request import number  # noqa: PLC0415
 
         until_time = number("TAR until_time (@until)", until, integer=True, minimum=0, maximum=MAX_UNTIL)
     return TARConfig(levels=tuple(levels), until_time=until_time)
