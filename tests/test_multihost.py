@@ -283,3 +283,11 @@ def test_a_process_killed_mid_sampling_ends_the_other_in_one_line(tmp_path, kill
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     assert (tmp_path / "again-0.mp4").exists()
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 0, 1e9])
+def test_a_timeout_out_of_range_is_refused_before_joining(timeout):
+    from vstar_jax.parallel.distributed import initialize
+
+    with pytest.raises(ValueError, match=r"--timeout \(seconds\) must be .*valid: 1 to 604800"):
+        initialize(coordinator="127.0.0.1:1", num_processes=2, process_id=1, timeout=timeout)

@@ -24,6 +24,7 @@ import sys
 from typing import Mapping, Optional
 
 from vstar_jax.errors import VstarError
+from vstar_jax.validate import number
 
 DEFAULT_PORT = 12355
 
@@ -155,6 +156,7 @@ def initialize(*, coordinator: Optional[str] = None, num_processes: Optional[int
     the settings used plus ``process_index``/``process_count``/``devices``. A single process is a no-op."""
     import jax  # noqa: PLC0415
 
+    timeout = number("--timeout (seconds)", timeout, minimum=1, maximum=7 * 24 * 3600)
     s = settings_from_env(env, coordinator=coordinator, num_processes=num_processes, process_id=process_id)
     if s["num_processes"] == 1:
         return {**s, "process_index": 0, "process_count": 1, "devices": len(jax.devices())}
