@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional
 import jax
 
 from vstar_jax.errors import VstarError
-from vstar_jax.validate import number as _number
+from vstar_jax.validate import number
 
 MAX_SETTING = 100_000  # a window, stride, overlap or partition count (frames are at most this many too)
 
@@ -73,7 +73,7 @@ class Strategy:
     POSITIONAL: ClassVar[tuple] = ()
     #: strategies whose UNet calls take one timestep per frame (the UNet supports it by shape)
     per_frame_timesteps: ClassVar[bool] = False
-    #: settings a sidecar written before a field existed ran with (``from_sidecar`` fills them in)
+    #: settings a sidecar written before a field existed ran with (:func:`sidecar_settings` fills them in)
     SIDECAR_LEGACY: ClassVar[dict] = {}
 
     # ---- protocol ------------------------------------------------------------------------------
@@ -160,11 +160,6 @@ class Strategy:
             raise VstarError(f"{cls.name} takes at most {len(cls.POSITIONAL)} numbers "
                              f"({cls.name}:{':'.join(cls.POSITIONAL)}), got {body!r}")
         return cls.from_dict(dict(zip(cls.POSITIONAL, parts)))
-
-
-def number(name, value, **kw):
-
-    return _number(name, value, **kw)
 
 
 def _coerce(method: str, name: str, value, typ):
