@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from vstar_jax.demo import checker, world  # noqa: E402
 from vstar_jax.demo import model as dm  # noqa: E402
-from vstar_jax.vstar.tar import parse_tar  # noqa: E402
+from vstar_jax.tar_vsp.tar import parse_tar  # noqa: E402
 
 FAMILIES = {"move": "move", "size": "size", "multi": "multi2"}
 METHODS = ("base", "tar", "vsp", "tar+vsp")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vstar_jax.vstar import analysis as A
+from vstar_jax.tar_vsp import analysis as A
 
 
 def test_band_score_identity_and_uniform():

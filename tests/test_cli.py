@@ -116,7 +116,7 @@ def test_bad_inputs_one_line_exit_2_without_compute(ckpt, tmp_path, monkeypatch,
 
 
 def test_llm_failure_is_one_line(ckpt, tmp_path, monkeypatch, capsys):
-    from vstar_jax.vstar import synopsis
+    from vstar_jax.tar_vsp import synopsis
 
     def refuse(*a, **k):
         raise synopsis.SynopsisError("LLM endpoint http://127.0.0.1:9/v1/chat/completions unreachable: refused")

@@ -9,7 +9,7 @@ import pytest
 from vstar_jax.longvideo import FreeNoise, parse_strategy
 from vstar_jax.longvideo.freenoise import SHUFFLE_FOLD, reschedule_map, triangular_weights, window_starts
 from vstar_jax.models.attention import attention
-from vstar_jax.vstar.tar import gaussian_band
+from vstar_jax.tar_vsp.tar import gaussian_band
 
 
 def test_triangular_weights_and_views_as_the_reference():
@@ -137,7 +137,7 @@ def test_window_fusion_matches_numpy(window, stride, tar, rel):
     q, k, v = (rng.standard_normal((3, n, 2, 8)).astype(np.float32) for _ in range(3))
     kw, ref_kw = {}, {}
     if tar:
-        from vstar_jax.vstar.tar import tar_logits
+        from vstar_jax.tar_vsp.tar import tar_logits
 
         kw["logit_transform"] = lambda z: tar_logits(z, 2.0, 1.0)
         ref_kw["tar_sigma"] = 2.0

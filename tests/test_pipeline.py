@@ -16,8 +16,8 @@ from tiny_checkpoint import shared_tiny_checkpoint
 from vstar_jax import pipeline as pl
 from vstar_jax.generation import model as gm
 from vstar_jax.io.video import read_video
-from vstar_jax.vstar.analysis import band_score
-from vstar_jax.vstar.tar import preset
+from vstar_jax.tar_vsp.analysis import band_score
+from vstar_jax.tar_vsp.tar import preset
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")
 

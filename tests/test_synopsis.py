@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from vstar_jax.vstar import synopsis as SY
+from vstar_jax.tar_vsp import synopsis as SY
 
 STATES = ["A seed in dark soil, watercolor", "A green sprout, watercolor", "A tall sunflower in bloom, watercolor"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import load_golden
 from vstar_jax.models.attention import attention
-from vstar_jax.vstar.tar import PRESETS, TARConfig, gaussian_band, make_transform, parse_tar, preset, tar_logits
+from vstar_jax.tar_vsp.tar import PRESETS, TARConfig, gaussian_band, make_transform, parse_tar, preset, tar_logits
 
 
 def test_gaussian_band_matches_reference_matrices():

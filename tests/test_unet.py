@@ -16,7 +16,7 @@ from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
 from configs import unet_modelscope, unet_tiny, unet_videocrafter2
 from conftest import GOLDEN, load_golden, rel_err
 from vstar_jax.models.unet3d import UNet3D, count_params, init_shapes
-from vstar_jax.vstar.tar import TARConfig
+from vstar_jax.tar_vsp.tar import TARConfig
 
 RTOL = 1e-4
 

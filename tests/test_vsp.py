@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import load_golden
-from vstar_jax.vstar.vsp import frame_anchors, per_frame_embeddings
+from vstar_jax.tar_vsp.vsp import frame_anchors, per_frame_embeddings
 
 
 def test_matches_golden_exactly():

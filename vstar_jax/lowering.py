@@ -171,7 +171,7 @@ def sampler_program(dtype: str, strategy: Optional[str] = None, frames: int = 4,
     ``tar``; ``vsp``: one text context per frame (what a synopsis gives the loop)."""
     from vstar_jax.generation import sampling as S  # noqa: PLC0415
     from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
-    from vstar_jax.vstar.tar import preset  # noqa: PLC0415
+    from vstar_jax.tar_vsp.tar import preset  # noqa: PLC0415
 
     unet, cfg = unet_model(dtype, config=config)
     strat = parse_strategy(strategy)

@@ -51,7 +51,7 @@ def encode_text(pipe: Pipeline, request: GenerationRequest):
     (F, 77, C) by VSP; uncond is the empty prompt's (1, 77, C)."""
     uncond = pipe.encode([""])
     if request.synopsis:
-        from vstar_jax.vstar.vsp import per_frame_embeddings  # noqa: PLC0415
+        from vstar_jax.tar_vsp.vsp import per_frame_embeddings  # noqa: PLC0415
 
         cond = per_frame_embeddings(pipe.encode(list(request.synopsis)), request.frames, request.vsp_mode)
     else:
@@ -224,7 +224,7 @@ def _finish_outputs(result: GenerationResult, paths: dict, progress: bool, stage
 
 
 def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
-    from vstar_jax.vstar import synopsis as syn  # noqa: PLC0415
+    from vstar_jax.tar_vsp import synopsis as syn  # noqa: PLC0415
 
     asked = llm.get("num_states")  # 0 is a mistake, not "the default"
     num = number("num_states", asked if asked is not None else min(5, frames), integer=True, minimum=2,

@@ -264,8 +264,8 @@ def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
 
 def vsp_context(embeddings: jax.Array, frames: int, mode: str = "linear") -> jax.Array:
     """Per-frame context (frames, L, C) from K state embeddings (K, L, C): the project's VSP
-    (``vstar_jax.vstar.vsp.per_frame_embeddings``); one state is repeated over the frames."""
-    from vstar_jax.vstar.vsp import per_frame_embeddings
+    (``vstar_jax.tar_vsp.vsp.per_frame_embeddings``); one state is repeated over the frames."""
+    from vstar_jax.tar_vsp.vsp import per_frame_embeddings
 
     if embeddings.shape[0] == 1:
         return jnp.broadcast_to(embeddings, (frames,) + tuple(embeddings.shape[1:]))

@@ -289,7 +289,7 @@ def write_attention(attention: dict, paths: dict, stage=None) -> Optional[str]:
     if attention is None or paths["attention_png"] is None:
         return None
     from vstar_jax.io.atomic import Staging, write_error  # noqa: PLC0415
-    from vstar_jax.vstar.analysis import plot_attention_grid  # noqa: PLC0415
+    from vstar_jax.tar_vsp.analysis import plot_attention_grid  # noqa: PLC0415
 
     own = stage is None
     st = Staging() if own else stage
@@ -436,7 +436,7 @@ def sidecar_kwargs(sidecar: Mapping) -> dict:
     """generate_video keyword arguments that reproduce a sidecar's video."""
     from vstar_jax.generation.model import DEMO_SOURCE  # noqa: PLC0415
     from vstar_jax.longvideo.base import sidecar_settings  # noqa: PLC0415
-    from vstar_jax.vstar.tar import parse_tar  # noqa: PLC0415
+    from vstar_jax.tar_vsp.tar import parse_tar  # noqa: PLC0415
 
     kw = {k: sidecar[k] for k in SIDECAR_ARGS if k in sidecar}
     if "long_video" in kw:

@@ -168,7 +168,7 @@ def resolve_synopsis(synopsis, prompt: str, frames: int):
     """User synopsis (list or file) -> (states, source dict); None -> (None, None)."""
     if synopsis is None:
         return None, None
-    from vstar_jax.vstar.synopsis import user_synopsis  # noqa: PLC0415
+    from vstar_jax.tar_vsp.synopsis import user_synopsis  # noqa: PLC0415
 
     if isinstance(synopsis, (str, os.PathLike)):
         states = user_synopsis(synopsis, prompt)
@@ -192,8 +192,8 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
     call may use (None: what the machine has; 0: no check), see :func:`check_memory`.
     """
     from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
-    from vstar_jax.vstar.tar import TARConfig, parse_tar  # noqa: PLC0415
-    from vstar_jax.vstar.vsp import MODES  # noqa: PLC0415
+    from vstar_jax.tar_vsp.tar import TARConfig, parse_tar  # noqa: PLC0415
+    from vstar_jax.tar_vsp.vsp import MODES  # noqa: PLC0415
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise VstarError("empty prompt: give a text description of the video")

@@ -351,7 +351,7 @@ def capture_maps(aux) -> Optional[dict]:
 
     import numpy as np  # noqa: PLC0415
 
-    from vstar_jax.vstar.analysis import flatten_maps  # noqa: PLC0415
+    from vstar_jax.tar_vsp.analysis import flatten_maps  # noqa: PLC0415
 
     def label(path: str) -> str:
         parts = [p for p in path.split("/") if p != "weights"]

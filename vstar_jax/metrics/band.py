@@ -2,7 +2,7 @@
 
 Maps are the (f, f) temporal attention maps the UNet sows with ``capture_attention=True``
 (averaged over heads and pixels), in any pytree (per layer, stacked over steps). The score of
-one map is ``vstar_jax.vstar.analysis.band_score``: the fraction of attention mass within
+one map is ``vstar_jax.tar_vsp.analysis.band_score``: the fraction of attention mass within
 |i - j| <= width. Real videos give a band-diagonal structure (high score); long synthetic videos
 without TAR do not.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vstar_jax.vstar.analysis import band_score, flatten_maps
+from vstar_jax.tar_vsp.analysis import band_score, flatten_maps
 
 
 def layer_band_scores(captured, width: int = 1) -> dict[str, float]:

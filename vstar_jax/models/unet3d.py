@@ -480,7 +480,7 @@ class UNet3D(nn.Module):
         frame). ``hooks``: temporal-attention hooks, each with optional methods
         ``logit_transform(level, step_index)`` (TAR: every temporal transformer but ``init_attn``)
         and ``attend(attention) -> attention`` (FreeNoise's windows: every temporal transformer);
-        ``tar`` is one more such hook (``vstar_jax.vstar.tar.TARConfig``). ``layout``: where the
+        ``tar`` is one more such hook (``vstar_jax.tar_vsp.tar.TARConfig``). ``layout``: where the
         activations lie on a device mesh (``vstar_jax.parallel.sharding.ActivationLayout``): spatial
         layers with the (batch x frame) rows split, temporal layers with all frames local and the pixels
         split; None leaves every layout to XLA (one device).
