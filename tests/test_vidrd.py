@@ -92,7 +92,7 @@ def _np_dsg_weight(i, steps, hard_until, soft_until):
 
 def _np_vidrd(st, x_T, cond, uncond, steps, eta, key, frames):
     """VidRD has no official code: this transcribes the choices written in vstar_jax/longvideo/vidrd.py's
-    module docstring (README "Choices where the reference is silent"; SPEC: FNR, PNS, DSG), not its
+    module docstring (docs/long-videos.md "Choices where the reference is silent"; SPEC: FNR, PNS, DSG), not its
     functions. The DDIM loop of each clip is VideoCrafter2's (tests/lvdm_reference.py); noise keys
     follow the docstring's PRNG rule."""
     f, o = st.window, st.overlap
