@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import pytest
+from hostile import env as cli_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC_FILES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
@@ -199,15 +200,8 @@ def block_env(tmp_path_factory):
         f'from vstar_jax.cli import main; sys.exit(main())" "$@"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    env = dict(os.environ)
-    env.update({
-        "PYTHONPATH": os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
-        "PATH": os.pathsep.join([str(bin_dir), env.get("PATH", "")]),
-        "JAX_PLATFORMS": "cpu",
-        "VSTAR_JAX_CACHE_DIR": str(root / "jax_cache"),
-        "MPLBACKEND": "Agg",
-    })
-    return env
+    return cli_env(PATH=os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]), JAX_PLATFORMS="cpu",
+                   VSTAR_JAX_CACHE_DIR=str(root / "jax_cache"), MPLBACKEND="Agg")
 
 
 @pytest.mark.parametrize(
