@@ -218,19 +218,17 @@ def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan
     :func:`sample_jit` of its own (cond, uncond, key, fps, cfg), run one after another (``lax.map``)
     so it is the single-item program, seed and all. ``item_sharding`` splits the items over a mesh
     axis (``data``): each device runs its share (``shard_map``), params replicated."""
-    def one(c, u, k, f, s):
-        return _sample(unet, params, c, u, k, f, s, plan=plan)
-
-    def items(c, u, k, f, s):  # one item after another: each is exactly the single-item program
-        return jax.lax.map(lambda a: one(*a), (c, u, k, f, s))
+    def items(p, c, u, k, f, s):  # one item after another: each is exactly the single-item program
+        return jax.lax.map(lambda a: _sample(unet, p, *a, plan=plan), (c, u, k, f, s))
 
     if item_sharding is None:
-        return items(conds, unconds, keys, fps, cfg_scale)
+        return items(params, conds, unconds, keys, fps, cfg_scale)
     from jax.sharding import PartitionSpec as P  # noqa: PLC0415
 
     spec = item_sharding.spec
-    fn = jax.shard_map(items, mesh=item_sharding.mesh, in_specs=(spec,) * 5, out_specs=spec, check_vma=False)
-    return fn(conds, unconds, keys, fps, cfg_scale)
+    fn = jax.shard_map(items, mesh=item_sharding.mesh, in_specs=(P(),) + (spec,) * 5, out_specs=spec,
+                       check_vma=False)
+    return fn(params, conds, unconds, keys, fps, cfg_scale)
 
 
 _COMPILED: dict = {}
