@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -350,23 +350,6 @@ def apply_plan(
         raise ConversionError(component, missing, unexpected, mismatched, prefix=getattr(sd, "prefix", ""),
                               shapes=shapes, hints=hints)
     return unflatten(out)
-
-
-def finalize(flat, expected, *, source_keys: Iterable[str], used_keys: Iterable[str], component: str) -> dict:
-    """For converters that build the flat params themselves: check against ``expected``."""
-    exp_flat = flatten(expected)
-    unexpected = sorted(set(source_keys) - set(used_keys))
-    missing = ["/".join(p) for p in exp_flat if p not in flat]
-    extra = ["/".join(p) for p in flat if p not in exp_flat]
-    mismatched = [f"{'/'.join(p)} {tuple(np.shape(v))} (model wants {tuple(exp_flat[p].shape)})"
-                  for p, v in flat.items() if p in exp_flat and tuple(np.shape(v)) != tuple(exp_flat[p].shape)]
-    if missing or unexpected or mismatched or extra:
-        raise ConversionError(component, missing + extra, unexpected, mismatched)
-    return unflatten({p: np.asarray(v) for p, v in flat.items()})
-
-
-def shape_tree(params) -> dict:
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
 
 
 def count_params_tree(params) -> int:
