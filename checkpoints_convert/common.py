@@ -15,6 +15,8 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from vstar_jax.trees import flatten, unflatten
+
 FlaxPath = Tuple[str, ...]
 
 
@@ -284,26 +286,6 @@ def p_norm(plan: Plan, src: str, dst: FlaxPath):
 
 
 # ---------------------------------------------------------------- applying
-
-def flatten(tree, prefix: FlaxPath = ()) -> Dict[FlaxPath, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def unflatten(flat: Dict[FlaxPath, object]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
-
 
 def apply_plan(
     sd: Mapping,
