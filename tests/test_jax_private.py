@@ -13,23 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_compile_cache import TICKS, _loop  # a scan of 4 steps with a host callback (ticks 0..3)
 from vstar_jax import compile_cache as cc
 from vstar_jax.errors import VstarError
 from vstar_jax.jax_private import private_jax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TICKS = []
-
-
-def _tick(i):
-    if TICKS and TICKS[0] == "raise":
-        raise RuntimeError("stop")
-    TICKS.append(int(i))
-
-
-def _prog(x):
-    jax.debug.callback(_tick, x[0, 0])
-    return jnp.tanh(x @ x.T)
 
 
 def test_every_private_handle_works_on_this_jax():
@@ -44,7 +33,7 @@ def test_every_private_handle_works_on_this_jax():
     TICKS[:] = ["raise"]
     try:
         with pytest.raises(Exception):
-            jax.block_until_ready(jax.jit(_prog)(jnp.ones((4, 4))))
+            jax.block_until_ready(jax.jit(_loop)(jnp.ones((4, 4))))
     finally:
         jp.debugging_logger.removeHandler(grab)
         TICKS.clear()
@@ -52,15 +41,15 @@ def test_every_private_handle_works_on_this_jax():
 
     # a program with a host callback: stored without it, loaded with a lowering's callback
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 4)), jnp.float32)
-    first = jax.jit(_prog).lower(x)
+    first = jax.jit(_loop).lower(x)
     callbacks = jp.host_callbacks(first)
     assert len(callbacks) == 1 and jp.backend(first).platform == "cpu"
     compiled = first.compile()
     data = jp.serialize_with_callbacks(compiled, callbacks)
-    again = jax.jit(_prog).lower(x)
+    again = jax.jit(_loop).lower(x)
     loaded = jp.load_with_callbacks(data, again, jp.host_callbacks(again))
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(compiled(x)))
-    assert TICKS == [int(x[0, 0])] * 2
+    assert TICKS == [0, 1, 2, 3] * 2
     TICKS.clear()
 
     # one trace exported for several platforms
@@ -79,7 +68,7 @@ def test_a_moved_internal_is_one_line_naming_jax_and_what_moved(monkeypatch, tmp
         msg = str(e.value)
         assert "\n" not in msg and f"JAX {jax.__version__} no longer has jax._src.debugging.logger" in msg
         # the compile cache says so in one line and compiles as usual
-        fn, loaded = cc.compile_lowered(jax.jit(_prog).lower(jnp.ones((4, 4))), cache_dir=str(tmp_path))
+        fn, loaded = cc.compile_lowered(jax.jit(_loop).lower(jnp.ones((4, 4))), cache_dir=str(tmp_path))
         TICKS.clear()
         assert not loaded and not (tmp_path / cc.CALLBACK_SUBDIR).exists()
         err = capsys.readouterr().err.splitlines()
