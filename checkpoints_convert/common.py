@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+
+from vstar_jax.trees import flatten, unflatten
 
 FlaxPath = Tuple[str, ...]
 
@@ -285,26 +287,6 @@ def p_norm(plan: Plan, src: str, dst: FlaxPath):
 
 # ---------------------------------------------------------------- applying
 
-def flatten(tree, prefix: FlaxPath = ()) -> Dict[FlaxPath, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def unflatten(flat: Dict[FlaxPath, object]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
-
-
 def apply_plan(
     sd: Mapping,
     plan: Plan,
@@ -350,23 +332,6 @@ def apply_plan(
         raise ConversionError(component, missing, unexpected, mismatched, prefix=getattr(sd, "prefix", ""),
                               shapes=shapes, hints=hints)
     return unflatten(out)
-
-
-def finalize(flat, expected, *, source_keys: Iterable[str], used_keys: Iterable[str], component: str) -> dict:
-    """For converters that build the flat params themselves: check against ``expected``."""
-    exp_flat = flatten(expected)
-    unexpected = sorted(set(source_keys) - set(used_keys))
-    missing = ["/".join(p) for p in exp_flat if p not in flat]
-    extra = ["/".join(p) for p in flat if p not in exp_flat]
-    mismatched = [f"{'/'.join(p)} {tuple(np.shape(v))} (model wants {tuple(exp_flat[p].shape)})"
-                  for p, v in flat.items() if p in exp_flat and tuple(np.shape(v)) != tuple(exp_flat[p].shape)]
-    if missing or unexpected or mismatched or extra:
-        raise ConversionError(component, missing + extra, unexpected, mismatched)
-    return unflatten({p: np.asarray(v) for p, v in flat.items()})
-
-
-def shape_tree(params) -> dict:
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
 
 
 def count_params_tree(params) -> int:

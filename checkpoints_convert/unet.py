@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 import ml_collections
-import numpy as np
 
 from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
 
@@ -356,7 +355,3 @@ def unet_config_from_diffusers(config: Mapping) -> ml_collections.ConfigDict:
     cfg.transformer_norm_groups = groups  # diffusers' transformers share the resnets' groups
     check_unet_config(cfg)
     return cfg
-
-
-def count_source_params(sd: Mapping) -> int:
-    return int(sum(np.prod(np.shape(sd[k])) for k in sd))

@@ -23,13 +23,6 @@ def test_band_score_identity_and_uniform():
         A.band_score(np.ones((3, 4)), 1)
 
 
-def test_offset_profile():
-    f = 8
-    prof = A.offset_profile(np.eye(f))
-    assert prof[0] == 1 and np.all(prof[1:] == 0)
-    np.testing.assert_allclose(A.offset_profile(np.full((2, f, f), 0.125)), np.full(f, 0.125))
-
-
 def test_flatten_maps():
     tree = {"intermediates": {"down_0": {"temporal": {"attn1": (np.ones((3, 4, 4)),)}},
                               "mid": {"attn": [np.eye(4), np.eye(4)]}, "other": (np.ones(5),)}}

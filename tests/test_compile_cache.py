@@ -73,14 +73,17 @@ def test_programs_of_the_same_shapes_but_other_bodies_do_not_share_an_entry(tmp_
     TICKS.clear()
 
 
-def test_corrupt_entry_is_recompiled_and_no_cache_means_plain_compile(tmp_path):
+def test_corrupt_entry_is_recompiled_and_no_cache_means_plain_compile(tmp_path, capsys):
     x = jnp.ones((4, 4), jnp.float32)
     cc.compile_lowered(jax.jit(_loop).lower(x), cache_dir=str(tmp_path))
     (entry,) = (tmp_path / cc.CALLBACK_SUBDIR).iterdir()
     entry.write_bytes(b"not a program")
     TICKS.clear()
+    capsys.readouterr()
     fn, loaded = cc.compile_lowered(jax.jit(_loop).lower(x), cache_dir=str(tmp_path))
     assert not loaded and entry.stat().st_size > 100  # replaced by a good entry
+    (line,) = capsys.readouterr().err.splitlines()  # said in one line, not swallowed
+    assert line.startswith(f"warning: compile cache entry {entry} unreadable, compiling again: UnpicklingError")
     np.testing.assert_array_equal(np.asarray(fn(x)), np.asarray(jax.jit(_loop)(x)))
     if not jax.config.jax_enable_compilation_cache:  # the test suite runs with the cache off
         assert cc.active_cache_dir() is None

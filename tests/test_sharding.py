@@ -30,8 +30,8 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from configs import unet_tiny
     from vstar_jax.models.unet3d import UNet3D
-    from vstar_jax.parallel.sharding import (make_mesh, named, shard_params, check_divisible, LATENT_AXES,
-                                             CONTEXT_AXES, activation_layout)
+    from vstar_jax.parallel.sharding import (make_mesh, named, shard_params, LATENT_AXES, CONTEXT_AXES,
+                                             activation_layout)
     assert len(jax.devices()) == 8
     cfg = unet_tiny.get_config()
     model = UNet3D(cfg)
@@ -91,10 +91,6 @@ SCRIPT = textwrap.dedent("""
     err, _, p, grid = sharded_call({"frames": 4, "model": 2}, True)
     sharded = [l for l in jax.tree_util.tree_leaves(p) if "model" in str(l.sharding.spec)]
     print("FSDP", err, grid, "SHARDED_PARAMS", len(sharded))
-    try:
-        check_divisible((2, 4, 7, 8, 8), named(make_mesh({"frames": 4}), LATENT_AXES), "latents")
-    except ValueError as e:
-        print("DIVERR", e)
 """)
 
 
@@ -114,7 +110,6 @@ def test_unet_layout_on_8_devices_is_all_to_all_with_halo_exchange():
     assert int(halo[1]) > 0 and int(halo[2]) <= int(halo[4]), out["HALO"]
     fsdp = out["FSDP"].split()
     assert float(fsdp[1]) < 1e-5 and int(fsdp[-1]) > 0, out["FSDP"]
-    assert "not divisible by mesh axis 'frames'" in out["DIVERR"]
 
 
 GEN_SCRIPT = textwrap.dedent("""

@@ -59,7 +59,6 @@ def test_user_synopsis_sources(tmp_path):
     (tmp_path / "prompt_list.json").write_text(json.dumps(vstar))
     for name in ["s.json", "l.json", "s.yaml", "s.txt"]:
         assert SY.user_synopsis(str(tmp_path / name)) == STATES, name
-    assert SY.get_synopsis("grow", "user", states=tmp_path / "prompt_list.json") == STATES
     with pytest.raises(SY.SynopsisError, match="entries"):
         SY.user_synopsis(str(tmp_path / "prompt_list.json"))
     with pytest.raises(SY.SynopsisError, match="at least 2"):

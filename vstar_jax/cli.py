@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from vstar_jax.validate import number  # jax-free: ``--help`` still does not start JAX
+
 # subcommand -> (module, function) forwarded with the remaining argv
 FORWARD = {
     "sweep": ("vstar_jax.sweep", "main"),
@@ -180,13 +182,6 @@ def _synopsis_arg(values: Optional[list[str]]):
         if v.lower().endswith(SYNOPSIS_FILE_SUFFIXES):
             raise UsageError(f"synopsis file not found: {v}")
     return list(values)
-
-
-def number(name, value, **kw):
-    """vstar_jax.generation.request.number (imported when needed: ``--help`` does not start JAX)."""
-    from vstar_jax.validate import number as _number  # noqa: PLC0415
-
-    return _number(name, value, **kw)
 
 
 def _llm_arg(a) -> Optional[dict]:

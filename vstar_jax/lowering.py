@@ -33,6 +33,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vstar_jax.errors import VstarError
+from vstar_jax.jax_private import private_jax, warn_once
+
 # Custom-call targets of fused attention kernels, by platform.
 KERNEL_TARGETS = {"tpu": ("tpu_custom_call",), "cuda": ("__cudnn$fmha",)}
 
@@ -227,20 +230,12 @@ def lower(program: str, platforms=("tpu", "cuda"), dtype: str = "float32") -> tu
 
 
 def export_each(program: str, fn, args: tuple, platforms, dtype: str) -> list:
-    """``jax.export.export(fn, platforms=(p,))(*args)`` for each p, sharing one trace when this JAX's
-    exporter internals allow (the trace is platform-independent: ``lax.platform_dependent`` defers the
-    choice to lowering); otherwise one public export per platform."""
+    """``jax.export.export(fn, platforms=(p,))(*args)`` for each p, sharing one trace through JAX's
+    exporter internals (the trace is platform-independent: ``lax.platform_dependent`` defers the
+    choice to lowering); when this JAX moved them, one public export per platform (and a warning line)."""
     try:
-        from jax._src.export import _export  # noqa: PLC0415
-        from jax._src.interpreters import mlir  # noqa: PLC0415
-
-        traced = fn.trace(*args)
-        out = []
-        for p in platforms:
-            lowered = traced.lower(lowering_platforms=(p,), _private_parameters=mlir.LoweringParameters(
-                for_export=True, hoist_constants_as_args=False))
-            exp = _export._export_lowered(lowered, traced.jaxpr, traced.fun_name)
-            out.append(Lowered(program, p, dtype, exp.mlir_module(), exp))
-        return out
-    except (ImportError, AttributeError, TypeError):
+        exported = private_jax().export_per_platform(fn.trace(*args), platforms)
+    except VstarError as e:
+        warn_once("exporting once per platform", e)
         return [export(program, fn, args, p, dtype) for p in platforms]
+    return [Lowered(program, p, dtype, exp.mlir_module(), exp) for p, exp in zip(platforms, exported)]

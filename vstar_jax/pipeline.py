@@ -251,8 +251,8 @@ def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = Non
     """Many videos, many per compiled call: ``items`` are dicts of ``generate_video`` settings (at
     least ``prompt``; e.g. ``{"prompt": ..., "seed": 3, "cfg": 7.5}``), ``common`` the settings they
     share. Items whose compiled loop is the same (shape, steps, method, TAR, VSP or not) run in one
-    call with an item axis (``jax.vmap``: each item draws its own seed's noise, so it equals its
-    single-item run); on a mesh the item axis is split over ``data``. With ``out_dir`` each video is
+    call with an item axis (``jax.lax.map``: one item after another, each the single-item program
+    with its own seed's noise, so it equals its single-item run); on a mesh the item axis is split over ``data``. With ``out_dir`` each video is
     written to ``out_dir/<prompt-slug>-<seed>.mp4`` with its sidecar (``--from-sidecar`` reproduces it
     alone); an item's own ``out`` names its file instead. Returns one :class:`GenerationResult` per
     item, in order."""

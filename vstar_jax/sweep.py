@@ -64,6 +64,7 @@ import traceback
 from typing import Callable
 
 from vstar_jax.generation.request import MAX_FRAMES, number
+from vstar_jax.trees import plain
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -149,17 +150,6 @@ def check_config(config) -> None:
                          f"list a custom run_fn's own keys in run_fn_keys)")
 
 
-def _plain(value):
-    """ConfigDict / tuples -> plain JSON-able Python values."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _get(config, key, default=None):
     try:
         value = config[key]
@@ -235,7 +225,7 @@ def collect_prompts(config, config_dir: str | None = None) -> list[str]:
 
 def run_id(settings: dict) -> str:
     """Stable id of a run: hash of its settings (JSON, sorted keys)."""
-    blob = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(plain(settings), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -253,14 +243,14 @@ def _format_method(kwargs: dict, prompt: str, synopses: dict | None = None) -> d
 def expand_runs(config, config_dir: str | None = None) -> list[dict]:
     """The grid as a list of unique runs: {"run_id", "prompt", "method", "frames", "seed",
     "checkpoint", "kwargs"}; the id hashes all of them (not the metric settings)."""
-    methods = _plain(_get(config, "methods", {}))
+    methods = plain(_get(config, "methods", {}))
     if not methods:
         raise ValueError("sweep config has no methods")
     frames_list = _int_list(config, "frames", [16], 2, MAX_FRAMES)
     seeds = _int_list(config, "seeds", [0], 0, 2**32 - 1)
-    shared = _plain(_get(config, "generate", {}))
+    shared = plain(_get(config, "generate", {}))
     checkpoint = str(_get(config, "checkpoint", "") or "")
-    synopses = _plain(_get(config, "synopses", {}) or {})
+    synopses = plain(_get(config, "synopses", {}) or {})
     runs = {}
     for prompt in collect_prompts(config, config_dir):
         for method, mkwargs in methods.items():
@@ -411,7 +401,7 @@ def _flat_result(result: dict) -> dict:
     for k, v in (result or {}).items():
         if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
             v = v.item()
-        out[k] = v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(_plain(v))
+        out[k] = v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(plain(v))
     return out
 
 
@@ -611,7 +601,7 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     from vstar_jax.metrics.cli import check_settings  # noqa: PLC0415
 
     mcfg = _get(config, "metrics", {})
-    check_settings(_plain(_get(mcfg, "mawe_size", None)), _get(mcfg, "fps", None), where="sweep metrics.")
+    check_settings(plain(_get(mcfg, "mawe_size", None)), _get(mcfg, "fps", None), where="sweep metrics.")
     run_fn_name = _get(config, "run_fn", DEFAULT_RUN_FN)
     run_fn = resolve_fn(run_fn_name)
     batch = _get(config, "batch", 1)
@@ -643,7 +633,7 @@ def _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, in
         snapshot = os.path.join(out_dir, SWEEP_SNAPSHOT)
         from vstar_jax.io.atomic import write_text  # noqa: PLC0415
 
-        write_text(snapshot, json.dumps(_plain(config), indent=1, default=str))
+        write_text(snapshot, json.dumps(plain(config), indent=1, default=str))
 
     known = read_rows(out_dir)
     if retry_errors:

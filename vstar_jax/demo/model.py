@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from checkpoints_convert.common import unflatten
 from vstar_jax.demo import world
+from vstar_jax.trees import flatten, json_default, unflatten
 
 ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 PARAMS_FILE = "params.safetensors"
@@ -138,23 +138,13 @@ def expand_embedding(rows: np.ndarray, ids: np.ndarray, vocab_size: int) -> np.n
 
 # ----------------------------------------------------------------------------- save / load
 
-def _flatten(tree, prefix=()) -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) or hasattr(v, "items"):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = np.asarray(v)
-    return out
-
-
 def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None) -> pathlib.Path:
     """Write the shipped form of ``params`` ({'unet', 'text'}) + config + training record."""
     from safetensors.numpy import save_file
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    flat = _flatten(jax.device_get(params))
+    flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(params)).items()}
     ids = world_token_ids()
     flat[EMBED_KEY] = compact_embedding(flat[EMBED_KEY], ids)
     tensors = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in flat.items()}
@@ -168,18 +158,8 @@ def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None
     meta = {"config": cfg, "record": record or {},
             "embedding": {"kept_ids": int(ids.size), "vocab_size": int(config.text.vocab_size),
                           "other_rows": "zero"}}
-    write_text(out / CONFIG_FILE, json.dumps(meta, indent=1, default=_json_default))
+    write_text(out / CONFIG_FILE, json.dumps(meta, indent=1, default=json_default))
     return out
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (tuple, np.ndarray)):
-        return list(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def _tuplify(d):

@@ -88,9 +88,6 @@ class DDIMSchedule:
         """Sigmas for another eta (same formula and precision as the flavour's reference)."""
         return _sigmas(self.flavour, self.alphas, self.alphas_prev, eta)
 
-    def with_eta(self, eta: float) -> "DDIMSchedule":
-        return dataclasses.replace(self, sigmas=self.sigmas_for(eta), eta=float(eta))
-
     def coefficients(self, eta: float | None = None) -> dict[str, np.ndarray]:
         """Float32 per-step coefficients in loop order (i = 0 is the noisiest step).
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from vstar_jax.diffusion.parameterization import check_prediction
 from vstar_jax.errors import VstarError
+from vstar_jax.trees import plain
 from vstar_jax.validate import number
 
 DEMO_SOURCE = "builtin:demo"
@@ -31,19 +32,6 @@ def _frozen(cfg):
     if isinstance(cfg, ml_collections.ConfigDict):
         return ml_collections.FrozenConfigDict(cfg)
     return ml_collections.FrozenConfigDict(dict(cfg))
-
-
-def _plain(obj):
-    """ConfigDicts / tuples -> plain dicts / lists (JSON-able), recursively."""
-    if hasattr(obj, "to_dict"):
-        obj = obj.to_dict()
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def diffusion_settings(config: Mapping) -> dict:
@@ -116,7 +104,7 @@ class Pipeline:
         from vstar_jax.models.tokenizer import get_tokenizer  # noqa: PLC0415
         from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
 
-        config = _plain(config)
+        config = plain(config)
         missing = [k for k in ("unet", "text") if k not in config or k not in params]
         if missing:
             raise VstarError(f"{source}: checkpoint lacks component(s) {missing} needed to generate")
@@ -211,7 +199,7 @@ class ModelInfo:
 
     @classmethod
     def from_config(cls, config: Mapping, source: str) -> "ModelInfo":
-        config = _plain(config)
+        config = plain(config)
         if "unet" not in config:
             raise VstarError(f"{source}: checkpoint has no 'unet' component")
         vae_factor = _pixel_factor(config)

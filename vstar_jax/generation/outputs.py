@@ -70,11 +70,6 @@ def frames_digest(video: np.ndarray) -> str:
 
 
 # ------------------------------------------------------------------------------- decoding
-@jax.jit
-def _identity(x):
-    return x
-
-
 def _decode_batch_fn(pipe):
     """latents (1, c, k, h, w) float32 -> uint8 frames (k, H, W, 3)."""
     from vstar_jax.io.video import video_to_uint8  # noqa: PLC0415

@@ -29,6 +29,7 @@ import numpy as np
 from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.errors import VstarError
+from vstar_jax.jax_private import private_jax, warn_once
 from vstar_jax.longvideo.base import SampleInputs
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
 
@@ -173,7 +174,12 @@ def interruptible():
     previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     _PROGRESS["wake"] = r
     quiet = _QuietCallbackFailure()
-    logging.getLogger("jax._src.debugging").addFilter(quiet)
+    try:
+        jax_log = private_jax().debugging_logger  # where JAX logs the stopped callback's traceback
+    except VstarError as e:
+        warn_once("Ctrl-C will also print JAX's traceback of the stopped callback", e)
+        jax_log = logging.getLogger(__name__)
+    jax_log.addFilter(quiet)
     try:
         yield
     finally:
@@ -182,7 +188,7 @@ def interruptible():
         _PROGRESS["wake"] = None
         os.close(r)
         os.close(w)
-        logging.getLogger("jax._src.debugging").removeFilter(quiet)
+        jax_log.removeFilter(quiet)
 
 
 def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):

@@ -19,23 +19,11 @@ import os
 from typing import Any, Mapping, Optional
 
 import jax
-import numpy as np
 
 from vstar_jax.errors import VstarError
+from vstar_jax.trees import plain
 
 FORMAT = "vstar-jax/1"
-
-
-def _jsonable(obj):
-    if hasattr(obj, "to_dict"):
-        obj = obj.to_dict()
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    return obj
 
 
 CHECKPOINT_ENTRIES = ("config.json", "params")  # everything save_checkpoint writes into a checkpoint
@@ -109,7 +97,7 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
     os.makedirs(parent, exist_ok=True)
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write to {parent}")
-    cfg = dict(_jsonable(config))
+    cfg = dict(plain(config))
     cfg.setdefault("format", FORMAT)
     cfg["components"] = sorted(params)
     with atomic_dir(out_dir, what="checkpoint") as tmp:

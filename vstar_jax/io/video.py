@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 
+from vstar_jax.trees import json_default
+
 
 class NotWritableError(ValueError):
     """The output location cannot be written."""
@@ -221,18 +223,6 @@ def sidecar_path(video_path: str | os.PathLike) -> pathlib.Path:
     return pathlib.Path(video_path).with_suffix(".json")
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if hasattr(o, "tolist"):  # numpy / jax arrays
-        return np.asarray(o).tolist()
-    if isinstance(o, (pathlib.Path, os.PathLike)):
-        return os.fspath(o)
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    raise TypeError(f"sidecar value of type {type(o).__name__} is not JSON serialisable")
-
-
 def write_sidecar(video_path: str | os.PathLike, data: dict) -> pathlib.Path:
     """Write ``data`` as JSON next to the video (same stem, ``.json``), atomically."""
     from vstar_jax.io.atomic import write_text  # noqa: PLC0415
@@ -242,7 +232,7 @@ def write_sidecar(video_path: str | os.PathLike, data: dict) -> pathlib.Path:
 
 
 def sidecar_text(data: dict) -> str:
-    return json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    return json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n"
 
 
 def read_sidecar(video_path: str | os.PathLike) -> dict:

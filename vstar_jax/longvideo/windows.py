@@ -38,12 +38,6 @@ def sliding_starts(frames: int, window: int, stride: int) -> np.ndarray:
     return np.asarray(starts, np.int32)
 
 
-def chunk_lengths(window: int, overlap: int, up_to: int) -> list[int]:
-    """Valid StreamingT2V lengths O + k (F - O), k >= 1, up to ``up_to`` inclusive."""
-    f, o = int(window), int(overlap)
-    return list(range(f, int(up_to) + 1, f - o))
-
-
 def nearest_chunk_lengths(frames: int, window: int, overlap: int) -> tuple[int | None, int]:
     """The valid chunked lengths just below (None if none) and just above ``frames``."""
     f, o = _check_chunking(window, overlap)
@@ -90,21 +84,6 @@ def coverage(frames: int, window: int, starts) -> np.ndarray:
             raise ValueError(f"window [{s}, {s + window}) lies outside {frames} frames")
         counts[s:s + window] += 1
     return counts
-
-
-def blend_owner(frames: int, window: int, starts, offsets) -> np.ndarray:
-    """Which chunk's prediction each frame takes under randomized blending: (frames,) int32.
-
-    Chunks write in order; chunk k writes its frames from ``starts[k] + offsets[k]`` on
-    (``offsets[0]`` is ignored: the first chunk writes all its frames), so a frame keeps
-    the last chunk that wrote it -- frames before s_k + r_k keep chunk k-1's prediction.
-    """
-    owner = np.full(int(frames), -1, np.int32)
-    for k, (s, r) in enumerate(zip(np.asarray(starts).tolist(), np.asarray(offsets).tolist())):
-        owner[s + (0 if k == 0 else r):s + window] = k
-    if (owner < 0).any():
-        raise ValueError(f"chunks leave frames {np.flatnonzero(owner < 0).tolist()} uncovered")
-    return owner
 
 
 # ---------------------------------------------------------------- traced window views (jax)

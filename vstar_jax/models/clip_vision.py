@@ -78,14 +78,6 @@ def vision_param_shapes(config, dtype=jnp.float32):
     return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), pixels)["params"]
 
 
-def init_vision(config, rng=None, *, dtype=jnp.float32):
-    """(module, params) with random params."""
-    model = CLIPVisionTransformer(config, dtype=dtype)
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    pixels = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    return model, model.init(rng, pixels)["params"]
-
-
 def preprocess(frames: np.ndarray, image_size: int) -> np.ndarray:
     """uint8 (n, H, W, 3) RGB -> normalized float32 (n, S, S, 3): CLIP's resize of the short side
     to S (bicubic), centre crop, and mean/std normalization. (CLIP uses PIL's bicubic filter;

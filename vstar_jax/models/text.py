@@ -144,14 +144,6 @@ def eot_positions(tokens, eot_token_id: Optional[int] = None):
     return jnp.argmax((tokens == eot_token_id).astype(jnp.int32), axis=-1)
 
 
-def init_text(config, rng=None, *, dtype=jnp.float32):
-    """(module, params) with random params."""
-    model = TextTransformer(config, dtype=dtype)
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    tokens = jnp.zeros((1, config.context_length), jnp.int32)
-    return model, model.init(rng, tokens)["params"]
-
-
 def text_param_shapes(config, dtype=jnp.float32):
     """ShapeDtypeStruct pytree of the text params (for converters; nothing is allocated)."""
     model = TextTransformer(config, dtype=dtype)

@@ -13,7 +13,7 @@ Param tree: ``encoder`` / ``decoder`` with children ``conv_in``, ``down_{i}_bloc
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -248,15 +248,6 @@ def encode_to_latents(vae, params, video, *, rng=None, frame_batch: int = 16, sc
 def decode_latents(vae, params, latents, *, frame_batch: int = 16, scale_factor: float = SCALE_FACTOR):
     """Video (b, 3, f, H, W) of diffusion latents: decode(latents / scale_factor)."""
     return decode_video(vae, params, latents / scale_factor, frame_batch)
-
-
-def init_vae(config, rng=None, *, dtype=jnp.float32, image_hw: Optional[Sequence[int]] = None):
-    """(module, params) with random params; the image size defaults to the config resolution."""
-    vae = AutoencoderKL(config, dtype=dtype)
-    hw = tuple(image_hw) if image_hw is not None else (config.resolution, config.resolution)
-    x = jnp.zeros((1, config.in_channels) + hw, jnp.float32)
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    return vae, vae.init(rng, x)["params"]
 
 
 def vae_param_shapes(config, dtype=jnp.float32):

@@ -24,6 +24,7 @@ import sys
 from typing import Mapping, Optional
 
 from vstar_jax.errors import VstarError
+from vstar_jax.jax_private import private_jax, warn_once
 from vstar_jax.validate import number
 
 DEFAULT_PORT = 12355
@@ -118,22 +119,6 @@ def _check_port_free(address: str) -> None:
     return
 
 
-def _runtime_client():
-    """JAX's distributed runtime client (its key-value store and barriers), or None before
-    ``jax.distributed.initialize``. The one place that reads this private JAX state: when a JAX
-    release moves it, this says so in one line instead of failing somewhere deeper."""
-    try:
-        from jax._src import distributed as jd  # noqa: PLC0415 - no public handle to the client yet
-    except ImportError as e:
-        raise VstarError(f"this JAX ({e}) no longer exposes its distributed client where vstar-jax looks "
-                         f"(jax._src.distributed.global_state.client)") from None
-    state = getattr(jd, "global_state", None)
-    if state is None or not hasattr(state, "client"):
-        raise VstarError("this JAX no longer exposes its distributed client where vstar-jax looks "
-                         "(jax._src.distributed.global_state.client)")
-    return state.client
-
-
 def _handshake(settings: dict, timeout: float) -> None:
     """Every process publishes its settings in JAX's key-value store, then reads every other's: a
     process started with another process count, or a duplicate id, is named in one line on every
@@ -141,7 +126,11 @@ def _handshake(settings: dict, timeout: float) -> None:
     import json  # noqa: PLC0415
 
     import jax  # noqa: PLC0415
-    client = _runtime_client()
+    try:
+        client = private_jax().distributed_client()  # JAX has no public handle to it yet
+    except VstarError as e:
+        warn_once("process-count handshake skipped", e)
+        return
     if client is None:
         return
     me, count = jax.process_index(), jax.process_count()
@@ -203,7 +192,11 @@ def barrier(name: str, timeout_s: float = 7 * 24 * 3600) -> None:
     import jax  # noqa: PLC0415
     if jax.process_count() == 1:
         return
-    client = _runtime_client()
+    try:
+        client = private_jax().distributed_client()  # JAX has no public handle to it yet
+    except VstarError as e:
+        warn_once("barrier over JAX's collectives instead of its coordination service", e)
+        client = None
     if client is None:  # a runtime without a client of ours (TPU auto-detection still has one)
         from jax.experimental import multihost_utils  # noqa: PLC0415
 

@@ -88,16 +88,6 @@ def named(mesh: Mesh, logical: Sequence[Optional[str]], rules: Rules = DEFAULT_R
     return NamedSharding(mesh, logical_to_spec(logical, rules, mesh))
 
 
-def check_divisible(shape: Sequence[int], sharding: NamedSharding, what: str = "tensor") -> None:
-    """A clear error when a sharded dim does not split evenly (e.g. frames over devices)."""
-    for dim, (size, axis) in enumerate(zip(shape, sharding.spec)):
-        if axis is None:
-            continue
-        n = sharding.mesh.shape[axis]
-        if size % n:
-            raise ValueError(f"{what} dim {dim} has size {size}, not divisible by mesh axis {axis!r} of size {n}")
-
-
 def param_sharding(shape: Sequence[int], mesh: Mesh, axis: str = "model") -> NamedSharding:
     """FSDP-style: shard the largest dim divisible by the mesh axis; replicate small or odd leaves."""
     n = mesh.shape.get(axis, 1)

@@ -31,16 +31,6 @@ def band_score(attn, width: int):
     return float(out) if out.ndim == 0 else out
 
 
-def offset_profile(attn) -> np.ndarray:
-    """Mean attention at each frame offset |i - j| = 0..f-1 over (..., f, f) maps."""
-    a = np.asarray(attn, dtype=np.float64)
-    f = a.shape[-1]
-    i = np.arange(f)
-    off = np.abs(i[:, None] - i[None, :])
-    flat = a.reshape(-1, f, f).mean(axis=0)
-    return np.array([flat[off == d].mean() for d in range(f)])
-
-
 def flatten_maps(tree, prefix: str = "") -> dict[str, np.ndarray]:
     """Flatten a captured pytree (e.g. flax ``intermediates``, stacked by the sampler) to
     ``{"path/to/layer": array (..., f, f)}``; one-element tuples/lists made by ``sow`` are

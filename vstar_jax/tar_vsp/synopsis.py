@@ -381,18 +381,3 @@ def local_lm_synopsis(prompt: str, num_states: int = 5, *, model_path: str | os.
         out = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     reply = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return ensure_suffix(_as_many(parse_states(reply), num_states, "the local LM"), style_suffix)
-
-
-# ----------------------------------------------------------------------------- dispatch
-def get_synopsis(prompt: str, source: str = "user", *, num_states: int = 5, states=None,
-                 **kwargs) -> list[str]:
-    """``source``: "user" (``states`` = list or file path), "llm" (HTTP) or "local" (``model_path``)."""
-    if source == "user":
-        if states is None:
-            raise SynopsisError("source 'user' needs states= (a list or a file path)")
-        return user_synopsis(states, prompt)
-    if source == "llm":
-        return llm_synopsis(prompt, num_states, **kwargs)
-    if source == "local":
-        return local_lm_synopsis(prompt, num_states, **kwargs)
-    raise SynopsisError(f"unknown synopsis source {source!r} (use 'user', 'llm' or 'local')")
