@@ -9,6 +9,7 @@ and every bad input is a one-line ValueError raised before the model is loaded.
 import json
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -149,7 +150,9 @@ def _bad_cases(tmp):
         (dict(vsp_mode="cubic"), "unknown VSP mode"),
         (dict(checkpoint=str(tmp / "missing")), "checkpoint directory not found"),
         (dict(gif=True, out=None), "needs an output path"),
-    ]
+        (dict(attention_backend="flash"), "unknown attention backend 'flash'"),
+        (dict(attention_backend="pallas", tar="64D1"), "needs a TPU" if jax.default_backend() != "tpu" else "TAR"),
+    ] + ([(dict(attention_backend="cudnn"), "'cudnn' needs a GPU")] if jax.default_backend() != "gpu" else [])
 
 
 def test_bad_inputs_fail_fast_before_loading(ckpt, tmp_path, monkeypatch):
@@ -409,8 +412,9 @@ def test_sidecar_round_trip_keeps_every_request_field(ckpt, tmp_path, monkeypatc
     info = pl.model_info(ckpt)
     common = dict(steps=4, cfg=7.5, eta=0.5, seed=1234, fps=12, save_fps=5.0, tar="64D4",
                   synopsis=["a red ball", "a blue ball", "a green ball"], vsp_mode="same", height=32, width=24,
-                  frame_batch=3)
-    setups = [dict(common, frames=12, long_video="genl:8:4"), dict(common, frames=6, capture=True)]
+                  frame_batch=3, attention_backend="xla")
+    # attention_backend: 'xla' (off the default) and 'auto' (not what a sidecar without it gets: the config's 'xla')
+    setups = [dict(common, frames=12, long_video="genl:8:4"), dict(common, frames=6, capture=True, attention_backend="auto")]
     default = pl.make_request("p", info)
     originals, rebuilt = [], []
     real = pl.make_request
@@ -446,3 +450,52 @@ def test_sidecar_round_trip_keeps_every_request_field(ckpt, tmp_path, monkeypatc
     for orig, again in zip(originals, rebuilt):  # the checkpoint's settings come back the same way
         for name in from_checkpoint:
             assert getattr(again, name) == getattr(orig, name), name
+
+
+# ------------------------------------------------------------------ issue 23: the attention backend setting
+def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeypatch):
+    """The backend asked for is the UNet config's the compiled loop is given (single videos and batches),
+    whatever the checkpoint's config says; the default is 'auto', which the sidecar records."""
+    import jax.numpy as jnp
+
+    from vstar_jax.diffusion.sampler import SampleOutput
+    from vstar_jax.generation import sampling
+
+    assert first.sidecar["attention_backend"] == "auto"
+    seen = []
+
+    def fake_sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
+        seen.append(unet.config["attention_backend"])
+        return SampleOutput(jnp.zeros(plan.latent_shape), None, None)
+
+    for backend in ("xla", "auto"):
+        pl.generate_video(PROMPT, checkpoint=ckpt, frames=FRAMES, steps=STEPS, progress=False,
+                          attention_backend=backend, _sampler=fake_sampler)
+    assert seen == ["xla", "auto"]
+
+    def fake_batch(unet, params, conds, *a, plan, item_sharding=None):
+        seen.append(unet.config["attention_backend"])
+        return SampleOutput(jnp.zeros((conds.shape[0],) + plan.latent_shape), None, None)
+
+    monkeypatch.setattr(sampling, "sample_batch_jit", fake_batch)
+    res = pl.generate_batch([{"prompt": PROMPT, "seed": 0}, {"prompt": PROMPT, "seed": 1, "attention_backend": "xla"}],
+                            checkpoint=ckpt, frames=FRAMES, steps=STEPS, progress=False)
+    assert sorted(seen[2:]) == ["auto", "xla"]  # one call per backend
+    assert [r.sidecar["attention_backend"] for r in res] == ["auto", "xla"]
+
+
+def test_sidecar_without_attention_backend_uses_the_checkpoint_config(first, ckpt):
+    """A sidecar written before the setting existed ran with the checkpoint config's backend: it
+    regenerates with that one (not today's default), read from the config, not a constant."""
+    import dataclasses
+
+    sc = dict(first.sidecar)
+    del sc["attention_backend"]
+    kw = pl.sidecar_kwargs(sc)
+    assert kw["attention_backend"] is None
+    info = pl.model_info(ckpt)
+    for configured in ("xla", "auto"):
+        got = pl.make_request(PROMPT, dataclasses.replace(info, attention_backend=configured),
+                              attention_backend=kw["attention_backend"])
+        assert got.attention_backend == configured
+    assert pl.sidecar_kwargs(first.sidecar)["attention_backend"] == "auto"
