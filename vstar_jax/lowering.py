@@ -224,16 +224,17 @@ def sampler_program(dtype: str, strategy: Optional[str] = None, frames: int = 4,
 
 
 @contextlib.contextmanager
-def accelerator_trace():
+def accelerator_trace(tile_elems: Optional[int] = None):
     """Trace as an accelerator host would: without the sampling loop's host progress callback (see the
     module docstring), without the CPU-only chunking of transformer blocks (``unet3d.CHUNK_ELEMS``) and
-    with the accelerator's blockwise-attention tiles (``attention.TILE_ELEMS_ACCEL``), both chosen by
-    ``jax.default_backend()`` at trace time, which is this CPU host's."""
+    with the accelerator's blockwise-attention tiles (``attention.TILE_ELEMS_ACCEL``; ``tile_elems`` to choose
+    others), both chosen by ``jax.default_backend()`` at trace time, which is this CPU host's."""
     from vstar_jax.generation import sampling as S  # noqa: PLC0415
     from vstar_jax.models import attention, unet3d  # noqa: PLC0415
 
     saved = S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS
-    S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS = None, 0, attention.TILE_ELEMS_ACCEL
+    tiles = attention.TILE_ELEMS_ACCEL if tile_elems is None else int(tile_elems)
+    S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS = None, 0, tiles
     try:
         yield
     finally:
