@@ -18,6 +18,15 @@ UNet on 64 / 8 = 8 frames per CFG row-pair (the (b*f) rows are split evenly; tem
 pixels instead, the same element count). XLA:CPU's buffer assignment is not the TPU's, and the CPU
 program uses the XLA attention (the TPU one the Pallas kernel, which holds less), so this is an
 estimate of the order, not a TPU measurement; ``--no-compile`` gives the analytic part only.
+
+``--gpu-attention``: the attention calls cuDNN refuses (``attention._use_cudnn``: float32 operands, TAR's
+logit transform, returned weights, relative position), at VideoCrafter2's 320x512 shapes (16 frames, CFG
+batch 2), exported for ``cuda`` two ways: (a) the XLA path they take today (``backend="xla"``: blockwise
+online softmax from 512 keys, else the fused path, whole rows for TAR), traced with the accelerator's
+tile size; (b) JAX's Pallas GPU (Triton) flash attention, ``jax.experimental.pallas.ops.gpu.attention.mha``
+(sequences padded to 128-multiples with segment ids where it can mask them). One JSON line per (call,
+dtype, path): ``ok`` (else ``refused``: the reason the path cannot compute that call), custom calls, op counts, ``while`` loops, the
+largest tensor the module names and whether it names whole (Lq, Lk) logits. No GPU is used or timed.
 """
 from __future__ import annotations
 
@@ -86,7 +95,11 @@ def estimate(compile_it: bool = True, frames: int = 64, h: int = 40, w: int = 64
 
         fn, args, _ = L.unet_program("bfloat16", frames=per_dev_frames, h=h, w=w, config=ml_collections.ConfigDict(cfg))
         t0 = time.time()
-        with L.accelerator_trace():
+        from vstar_jax.models.attention import TILE_ELEMS  # noqa: PLC0415
+
+        # the CPU's 4 MiB blockwise tiles stand in for the TPU's Pallas kernel (one block at a time); the
+        # accelerator's XLA tiles (256 MiB) are what a GPU running the XLA path would hold instead
+        with L.accelerator_trace(tile_elems=TILE_ELEMS):
             m = fn.trace(*args).lower().compile().memory_analysis()
         out.update({"cpu_compile_s": round(time.time() - t0, 1), "cpu_temp_gib": round(m.temp_size_in_bytes / GIB, 2),
                     "cpu_argument_gib": round(m.argument_size_in_bytes / GIB, 2),
@@ -94,6 +107,112 @@ def estimate(compile_it: bool = True, frames: int = 64, h: int = 40, w: int = 64
         out["per_device_gib_estimate"] = round((pbytes + m.temp_size_in_bytes + m.output_size_in_bytes) / GIB, 2)
     print(json.dumps(out), flush=True)
     return out
+
+
+# (name, q shape (B, Lq, H, D), Lk, what the call needs): VideoCrafter2 at 320x512 (40x64 latents), 16 frames,
+# CFG batch 2 -> 32 spatial rows; temporal rows are the 2 x 40 x 64 pixels
+GPU_CALLS = (
+    ("spatial_self_l0", (32, 2560, 5, 64), 2560, None),
+    ("spatial_self_l1", (32, 640, 10, 64), 640, None),
+    ("spatial_self_l2", (32, 160, 20, 64), 160, None),
+    ("cross_text_l0", (32, 2560, 5, 64), 77, None),
+    ("temporal_l0", (5120, 16, 5, 64), 16, None),
+    ("temporal_l0_tar", (5120, 16, 5, 64), 16, "tar"),
+)
+TRITON = "__gpu$xla.gpu.triton"
+
+
+def _triton_fn(lq: int, lk: int, d: int, needs, interpret: bool = False):
+    """(``mha`` with our (B, L, H, D) layout, None), or (None, the reason it cannot compute this call).
+    ``interpret``: run the kernel in Pallas interpret mode (any host; for its numbers)."""
+    from jax.experimental.pallas.ops.gpu import attention as ga  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    if needs == "tar":
+        return None, ("mha has no bias or logit hook: TAR adds scale * rowmax * G to each whole logit row "
+                      "before the softmax (as would returned weights or relative position)")
+    pad = lambda n: -(-n // 128) * 128  # noqa: E731
+    if lq != lk and lk != pad(lk) and (lk & (lk - 1)):
+        return None, (f"{lk} keys: Triton blocks must be powers of 2, and padding the keys to {pad(lk)} cannot be "
+                      f"masked (mha's segment ids are one array for queries and keys, so need Lq == Lk)")
+    lq_p, lk_p = (pad(lq), pad(lk)) if lq == lk and lq % min(128, lq) else (lq, lk)
+
+    def fn(q, k, v):
+        b = q.shape[0]
+        seg = None
+        if lq_p != lq:
+            q, k, v = (jnp.pad(t, ((0, 0), (0, lq_p - lq), (0, 0), (0, 0))) for t in (q, k, v))
+            seg = jnp.broadcast_to((jnp.arange(lq_p) < lq).astype(jnp.int32), (b, lq_p))
+        return ga.mha(q, k, v, seg, sm_scale=1.0 / d ** 0.5, interpret=interpret)[:, :lq]
+
+    return fn, None
+
+
+def gpu_attention(dtypes=("float32", "bfloat16"), calls=GPU_CALLS):
+    """The comparison above: one row per (call, dtype, path)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from vstar_jax import lowering as L  # noqa: PLC0415
+    from vstar_jax.models.attention import attention  # noqa: PLC0415
+    from vstar_jax.tar_vsp.tar import tar_logits  # noqa: PLC0415
+
+    rows = []
+    for name, qshape, lk, needs in calls:
+        b, lq, h, d = qshape
+        for dtype in dtypes:
+            if dtype == "bfloat16" and needs is None:
+                continue  # cuDNN takes these in bf16 (backend auto); only its refusals are compared
+            dt = jnp.dtype(dtype)
+            args = (jax.ShapeDtypeStruct(qshape, dt), jax.ShapeDtypeStruct((b, lk, h, d), dt),
+                    jax.ShapeDtypeStruct((b, lk, h, d), dt))
+            transform = (lambda s: tar_logits(s, 4.0, 1.0)) if needs == "tar" else None  # noqa: E731
+            tri, why = _triton_fn(lq, lk, d, needs)
+            paths = (("xla", lambda q, k, v: attention(q, k, v, backend="xla", logit_transform=transform), None),
+                     ("triton", tri, why))
+            for path, fn, reason in paths:
+                row = {"call": name, "q": list(qshape), "keys": lk, "dtype": dtype, "path": path}
+                if fn is None:
+                    rows.append({**row, "ok": False, "refused": reason})
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
+                try:
+                    with L.accelerator_trace():
+                        lo = L.export(name, jax.jit(fn), args, "cuda", dtype, custom_calls=(TRITON,))
+                except Exception as e:  # noqa: BLE001 - a report line
+                    rows.append({**row, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
+                shape, elem, nbytes = lo.largest_tensor()
+                ops = lo.ops()
+                rows.append({**row, "ok": True, "custom_calls": dict(lo.custom_calls()), "ops": sum(ops.values()),
+                             "dot_general": ops.get("dot_general", 0), "while": ops.get("while", 0),
+                             "largest_tensor": f"{'x'.join(map(str, shape))}x{elem}",
+                             "largest_tensor_mib": round(nbytes / 2 ** 20, 1),
+                             "whole_logits": lo.names_tensor(lq, lk),
+                             "io_mib": round((lo.sizes()["argument_bytes"] + lo.sizes()["output_bytes"]) / 2 ** 20, 1)})
+                print(json.dumps(rows[-1]), flush=True)
+    rows += triton_numerics()
+    return rows
+
+
+def triton_numerics(shapes=((2, 160, 2, 16), (2, 256, 2, 64))):
+    """The Triton wrapper above (padding, segment ids) run in Pallas interpret mode on this CPU against the
+    XLA path: max error relative to the largest output, float32 (the kernel's arithmetic, not the GPU's)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from vstar_jax.models.attention import attention  # noqa: PLC0415
+
+    rows = []
+    for shape in shapes:
+        q, k, v = (jax.random.normal(key, shape, jnp.float32) for key in jax.random.split(jax.random.key(0), 3))
+        fn, _ = _triton_fn(shape[1], shape[1], shape[3], None, interpret=True)
+        want = attention(q, k, v, backend="xla")
+        err = float(jnp.abs(fn(q, k, v) - want).max() / jnp.abs(want).max())
+        rows.append({"call": "triton_interpret_vs_xla", "q": list(shape), "dtype": "float32", "rel_err": err})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv=None):
@@ -105,16 +224,21 @@ def main(argv=None):
     ap.add_argument("--programs", default=",".join(L.PROGRAMS))
     ap.add_argument("--estimate", action="store_true", help="also the VideoCrafter2 64-frame per-device memory")
     ap.add_argument("--no-compile", action="store_true", help="estimate without the CPU compile (analytic only)")
+    ap.add_argument("--gpu-attention", action="store_true",
+                    help="only the XLA-vs-Triton comparison of the attention calls cuDNN refuses (CUDA export)")
     ap.add_argument("--json", default=None, help="also append the lines to this file")
     a = ap.parse_args(argv)
-    rows = check(a.programs.split(","), a.platforms.split(","), a.dtypes.split(","))
+    if a.gpu_attention:
+        rows = gpu_attention(tuple(a.dtypes.split(",")))
+    else:
+        rows = check(a.programs.split(","), a.platforms.split(","), a.dtypes.split(","))
     if a.estimate:
         rows.append(estimate(not a.no_compile))
     if a.json:
         with open(a.json, "a") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-    return 0 if all(r.get("ok", True) for r in rows) else 1
+    return 1 if any("error" in r for r in rows) else 0  # a refusal (--gpu-attention) is a finding, not a failure
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+import jax
 import pytest
 
 from tiny_checkpoint import shared_tiny_checkpoint
@@ -62,6 +63,9 @@ def test_flags_map_to_generate_video(monkeypatch, tmp_path, capsys):
     assert seen["tar"] == "64D1_32D8" and seen["synopsis"] == ["s1", "s2", "s3"] and seen["vsp_mode"] == "same"
     assert (seen["height"], seen["width"], seen["attention_png"], seen["progress"]) == (320, 512, "a.png", False)
     assert seen["out"] == os.path.join("outputs", "a-red-ball-9.mp4") and seen["llm"] is None
+    assert seen["attention_backend"] == "auto"  # the default: XLA's frames on a CPU, the fused kernels elsewhere
+    assert cli.main(["generate", "p", "--attention-backend", "xla", "--out", "x.mp4"]) == 0
+    assert seen["attention_backend"] == "xla"
     # a synopsis file, and an LLM endpoint
     f = tmp_path / "states.txt"
     f.write_text("one\ntwo\n")
@@ -95,7 +99,9 @@ def _bad_argvs(ckpt, tmp):
         ["generate", PROMPT, *base, "--bogus-flag"],
         ["generate", PROMPT, "--checkpoint", str(tmp / "nope"), "--out", str(tmp / "ok.mp4")],
         ["generate", "--from-sidecar", str(tmp / "nope.json")],
-    ]
+        ["generate", PROMPT, *base, "--attention-backend", "flash"],
+        ["generate", PROMPT, *base, "--attention-backend", "pallas"],  # a TPU only (this test runs off one)
+    ] + ([["generate", PROMPT, *base, "--attention-backend", "cudnn"]] if jax.default_backend() != "gpu" else [])
 
 
 def test_bad_inputs_one_line_exit_2_without_compute(ckpt, tmp_path, monkeypatch, capsys):
@@ -247,8 +253,12 @@ def test_from_sidecar_flags_schema_and_differing_frames(ckpt, tmp_path, capsys):
     shutil.rmtree(tmp_path / "orig")
     # flags the sidecar decides are named, not silently ignored
     line = _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "clip.json"), "--seed", "3",
-                                       "--frames", "8"]))
-    assert "--seed" in line and "--frames" in line
+                                       "--frames", "8", "--attention-backend", "xla"]))
+    assert "--seed" in line and "--frames" in line and "--attention-backend" in line
+    # the sidecar's attention backend is checked before any compute too ('cudnn' off a GPU)
+    if jax.default_backend() != "gpu":
+        (moved / "bad.json").write_text(json.dumps(dict(sc, attention_backend="cudnn")))
+        _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "bad.json")]), match="needs a GPU")
     # a sidecar with a wrong field is refused before any compute
     bad = dict(sc, frames="many")
     (moved / "bad.json").write_text(json.dumps(bad))

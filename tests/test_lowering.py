@@ -48,3 +48,31 @@ def test_program_lowers_for_tpu_and_cuda(program, dtype):
             assert dict(lo.f32_dots()) == L.F32_DOTS_BF16, (program, lo.platform, dict(lo.f32_dots()))
             assert any(k[1] == "bf16" for k in lo.dots())  # and the bulk is bf16 (not vacuous)
     assert L.param_bytes(params) > 0
+
+
+def test_module_text_says_where_attention_logits_live():
+    """What the XLA-vs-Triton table of RESULTS.md is read from (``benchmarks/lowering_check.py
+    --gpu-attention``), on small CUDA exports: the fused XLA path names the whole (Lq, Lk) logits, the
+    blockwise path only its (rows, block, block) tiles inside a loop, and JAX's Pallas GPU (Triton) flash
+    kernel is one custom call whose module names no tensor larger than its operands. 4.5 s under load."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental.pallas.ops.gpu import attention as ga
+
+    from vstar_jax.models.attention import attention
+
+    q = jax.ShapeDtypeStruct((2, 256, 2, 16), jnp.float32)
+    with L.accelerator_trace():
+        fused = L.export("fused", jax.jit(lambda q, k, v: attention(q, k, v, backend="xla")), (q, q, q), "cuda",
+                         "float32")
+        tiled = L.export("blockwise", jax.jit(lambda q, k, v: attention(q, k, v, backend="xla", blockwise=True,
+                                                                         block_q=64, block_k=64)),
+                         (q, q, q), "cuda", "float32")
+    triton = L.export("triton", jax.jit(lambda q, k, v: ga.mha(q, k, v, None, sm_scale=0.25)), (q, q, q), "cuda",
+                      "float32", custom_calls=("__gpu$xla.gpu.triton",))
+    assert fused.names_tensor(256, 256) and not fused.custom_calls()
+    assert not tiled.names_tensor(256, 256) and tiled.names_tensor(64, 64) and tiled.ops()["while"] >= 1
+    assert tiled.largest_tensor()[0][-2:] != (256, 256)
+    assert dict(triton.custom_calls()) == {"__gpu$xla.gpu.triton": 1} and not triton.names_tensor(256, 256)
+    assert triton.largest_tensor() == ((2, 256, 2, 16), "f32", 2 * 256 * 2 * 16 * 4)  # the operands / result
+    assert fused.largest_tensor() == ((2, 2, 256, 256), "f32", 2 * 2 * 256 * 256 * 4)

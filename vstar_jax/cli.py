@@ -134,6 +134,10 @@ def generate_parser() -> argparse.ArgumentParser:
                         "4 partitions = 64 DDIM steps), vidrd:16:8 (Reuse and Diffuse, overlap 8), streaming:16:8 "
                         "(StreamingT2V's CAM + APM: chunks of 16 on the last 8; needs a checkpoint with them); settings "
                         "by name too, e.g. vidrd:window=16,overlap=8,pns_alpha=0.5 (default: one pass)")
+    p.add_argument("--attention-backend", default="auto", metavar="NAME",
+                   help="the UNet's attention: auto (default: cuDNN's fused kernel on a GPU in bf16/fp16, the Pallas "
+                        "flash kernel on a TPU, XLA elsewhere; on a CPU the same frames as xla), xla, cudnn (GPU "
+                        "only) or pallas (TPU only, without TAR or attention maps)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -267,7 +271,7 @@ def generate_main(argv: Sequence[str]) -> int:
         llm=_llm_arg(a), height=a.height, width=a.width, out=out, gif=a.gif, attention_png=a.attention_png,
         frame_batch=a.frame_batch, progress=progress, mesh=_mesh_arg(a.mesh), long_video=a.long_video,
         keep_video=False,  # frames are streamed into the file: memory does not grow with --frames
-        overwrite=a.overwrite, max_memory=max_memory)
+        overwrite=a.overwrite, max_memory=max_memory, attention_backend=a.attention_backend)
     print(res.path)
     return 0
 
@@ -308,7 +312,8 @@ def _generate_many(a, parser, argv, progress: bool, max_memory) -> int:
         items, checkpoint=a.checkpoint, out_dir=a.out_dir or "outputs", mesh=_mesh_arg(a.mesh), progress=progress,
         keep_video=False, overwrite=a.overwrite, frames=a.frames, steps=a.steps, cfg=a.cfg, eta=a.eta, fps=a.fps,
         save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode, height=a.height,
-        width=a.width, frame_batch=a.frame_batch, long_video=a.long_video, max_memory=max_memory)
+        width=a.width, frame_batch=a.frame_batch, long_video=a.long_video, max_memory=max_memory,
+        attention_backend=a.attention_backend)
     for res in results:
         print(res.path)
     return 0

@@ -51,6 +51,11 @@ F32_DOTS_BF16 = {"time_embed_1": 1, "time_embed_2": 1, "fps_embed_1": 1, "fps_em
 _DOT = re.compile(r"stablehlo\.(dot_general|convolution)\b.*:\s*\((tensor<[^>]*>),\s*(tensor<[^>]*>)\)\s*->\s*"
                   r"(tensor<[^>]*>)(?:.*loc\((#loc\d+)\))?")
 _LOCDEF = re.compile(r'^(#loc\d+) = loc\("([^"]*)"')
+_TENSOR = re.compile(r"tensor<((?:\d+x)*)([a-z]+\d*)>")
+_OP = re.compile(r"\b(stablehlo|chlo|func)\.([a-z_]+)\b")
+_CUSTOM_CALL = re.compile(r"custom_call\s*@([\w$.]+)")
+_ELEM_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "i64": 8, "ui64": 8, "i32": 4, "ui32": 4, "i16": 2, "ui16": 2,
+               "i8": 1, "ui8": 1, "i1": 1}
 
 
 def _elem(t: str) -> str:
@@ -92,6 +97,33 @@ class Lowered:
                 c[path[-2] if len(path) >= 2 else path[-1]] += 1
         return c
 
+    def custom_calls(self) -> collections.Counter:
+        """Custom-call target -> count (fused kernels: ``tpu_custom_call``, ``__cudnn$fmha...``,
+        ``__gpu$xla.gpu.triton``)."""
+        return collections.Counter(_CUSTOM_CALL.findall(self.text))
+
+    def ops(self) -> collections.Counter:
+        """StableHLO / CHLO op name -> count in the module text (``while``, ``dot_general``, ...)."""
+        return collections.Counter(name for dialect, name in _OP.findall(self.text) if dialect != "func")
+
+    def largest_tensor(self) -> tuple:
+        """(shape, element type, bytes) of the largest tensor type the module names anywhere (an argument,
+        a result or an intermediate): the most one value of the program holds. The target's compiler may
+        fuse it away, so this bounds what the program asks for, not what XLA:GPU allocates."""
+        best = ((), "", 0)
+        for dims, elem in _TENSOR.findall(self.text):
+            shape = tuple(int(d) for d in dims.split("x") if d)
+            size = int(np.prod(shape, dtype=np.int64)) * _ELEM_BYTES.get(elem, 4)
+            if size > best[2]:
+                best = (shape, elem, size)
+        return best
+
+    def names_tensor(self, *trailing: int) -> bool:
+        """Whether some tensor type ends in dims ``trailing`` (e.g. (Lq, Lk): whole logit rows)."""
+        tail = "x".join(str(d) for d in trailing) + "x"
+        return any(dims.endswith(tail) and (len(dims) == len(tail) or dims[-len(tail) - 1] == "x")
+                   for dims, _ in _TENSOR.findall(self.text))
+
     def sizes(self) -> dict:
         nbytes = lambda avals: int(sum(np.prod(a.shape) * a.dtype.itemsize for a in avals  # noqa: E731
                                        if hasattr(a.dtype, "itemsize")))
@@ -99,8 +131,11 @@ class Lowered:
                 "devices": int(self.exported.nr_devices)}
 
 
-def export(program: str, fn: Callable, args: tuple, platform: str, dtype: str, **kw) -> Lowered:
-    exp = jax.export.export(fn, platforms=(platform,))(*args, **kw)
+def export(program: str, fn: Callable, args: tuple, platform: str, dtype: str, *, custom_calls=(), **kw) -> Lowered:
+    """``fn`` exported for ``platform``; ``custom_calls``: targets without JAX's compatibility guarantee
+    to let through (e.g. Pallas GPU's ``__gpu$xla.gpu.triton``; a module to read, not to keep)."""
+    checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in custom_calls]
+    exp = jax.export.export(fn, platforms=(platform,), disabled_checks=checks)(*args, **kw)
     return Lowered(program, platform, dtype, exp.mlir_module(), exp)
 
 
@@ -192,19 +227,21 @@ def sampler_program(dtype: str, strategy: Optional[str] = None, frames: int = 4,
 
 
 @contextlib.contextmanager
-def accelerator_trace():
+def accelerator_trace(tile_elems: Optional[int] = None):
     """Trace as an accelerator host would: without the sampling loop's host progress callback (see the
-    module docstring) and without the CPU-only chunking of transformer blocks (``unet3d.CHUNK_ELEMS``,
-    chosen by ``jax.default_backend()`` at trace time, which is this CPU host's)."""
+    module docstring), without the CPU-only chunking of transformer blocks (``unet3d.CHUNK_ELEMS``) and
+    with the accelerator's blockwise-attention tiles (``attention.TILE_ELEMS_ACCEL``; ``tile_elems`` to choose
+    others), both chosen by ``jax.default_backend()`` at trace time, which is this CPU host's."""
     from vstar_jax.generation import sampling as S  # noqa: PLC0415
-    from vstar_jax.models import unet3d  # noqa: PLC0415
+    from vstar_jax.models import attention, unet3d  # noqa: PLC0415
 
-    saved = S._progress_tick, unet3d.CHUNK_ELEMS
-    S._progress_tick, unet3d.CHUNK_ELEMS = None, 0
+    saved = S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS
+    tiles = attention.TILE_ELEMS_ACCEL if tile_elems is None else int(tile_elems)
+    S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS = None, 0, tiles
     try:
         yield
     finally:
-        S._progress_tick, unet3d.CHUNK_ELEMS = saved
+        S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS = saved
 
 
 PROGRAMS = ("unet", "sample_tar_vsp", "sample_genl", "unet_sharded")

@@ -125,7 +125,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
                    out=None, gif: bool = False, attention_png=None, record_attention: bool = False,
                    frame_batch: int = 16, progress: bool = True, synopsis_source: Optional[Mapping] = None,
                    mesh=None, long_video=None, keep_video: bool = True, overwrite: bool = True,
-                   max_memory=None, _expect_sha256: Optional[str] = None,
+                   max_memory=None, attention_backend: Optional[str] = "auto", _expect_sha256: Optional[str] = None,
                    _sampler: Optional[Callable] = None) -> GenerationResult:
     """Generate one video; see the module docstring.
 
@@ -148,6 +148,9 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     False refuses existing output files (an existing ``.json`` that is not a vstar-jax sidecar is
     never replaced). ``max_memory``: bytes one UNet call may use by a rough activation estimate
     (None: the machine's available memory; 0: no check); a larger run is refused before compute.
+    ``attention_backend``: the UNet's attention, ``"auto"`` (cuDNN on a GPU in bf16/fp16, the Pallas flash
+    kernel on a TPU, XLA elsewhere: on a CPU the same frames as ``"xla"``), ``"xla"``, ``"cudnn"`` (GPU
+    only) or ``"pallas"`` (TPU only); None: as the checkpoint's config says (before this setting existed).
     """
     t_start = time.time()
     # ---- validate / plan: cheap checks only, each a one-line VstarError ------------------------
@@ -156,7 +159,8 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     request = make_request(prompt, info, frames=frames, steps=steps, cfg=cfg, eta=eta, seed=seed, fps=fps,
                            save_fps=save_fps, tar=tar, synopsis=synopsis, vsp_mode=vsp_mode, height=height,
                            width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
-                           synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory)
+                           synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory,
+                           attention_backend=attention_backend)
     splan = request.strategy.check(request.frames, request.ddim_steps)
     rules = resolve_rules(mesh) if mesh is not None else None
     mesh = resolve_mesh(mesh)
@@ -171,7 +175,7 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     if pipeline is None:
         _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
         pipeline = load_pipeline(checkpoint)
-    pipe = pipeline
+    pipe = pipeline.with_unet_settings(attention_backend=request.attention_backend)
     plan = plan_for(request, info.latent_channels, rows, rules, memory_for(pipe, request))
 
     # ---- encode ----------------------------------------------------------------------------
@@ -344,7 +348,7 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
     groups: dict = {}
     for i, r in enumerate(reqs):
         plan = plan_for(r, info.latent_channels, memory=memory_for(pipe, r))
-        groups.setdefault((plan, encoded[i][0].shape), []).append(i)
+        groups.setdefault((plan, encoded[i][0].shape, r.attention_backend), []).append(i)
     results: list = [None] * len(items)
     # at most ITEMS_PER_CALL items a call (a multiple of the data axis): progress after each call, and
     # Ctrl-C stops at the next UNet call with every finished item's video kept
@@ -353,7 +357,7 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
     if item_sharding is not None:
         d = item_sharding.mesh.shape["data"]
         per_call = max(d, per_call // d * d)
-    chunks = [(plan, idx[k:k + per_call]) for (plan, _), idx in groups.items() for k in range(0, len(idx), per_call)]
+    chunks = [(plan, idx[k:k + per_call]) for (plan, _, _), idx in groups.items() for k in range(0, len(idx), per_call)]
     done = 0
     for plan, idx in chunks:
         import jax  # noqa: PLC0415
@@ -381,7 +385,8 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
             params = jax.tree_util.tree_map(lambda a: replicate(a, sh.mesh), params)
             conds, unconds, keys, fps, cfg = (put_global(a, sh) for a in (conds, unconds, keys, fps, cfg))
         calls = reqs[idx[0]].strategy.check(reqs[idx[0]].frames, reqs[idx[0]].ddim_steps).calls * len(idx)
-        run = functools.partial(sample_batch_jit, pipe.unet, plan=plan, item_sharding=sh)
+        unet = pipe.with_unet_settings(attention_backend=reqs[idx[0]].attention_backend).unet
+        run = functools.partial(sample_batch_jit, unet, plan=plan, item_sharding=sh)
         lat, _, _ = run_sampler(run, (params, conds, unconds, keys, fps, cfg), total_calls=calls, progress=progress,
                                 unit="call")
         if not getattr(lat, "is_fully_addressable", True):

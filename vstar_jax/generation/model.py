@@ -83,6 +83,17 @@ def _pixel_factor(config: Mapping) -> int:
     return 2 ** (len(config["vae"]["ch_mult"]) - 1)
 
 
+# what the UNet does when its config lacks the setting (vstar_jax.models.unet3d)
+UNET_SETTING_DEFAULTS = {"attention_backend": "xla", "dtype": "float32"}
+
+
+def _unet_module(unet_config: Mapping):
+    """The UNet3D module of a (plain dict) UNet config: the one place the pipeline builds it."""
+    from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
+
+    return UNet3D(_frozen(unet_config))
+
+
 @dataclasses.dataclass(eq=False)
 class Pipeline:
     """UNet3D + text encoder + tokenizer + VAE (None in pixel space) + params + config."""
@@ -102,7 +113,6 @@ class Pipeline:
         """Build the modules of ``config`` ({"unet", "text", "vae"?, "diffusion"}) around ``params``."""
         from vstar_jax.models.text import TextTransformer  # noqa: PLC0415
         from vstar_jax.models.tokenizer import get_tokenizer  # noqa: PLC0415
-        from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
 
         config = plain(config)
         missing = [k for k in ("unet", "text") if k not in config or k not in params]
@@ -123,7 +133,7 @@ class Pipeline:
         tok = get_tokenizer(int(tcfg.get("pad_token_id", 0) or 0), int(tcfg.get("context_length", 77)))
         # once, not at every call; arrays already placed (restored onto a mesh) stay where they are
         params = jax.tree_util.tree_map(lambda a: a if isinstance(a, jax.Array) else jax.device_put(a), dict(params))
-        return cls(UNet3D(ucfg), TextTransformer(tcfg), tok, vae, params, config, source, decoder)
+        return cls(_unet_module(config["unet"]), TextTransformer(tcfg), tok, vae, params, config, source, decoder)
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | os.PathLike, unet_sharding=None) -> "Pipeline":
@@ -142,6 +152,18 @@ class Pipeline:
             rule = lambda p, shape: unet_sharding(p, shape) if p and p[0] == "unet" else None  # noqa: E731
         params, config = load_checkpoint(path, rule, components=comps)
         return cls.from_params(params, config, path)
+
+    def with_unet_settings(self, **settings) -> "Pipeline":
+        """This pipeline with its UNet config's ``settings`` replaced (``attention_backend="auto"``,
+        ``dtype="bfloat16"``; a value None keeps the checkpoint's). The params are shared; only the
+        UNet module is rebuilt (cheap), so the checkpoint's cached pipeline is untouched."""
+        ucfg = self.config["unet"]
+        settings = {k: v for k, v in settings.items()
+                    if v is not None and ucfg.get(k, UNET_SETTING_DEFAULTS.get(k)) != v}
+        if not settings:
+            return self
+        config = {**self.config, "unet": {**ucfg, **settings}}
+        return dataclasses.replace(self, unet=_unet_module(config["unet"]), config=config)
 
     # -- shapes -----------------------------------------------------------------------------
     @property
@@ -196,6 +218,7 @@ class ModelInfo:
     streaming_missing: tuple = ("CAM (unet.cam)", "APM (unet.apm)")  # StreamingT2V modules it lacks
     cam_frames: int = 0  # CAM's conditioning frames (0: no CAM)
     streaming_unmet: tuple = ()  # what its CAM / APM need besides the UNet and this checkpoint lacks
+    attention_backend: str = UNET_SETTING_DEFAULTS["attention_backend"]  # the UNet config's (the legacy default)
 
     @classmethod
     def from_config(cls, config: Mapping, source: str) -> "ModelInfo":
@@ -210,7 +233,8 @@ class ModelInfo:
         cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
         return cls(source, diffusion_settings(config), unet_num_levels(config["unet"]), vae_factor,
                    int(config["unet"]["in_channels"]), tuple(has_streaming_modules(config["unet"])),
-                   int(cam["frames"]) if cam else 0, _streaming_unmet(config, vae_factor))
+                   int(cam["frames"]) if cam else 0, _streaming_unmet(config, vae_factor),
+                   str(config["unet"].get("attention_backend", UNET_SETTING_DEFAULTS["attention_backend"])))
 
     def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         """Latent (h, w) of a video size; None = the checkpoint's default. Raises VstarError."""

@@ -359,6 +359,7 @@ def build_sidecar(request, *, checkpoint: str, video_size, latent_shape, vae_fac
         "frame_batch": request.frame_batch,
         "schedule": {"flavor": request.flavor, **dict(request.schedule_kwargs)},
         "prediction": request.prediction,
+        "attention_backend": request.attention_backend,
         "scale_factor": scale_factor,
         "rng": {"impl": str(jax.config.jax_default_prng_impl), "rule": rule},
         "frames_sha256": frames_sha256,
@@ -374,7 +375,10 @@ def build_sidecar(request, *, checkpoint: str, video_size, latent_shape, vae_fac
 
 
 SIDECAR_ARGS = ("frames", "steps", "cfg", "eta", "seed", "fps", "save_fps", "synopsis", "vsp_mode",
-                "frame_batch", "long_video")
+                "frame_batch", "long_video", "attention_backend")
+# settings a sidecar written before the field existed ran with (sidecar_kwargs fills them in):
+# attention_backend None = the checkpoint config's, which the UNet used before it was a setting
+SIDECAR_LEGACY = {"attention_backend": None}
 
 
 def load_sidecar(path) -> dict:
@@ -403,7 +407,7 @@ SIDECAR_SCHEMA = {
     "synopsis": ((list, type(None)), False), "synopsis_source": ((dict, type(None)), False),
     "vsp_mode": ((str,), False), "frame_batch": ((int,), False), "long_video": ((dict, type(None)), False),
     "checkpoint": ((str, type(None)), False), "frames_sha256": ((str, type(None)), False),
-    "attention": ((bool,), False), "outputs": ((dict, type(None)), False),
+    "attention": ((bool,), False), "outputs": ((dict, type(None)), False), "attention_backend": ((str,), False),
 }
 
 
@@ -433,7 +437,7 @@ def sidecar_kwargs(sidecar: Mapping) -> dict:
     from vstar_jax.longvideo.base import sidecar_settings  # noqa: PLC0415
     from vstar_jax.tar_vsp.tar import parse_tar  # noqa: PLC0415
 
-    kw = {k: sidecar[k] for k in SIDECAR_ARGS if k in sidecar}
+    kw = {**SIDECAR_LEGACY, **{k: sidecar[k] for k in SIDECAR_ARGS if k in sidecar}}
     if "long_video" in kw:
         kw["long_video"] = sidecar_settings(kw["long_video"])
     kw["tar"] = sidecar.get("tar")

@@ -44,6 +44,7 @@ class GenerationRequest:
     schedule_kwargs: tuple
     flavor: str
     prediction: str
+    attention_backend: str = "auto"  # the UNet's (vstar_jax.models.attention.BACKENDS)
 
     @property
     def long_video(self):
@@ -153,6 +154,35 @@ def check_memory(unet_frames: int, latent_hw, max_memory=None) -> int:
     return need
 
 
+def check_attention_backend(backend, info: ModelInfo, *, tar=None, capture: bool = False, hooks: bool = False) -> str:
+    """The UNet's attention backend of a request (``vstar_jax.models.attention.BACKENDS``); None is the
+    checkpoint config's (what a sidecar written before the setting existed ran with). Refused in one
+    line: an unknown name, 'cudnn' off a GPU, 'pallas' off a TPU, and 'pallas' (every attention through
+    the flash kernel) with TAR, attention maps or a long-video method's attention ``hooks``."""
+    from vstar_jax.models.attention import BACKENDS  # noqa: PLC0415
+
+    if backend is None:
+        backend = info.attention_backend
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise VstarError(f"unknown attention backend {backend!r} (use one of {', '.join(BACKENDS)})")
+    needs = {"cudnn": "gpu", "pallas": "tpu"}.get(backend)
+    if needs is not None:
+        import jax  # noqa: PLC0415
+
+        if jax.default_backend() != needs:
+            raise VstarError(f"attention backend {backend!r} needs a {needs.upper()}, and JAX runs on "
+                             f"{jax.default_backend()} here; use 'auto' (cuDNN on a GPU, the Pallas kernel on a TPU, "
+                             f"XLA elsewhere) or 'xla'")
+    if backend == "pallas":
+        whole = [name for name, on in (("TAR", tar is not None), ("attention maps", capture),
+                                       ("the long-video method's temporal attention", hooks)) if on]
+        if whole:
+            raise VstarError(f"attention backend 'pallas' sends every attention through the flash kernel, which "
+                             f"cannot take {' or '.join(whole)} (they need whole logit rows); use 'auto' (the kernel "
+                             f"where it can run, XLA for those)")
+    return backend
+
+
 def check_states(states, frames: int) -> list[str]:
     states = [str(s).strip() for s in states]
     if any(not s for s in states):
@@ -184,12 +214,13 @@ def resolve_synopsis(synopsis, prompt: str, frames: int):
 def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=None, eta=None, seed=0, fps=None,
                  save_fps=SAVE_FPS, tar=None, synopsis=None, vsp_mode="linear", height=None, width=None,
                  frame_batch=16, capture=False, long_video=None, synopsis_source=None,
-                 llm_asked: bool = False, max_memory=None) -> GenerationRequest:
+                 llm_asked: bool = False, max_memory=None, attention_backend="auto") -> GenerationRequest:
     """Validate every setting (cheap checks only) and fill in the model's defaults.
 
     ``synopsis`` may be a list of states or a file; an LLM-written synopsis is resolved later
     (``llm_asked``) and put in with :func:`dataclasses.replace`. ``max_memory``: bytes one UNet
     call may use (None: what the machine has; 0: no check), see :func:`check_memory`.
+    ``attention_backend``: see :func:`check_attention_backend` (None: the checkpoint config's).
     """
     from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
     from vstar_jax.tar_vsp.tar import TARConfig, parse_tar  # noqa: PLC0415
@@ -233,6 +264,8 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
                  minimum=FPS_RANGE[0], maximum=FPS_RANGE[1])
     fps = int(fps) if float(fps).is_integer() else fps
     check_tar_levels(tar_cfg, info)
+    attention_backend = check_attention_backend(attention_backend, info, tar=tar_cfg, capture=capture,
+                                                hooks=bool(strategy.attention_hooks(frames)))
     lat_hw = info.latent_hw(height, width)
     check_memory(plan.unet_frames, lat_hw, max_memory)
     states, source = resolve_synopsis(synopsis, prompt, frames)
@@ -244,4 +277,4 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
         tar_spec=tar if isinstance(tar, (str, type(None))) else None,
         synopsis=tuple(states) if states is not None else None, synopsis_source=source, vsp_mode=vsp_mode,
         strategy=strategy, frame_batch=int(frame_batch), capture=bool(capture), schedule_kwargs=sched_kw,
-        flavor=d["flavor"], prediction=d["prediction"])
+        flavor=d["flavor"], prediction=d["prediction"], attention_backend=attention_backend)
