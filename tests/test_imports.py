@@ -13,17 +13,6 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "vstar_jax"
 
-# Known cycles, each with the issue that tracks it; a new cycle, or a known one that grows, fails.
-KNOWN = {
-    # issue 25: the demo model and the generation stage import each other (demo.model builds a
-    # generation Pipeline; generation.model / request load the embedded demo); breaking it needs
-    # edits to generation/request.py (demo.model reads its schedule_kwargs), which other work is
-    # changing now; demo.streaming <-> demo.model (ASSET_DIR) rides along in the same component
-    frozenset({"vstar_jax.demo.model", "vstar_jax.demo.streaming", "vstar_jax.generation.model",
-               "vstar_jax.generation.request"}),
-}
-
-
 def _modules() -> dict:
     """{dotted name: path} of every module of the package."""
     out = {}
@@ -106,6 +95,5 @@ def test_the_graph_sees_top_level_function_local_and_from_imports():
 
 
 def test_no_import_cycles():
-    found = cycles(import_graph())
-    new = [sorted(c) for c in found if c not in KNOWN]
-    assert not new, f"import cycles between modules: {new}"
+    found = [sorted(c) for c in cycles(import_graph())]
+    assert not found, f"import cycles between modules: {found}"

@@ -172,7 +172,10 @@ def test_bad_inputs_fail_fast_before_loading(ckpt, tmp_path, monkeypatch):
 
 
 def test_no_checkpoint_needs_one_until_the_demo_model_exists(monkeypatch):
-    monkeypatch.setattr(gm, "_demo_module", lambda: None)
+    from vstar_jax.generation import builtin
+
+    monkeypatch.setattr(builtin, "_LOADERS", {})  # no package registered a built-in model
+    monkeypatch.setattr(gm, "_PIPELINES", {})
     with pytest.raises(ValueError, match="checkpoint is required"):
         pl.generate_video(PROMPT, frames=FRAMES, progress=False)
 

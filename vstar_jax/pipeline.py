@@ -26,9 +26,10 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
+from vstar_jax.demo.model import pipeline_from_demo  # noqa: F401  (importing it registers the embedded demo model)
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.model import (DEFAULTS, DEMO_SOURCE, FLAVOR_DEFAULTS, ModelInfo, Pipeline,  # noqa: F401
-                                        diffusion_settings, load_pipeline, model_info, pipeline_from_demo)
+                                        diffusion_settings, load_pipeline, model_info)
 from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SUFFIXES,  # noqa: F401
                                           FramesDiffer, GenerationResult, VideoSink, build_sidecar, check_outputs, decode,
                                           decode_batches, default_output, frames_digest, load_sidecar,

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from vstar_jax.demo.model import ASSET_DIR
+from vstar_jax.demo import ASSET_DIR
 
 WEIGHTS_FILE = "streaming.safetensors"
 META_FILE = "streaming.json"

@@ -1,8 +1,9 @@
 """The model side of generation: the modules and params of a checkpoint, what validation needs
 to know about it (:class:`ModelInfo`, read without loading params), and the one-model cache.
 
-``load_pipeline(None)`` is the embedded demo model; ``load_pipeline(dir)`` a converted checkpoint
-(cached per path and config mtime, one model in memory at a time).
+``load_pipeline(None)`` is the embedded demo model (the built-in registered in
+:mod:`vstar_jax.generation.builtin`); ``load_pipeline(dir)`` a converted checkpoint (cached per path
+and config mtime, one model in memory at a time).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import numpy as np
 
 from vstar_jax.diffusion.parameterization import check_prediction
 from vstar_jax.errors import VstarError
+from vstar_jax.generation import builtin
+from vstar_jax.generation.builtin import DEMO_SOURCE  # noqa: F401  (re-exported: the demo model's source)
 from vstar_jax.validate import number
 
-DEMO_SOURCE = "builtin:demo"
 DEFAULTS = {"frames": 16, "steps": 25, "cfg": 12.0, "eta": 1.0, "fps": 28}  # VSTAR on VideoCrafter2
 FLAVOR_DEFAULTS = {"diffusers": {"steps": 50, "cfg": 9.0, "eta": 0.0}}  # ModelScope's pipeline defaults
 MAX_PIXELS = 1_000_000  # a video side in pixels (beyond any screen; the memory check refuses far less)
@@ -285,36 +287,17 @@ def load_pipeline(checkpoint: Optional[str | os.PathLike] = None) -> Pipeline:
     return _PIPELINES[key]
 
 
-def _demo_module():
-    try:
-        from vstar_jax.demo import model as demo_model  # noqa: PLC0415
-    except ImportError:
-        return None
-    return demo_model if hasattr(demo_model, "load_demo_model") else None
-
-
 def _demo_pipeline() -> Pipeline:
-    mod = _demo_module()
-    if mod is None:
-        raise VstarError("no embedded default model is available yet: a checkpoint is required (--checkpoint DIR)")
+    load = builtin.loader(builtin.DEFAULT)
+    if load is None:
+        raise VstarError("no embedded default model is available: a checkpoint is required (--checkpoint DIR)")
     if "demo" not in _PIPELINES:
         try:
-            got = mod.load_demo_model()
+            _PIPELINES["demo"] = load()
         except (ValueError, FileNotFoundError, OSError) as e:
             raise VstarError(f"the embedded demo model cannot be loaded ({' '.join(str(e).split())}): "
                              "a checkpoint is required (--checkpoint DIR)") from None
-        _PIPELINES["demo"] = pipeline_from_demo(got)
     return _PIPELINES["demo"]
-
-
-def pipeline_from_demo(model) -> Pipeline:
-    """A :class:`Pipeline` around ``vstar_jax.demo.model.DemoModel`` (its modules rebuilt with
-    frozen, hashable configs; frames decoded by the model at its display scale)."""
-    if isinstance(model, Pipeline):
-        return model
-    params = {"unet": model.unet_params, "text": model.text_params}
-    return Pipeline.from_params(params, model.config, DEMO_SOURCE,
-                                decoder=lambda z: np.asarray(model.decode(z)))
 
 
 def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
@@ -332,5 +315,3 @@ def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
         return ModelInfo.from_config(read_config(path), path)
     except FileNotFoundError as e:
         raise VstarError(str(e)) from None
-
-
