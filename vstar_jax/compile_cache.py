@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from vstar_jax.io.atomic import write_bytes
+
 ENV = "VSTAR_JAX_CACHE_DIR"
 OFF = ("", "off", "0", "none", "false", "no")
 
@@ -168,8 +170,6 @@ def compile_lowered(lowered, cache_dir: Optional[str] = None):
         pickle.dump({"callbacks": len(callbacks), "devices": [d.id for d in unloaded.device_list]}, buf)
         Pickler(buf).dump((unloaded, args_info_flat, compiled._no_kwargs))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        from vstar_jax.io.atomic import write_bytes  # noqa: PLC0415
-
         write_bytes(path, buf.getvalue())
     except Exception:  # noqa: BLE001 - not cacheable (e.g. constants in the program): just not cached
         pass

@@ -21,10 +21,17 @@ import contextlib
 import dataclasses
 import functools
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Callable, Mapping, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vstar_jax.demo.model import pipeline_from_demo  # noqa: F401  (importing it registers the embedded demo model)
 from vstar_jax.errors import VstarError
@@ -35,10 +42,15 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
                                           decode_batches, default_output, frames_digest, load_sidecar,
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
-from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, memory_for,  # noqa: F401
-                                           plan_for, plan_params, resolve_mesh, resolve_rules, row_sharding,
-                                           run_sampler, sampler_args, check_finite, reset_finite_check)
+from vstar_jax.generation.sampling import (SamplePlan, SamplingInterrupted, capture_maps, compiled_sampler,  # noqa: F401
+                                           log, memory_for, plan_for, plan_params, resolve_mesh, resolve_rules,
+                                           row_sharding, run_sampler, sample_batch_jit, sampler_args, check_finite,
+                                           reset_finite_check)
 from vstar_jax.io.atomic import Staging
+from vstar_jax.io.video import sidecar_path, sidecar_text
+from vstar_jax.parallel.sharding import make_mesh, put_global, replicate, shard_params
+from vstar_jax.tar_vsp import synopsis as syn
+from vstar_jax.tar_vsp.vsp import per_frame_embeddings
 
 _log = log
 ITEMS_PER_CALL = 16  # generate_batch: items per compiled call (progress and Ctrl-C between calls)
@@ -52,8 +64,6 @@ def encode_text(pipe: Pipeline, request: GenerationRequest):
     (F, 77, C) by VSP; uncond is the empty prompt's (1, 77, C)."""
     uncond = pipe.encode([""])
     if request.synopsis:
-        from vstar_jax.tar_vsp.vsp import per_frame_embeddings  # noqa: PLC0415
-
         cond = per_frame_embeddings(pipe.encode(list(request.synopsis)), request.frames, request.vsp_mode)
     else:
         cond = pipe.encode([request.prompt])
@@ -66,8 +76,6 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
     params = plan_params(pipe, plan)
     args = sampler_args(params, cond, uncond, request.seed, request.fps, request.cfg)
     if plan.row_sharding is not None:  # params FSDP/replicated, the rest replicated on the (global) mesh
-        from vstar_jax.parallel.sharding import replicate, shard_params  # noqa: PLC0415
-
         mesh = plan.row_sharding.mesh
         args = (shard_params(params, mesh),) + tuple(replicate(a, mesh) for a in args[1:])
     if sampler is not None:
@@ -78,8 +86,6 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
     latents, aux, seconds = run_sampler(run, args, total_calls=calls, progress=progress,
                                         unit="step" if request.strategy.name == "single" else "call")
     if not getattr(latents, "is_fully_addressable", True):  # a mesh over several hosts: every process gets all
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         latents = multihost_utils.process_allgather(latents, tiled=True)
     check_finite(latents, request.ddim_steps)  # NaN/inf would decode to black frames: stop, naming the step
     return np.asarray(latents, np.float32), aux, seconds
@@ -96,8 +102,6 @@ def decode_and_write(pipe: Pipeline, latents, request: GenerationRequest, paths:
     size = None
     bar = None
     if progress and n > request.frame_batch:
-        import sys  # noqa: PLC0415
-
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=n, desc="decoding", unit="frame", file=sys.stderr, leave=True)
@@ -207,8 +211,6 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
 def _finish_outputs(result: GenerationResult, paths: dict, progress: bool, stage) -> None:
     """Attention plot, then the sidecar last (its presence means the video is complete); then every
     staged file is renamed into place together (a failure before that replaces nothing)."""
-    from vstar_jax.io.video import sidecar_path, sidecar_text  # noqa: PLC0415
-
     result.attention_png = write_attention(result.attention, paths, stage)
     if paths["video"] is not None:
         result.path = str(paths["video"])
@@ -225,8 +227,6 @@ def _finish_outputs(result: GenerationResult, paths: dict, progress: bool, stage
 
 
 def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
-    from vstar_jax.tar_vsp import synopsis as syn  # noqa: PLC0415
-
     asked = llm.get("num_states")  # 0 is a mistake, not "the default"
     num = number("num_states", asked if asked is not None else min(5, frames), integer=True, minimum=2,
                  maximum=frames)
@@ -267,9 +267,6 @@ def _sigint_flag():
     """Ctrl-C during a batch sets a flag checked before each prompt encoded, each call and each item
     written (a KeyboardInterrupt raised at a random point, e.g. inside the fork of a video writer,
     can be swallowed; sampling itself stops at the next UNet call, see ``interruptible``)."""
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -286,15 +283,11 @@ def _sigint_flag():
 
 
 def _check_stop(stop) -> None:
-    from vstar_jax.generation.sampling import SamplingInterrupted  # noqa: PLC0415
-
     if stop["stop"]:
         raise SamplingInterrupted("interrupted")
 
 
 def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, keep_video, overwrite, stop, **common):
-    from vstar_jax.generation.sampling import sample_batch_jit  # noqa: PLC0415
-
     t_start = time.time()
     if not items:
         raise VstarError("generate_batch needs at least one item")
@@ -313,8 +306,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
         reqs.append(make_request(prompt, info, **kw))
     item_sharding = None
     if mesh is not None:
-        from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
-
         m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
         item_sharding = _item_sharding(m, len(items))
     seen: dict = {}
@@ -357,9 +348,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
     chunks = [(plan, idx[k:k + per_call]) for (plan, _), idx in groups.items() for k in range(0, len(idx), per_call)]
     done = 0
     for plan, idx in chunks:
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-
         _check_stop(stop)
         n_real = len(idx)
         if len(chunks) > 1 and len(idx) < per_call:  # the same shape as the other calls: one compile
@@ -377,8 +365,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
         t0 = time.time()
         params = plan_params(pipe, plan)
         if sh is not None:  # the items over data (a mesh that may span processes), params replicated
-            from vstar_jax.parallel.sharding import put_global, replicate  # noqa: PLC0415
-
             params = jax.tree_util.tree_map(lambda a: replicate(a, sh.mesh), params)
             conds, unconds, keys, fps, cfg = (put_global(a, sh) for a in (conds, unconds, keys, fps, cfg))
         calls = reqs[idx[0]].strategy.check(reqs[idx[0]].frames, reqs[idx[0]].ddim_steps).calls * len(idx)
@@ -386,8 +372,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
         lat, _, _ = run_sampler(run, (params, conds, unconds, keys, fps, cfg), total_calls=calls, progress=progress,
                                 unit="call")
         if not getattr(lat, "is_fully_addressable", True):
-            from jax.experimental import multihost_utils  # noqa: PLC0415
-
             lat = multihost_utils.process_allgather(lat, tiled=True)
         lat = np.asarray(lat, np.float32)
         check_finite(lat[:n_real], plan.steps, what=f"sampling {n_real} item(s)")  # on the host: every process
@@ -413,8 +397,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
 
 def _item_sharding(mesh, n_items: int):
     """The item axis over ``data`` (None when the mesh has no data axis > 1)."""
-    from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
-
     if mesh.shape.get("data", 1) == 1:
         return None
     if n_items % mesh.shape["data"]:

@@ -12,12 +12,20 @@ import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from vstar_jax.diffusion.parameterization import check_prediction
 from vstar_jax.errors import VstarError
 from vstar_jax.generation import builtin
 from vstar_jax.generation.builtin import DEMO_SOURCE  # noqa: F401  (re-exported: the demo model's source)
+from vstar_jax.io.checkpoint import load_checkpoint, read_config
+from vstar_jax.models.clip_vision import CLIPVisionTransformer
+from vstar_jax.models.streaming import StreamingMemory, apm_settings, cam_settings, has_streaming_modules, memory_inputs
+from vstar_jax.models.text import TextTransformer, encode_prompts
+from vstar_jax.models.tokenizer import get_tokenizer
+from vstar_jax.models.unet3d import UNet3D, unet_num_levels
+from vstar_jax.models.vae import AutoencoderKL
 from vstar_jax.validate import number
 
 DEFAULTS = {"frames": 16, "steps": 25, "cfg": 12.0, "eta": 1.0, "fps": 28}  # VSTAR on VideoCrafter2
@@ -26,8 +34,6 @@ MAX_PIXELS = 1_000_000  # a video side in pixels (beyond any screen; the memory 
 
 
 def _frozen(cfg):
-    import ml_collections  # noqa: PLC0415
-
     if isinstance(cfg, ml_collections.FrozenConfigDict):
         return cfg
     if isinstance(cfg, ml_collections.ConfigDict):
@@ -114,10 +120,6 @@ class Pipeline:
     def from_params(cls, params: Mapping, config, source: str = "<memory>", *,
                     decoder: Optional[Callable] = None) -> "Pipeline":
         """Build the modules of ``config`` ({"unet", "text", "vae"?, "diffusion"}) around ``params``."""
-        from vstar_jax.models.text import TextTransformer  # noqa: PLC0415
-        from vstar_jax.models.tokenizer import get_tokenizer  # noqa: PLC0415
-        from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
-
         config = _plain(config)
         missing = [k for k in ("unet", "text") if k not in config or k not in params]
         if missing:
@@ -129,8 +131,6 @@ class Pipeline:
         if config.get("space") == "patch" and decoder is None:
             raise VstarError(f"{source}: a 'patch' latent space needs the model's decoder")
         if not _is_pixel(config):
-            from vstar_jax.models.vae import AutoencoderKL  # noqa: PLC0415
-
             if "vae" not in params:
                 raise VstarError(f"{source}: checkpoint has no 'vae' params (convert with --components unet,vae,text)")
             vae = AutoencoderKL(_frozen(config["vae"]))
@@ -144,8 +144,6 @@ class Pipeline:
         """Load a converted checkpoint directory (``vstar_jax.io.checkpoint`` layout). ``unet_sharding``:
         ``(path, shape) -> Sharding`` (``vstar_jax.parallel.sharding.params_sharding_rule(mesh)``): the
         UNet's arrays are restored straight into their places on a mesh, never whole on one host."""
-        from vstar_jax.io.checkpoint import load_checkpoint, read_config  # noqa: PLC0415
-
         path = os.path.abspath(os.fspath(ckpt_dir))
         config = read_config(path)
         comps = [c for c in ("unet", "text", "vae", "image_encoder") if c in config.get("components", [])]
@@ -172,8 +170,6 @@ class Pipeline:
     def streaming_memory(self):
         """StreamingT2V's :class:`~vstar_jax.models.streaming.StreamingMemory` for this model (what its
         CAM and APM read inside the sampling loop). Raises VstarError when a part it needs is absent."""
-        from vstar_jax.models.streaming import StreamingMemory, memory_inputs  # noqa: PLC0415
-
         info = self.describe()
         if info.streaming_missing or info.streaming_unmet:
             raise VstarError(f"{self.source}: long_video streaming cannot run: "
@@ -183,7 +179,6 @@ class Pipeline:
         if enc == "openclip":
             if "image_encoder" not in self.params:
                 raise VstarError(f"{self.source}: no 'image_encoder' params (APM's OpenCLIP image tower)")
-            from vstar_jax.models.clip_vision import CLIPVisionTransformer  # noqa: PLC0415
 
             vision = CLIPVisionTransformer(_frozen(self.config["image_encoder"]))
         memory = StreamingMemory(pixels, enc, None, vision, float(self.diffusion["scale_factor"]))
@@ -192,8 +187,6 @@ class Pipeline:
     # -- text -------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """Text context (n, 77, C) float32 of prompts ("" is the unconditional embedding)."""
-        from vstar_jax.models.text import encode_prompts  # noqa: PLC0415
-
         return np.asarray(encode_prompts(self.text_model, self.params["text"], self.tokenizer, list(prompts)),
                           np.float32)
 
@@ -217,9 +210,6 @@ class ModelInfo:
         if "unet" not in config:
             raise VstarError(f"{source}: checkpoint has no 'unet' component")
         vae_factor = _pixel_factor(config)
-        from vstar_jax.models.unet3d import unet_num_levels  # noqa: PLC0415  (block_channels or channel_mult)
-
-        from vstar_jax.models.streaming import apm_settings, cam_settings, has_streaming_modules  # noqa: PLC0415
 
         cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
         return cls(source, diffusion_settings(config), unet_num_levels(config["unet"]), vae_factor,
@@ -250,8 +240,6 @@ class ModelInfo:
 
 def _streaming_unmet(config: Mapping, vae_factor: int) -> tuple:
     """What a StreamingT2V UNet's CAM / APM read that the checkpoint does not have (one phrase each)."""
-    from vstar_jax.models.streaming import apm_settings, cam_settings, memory_inputs  # noqa: PLC0415
-
     cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
     if not cam and not apm:
         return ()
@@ -306,7 +294,6 @@ def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
         return pipeline.describe()
     if checkpoint is None:
         return _demo_pipeline().describe()
-    from vstar_jax.io.checkpoint import read_config  # noqa: PLC0415
 
     path = os.path.abspath(os.fspath(checkpoint))
     if not os.path.isdir(path):
