@@ -1,5 +1,8 @@
 """Text-to-video generation: the public entry points, composed of the stages in :mod:`vstar_jax.generation`.
 
+The public API is listed once, in :mod:`vstar_jax` (``from vstar_jax import generate_video``); the
+settings of :func:`generate_video` are the fields of :class:`~vstar_jax.generation.options.GenerationOptions`.
+
     validate/plan  generation.request.make_request   every setting checked before any compute
     encode         encode_text                       prompt (or VSP states per frame) + ""
     sample         generation.sampling               one jitted program per (model, plan, shapes)
@@ -25,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Mapping, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,11 +40,12 @@ from vstar_jax.demo.model import pipeline_from_demo  # noqa: F401  (importing it
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.model import (DEFAULTS, DEMO_SOURCE, FLAVOR_DEFAULTS, ModelInfo, Pipeline,  # noqa: F401
                                         diffusion_settings, load_pipeline, model_info)
+from vstar_jax.generation.options import GenerationOptions, check_names, document
 from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SUFFIXES,  # noqa: F401
                                           FramesDiffer, GenerationResult, VideoSink, build_sidecar, check_outputs, decode,
                                           decode_batches, default_output, frames_digest, load_sidecar,
                                           sidecar_kwargs, write_attention)
-from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
+from vstar_jax.generation.request import GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, SamplingInterrupted, capture_maps, compiled_sampler,  # noqa: F401
                                            log, memory_for, plan_for, plan_params, resolve_mesh, resolve_rules,
                                            row_sharding, run_sampler, sample_batch_jit, sampler_args, check_finite,
@@ -55,7 +59,8 @@ from vstar_jax.tar_vsp.vsp import per_frame_embeddings
 _log = log
 ITEMS_PER_CALL = 16  # generate_batch: items per compiled call (progress and Ctrl-C between calls)
 PROGRESS_EVERY = 100  # generate_batch: a line every this many prompts encoded
-_compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
+_compiled_sampler = compiled_sampler  # the sampler stage (tests replace it: a fake sampler, or proof nothing runs)
+BATCH_SETTINGS = ("checkpoint", "pipeline", "mesh", "progress", "keep_video", "overwrite")  # generate_batch's own
 
 
 # ------------------------------------------------------------------------------- stages
@@ -70,18 +75,14 @@ def encode_text(pipe: Pipeline, request: GenerationRequest):
     return np.asarray(cond, np.float32), np.asarray(uncond, np.float32)
 
 
-def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest, cond, uncond, *, progress: bool,
-                   sampler: Optional[Callable] = None):
+def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest, cond, uncond, *, progress: bool):
     """The sampling stage: (latents (1, c, N, h, w) float32, aux, seconds)."""
     params = plan_params(pipe, plan)
     args = sampler_args(params, cond, uncond, request.seed, request.fps, request.cfg)
     if plan.row_sharding is not None:  # params FSDP/replicated, the rest replicated on the (global) mesh
         mesh = plan.row_sharding.mesh
         args = (shard_params(params, mesh),) + tuple(replicate(a, mesh) for a in args[1:])
-    if sampler is not None:
-        run = functools.partial(sampler, pipe.unet, plan=plan)
-    else:
-        run = _compiled_sampler(pipe.unet, plan, args, progress)
+    run = _compiled_sampler(pipe.unet, plan, args, progress)
     calls = request.strategy.check(request.frames, request.ddim_steps).calls
     latents, aux, seconds = run_sampler(run, args, total_calls=calls, progress=progress,
                                         unit="step" if request.strategy.name == "single" else "call")
@@ -122,61 +123,40 @@ def decode_and_write(pipe: Pipeline, latents, request: GenerationRequest, paths:
 
 
 # ------------------------------------------------------------------------------ the job
-def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline] = None,
-                   frames: Optional[int] = None, steps: Optional[int] = None, cfg: Optional[float] = None,
-                   eta: Optional[float] = None, seed: int = 0, fps: Optional[float] = None,
-                   save_fps: float = SAVE_FPS, tar=None, synopsis=None, vsp_mode: str = "linear",
-                   llm: Optional[Mapping] = None, height: Optional[int] = None, width: Optional[int] = None,
-                   out=None, gif: bool = False, attention_png=None, record_attention: bool = False,
-                   frame_batch: int = 16, progress: bool = True, synopsis_source: Optional[Mapping] = None,
-                   mesh=None, long_video=None, keep_video: bool = True, overwrite: bool = True,
-                   max_memory=None, _expect_sha256: Optional[str] = None,
-                   _sampler: Optional[Callable] = None) -> GenerationResult:
-    """Generate one video; see the module docstring.
+@document
+def generate_video(prompt: str, **settings) -> GenerationResult:
+    """Generate one video (see the module docstring); the settings are keywords, listed below.
 
-    ``frames``/``steps``/``cfg``/``eta``/``fps`` None: the model's defaults (16 / 25 / 12.0 /
-    1.0 / 28 for VideoCrafter2 as VSTAR runs it; 50 steps, cfg 9, eta 0 for ModelScope). ``tar``: None,
-    a preset name, a spec string or dict, or a TARConfig. ``synopsis``: None, a list of >= 2 state
-    prompts, or a file path; ``llm``: ``{"url", "model", "api_key", "num_states", "timeout"}`` (HTTP)
-    or ``{"local_path", "num_states"}`` asks a language model for the synopsis (after every other
-    check). ``out``: the video path (.mp4/.gif/...; None writes nothing); ``gif`` adds a GIF beside
-    it; ``attention_png`` records the temporal attention maps (``result.attention``: {layer: (steps,
-    F, F)}, cond rows, averaged over heads and pixels) and plots them (plus a .npz of the maps);
-    ``record_attention`` records without plotting. ``synopsis_source`` is recorded in the sidecar as
-    where a given synopsis came from. ``mesh``: a ``jax.sharding.Mesh`` (or ``{"data": d, "frames":
-    n, "model": m}``): the CFG rows over ``data``, the frames the UNet sees over ``frames``, kernels
-    FSDP-style over ``model`` (``vstar_jax.parallel.sharding``); results then match the
-    single-device run to float tolerance, not bit for bit. ``long_video``: a strategy spec (``"genl:16:8"``,
-    ``"blend:24:8"``, ``"freenoise:16:4"``, ``"fifo:16:4"``, ``"vidrd:16:8"``, a dict, or None for one
-    pass; ``vstar_jax.longvideo``). ``keep_video``: return the frames in ``result.video`` (False:
-    they are only streamed into the file, so memory does not grow with the length). ``overwrite``
-    False refuses existing output files (an existing ``.json`` that is not a vstar-jax sidecar is
-    never replaced). ``max_memory``: bytes one UNet call may use by a rough activation estimate
-    (None: the machine's available memory; 0: no check); a larger run is refused before compute.
+    Every setting is checked first: each bad one (an unknown keyword too) is a one-line
+    :class:`~vstar_jax.errors.VstarError` before anything is loaded or computed. Returns a
+    :class:`~vstar_jax.generation.outputs.GenerationResult` (frames, sidecar, paths, latents, attention).
     """
+    return _generate(prompt, GenerationOptions.from_kwargs(settings))
+
+
+def _generate(prompt: str, o: GenerationOptions, *, expect_sha256: Optional[str] = None) -> GenerationResult:
+    """:func:`generate_video` of checked options; ``expect_sha256``: frames that hash differently are not
+    kept (:func:`regenerate`)."""
     t_start = time.time()
     # ---- validate / plan: cheap checks only, each a one-line VstarError ------------------------
-    info = model_info(checkpoint, pipeline)
-    capture = attention_png is not None or bool(record_attention)
-    request = make_request(prompt, info, frames=frames, steps=steps, cfg=cfg, eta=eta, seed=seed, fps=fps,
-                           save_fps=save_fps, tar=tar, synopsis=synopsis, vsp_mode=vsp_mode, height=height,
-                           width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
-                           synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory)
+    info = model_info(o.checkpoint, o.pipeline)
+    request = make_request(prompt, info, **o.request_kwargs())
     splan = request.strategy.check(request.frames, request.ddim_steps)
-    rules = resolve_rules(mesh) if mesh is not None else None
-    mesh = resolve_mesh(mesh)
+    rules = resolve_rules(o.mesh) if o.mesh is not None else None
+    mesh = resolve_mesh(o.mesh)
     rows = row_sharding(mesh, splan.unet_frames, rules=rules)
-    paths = check_outputs(out, gif, attention_png, overwrite,  # creates the output folder: after the other checks
+    paths = check_outputs(o.out, o.gif, o.attention_png, o.overwrite,  # creates the output folder: after the checks
                           save_fps=request.save_fps)
-    if llm is not None:
-        states, source = _llm_synopsis(request.prompt, request.frames, dict(llm), progress)
+    progress = o.progress
+    if o.llm is not None:
+        states, source = _llm_synopsis(request.prompt, request.frames, dict(o.llm), progress)
         request = dataclasses.replace(request, synopsis=tuple(states), synopsis_source=source)
 
     # ---- model -----------------------------------------------------------------------------
-    if pipeline is None:
-        _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
-        pipeline = load_pipeline(checkpoint)
-    pipe = pipeline
+    pipe = o.pipeline
+    if pipe is None:
+        _log(progress, f"loading {'the embedded demo model' if o.checkpoint is None else o.checkpoint}")
+        pipe = load_pipeline(o.checkpoint)
     plan = plan_for(request, info.latent_channels, rows, rules, memory_for(pipe, request))
 
     # ---- encode ----------------------------------------------------------------------------
@@ -189,13 +169,13 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     _log(progress, f"sampling {request.frames} frames at {h}x{w} latents, {request.steps} DDIM steps "
                    f"(cfg {request.cfg}, eta {request.eta}, seed {request.seed}{', TAR' if request.tar else ''}"
                    f"{', VSP' if request.synopsis else ''}{f', {st.spec()}: {splan.note}' if st.name != 'single' else ''})")
-    latents, aux, t_sample = sample_latents(pipe, plan, request, cond, uncond, progress=progress, sampler=_sampler)
+    latents, aux, t_sample = sample_latents(pipe, plan, request, cond, uncond, progress=progress)
 
     # ---- decode + write (streamed; every file temporary until all are complete) ---------------
     _log(progress and not pipe.pixel_space, f"decoding {request.frames} frames (batches of {request.frame_batch})")
     with Staging() as stage:
-        video, digest, size, t_decode = decode_and_write(pipe, latents, request, paths, keep_video=keep_video,
-                                                         progress=progress, expect_sha256=_expect_sha256, stage=stage)
+        video, digest, size, t_decode = decode_and_write(pipe, latents, request, paths, keep_video=o.keep_video,
+                                                         progress=progress, expect_sha256=expect_sha256, stage=stage)
         attention = capture_maps(aux) if request.capture else None
         sidecar = build_sidecar(
             request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
@@ -291,19 +271,25 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
     t_start = time.time()
     if not items:
         raise VstarError("generate_batch needs at least one item")
-    info = model_info(checkpoint, pipeline)
-    reqs, all_paths, outs = [], [], []
+    settings = []  # each item's settings, its names checked before the model is asked anything
     for i, item in enumerate(items):
         kw = {**common, **dict(item)}
-        prompt = kw.pop("prompt", None)
-        if prompt is None:
+        if kw.get("prompt") is None:
             raise VstarError(f"item {i} has no prompt")
-        outs.append(kw.pop("out", None))
+        check_names(set(kw) - {"prompt"}, f"generate_batch item {i}")
         for bad in ("llm", "attention_png", "record_attention", "gif"):
-            if kw.get(bad):
+            if kw.pop(bad, None):
                 raise VstarError(f"item {i}: {bad} is not available in a batch (use generate_video)")
-            kw.pop(bad, None)
-        reqs.append(make_request(prompt, info, **kw))
+        for whole in BATCH_SETTINGS:
+            if whole in kw:
+                raise VstarError(f"item {i}: {whole} is a setting of the whole batch: give it to generate_batch")
+        settings.append(kw)
+    info = model_info(checkpoint, pipeline)
+    reqs, all_paths, outs = [], [], []
+    for kw in settings:
+        prompt = kw.pop("prompt")
+        outs.append(kw.pop("out", None))
+        reqs.append(make_request(prompt, info, **GenerationOptions(**kw).request_kwargs()))
     item_sharding = None
     if mesh is not None:
         m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
@@ -420,10 +406,11 @@ def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: b
     if checkpoint is not None:
         kw["checkpoint"] = checkpoint
     # a run that recorded attention is recomputed the same way (the same compiled graph)
-    res = generate_video(sc["prompt"], pipeline=pipeline, out=out, gif=gif, attention_png=attention_png,
-                         record_attention=bool(sc.get("attention")), progress=progress,
-                         synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, overwrite=overwrite,
-                         max_memory=max_memory, _expect_sha256=sc.get("frames_sha256") if verify else None, **kw)
+    options = GenerationOptions(
+        pipeline=pipeline, out=out, gif=gif, attention_png=attention_png, record_attention=bool(sc.get("attention")),
+        progress=progress, synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, overwrite=overwrite,
+        max_memory=max_memory, **kw)
+    res = _generate(sc["prompt"], options, expect_sha256=sc.get("frames_sha256") if verify else None)
     if verify and sc.get("frames_sha256") and res.sidecar["frames_sha256"] != sc["frames_sha256"]:
         raise FramesDiffer(f"regenerated frames differ from {sidecar_path} (recorded on "
                          f"{sc.get('backend')}/jax {sc.get('versions', {}).get('jax')}, now "
