@@ -189,10 +189,8 @@ def quality(args) -> list[dict]:
     from vstar_jax.demo import checker, world
     from vstar_jax.demo import model as dm
 
-    from vstar_jax.generation.model import pipeline_from_demo
-
     model = dm.load_demo_model(args.demo_dir)  # None: the shipped one (with its CAM/APM when shipped)
-    pipe = pl.load_pipeline(None) if args.demo_dir is None else pipeline_from_demo(model)
+    pipe = pl.load_pipeline(None) if args.demo_dir is None else dm.pipeline_from_demo(model)
     rows = []
     specs = [world.sample_spec(args.seed * 100_003 + s, "move") for s in range(args.n)]
     for mult in [int(x) for x in args.lengths.split(",")]:

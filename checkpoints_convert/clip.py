@@ -21,7 +21,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from checkpoints_convert.common import conv2d_kernel, linear_kernel, load_state_dict
+from checkpoints_convert.common import ConversionError, conv2d_kernel, linear_kernel, load_state_dict
 from checkpoints_convert.text import (
     HF_IGNORE,
     MultiPlan,
@@ -35,6 +35,7 @@ from checkpoints_convert.text import (
     openclip_resblocks_plan,
     openclip_text_config_from_state_dict,
 )
+from vstar_jax.io.checkpoint import save_checkpoint
 from vstar_jax.models.clip_vision import vision_config, vision_param_shapes
 
 _HF_VISION_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -127,8 +128,6 @@ def convert_hf_clip(sd: Mapping[str, np.ndarray], config: Mapping):
     rest = sorted(set(sd) - set(text_keys) - set(vision_keys) - {"logit_scale"})
     rest = [k for k in rest if not k.endswith("position_ids")]
     if rest:
-        from checkpoints_convert.common import ConversionError
-
         raise ConversionError("CLIP (CLIPModel)", unexpected=rest)
     vision = apply_multi_plan(vision_keys, hf_vision_plan(vcfg), vision_param_shapes(vcfg),
                               component="CLIP vision (CLIPModel)",
@@ -167,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vision-head-width", type=int, default=80)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    from vstar_jax.io.checkpoint import save_checkpoint
 
     if args.openclip:
         params, configs = convert_openclip(load_state_dict(args.src), vision_head_width=args.vision_head_width)

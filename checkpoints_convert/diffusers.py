@@ -18,7 +18,11 @@ from typing import Optional, Sequence
 
 
 from checkpoints_convert.common import DTYPES, convert_components, load_state_dict, run_cli
+from checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
 from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
+from checkpoints_convert.vae import convert_vae_diffusers, vae_config_from_diffusers
+from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
+from vstar_jax.models.tokenizer import pad_token_id_from_hf
 
 SUBDIRS = {"unet": "unet", "vae": "vae", "text": "text_encoder"}
 
@@ -55,16 +59,11 @@ def _convert_unet(d):
 
 
 def _convert_vae(d):
-    from checkpoints_convert.vae import convert_vae_diffusers, vae_config_from_diffusers
-
     cfg = vae_config_from_diffusers(_read_json(os.path.join(d, "config.json")))
     return convert_vae_diffusers(load_state_dict(weights_file(d)), cfg), cfg
 
 
 def _convert_text(d):
-    from checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
-    from vstar_jax.models.tokenizer import pad_token_id_from_hf
-
     tok_dir = os.path.join(os.path.dirname(d), "tokenizer")
     pad = pad_token_id_from_hf(tok_dir) if os.path.isfile(os.path.join(tok_dir, "vocab.json")) else None
     # The pipeline feeds last_hidden_state (after final_layer_norm) to the UNet.
@@ -102,8 +101,6 @@ def diffusion_config(model_dir: str) -> dict:
 
 def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
             dtype: Optional[str] = None, overwrite: bool = False, verbose: bool = True) -> str:
-    from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
-
     check_checkpoint_out(out, overwrite=overwrite, sources=[model_dir])  # before the (long) conversion
     unknown = sorted(set(components) - set(CONVERTERS))
     if unknown:

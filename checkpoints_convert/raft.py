@@ -12,6 +12,8 @@ from typing import Mapping
 import numpy as np
 
 from checkpoints_convert.common import Plan, apply_plan, load_state_dict, p_conv
+from vstar_jax.io.checkpoint import save_checkpoint
+from vstar_jax.metrics.raft import raft_param_shapes
 
 
 def _bn(plan: Plan, src: str, dst: tuple):
@@ -53,8 +55,6 @@ def raft_plan() -> Plan:
 
 def convert_raft(sd: Mapping[str, np.ndarray]) -> dict:
     """Flax params of a torchvision ``raft_large`` state dict (BatchNorm counters ignored)."""
-    from vstar_jax.metrics.raft import raft_param_shapes
-
     skip = tuple(k for k in sd if k.endswith("num_batches_tracked"))
     return apply_plan(sd, raft_plan(), raft_param_shapes(), component="RAFT (torchvision raft_large)",
                       ignore_prefixes=skip, dtype=np.float32)
@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="output checkpoint folder")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    from vstar_jax.io.checkpoint import save_checkpoint
 
     params = convert_raft(load_state_dict(args.src))
     save_checkpoint(args.out, {"raft": params}, {"raft": {"model": "raft_large", "source": "torchvision"}},

@@ -42,12 +42,28 @@ shape).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 from typing import Mapping, Optional
 
-from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
-from checkpoints_convert.unet import plan_unet_diffusers, shape_hints
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from checkpoints_convert import diffusers as conv_diffusers
+from checkpoints_convert.clip import openclip_vision_config_from_state_dict, openclip_vision_plan
+from checkpoints_convert.common import (ConversionError, Plan, apply_plan, cast_tree, load_state_dict, p_conv, p_dense,
+                                        p_norm, run_cli)
+from checkpoints_convert.text import apply_multi_plan
+from checkpoints_convert.unet import plan_unet_diffusers, shape_hints, unet_config_from_diffusers
+from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
+from vstar_jax.models.clip_vision import vision_param_shapes
+from vstar_jax.models.streaming import apm_settings, cam_settings
+from vstar_jax.models.unet3d import UNet3D, unet_level_widths
+from vstar_jax.validate import number
 
 SKIPPED_PREFIXES = ("image_encoder.", "vae.", "text_encoder.")
 INFERENCE_DEFAULTS = {"steps": 50, "cfg": 7.5, "eta": 1.0}
@@ -60,8 +76,6 @@ RELEASED_APM = {"tokens": 16, "image_dim": 1024, "hidden": 1280, "text_len": 77,
 
 def with_streaming(cfg, cam: Optional[dict] = None, apm: Optional[dict] = None):
     """A copy of a (ModelScope) UNet config with StreamingT2V's CAM and APM (the released settings by default)."""
-    import ml_collections  # noqa: PLC0415
-
     c = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
     c.cam = dict(cam or RELEASED_CAM)
     c.apm = dict(apm or RELEASED_APM)
@@ -72,16 +86,12 @@ def _base_config(cfg):
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     d.pop("cam", None)
     d.pop("apm", None)
-    import ml_collections  # noqa: PLC0415
 
     return ml_collections.ConfigDict(d)
 
 
 def plan_streamingt2v(cfg) -> Plan:
     """The key plan of a StreamingT2V checkpoint for ``UNet3D(cfg)`` (cfg with ``cam`` and ``apm``)."""
-    from vstar_jax.models.streaming import apm_settings, cam_settings  # noqa: PLC0415
-    from vstar_jax.models.unet3d import unet_level_widths  # noqa: PLC0415
-
     cam, apm = cam_settings(cfg), apm_settings(cfg)
     base = _base_config(cfg)
     base_plan = plan_unet_diffusers(base)
@@ -125,12 +135,6 @@ def plan_streamingt2v(cfg) -> Plan:
 
 def expected_shapes(cfg) -> dict:
     """The UNet3D(cfg) params' shapes with CAM and APM built (``jax.eval_shape``, nothing allocated)."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from vstar_jax.models.streaming import apm_settings, cam_settings  # noqa: PLC0415
-    from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
-
     cam, apm = cam_settings(cfg), apm_settings(cfg)
     model = UNet3D(cfg)
     n = int(cam["frames"]) + 1 if cam else 2
@@ -157,12 +161,8 @@ def convert_streamingt2v_unet(sd: Mapping, cfg, *, dtype=None) -> dict:
 def streaming_settings_from_state_dict(sd: Mapping, context_dim: int, *, cam_frames: int = 8,
                                        head_dim: int = 64) -> tuple[dict, dict]:
     """(cam, apm) settings of a StreamingT2V state dict, read from its weights' shapes."""
-    import numpy as np  # noqa: PLC0415
-
     def shape(key):
         if key not in sd:
-            from checkpoints_convert.common import ConversionError  # noqa: PLC0415
-
             raise ConversionError("unet (streamingt2v)", missing=[key])
         return tuple(np.shape(sd[key]))
 
@@ -186,10 +186,6 @@ def streaming_settings_from_state_dict(sd: Mapping, context_dim: int, *, cam_fra
 def convert_image_encoder(sd: Mapping, *, head_width: int = 80):
     """(params, config) of APM's OpenCLIP image tower from ``image_encoder.model.visual.*`` (the
     StreamingT2V checkpoint) or ``visual.*`` (an OpenCLIP file); None when neither is there."""
-    from checkpoints_convert.clip import openclip_vision_config_from_state_dict, openclip_vision_plan  # noqa: PLC0415
-    from checkpoints_convert.text import apply_multi_plan  # noqa: PLC0415
-    from vstar_jax.models.clip_vision import vision_param_shapes  # noqa: PLC0415
-
     prefix = next((p for p in IMAGE_PREFIXES if any(k.startswith(p) for k in sd)), None)
     if prefix is None:
         return None
@@ -205,13 +201,6 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
             dtype=None, trust_pickle: bool = False, overwrite: bool = False, verbose: bool = True) -> str:
     """Write a vstar-jax checkpoint: the UNet with CAM + APM, APM's image encoder, and (from ``modelscope``)
     the VAE, the text encoder and the scheduler settings."""
-    import json  # noqa: PLC0415
-    import os  # noqa: PLC0415
-
-    from checkpoints_convert.common import load_state_dict  # noqa: PLC0415
-    from checkpoints_convert.unet import unet_config_from_diffusers  # noqa: PLC0415
-    from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint  # noqa: PLC0415
-
     say = (lambda m: print(f"[convert streamingt2v] {m}", file=sys.stderr, flush=True)) if verbose else (lambda m: None)
     if unet_config is None:
         if modelscope is None:
@@ -250,8 +239,6 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
         say("no image_encoder.* in the checkpoint and no --openclip: APM's image encoder not written "
             "(long_video streaming will refuse this checkpoint)")
     if modelscope is not None:
-        from checkpoints_convert import diffusers as conv_diffusers  # noqa: PLC0415
-
         config["source"]["modelscope"] = os.path.abspath(modelscope)
 
         for comp in ("vae", "text"):
@@ -267,8 +254,6 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
             with open(vae_cfg) as f:
                 config["diffusion"]["scale_factor"] = float(json.load(f).get("scaling_factor", 0.18215))
     if dtype is not None:
-        from checkpoints_convert.common import cast_tree  # noqa: PLC0415
-
         params = {k: (v if k == "unet" else cast_tree(v, dtype)) for k, v in params.items()}
     return save_checkpoint(out, params, config, overwrite=overwrite, sources=sources)
 
@@ -292,10 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from checkpoints_convert.common import run_cli  # noqa: PLC0415
-
-    from vstar_jax.validate import number  # noqa: PLC0415
-
     a = build_parser().parse_args(argv)
     rc = run_cli(lambda: [number(flag, v, integer=True, minimum=1, maximum=4096) for flag, v in (
         ("--image-head-width", a.image_head_width), ("--cam-frames", a.cam_frames),

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from checkpoints_convert.common import ConversionError, flatten, linear_kernel, unflatten
+from vstar_jax.models.text import text_param_shapes
 
 FlaxPath = Tuple[str, ...]
 Target = Tuple[FlaxPath, Callable[[np.ndarray], np.ndarray]]
@@ -228,8 +229,6 @@ def convert_openclip_text(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes:
 
     Keys under ``ignore_prefixes`` (default: the visual tower and logit scale) are skipped.
     ``text_projection`` may be a (width, out) parameter or a Linear ``text_projection.weight``."""
-    from vstar_jax.models.text import text_param_shapes
-
     plan = openclip_plan(cfg, projection_as_linear="text_projection.weight" in sd)
     return apply_multi_plan(sd, plan, text_param_shapes(cfg), component="text (OpenCLIP)",
                             ignore_prefixes=tuple(ignore_prefixes))
@@ -239,8 +238,6 @@ def convert_hf_clip_text(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes: 
     """Flax params of a transformers ``CLIPTextModel`` (or ``...WithProjection``) state dict.
 
     Keys may carry the ``text_model.`` prefix (as saved by transformers) or not."""
-    from vstar_jax.models.text import text_param_shapes
-
     prefix = "text_model." if any(k.startswith("text_model.") for k in sd) else ""
     return apply_multi_plan(sd, hf_plan(cfg, prefix), text_param_shapes(cfg), component="text (CLIPTextModel)",
                             ignore_prefixes=tuple(ignore_prefixes))

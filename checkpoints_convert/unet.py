@@ -12,6 +12,9 @@ from typing import Mapping, Optional
 import ml_collections
 
 from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
+from configs import unet_modelscope, unet_videocrafter2
+from vstar_jax.models.unet3d import (UNet3D, check_unet_config, init_shapes, unet_base_channels, unet_level_attention,
+                                     unet_level_widths)
 
 # ------------------------------------------------------------ shared sub-plans
 
@@ -46,8 +49,6 @@ def _temporal_conv(plan: Plan, src: str, dst: tuple):
 def _levels(cfg):
     """Yield (level, down_has_attention, up_has_attention) for the UNet's levels (one shared derivation
     with the model: vstar_jax.models.unet3d.unet_level_attention)."""
-    from vstar_jax.models.unet3d import unet_level_attention
-
     down, up = unet_level_attention(cfg)
     for level in range(len(down)):
         yield level, down[level], up[level]
@@ -55,8 +56,6 @@ def _levels(cfg):
 
 def _needs_skip(cfg, level: int, i: int, up: bool) -> bool:
     """Whether a ResBlock changes its channel count (and so has a 1x1 skip conv)."""
-    from vstar_jax.models.unet3d import unet_base_channels, unet_level_widths
-
     widths = unet_level_widths(cfg)
     out_ch = widths[level]
     if not up:
@@ -192,8 +191,6 @@ PLANS = {"lvdm": plan_unet_lvdm, "diffusers": plan_unet_diffusers}
 
 def convert_unet(sd: Mapping, cfg, layout: str, *, dtype=None) -> dict:
     """Convert a UNet state dict (prefix already stripped) to Flax params for ``UNet3D(cfg)``."""
-    from vstar_jax.models.unet3d import UNet3D, init_shapes
-
     if layout not in PLANS:
         raise ValueError(f"unknown UNet layout {layout!r}; choose one of {sorted(PLANS)}")
     expected = init_shapes(UNet3D(cfg))
@@ -203,8 +200,6 @@ def convert_unet(sd: Mapping, cfg, layout: str, *, dtype=None) -> dict:
 
 def shape_hints(cfg, layout: str) -> dict:
     """Dimension -> the source config field that sets it, for the key report's "likely cause"."""
-    from vstar_jax.models.unet3d import unet_base_channels, unet_level_widths
-
     lvdm = layout == "lvdm"
     hints = {}
     for dim, field in ((int(cfg.in_channels), "in_channels"), (int(cfg.out_channels), "out_channels"),
@@ -229,9 +224,6 @@ def unet_config_from_lvdm(params: Mapping) -> ml_collections.ConfigDict:
     Widths stay as lvdm states them (``model_channels`` x ``channel_mult``); heads as ``num_head_channels``
     (head width) or ``num_heads`` (head count, with num_head_channels -1). Whatever lvdm's ``UNetModel``
     cannot build or run is refused in one line naming the field."""
-    from configs.unet_videocrafter2 import get_config
-    from vstar_jax.models.unet3d import check_unet_config
-
     if params.get("use_relative_position", False) and int(params.get("temporal_length") or 0) < 1:
         raise ValueError("use_relative_position=true needs temporal_length (the tables' max offset)")
     nhc, nh = params.get("num_head_channels", -1), params.get("num_heads", -1)
@@ -242,7 +234,7 @@ def unet_config_from_lvdm(params: Mapping) -> ml_collections.ConfigDict:
     if nhc == -1 and params.get("addition_attention", False):
         _refuse("num_head_channels", nhc, "lvdm's init_attn (addition_attention) takes num_head_channels as its "
                                           "head width, so num_heads-only configs cannot build it")
-    cfg = get_config()
+    cfg = unet_videocrafter2.get_config()
     for key in ("in_channels", "out_channels", "model_channels", "num_res_blocks",
                 "transformer_depth", "context_dim", "use_linear", "temporal_conv", "temporal_attention",
                 "fps_cond"):
@@ -288,9 +280,6 @@ def unet_config_from_diffusers(config: Mapping) -> ml_collections.ConfigDict:
     combination); heads are per level (heads = width // attention_head_dim, as diffusers floors it); the
     up path's attention follows ``up_block_types``. A config that ``UNet3DConditionModel`` refuses (or
     builds but cannot run) is refused here with one line naming the field."""
-    from configs.unet_modelscope import get_config
-    from vstar_jax.models.unet3d import check_unet_config
-
     downs = tuple(config.get("down_block_types", ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"]))
     ups = tuple(config.get("up_block_types", ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3))
     boc = tuple(config.get("block_out_channels", (320, 640, 1280, 1280)))
@@ -339,7 +328,7 @@ def unet_config_from_diffusers(config: Mapping) -> ml_collections.ConfigDict:
     for key, default in _DIFFUSERS_FIXED.items():
         if config.get(key, default) != default:
             _refuse(key, config.get(key), f"only {default!r} is supported by the port")
-    cfg = get_config()
+    cfg = unet_modelscope.get_config()
     cfg.model_channels = boc[0]
     cfg.block_channels = boc
     cfg.channel_mult = None  # widths are block_channels (diffusers states widths, not multipliers)

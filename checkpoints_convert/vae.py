@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from checkpoints_convert.common import Plan, apply_plan, flatten
+from vstar_jax.models.vae import vae_param_shapes
 
 _ATTN_DENSE = ("q", "k", "v", "proj_out")
 
@@ -114,8 +115,6 @@ def convert_vae_ldm(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes: Seque
     """Flax params of an LDM VAE state dict (``first_stage_model.`` prefix already stripped).
 
     ``loss.*`` keys (training-only LPIPS/discriminator weights) are ignored by default."""
-    from vstar_jax.models.vae import vae_param_shapes
-
     expected = vae_param_shapes(cfg)
     return apply_plan(sd, ldm_plan(expected), expected, component="vae (LDM)",
                       ignore_prefixes=("loss.",) + tuple(ignore_prefixes))
@@ -167,8 +166,6 @@ def ldm_key_to_diffusers(key: str, levels: int) -> str:
 
 def convert_vae_diffusers(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes: Sequence[str] = ()):
     """Flax params of a diffusers ``AutoencoderKL`` state dict (``vae/diffusion_pytorch_model``)."""
-    from vstar_jax.models.vae import vae_param_shapes
-
     expected = vae_param_shapes(cfg)
     levels = len(cfg.ch_mult)
     plan = {ldm_key_to_diffusers(k, levels): v for k, v in ldm_plan(expected).items()}

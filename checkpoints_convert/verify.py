@@ -28,6 +28,19 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from checkpoints_convert.clip import openclip_vision_plan
+from checkpoints_convert.common import TRANSFORMS, PrefixView, flatten, load_state_dict
+from checkpoints_convert.streamingt2v import IMAGE_PREFIXES, plan_streamingt2v
+from checkpoints_convert.text import openclip_plan, openclip_text_config_from_state_dict
+from checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
+from checkpoints_convert.vae import ldm_plan, vae_config_from_ldm
+from checkpoints_convert.videocrafter2 import PREFIXES, read_yaml
+from vstar_jax.io.checkpoint import load_checkpoint, read_config
+from vstar_jax.models.clip_vision import CLIPVisionTransformer
+from vstar_jax.models.text import TextTransformer
+from vstar_jax.models.unet3d import UNet3D, unet_num_levels
+from vstar_jax.models.vae import AutoencoderKL, vae_param_shapes
+
 TOL = 1e-4
 
 
@@ -72,8 +85,6 @@ def _stored_dtype(tree):
 
 
 def _unet_inputs(cfg, rng, frames: int = 2):
-    from vstar_jax.models.unet3d import unet_num_levels
-
     side = 2 ** (unet_num_levels(cfg) - 1) * 2
     x = rng.standard_normal((1, int(cfg.in_channels), frames, side, side)).astype(np.float32)
     ctx = rng.standard_normal((1, 8, int(cfg.context_dim))).astype(np.float32)
@@ -96,8 +107,6 @@ def _jitted(kind: str, cfg, make: Callable):
 
 
 def _run_unet(cfg, params, x, t, ctx, fps=None):
-    from vstar_jax.models.unet3d import UNet3D
-
     def make(c):
         model = UNet3D(c)
         return lambda p, x, t, ctx, fps: model.apply({"params": p}, x, t, ctx, fps=fps)
@@ -106,8 +115,6 @@ def _run_unet(cfg, params, x, t, ctx, fps=None):
 
 
 def _run_vae(cfg, params, z=None, image=None):
-    from vstar_jax.models.vae import AutoencoderKL
-
     p = {"params": _f32(params)}
     out = {}
     if z is not None:
@@ -135,8 +142,6 @@ def _tokens(rng, vocab: int, bos: int, eos: int, length: int = 77):
 
 
 def _run_text(cfg, params, tokens):
-    from vstar_jax.models.text import TextTransformer
-
     run = _jitted("text", cfg, lambda c: (lambda p, t: TextTransformer(c).apply({"params": p}, t)))
     return np.asarray(run(_f32(params), tokens.astype(np.int32)))
 
@@ -221,8 +226,6 @@ def _check_diffusers_one(comp: str, params, config, source: str, rng) -> Result:
 
 def _plan_items(plan) -> list:
     """(source key, flax path, transform) from a Plan ({key: (path, kind)}) or MultiPlan ({key: [(path, fn)]})."""
-    from checkpoints_convert.common import TRANSFORMS
-
     items = []
     for key, target in plan.items():
         if isinstance(target, list):
@@ -234,23 +237,14 @@ def _plan_items(plan) -> list:
 
 
 def _vc2_plan(comp: str, sd, mp, stored_cfg):
-    from checkpoints_convert.common import PrefixView
-
     if comp == "unet":
-        from checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
-
         return plan_unet_lvdm(unet_config_from_lvdm(mp["unet_config"]["params"]))
     if comp == "vae":
-        from checkpoints_convert.vae import ldm_plan, vae_config_from_ldm
-        from vstar_jax.models.vae import vae_param_shapes
-
         fp = mp["first_stage_config"]["params"]
         cfg = vae_config_from_ldm(fp["ddconfig"], embed_dim=fp.get("embed_dim", 4),
                                   scale_factor=float(mp.get("scale_factor", 0.18215)))
         return ldm_plan(vae_param_shapes(cfg))
     if comp == "text":
-        from checkpoints_convert.text import openclip_plan, openclip_text_config_from_state_dict
-
         view = PrefixView(sd, "cond_stage_model.model.")
         cfg = openclip_text_config_from_state_dict(view, layer=stored_cfg.get("layer", "penultimate"),
                                                    heads=int(stored_cfg["heads"]))
@@ -260,8 +254,6 @@ def _vc2_plan(comp: str, sd, mp, stored_cfg):
 
 def _compare_arrays(comp: str, sd, prefix: str, plan, params, cap: int = 10) -> tuple:
     """Every planned source tensor vs its converted array. Returns (n checked, problems)."""
-    from checkpoints_convert.common import flatten
-
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     problems, seen, n = [], set(), 0
     for key, dst, fn in _plan_items(plan):
@@ -296,8 +288,6 @@ def _forward_finite(comp: str, params, cfg, seed: int) -> tuple:
     elif comp == "vae":
         outs = _run_vae(cfg, params, *_vae_shapes(cfg, rng))
     elif comp == "image_encoder":
-        from vstar_jax.models.clip_vision import CLIPVisionTransformer
-
         px = rng.standard_normal((1, int(cfg.image_size), int(cfg.image_size), 3)).astype(np.float32)
         outs = {"image_encoder": np.asarray(CLIPVisionTransformer(cfg).apply({"params": params}, px))}
     else:
@@ -319,9 +309,6 @@ def _key_plan_result(comp: str, sd, prefix: str, plan, params, cfg, seed: int) -
 
 def _check_vc2(params, config, ckpt: str, yaml_path: str, components: Sequence[str], seed: int,
                trust_pickle: bool) -> List[Result]:
-    from checkpoints_convert.common import load_state_dict
-    from checkpoints_convert.videocrafter2 import PREFIXES, read_yaml
-
     mp = read_yaml(yaml_path)
     sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
     results = []
@@ -336,10 +323,6 @@ def _check_vc2(params, config, ckpt: str, yaml_path: str, components: Sequence[s
 
 def _check_streamingt2v(params, config, ckpt: str, components: Sequence[str], seed: int,
                         trust_pickle: bool) -> List[Result]:
-    from checkpoints_convert.clip import openclip_vision_plan
-    from checkpoints_convert.common import load_state_dict
-    from checkpoints_convert.streamingt2v import IMAGE_PREFIXES, plan_streamingt2v
-
     sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
     results = []
     for comp in components:
@@ -389,8 +372,6 @@ def verify(ckpt_dir: str, source: str, *, config_yaml: Optional[str] = None,
            components: Optional[Sequence[str]] = None, seed: int = 0, trust_pickle: bool = False,
            out: Callable[[str], None] = print, cap: int = 10) -> bool:
     """Check ``ckpt_dir`` against ``source``; prints a line per component; True if all pass."""
-    from vstar_jax.io.checkpoint import load_checkpoint, read_config
-
     config = read_config(ckpt_dir)
     have = list(config.get("components", []))
     comps = list(components) if components else have

@@ -18,8 +18,11 @@ import yaml
 
 from checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, convert_components, load_state_dict,
                                         peak_rss_gib, run_cli)
+from checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
 from checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
+from checkpoints_convert.vae import convert_vae_ldm, vae_config_from_ldm
 from vstar_jax.generation.request import number
+from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 
 PREFIXES = {
     "unet": "model.diffusion_model.",
@@ -79,8 +82,6 @@ def _convert_unet(sd, mp):
 
 
 def _convert_vae(sd, mp):
-    from checkpoints_convert.vae import convert_vae_ldm, vae_config_from_ldm
-
     fp = mp["first_stage_config"]["params"]
     cfg = vae_config_from_ldm(fp["ddconfig"], embed_dim=fp.get("embed_dim", 4),
                               scale_factor=float(mp.get("scale_factor", 0.18215)))
@@ -88,8 +89,6 @@ def _convert_vae(sd, mp):
 
 
 def _convert_text(sd, mp, heads=None):
-    from checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
-
     layer = mp.get("cond_stage_config", {}).get("params", {}).get("layer", "penultimate")
     # Head count is not in the weights' shapes; OpenCLIP text towers use 64-wide heads (ViT-H-14: 16).
     cfg = openclip_text_config_from_state_dict(sd, layer=layer, heads=heads)
@@ -102,8 +101,6 @@ CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
 def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
             dtype: Optional[str] = None, overwrite: bool = False, trust_pickle: bool = False,
             text_heads: Optional[int] = None, verbose: bool = True) -> str:
-    from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
-
     check_checkpoint_out(out, overwrite=overwrite, sources=[ckpt, config])  # before the (long) conversion
     unknown = sorted(set(components) - set(CONVERTERS))
     if unknown:

@@ -37,6 +37,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# JAX-free modules only: the supervising parent never imports JAX (see vstar_jax.parallel.supervise);
+# the worker's imports are in run()
+from vstar_jax.errors import VstarError  # noqa: E402
+from vstar_jax.parallel import distributed  # noqa: E402
+from vstar_jax.parallel.supervise import supervised  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -54,15 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--save-latents", action="store_true", help="also write each item's latents (.npy)")
     p.add_argument("--batch", action="store_true",
                    help="all items in one compiled call, split over the mesh's data axis (pipeline.generate_batch)")
-    from vstar_jax.parallel.distributed import add_launch_arguments
-
-    add_launch_arguments(p)
+    distributed.add_launch_arguments(p)
     return p.parse_args(argv)
 
 
 def _mesh_axes(spec: str) -> dict:
-    from vstar_jax.errors import VstarError
-
     axes = {}
     for part in spec.split(","):
         name, _, n = part.partition("=")
@@ -76,8 +78,6 @@ def _mesh_axes(spec: str) -> dict:
 
 
 def items(args) -> list[tuple[str, int]]:
-    from vstar_jax.errors import VstarError
-
     if args.prompts_file:
         lines = pathlib.Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
         prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
@@ -94,17 +94,10 @@ def items(args) -> list[tuple[str, int]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from vstar_jax.errors import VstarError
-
     if argv is None:  # the script: the work runs in a child, a runtime abort becomes one line here
-        from vstar_jax.parallel.supervise import supervised
-
         rc = supervised()
         if rc is not None:
             return rc
-
-    from vstar_jax.parallel import distributed
-
     try:
         info = distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
                                       process_id=args.process_id, timeout=args.timeout)
@@ -120,10 +113,8 @@ def run(args, info: dict) -> int:
     import jax
     import numpy as np
 
-    from vstar_jax import pipeline as pl
-    from vstar_jax.errors import VstarError
-    from vstar_jax.parallel.distributed import is_writer
-    from vstar_jax.parallel.sharding import make_mesh
+    from vstar_jax import pipeline as pl  # noqa: PLC0415 - the worker's (JAX) imports, after the supervisor
+    from vstar_jax.parallel.sharding import make_mesh, params_sharding_rule  # noqa: PLC0415
 
     rank = jax.process_index()
     log = sys.stderr
@@ -139,13 +130,10 @@ def run(args, info: dict) -> int:
         raise VstarError(str(e)) from None
     print(f"[process {rank}/{jax.process_count()}] {info['source']}: {len(jax.devices())} devices in all, "
           f"{jax.local_device_count()} here; mesh {dict(mesh.shape)}; {len(todo)} item(s)", file=log, flush=True)
-    writer = is_writer()
+    writer = distributed.is_writer()
     pipeline = None
     if args.checkpoint:  # the UNet's arrays restored straight into their places on the global mesh
-        from vstar_jax.generation.model import Pipeline
-        from vstar_jax.parallel.sharding import params_sharding_rule
-
-        pipeline = Pipeline.from_checkpoint(args.checkpoint, unet_sharding=params_sharding_rule(mesh))
+        pipeline = pl.Pipeline.from_checkpoint(args.checkpoint, unet_sharding=params_sharding_rule(mesh))
     if args.batch and len(todo) > 1:  # one program for all items, each process's devices take their share
         t0 = time.time()
         batch_items = [{"prompt": p, "seed": s} for p, s in todo]

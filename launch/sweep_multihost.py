@@ -36,6 +36,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# JAX-free modules only: the supervising parent never imports JAX (see vstar_jax.parallel.supervise);
+# the worker imports vstar_jax.sweep in _sweep()
+from vstar_jax.errors import VstarError  # noqa: E402
+from vstar_jax.parallel import distributed  # noqa: E402
+from vstar_jax.parallel.supervise import supervised  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -43,26 +49,24 @@ def parse_args(argv=None):
     p.add_argument("--out", help="the sweep folder, shared by every process (default out/sweeps/<name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
     p.add_argument("--retry-errors", action="store_true", help="rerun runs that failed before")
-    from vstar_jax.parallel.distributed import add_launch_arguments
-
-    add_launch_arguments(p)
+    distributed.add_launch_arguments(p)
     return p.parse_args(argv)
+
+
+def _sweep():
+    """:mod:`vstar_jax.sweep`, imported in the worker only (it imports JAX)."""
+    from vstar_jax import sweep  # noqa: PLC0415 - after the supervisor: its parent never imports JAX
+
+    return sweep
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from vstar_jax.errors import VstarError
-
     if argv is None:  # the script: the work runs in a child, a runtime abort becomes one line here
-        from vstar_jax.parallel.supervise import supervised
-
         rc = supervised()
         if rc is not None:
             return rc
-
-    from vstar_jax import sweep
-    from vstar_jax.parallel import distributed
-
+    sweep = _sweep()
     try:
         config, config_dir = sweep.load_config(args.config, args.overrides)  # a bad config fails before start-up
         info = distributed.initialize(coordinator=args.coordinator, num_processes=args.num_processes,
@@ -83,9 +87,9 @@ def run(args, info: dict, config, config_dir) -> int:
 
     import jax
 
-    from vstar_jax import sweep
-    from vstar_jax.parallel.sharding import make_mesh
+    from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415 - the worker's (JAX) imports
 
+    sweep = _sweep()
     rank, count = jax.process_index(), jax.process_count()
     log = sys.stderr
     if args.log_dir:
@@ -103,9 +107,7 @@ def run(args, info: dict, config, config_dir) -> int:
     mine = [r for r in rows if r.get("process") == rank]
     print(f"[process {rank}] {len(mine)} run(s) in {time.time() - t0:.1f} s", file=log, flush=True)
     if count > 1:  # on the coordinator's barrier, not a gloo collective (whose set-up times out in 30 s)
-        from vstar_jax.parallel.distributed import barrier
-
-        barrier("vstar-jax sweep done")
+        distributed.barrier("vstar-jax sweep done")
     if rank == 0:  # every process is done: the table of every row, once more
         rows = list(sweep.read_rows(out).values())
         sweep.write_table(rows, out)

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
@@ -55,8 +56,6 @@ TRAIN_DEFAULTS = {"steps": 1500, "batch": 8, "lr": 3e-4, "warmup": 50, "clip": 1
 
 
 def make_config(base_config, overrides=()):
-    import ml_collections  # noqa: PLC0415
-
     settings = demo_streaming.demo_settings(base_config)
     c = demo_streaming.with_streaming(base_config, settings)
     c.train = ml_collections.ConfigDict(dict(TRAIN_DEFAULTS))

@@ -60,3 +60,18 @@ def run_on_host_devices(script: str, devices: int = 4, timeout: int = 900):
                        timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+@pytest.fixture()
+def fake_sampler(monkeypatch):
+    """``fake_sampler(fn)``: the pipeline's sampler stage runs ``fn(unet, params, cond, uncond, key, fps,
+    cfg_scale, *, plan) -> SampleOutput`` instead of the compiled loop (for this test only)."""
+    import functools
+
+    from vstar_jax import pipeline as pl
+
+    def use(fn):
+        monkeypatch.setattr(pl, "_compiled_sampler",
+                            lambda unet, plan, args, progress: functools.partial(fn, unet, plan=plan))
+
+    return use

@@ -233,14 +233,14 @@ def test_ffmpeg_failure_is_noticed_and_the_old_video_stays(ckpt, previous_run, t
 
 
 def test_gif_encoder_enospc_leaves_every_old_file(ckpt, previous_run, tmp_path, monkeypatch, capsys):
-    from vstar_jax.io import video
+    from vstar_jax.generation import outputs
 
     def full_disk(path, frames, fps):
         pathlib.Path(path).write_bytes(b"GIF89a")  # a few bytes, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
     before = snapshot(tmp_path)
-    monkeypatch.setattr(video, "encode_gif", full_disk)
+    monkeypatch.setattr(outputs, "encode_gif", full_disk)  # the GIF writer the video sink calls
     rc = _generate(ckpt, previous_run, "--gif", "--overwrite", "--seed", "1")
     assert_one_line_error(rc, capsys.readouterr().err, "no space left on device")
     assert snapshot(tmp_path) == before  # the mp4 (written fine) is not renamed in without its GIF and sidecar

@@ -440,7 +440,7 @@ def test_pipeline_rejects_bad_long_video_before_loading(tiny_ckpt, monkeypatch, 
         (dict(frames=12, long_video="genl:4:2", record_attention=True), "attention maps"),
     ]
     for kwargs, msg in cases:
-        args = dict(steps=2, out=tmp_path / "x.mp4", progress=False, _sampler=boom)
+        args = dict(steps=2, out=tmp_path / "x.mp4", progress=False)
         args.update(kwargs)
         with pytest.raises(ValueError) as e:
             pl.generate_video(PROMPT, checkpoint=tiny_ckpt, **args)
@@ -448,18 +448,19 @@ def test_pipeline_rejects_bad_long_video_before_loading(tiny_ckpt, monkeypatch, 
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_plan_carries_the_long_video_setting(tiny_ckpt):
+def test_plan_carries_the_long_video_setting(tiny_ckpt, fake_sampler):
     from vstar_jax import pipeline as pl
     from vstar_jax.diffusion.sampler import SampleOutput
 
     seen = {}
 
-    def fake_sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
+    def sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
         seen["plan"] = plan
         return SampleOutput(jnp.zeros(plan.latent_shape), None, None)
 
+    fake_sampler(sampler)
     res = pl.generate_video(PROMPT, checkpoint=tiny_ckpt, frames=14, steps=2, progress=False,
-                            long_video={"method": "blend", "window": 6, "overlap": 2}, _sampler=fake_sampler)
+                            long_video={"method": "blend", "window": 6, "overlap": 2})
     assert seen["plan"].long_video == Blend(6, 2)
     assert seen["plan"].latent_shape[2] == 14 and res.video.shape[0] == 14
     assert res.sidecar["long_video"] == {"method": "blend", "window": 6, "overlap": 2}

@@ -163,7 +163,7 @@ def test_bad_inputs_fail_fast_before_loading(ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(pl, "_compiled_sampler", boom)
     for kwargs, msg in _bad_cases(tmp_path):
         args = dict(prompt=PROMPT, checkpoint=ckpt, frames=FRAMES, steps=STEPS, out=tmp_path / "ok.mp4",
-                     progress=False, _sampler=boom)
+                     progress=False)
         args.update(kwargs)
         t0 = time.time()
         with pytest.raises(ValueError) as e:
@@ -175,9 +175,60 @@ def test_bad_inputs_fail_fast_before_loading(ckpt, tmp_path, monkeypatch):
 
 
 def test_no_checkpoint_needs_one_until_the_demo_model_exists(monkeypatch):
-    monkeypatch.setattr(gm, "_demo_module", lambda: None)
+    from vstar_jax.generation import builtin
+
+    monkeypatch.setattr(builtin, "_LOADERS", {})  # no package registered a built-in model
+    monkeypatch.setattr(gm, "_PIPELINES", {})
     with pytest.raises(ValueError, match="checkpoint is required"):
         pl.generate_video(PROMPT, frames=FRAMES, progress=False)
+
+
+# ------------------------------------------------------------------- the public API (issues 25, 29)
+def test_generate_video_documents_every_setting_and_takes_only_those():
+    """GenerationOptions is the one list: generate_video's signature and docstring come from its fields,
+    and every setting make_request validates is one of them."""
+    import dataclasses
+    import inspect
+
+    from vstar_jax.generation import options
+
+    fields = dataclasses.fields(options.GenerationOptions)
+    params = inspect.signature(pl.generate_video).parameters
+    assert list(params) == ["prompt"] + [f.name for f in fields]
+    for f in fields:
+        assert f.metadata["doc"].strip(), f.name
+        assert params[f.name].default == f.default and params[f.name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert f"``{f.name}`` (default ``{f.default!r}``): " in pl.generate_video.__doc__, f.name
+    request = set(inspect.signature(pl.make_request).parameters) - {"prompt", "info", "capture", "llm_asked"}
+    assert request == set(options.REQUEST_SETTINGS) and request <= set(options.FIELDS)
+    assert not [p for p in params if p.startswith("_")]  # no test hooks in the public signature (issue 29)
+
+
+def test_an_unknown_setting_is_one_line_naming_it(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("nothing may be loaded for a bad setting")
+
+    monkeypatch.setattr(pl, "model_info", boom)
+    for call, name in ((lambda: pl.generate_video(PROMPT, frame=4), "'frame' (did you mean 'frames'?)"),
+                       (lambda: pl.generate_video(PROMPT, _sampler=boom), "'_sampler'"),
+                       (lambda: pl.generate_batch([{"prompt": PROMPT, "sed": 1}]), "item 0: unknown setting 'sed'"),
+                       (lambda: pl.generate_batch([{"prompt": PROMPT}], tarr="64D1"), "unknown setting 'tarr'")):
+        with pytest.raises(pl.VstarError) as e:
+            call()
+        assert name in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_package_exports_the_public_api_without_starting_jax():
+    import subprocess
+    import sys
+
+    import vstar_jax
+
+    assert vstar_jax.generate_video is pl.generate_video and vstar_jax.regenerate is pl.regenerate
+    assert all(getattr(vstar_jax, name) is getattr(pl, name) for name in vstar_jax.__all__)
+    code = "import sys, vstar_jax, vstar_jax.cli; assert 'jax' not in sys.modules, 'jax imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_default_output_name():
@@ -274,7 +325,7 @@ def test_readme_command_shows_the_prompted_colour_and_motion(tmp_path, monkeypat
     assert r["motion_ok"], r["segments"]  # ... moving to the right
 
 
-def test_llm_synopsis_reaches_the_sampler(ckpt, tmp_path):
+def test_llm_synopsis_reaches_the_sampler(ckpt, tmp_path, fake_sampler):
     """An OpenAI-compatible endpoint (a local stub server) writes the synopsis; its states become
     the per-frame context handed to the sampler and are recorded (without the API key)."""
     import http.server
@@ -305,15 +356,16 @@ def test_llm_synopsis_reaches_the_sampler(ckpt, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     seen = {}
 
-    def fake_sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
+    def sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
         seen.update(cond=cond.shape, uncond=uncond.shape, plan=plan)
         return SampleOutput(jnp.zeros(plan.latent_shape), None, None)
 
+    fake_sampler(sampler)
     try:
         r = pl.generate_video(PROMPT, checkpoint=ckpt, frames=FRAMES, steps=STEPS, progress=False,
                               llm={"url": f"http://127.0.0.1:{server.server_port}/v1", "model": "stub",
                                    "api_key": "sk-secret", "num_states": 3},
-                              out=tmp_path / "llm.mp4", _sampler=fake_sampler)
+                              out=tmp_path / "llm.mp4")
     finally:
         server.shutdown()
     path, body, auth = seen_requests[0]
@@ -354,7 +406,7 @@ def test_sampling_matches_a_plain_ddim_loop(first, ckpt):
     assert err < 1e-4, err
 
 
-def test_sampler_receives_the_settings(ckpt):
+def test_sampler_receives_the_settings(ckpt, fake_sampler):
     """What the compiled loop is given: the prompt's and the empty prompt's embeddings, fps,
     cfg, the seed's key and a plan whose schedule is VideoCrafter2's use_scale DDIM."""
     import jax.numpy as jnp
@@ -364,13 +416,14 @@ def test_sampler_receives_the_settings(ckpt):
 
     seen = {}
 
-    def fake_sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
+    def sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
         seen.update(cond=np.asarray(cond), uncond=np.asarray(uncond), key=key, fps=float(fps),
                     cfg=float(cfg_scale), plan=plan)
         return SampleOutput(jnp.zeros(plan.latent_shape), None, None)
 
+    fake_sampler(sampler)
     pl.generate_video(PROMPT, checkpoint=ckpt, frames=FRAMES, steps=STEPS, cfg=7.5, fps=16, seed=11,
-                      progress=False, _sampler=fake_sampler)
+                      progress=False)
     pipe = pl.load_pipeline(ckpt)
     np.testing.assert_array_equal(seen["cond"], pipe.encode([PROMPT]))
     np.testing.assert_array_equal(seen["uncond"], pipe.encode([""]))

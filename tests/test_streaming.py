@@ -476,9 +476,8 @@ def test_demo_model_without_cam_apm_is_refused_before_compute(tmp_path, monkeypa
     """The demo model without its CAM/APM file: one line naming both, before any sampling or output."""
     from vstar_jax import pipeline as pl
     from vstar_jax.demo import model as dm
-    from vstar_jax.generation.model import pipeline_from_demo
 
-    base = pipeline_from_demo(dm.load_demo_model(streaming=False))
+    base = dm.pipeline_from_demo(dm.load_demo_model(streaming=False))
     monkeypatch.setattr(pl, "sample_latents", lambda *a, **k: pytest.fail("sampled"))
     with pytest.raises(VstarError, match=r"^builtin:demo: .* no CAM \(unet.cam\) and no APM \(unet.apm\)$"):
         pl.generate_video("a red circle moves right", pipeline=base, out=tmp_path / "c.mp4", **STREAM_KW)

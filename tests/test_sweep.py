@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from vstar_jax import sweep
 from vstar_jax.io.atomic import is_temp_name
-
 from vstar_jax.sweep import (
     expand_runs,
     load_config,
@@ -210,7 +210,7 @@ def test_default_run_fn_calls_generate_video(tmp_path, monkeypatch):
         return types.SimpleNamespace(video=moving_square(kwargs["frames"], 48, 2), sidecar={}, path=kwargs["out"],
                                      attention=maps)
 
-    monkeypatch.setitem(sys.modules, "vstar_jax.pipeline", types.SimpleNamespace(generate_video=generate_video))
+    monkeypatch.setattr(sweep, "generate_video", generate_video)
     config, d = load_config(TINY)
     config.prompts = ["p"]
     config.seeds = [3]

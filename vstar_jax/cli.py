@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
+from checkpoints_convert import convert_help
+from vstar_jax.compile_cache import enable_compile_cache
 from vstar_jax.validate import number  # jax-free: ``--help`` still does not start JAX
 
 # subcommand -> (module, function) forwarded with the remaining argv
@@ -148,8 +153,6 @@ def _mesh_arg(spec: Optional[str]):
     if not spec:
         return None
     if spec.endswith(".py"):
-        import importlib.util  # noqa: PLC0415
-
         if not os.path.isfile(spec):
             raise UsageError(f"--mesh config not found: {spec}")
         mod_spec = importlib.util.spec_from_file_location("_vstar_mesh_config", spec)
@@ -232,9 +235,16 @@ def _given_flags(parser: argparse.ArgumentParser, a, argv: Sequence[str]) -> lis
     return given
 
 
-def generate_main(argv: Sequence[str]) -> int:
-    from vstar_jax import pipeline as pl  # noqa: PLC0415
+def _pipeline():
+    """:mod:`vstar_jax.pipeline`, imported when a video is generated: the lazy ``generate`` subcommand
+    (``vstar-jax --help`` and the forwarded subcommands do not import JAX)."""
+    from vstar_jax import pipeline  # noqa: PLC0415 - the lazy generate subcommand
 
+    return pipeline
+
+
+def generate_main(argv: Sequence[str]) -> int:
+    pl = _pipeline()
     parser = generate_parser()
     a = parser.parse_args(list(argv))
     progress = not a.quiet
@@ -248,7 +258,7 @@ def generate_main(argv: Sequence[str]) -> int:
                              f"{', '.join(ignored)} (it applies only --out, --checkpoint, --gif, --attention-png, "
                              f"--overwrite, --max-memory and --quiet)")
         sc = pl.load_sidecar(a.from_sidecar)  # its fields are checked before any compute
-        out = a.out or _regen_output(a.from_sidecar, sc)
+        out = a.out or _regen_output(a.from_sidecar, sc, pl.VIDEO_SUFFIXES)
         try:
             res = pl.regenerate(a.from_sidecar, out=out, checkpoint=a.checkpoint, gif=a.gif,
                                 attention_png=a.attention_png, progress=progress, verify=bool(sc.get("frames_sha256")),
@@ -279,8 +289,7 @@ def generate_main(argv: Sequence[str]) -> int:
 def _generate_many(a, parser, argv, progress: bool, max_memory) -> int:
     """Several videos (prompts x seeds) through ``pipeline.generate_batch``: the items whose compiled
     loop is the same run in one call, split over the mesh's ``data`` axis; one path printed a line."""
-    from vstar_jax import pipeline as pl  # noqa: PLC0415
-
+    pl = _pipeline()
     if a.prompts_file:
         if a.prompt is not None:
             raise UsageError("give a prompt or --prompts-file, not both")
@@ -319,14 +328,12 @@ def _generate_many(a, parser, argv, progress: bool, max_memory) -> int:
     return 0
 
 
-def _regen_output(sidecar_path: str, sc: dict) -> str:
+def _regen_output(sidecar_path: str, sc: dict, video_suffixes: Sequence[str]) -> str:
     """Beside the sidecar (never in the directory it recorded): ``<sidecar stem>-regen.<ext>``."""
-    from vstar_jax.generation.outputs import VIDEO_SUFFIXES  # noqa: PLC0415
-
     src = (sc.get("outputs") or {}).get("video") or ""
     ext = os.path.splitext(src)[1].lower()
     root = os.path.splitext(sidecar_path)[0]
-    return f"{root}-regen{ext if ext in VIDEO_SUFFIXES else '.mp4'}"
+    return f"{root}-regen{ext if ext in video_suffixes else '.mp4'}"
 
 
 # ---------------------------------------------------------------------------------- main
@@ -343,9 +350,6 @@ def _usage() -> str:
 def _hold_sigint(restore: bool = False, _saved: dict = {}) -> None:  # noqa: B006 - one per process
     """While an interrupted command winds down, further Ctrl-C are ignored (a second one would cut
     its message or end it in a traceback); the previous handler comes back when ``restore``."""
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
     if threading.current_thread() is not threading.main_thread():
         return
     if restore:
@@ -366,19 +370,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from vstar_jax.compile_cache import enable_compile_cache  # noqa: PLC0415
-
-    enable_compile_cache()  # a second run with the same shapes loads compiled programs from disk
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else 2
+    enable_compile_cache()  # a second run with the same shapes loads compiled programs from disk
     cmd, rest = argv[0], argv[1:]
     try:
         if cmd == "generate":
             return generate_main(rest)
         if cmd == "convert":
             if rest and rest[0] in ("-h", "--help", "help"):
-                from checkpoints_convert import convert_help  # noqa: PLC0415
                 print(convert_help())
                 return 0
             if not rest or rest[0] not in CONVERTERS:

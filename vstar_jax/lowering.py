@@ -32,9 +32,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
+from configs import unet_tiny
 from vstar_jax.errors import VstarError
+from vstar_jax.generation import sampling as S
 from vstar_jax.jax_private import private_jax, warn_once
+from vstar_jax.longvideo import parse_strategy
+from vstar_jax.models import attention, unet3d
+from vstar_jax.models.unet3d import UNet3D
+from vstar_jax.parallel.sharding import LATENT_AXES, ActivationLayout, logical_to_spec
+from vstar_jax.tar_vsp.tar import preset
 
 # Custom-call targets of fused attention kernels, by platform.
 KERNEL_TARGETS = {"tpu": ("tpu_custom_call",), "cuda": ("__cudnn$fmha",)}
@@ -142,9 +150,6 @@ def export(program: str, fn: Callable, args: tuple, platform: str, dtype: str, *
 # ----------------------------------------------------------------------------- the programs
 def unet_model(dtype: str = "float32", backend: str = "auto", config=None):
     """The UNet3D of ``config`` (default: configs/unet_tiny) in ``dtype`` with attention ``backend``."""
-    from configs import unet_tiny  # noqa: PLC0415
-    from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
-
     cfg = ml_collections.ConfigDict(config if config is not None else unet_tiny.get_config())
     cfg.attention_backend = backend
     cfg.dtype = dtype
@@ -161,8 +166,6 @@ def abstract_params(unet, cfg, frames: int, h: int, w: int, sharding=None):
 
 @functools.lru_cache(maxsize=8)
 def _param_shapes(cfg):
-    from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
-
     x = jnp.zeros((1, cfg.in_channels, 4, 8, 8))
     return jax.eval_shape(lambda: UNet3D(cfg).init(jax.random.key(0), x, jnp.zeros((1,), jnp.int32),
                                                    jnp.zeros((1, 77, cfg.context_dim))))["params"]
@@ -186,10 +189,6 @@ def unet_program(dtype: str, frames: int = 4, h: int = 16, w: int = 16, config=N
 def sharded_unet_program(dtype: str, mesh_shape=(2, 2), frames: int = 4, h: int = 16, w: int = 16, config=None):
     """The UNet call with its activations laid out on an abstract (data, frames) mesh, parameters
     replicated, latents split as the mesh runs split them."""
-    from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec  # noqa: PLC0415
-
-    from vstar_jax.parallel.sharding import LATENT_AXES, ActivationLayout, logical_to_spec  # noqa: PLC0415
-
     mesh = AbstractMesh(tuple(mesh_shape), ("data", "frames"))
     unet, cfg = unet_model(dtype, config=config)
     layout = ActivationLayout(mesh)
@@ -207,10 +206,6 @@ def sampler_program(dtype: str, strategy: Optional[str] = None, frames: int = 4,
                     steps: int = 2, tar: Optional[str] = "64D1_32D8", vsp: bool = True, config=None):
     """(fn, args, params) of the compiled sampling loop: ``strategy`` None = single pass; TAR preset
     ``tar``; ``vsp``: one text context per frame (what a synopsis gives the loop)."""
-    from vstar_jax.generation import sampling as S  # noqa: PLC0415
-    from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
-    from vstar_jax.tar_vsp.tar import preset  # noqa: PLC0415
-
     unet, cfg = unet_model(dtype, config=config)
     strat = parse_strategy(strategy)
     unet_frames = strat.check(frames, steps).unet_frames
@@ -232,9 +227,6 @@ def accelerator_trace(tile_elems: Optional[int] = None):
     module docstring), without the CPU-only chunking of transformer blocks (``unet3d.CHUNK_ELEMS``) and
     with the accelerator's blockwise-attention tiles (``attention.TILE_ELEMS_ACCEL``; ``tile_elems`` to choose
     others), both chosen by ``jax.default_backend()`` at trace time, which is this CPU host's."""
-    from vstar_jax.generation import sampling as S  # noqa: PLC0415
-    from vstar_jax.models import attention, unet3d  # noqa: PLC0415
-
     saved = S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS
     tiles = attention.TILE_ELEMS_ACCEL if tile_elems is None else int(tile_elems)
     S._progress_tick, unet3d.CHUNK_ELEMS, attention.TILE_ELEMS = None, 0, tiles

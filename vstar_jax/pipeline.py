@@ -1,5 +1,8 @@
 """Text-to-video generation: the public entry points, composed of the stages in :mod:`vstar_jax.generation`.
 
+The public API is listed once, in :mod:`vstar_jax` (``from vstar_jax import generate_video``); the
+settings of :func:`generate_video` are the fields of :class:`~vstar_jax.generation.options.GenerationOptions`.
+
     validate/plan  generation.request.make_request   every setting checked before any compute
     encode         encode_text                       prompt (or VSP states per frame) + ""
     sample         generation.sampling               one jitted program per (model, plan, shapes)
@@ -21,28 +24,43 @@ import contextlib
 import dataclasses
 import functools
 import os
+import signal
+import sys
+import threading
 import time
-from typing import Callable, Mapping, Optional
+from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
+from vstar_jax.demo.model import pipeline_from_demo  # noqa: F401  (importing it registers the embedded demo model)
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.model import (DEFAULTS, DEMO_SOURCE, FLAVOR_DEFAULTS, ModelInfo, Pipeline,  # noqa: F401
-                                        diffusion_settings, load_pipeline, model_info, pipeline_from_demo)
+                                        diffusion_settings, load_pipeline, model_info)
+from vstar_jax.generation.options import GenerationOptions, check_names, document
 from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SUFFIXES,  # noqa: F401
                                           FramesDiffer, GenerationResult, VideoSink, build_sidecar, check_outputs, decode,
                                           decode_batches, default_output, frames_digest, load_sidecar,
                                           sidecar_kwargs, write_attention)
-from vstar_jax.generation.request import SAVE_FPS, GenerationRequest, check_states, make_request, number
-from vstar_jax.generation.sampling import (SamplePlan, capture_maps, compiled_sampler, log, memory_for,  # noqa: F401
-                                           plan_for, plan_params, resolve_mesh, resolve_rules, row_sharding,
-                                           run_sampler, sampler_args, check_finite, reset_finite_check)
+from vstar_jax.generation.request import GenerationRequest, check_states, make_request, number
+from vstar_jax.generation.sampling import (SamplePlan, SamplingInterrupted, capture_maps, compiled_sampler,  # noqa: F401
+                                           log, memory_for, plan_for, plan_params, resolve_mesh, resolve_rules,
+                                           row_sharding, run_sampler, sample_batch_jit, sampler_args, check_finite,
+                                           reset_finite_check)
 from vstar_jax.io.atomic import Staging
+from vstar_jax.io.video import sidecar_path, sidecar_text
+from vstar_jax.parallel.sharding import make_mesh, put_global, replicate, shard_params
+from vstar_jax.tar_vsp import synopsis as syn
+from vstar_jax.tar_vsp.vsp import per_frame_embeddings
 
 _log = log
 ITEMS_PER_CALL = 16  # generate_batch: items per compiled call (progress and Ctrl-C between calls)
 PROGRESS_EVERY = 100  # generate_batch: a line every this many prompts encoded
-_compiled_sampler = compiled_sampler  # the sampler stage (tests replace it to prove nothing compiles)
+_compiled_sampler = compiled_sampler  # the sampler stage (tests replace it: a fake sampler, or proof nothing runs)
+BATCH_SETTINGS = ("checkpoint", "pipeline", "mesh", "progress", "keep_video", "overwrite")  # generate_batch's own
 
 
 # ------------------------------------------------------------------------------- stages
@@ -51,34 +69,24 @@ def encode_text(pipe: Pipeline, request: GenerationRequest):
     (F, 77, C) by VSP; uncond is the empty prompt's (1, 77, C)."""
     uncond = pipe.encode([""])
     if request.synopsis:
-        from vstar_jax.tar_vsp.vsp import per_frame_embeddings  # noqa: PLC0415
-
         cond = per_frame_embeddings(pipe.encode(list(request.synopsis)), request.frames, request.vsp_mode)
     else:
         cond = pipe.encode([request.prompt])
     return np.asarray(cond, np.float32), np.asarray(uncond, np.float32)
 
 
-def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest, cond, uncond, *, progress: bool,
-                   sampler: Optional[Callable] = None):
+def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest, cond, uncond, *, progress: bool):
     """The sampling stage: (latents (1, c, N, h, w) float32, aux, seconds)."""
     params = plan_params(pipe, plan)
     args = sampler_args(params, cond, uncond, request.seed, request.fps, request.cfg)
     if plan.row_sharding is not None:  # params FSDP/replicated, the rest replicated on the (global) mesh
-        from vstar_jax.parallel.sharding import replicate, shard_params  # noqa: PLC0415
-
         mesh = plan.row_sharding.mesh
         args = (shard_params(params, mesh),) + tuple(replicate(a, mesh) for a in args[1:])
-    if sampler is not None:
-        run = functools.partial(sampler, pipe.unet, plan=plan)
-    else:
-        run = _compiled_sampler(pipe.unet, plan, args, progress)
+    run = _compiled_sampler(pipe.unet, plan, args, progress)
     calls = request.strategy.check(request.frames, request.ddim_steps).calls
     latents, aux, seconds = run_sampler(run, args, total_calls=calls, progress=progress,
                                         unit="step" if request.strategy.name == "single" else "call")
     if not getattr(latents, "is_fully_addressable", True):  # a mesh over several hosts: every process gets all
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         latents = multihost_utils.process_allgather(latents, tiled=True)
     check_finite(latents, request.ddim_steps)  # NaN/inf would decode to black frames: stop, naming the step
     return np.asarray(latents, np.float32), aux, seconds
@@ -95,8 +103,6 @@ def decode_and_write(pipe: Pipeline, latents, request: GenerationRequest, paths:
     size = None
     bar = None
     if progress and n > request.frame_batch:
-        import sys  # noqa: PLC0415
-
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=n, desc="decoding", unit="frame", file=sys.stderr, leave=True)
@@ -117,65 +123,41 @@ def decode_and_write(pipe: Pipeline, latents, request: GenerationRequest, paths:
 
 
 # ------------------------------------------------------------------------------ the job
-def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline] = None,
-                   frames: Optional[int] = None, steps: Optional[int] = None, cfg: Optional[float] = None,
-                   eta: Optional[float] = None, seed: int = 0, fps: Optional[float] = None,
-                   save_fps: float = SAVE_FPS, tar=None, synopsis=None, vsp_mode: str = "linear",
-                   llm: Optional[Mapping] = None, height: Optional[int] = None, width: Optional[int] = None,
-                   out=None, gif: bool = False, attention_png=None, record_attention: bool = False,
-                   frame_batch: int = 16, progress: bool = True, synopsis_source: Optional[Mapping] = None,
-                   mesh=None, long_video=None, keep_video: bool = True, overwrite: bool = True,
-                   max_memory=None, attention_backend: Optional[str] = "auto", _expect_sha256: Optional[str] = None,
-                   _sampler: Optional[Callable] = None) -> GenerationResult:
-    """Generate one video; see the module docstring.
+@document
+def generate_video(prompt: str, **settings) -> GenerationResult:
+    """Generate one video (see the module docstring); the settings are keywords, listed below.
 
-    ``frames``/``steps``/``cfg``/``eta``/``fps`` None: the model's defaults (16 / 25 / 12.0 /
-    1.0 / 28 for VideoCrafter2 as VSTAR runs it; 50 steps, cfg 9, eta 0 for ModelScope). ``tar``: None,
-    a preset name, a spec string or dict, or a TARConfig. ``synopsis``: None, a list of >= 2 state
-    prompts, or a file path; ``llm``: ``{"url", "model", "api_key", "num_states", "timeout"}`` (HTTP)
-    or ``{"local_path", "num_states"}`` asks a language model for the synopsis (after every other
-    check). ``out``: the video path (.mp4/.gif/...; None writes nothing); ``gif`` adds a GIF beside
-    it; ``attention_png`` records the temporal attention maps (``result.attention``: {layer: (steps,
-    F, F)}, cond rows, averaged over heads and pixels) and plots them (plus a .npz of the maps);
-    ``record_attention`` records without plotting. ``synopsis_source`` is recorded in the sidecar as
-    where a given synopsis came from. ``mesh``: a ``jax.sharding.Mesh`` (or ``{"data": d, "frames":
-    n, "model": m}``): the CFG rows over ``data``, the frames the UNet sees over ``frames``, kernels
-    FSDP-style over ``model`` (``vstar_jax.parallel.sharding``); results then match the
-    single-device run to float tolerance, not bit for bit. ``long_video``: a strategy spec (``"genl:16:8"``,
-    ``"blend:24:8"``, ``"freenoise:16:4"``, ``"fifo:16:4"``, ``"vidrd:16:8"``, a dict, or None for one
-    pass; ``vstar_jax.longvideo``). ``keep_video``: return the frames in ``result.video`` (False:
-    they are only streamed into the file, so memory does not grow with the length). ``overwrite``
-    False refuses existing output files (an existing ``.json`` that is not a vstar-jax sidecar is
-    never replaced). ``max_memory``: bytes one UNet call may use by a rough activation estimate
-    (None: the machine's available memory; 0: no check); a larger run is refused before compute.
-    ``attention_backend``: the UNet's attention, ``"auto"`` (cuDNN on a GPU in bf16/fp16, the Pallas flash
-    kernel on a TPU, XLA elsewhere: on a CPU the same frames as ``"xla"``), ``"xla"``, ``"cudnn"`` (GPU
-    only) or ``"pallas"`` (TPU only); None: as the checkpoint's config says (before this setting existed).
+    Every setting is checked first: each bad one (an unknown keyword too) is a one-line
+    :class:`~vstar_jax.errors.VstarError` before anything is loaded or computed. Returns a
+    :class:`~vstar_jax.generation.outputs.GenerationResult` (frames, sidecar, paths, latents, attention).
     """
+    return _generate(prompt, GenerationOptions.from_kwargs(settings))
+
+
+def _generate(prompt: str, o: GenerationOptions, *, expect_sha256: Optional[str] = None) -> GenerationResult:
+    """:func:`generate_video` of checked options; ``expect_sha256``: frames that hash differently are not
+    kept (:func:`regenerate`)."""
     t_start = time.time()
     # ---- validate / plan: cheap checks only, each a one-line VstarError ------------------------
-    info = model_info(checkpoint, pipeline)
-    capture = attention_png is not None or bool(record_attention)
-    request = make_request(prompt, info, frames=frames, steps=steps, cfg=cfg, eta=eta, seed=seed, fps=fps,
-                           save_fps=save_fps, tar=tar, synopsis=synopsis, vsp_mode=vsp_mode, height=height,
-                           width=width, frame_batch=frame_batch, capture=capture, long_video=long_video,
-                           synopsis_source=synopsis_source, llm_asked=llm is not None, max_memory=max_memory,
-                           attention_backend=attention_backend)
+    info = model_info(o.checkpoint, o.pipeline)
+    request = make_request(prompt, info, **o.request_kwargs())
     splan = request.strategy.check(request.frames, request.ddim_steps)
-    rules = resolve_rules(mesh) if mesh is not None else None
-    mesh = resolve_mesh(mesh)
+    rules = resolve_rules(o.mesh) if o.mesh is not None else None
+    mesh = resolve_mesh(o.mesh)
     rows = row_sharding(mesh, splan.unet_frames, rules=rules)
-    paths = check_outputs(out, gif, attention_png, overwrite,  # creates the output folder: after the other checks
+    paths = check_outputs(o.out, o.gif, o.attention_png, o.overwrite,  # creates the output folder: after the checks
                           save_fps=request.save_fps)
-    if llm is not None:
-        states, source = _llm_synopsis(request.prompt, request.frames, dict(llm), progress)
+    progress = o.progress
+    if o.llm is not None:
+        states, source = _llm_synopsis(request.prompt, request.frames, dict(o.llm), progress)
         request = dataclasses.replace(request, synopsis=tuple(states), synopsis_source=source)
 
     # ---- model -----------------------------------------------------------------------------
-    if pipeline is None:
-        _log(progress, f"loading {'the embedded demo model' if checkpoint is None else checkpoint}")
-        pipeline = load_pipeline(checkpoint)
-    pipe = pipeline.with_unet_settings(attention_backend=request.attention_backend)
+    pipe = o.pipeline
+    if pipe is None:
+        _log(progress, f"loading {'the embedded demo model' if o.checkpoint is None else o.checkpoint}")
+        pipe = load_pipeline(o.checkpoint)
+    pipe = pipe.with_unet_settings(attention_backend=request.attention_backend)
     plan = plan_for(request, info.latent_channels, rows, rules, memory_for(pipe, request))
 
     # ---- encode ----------------------------------------------------------------------------
@@ -188,13 +170,13 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
     _log(progress, f"sampling {request.frames} frames at {h}x{w} latents, {request.steps} DDIM steps "
                    f"(cfg {request.cfg}, eta {request.eta}, seed {request.seed}{', TAR' if request.tar else ''}"
                    f"{', VSP' if request.synopsis else ''}{f', {st.spec()}: {splan.note}' if st.name != 'single' else ''})")
-    latents, aux, t_sample = sample_latents(pipe, plan, request, cond, uncond, progress=progress, sampler=_sampler)
+    latents, aux, t_sample = sample_latents(pipe, plan, request, cond, uncond, progress=progress)
 
     # ---- decode + write (streamed; every file temporary until all are complete) ---------------
     _log(progress and not pipe.pixel_space, f"decoding {request.frames} frames (batches of {request.frame_batch})")
     with Staging() as stage:
-        video, digest, size, t_decode = decode_and_write(pipe, latents, request, paths, keep_video=keep_video,
-                                                         progress=progress, expect_sha256=_expect_sha256, stage=stage)
+        video, digest, size, t_decode = decode_and_write(pipe, latents, request, paths, keep_video=o.keep_video,
+                                                         progress=progress, expect_sha256=expect_sha256, stage=stage)
         attention = capture_maps(aux) if request.capture else None
         sidecar = build_sidecar(
             request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
@@ -210,8 +192,6 @@ def generate_video(prompt: str, *, checkpoint=None, pipeline: Optional[Pipeline]
 def _finish_outputs(result: GenerationResult, paths: dict, progress: bool, stage) -> None:
     """Attention plot, then the sidecar last (its presence means the video is complete); then every
     staged file is renamed into place together (a failure before that replaces nothing)."""
-    from vstar_jax.io.video import sidecar_path, sidecar_text  # noqa: PLC0415
-
     result.attention_png = write_attention(result.attention, paths, stage)
     if paths["video"] is not None:
         result.path = str(paths["video"])
@@ -228,8 +208,6 @@ def _finish_outputs(result: GenerationResult, paths: dict, progress: bool, stage
 
 
 def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
-    from vstar_jax.tar_vsp import synopsis as syn  # noqa: PLC0415
-
     asked = llm.get("num_states")  # 0 is a mistake, not "the default"
     num = number("num_states", asked if asked is not None else min(5, frames), integer=True, minimum=2,
                  maximum=frames)
@@ -270,9 +248,6 @@ def _sigint_flag():
     """Ctrl-C during a batch sets a flag checked before each prompt encoded, each call and each item
     written (a KeyboardInterrupt raised at a random point, e.g. inside the fork of a video writer,
     can be swallowed; sampling itself stops at the next UNet call, see ``interruptible``)."""
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -289,35 +264,35 @@ def _sigint_flag():
 
 
 def _check_stop(stop) -> None:
-    from vstar_jax.generation.sampling import SamplingInterrupted  # noqa: PLC0415
-
     if stop["stop"]:
         raise SamplingInterrupted("interrupted")
 
 
 def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, keep_video, overwrite, stop, **common):
-    from vstar_jax.generation.sampling import sample_batch_jit  # noqa: PLC0415
-
     t_start = time.time()
     if not items:
         raise VstarError("generate_batch needs at least one item")
-    info = model_info(checkpoint, pipeline)
-    reqs, all_paths, outs = [], [], []
+    settings = []  # each item's settings, its names checked before the model is asked anything
     for i, item in enumerate(items):
         kw = {**common, **dict(item)}
-        prompt = kw.pop("prompt", None)
-        if prompt is None:
+        if kw.get("prompt") is None:
             raise VstarError(f"item {i} has no prompt")
-        outs.append(kw.pop("out", None))
+        check_names(set(kw) - {"prompt"}, f"generate_batch item {i}")
         for bad in ("llm", "attention_png", "record_attention", "gif"):
-            if kw.get(bad):
+            if kw.pop(bad, None):
                 raise VstarError(f"item {i}: {bad} is not available in a batch (use generate_video)")
-            kw.pop(bad, None)
-        reqs.append(make_request(prompt, info, **kw))
+        for whole in BATCH_SETTINGS:
+            if whole in kw:
+                raise VstarError(f"item {i}: {whole} is a setting of the whole batch: give it to generate_batch")
+        settings.append(kw)
+    info = model_info(checkpoint, pipeline)
+    reqs, all_paths, outs = [], [], []
+    for kw in settings:
+        prompt = kw.pop("prompt")
+        outs.append(kw.pop("out", None))
+        reqs.append(make_request(prompt, info, **GenerationOptions(**kw).request_kwargs()))
     item_sharding = None
     if mesh is not None:
-        from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
-
         m = mesh if hasattr(mesh, "shape") else make_mesh(dict(mesh))
         item_sharding = _item_sharding(m, len(items))
     seen: dict = {}
@@ -360,9 +335,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
     chunks = [(plan, idx[k:k + per_call]) for (plan, _, _), idx in groups.items() for k in range(0, len(idx), per_call)]
     done = 0
     for plan, idx in chunks:
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-
         _check_stop(stop)
         n_real = len(idx)
         if len(chunks) > 1 and len(idx) < per_call:  # the same shape as the other calls: one compile
@@ -380,8 +352,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
         t0 = time.time()
         params = plan_params(pipe, plan)
         if sh is not None:  # the items over data (a mesh that may span processes), params replicated
-            from vstar_jax.parallel.sharding import put_global, replicate  # noqa: PLC0415
-
             params = jax.tree_util.tree_map(lambda a: replicate(a, sh.mesh), params)
             conds, unconds, keys, fps, cfg = (put_global(a, sh) for a in (conds, unconds, keys, fps, cfg))
         calls = reqs[idx[0]].strategy.check(reqs[idx[0]].frames, reqs[idx[0]].ddim_steps).calls * len(idx)
@@ -390,8 +360,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
         lat, _, _ = run_sampler(run, (params, conds, unconds, keys, fps, cfg), total_calls=calls, progress=progress,
                                 unit="call")
         if not getattr(lat, "is_fully_addressable", True):
-            from jax.experimental import multihost_utils  # noqa: PLC0415
-
             lat = multihost_utils.process_allgather(lat, tiled=True)
         lat = np.asarray(lat, np.float32)
         check_finite(lat[:n_real], plan.steps, what=f"sampling {n_real} item(s)")  # on the host: every process
@@ -417,8 +385,6 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
 
 def _item_sharding(mesh, n_items: int):
     """The item axis over ``data`` (None when the mesh has no data axis > 1)."""
-    from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
-
     if mesh.shape.get("data", 1) == 1:
         return None
     if n_items % mesh.shape["data"]:
@@ -442,10 +408,11 @@ def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: b
     if checkpoint is not None:
         kw["checkpoint"] = checkpoint
     # a run that recorded attention is recomputed the same way (the same compiled graph)
-    res = generate_video(sc["prompt"], pipeline=pipeline, out=out, gif=gif, attention_png=attention_png,
-                         record_attention=bool(sc.get("attention")), progress=progress,
-                         synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, overwrite=overwrite,
-                         max_memory=max_memory, _expect_sha256=sc.get("frames_sha256") if verify else None, **kw)
+    options = GenerationOptions(
+        pipeline=pipeline, out=out, gif=gif, attention_png=attention_png, record_attention=bool(sc.get("attention")),
+        progress=progress, synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, overwrite=overwrite,
+        max_memory=max_memory, **kw)
+    res = _generate(sc["prompt"], options, expect_sha256=sc.get("frames_sha256") if verify else None)
     if verify and sc.get("frames_sha256") and res.sidecar["frames_sha256"] != sc["frames_sha256"]:
         raise FramesDiffer(f"regenerated frames differ from {sidecar_path} (recorded on "
                          f"{sc.get('backend')}/jax {sc.get('versions', {}).get('jax')}, now "

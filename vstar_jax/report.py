@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from vstar_jax.io.atomic import atomic_path, write_text
 from vstar_jax.sweep import read_table
 
 METRICS = ("ofs", "mawe", "warp_error", "scuts", "clip_score", "band_score")
@@ -84,7 +85,6 @@ def plot_metric(rows: list[dict], metric: str, axis: str, path: str) -> None:
     ax.set_title(f"{metric} vs {axis} (error bars: std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from vstar_jax.io.atomic import atomic_path  # noqa: PLC0415
 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -158,7 +158,6 @@ def write_html(rows, metrics, plots, sweep_dir, out_dir) -> str:
 </body></html>
 """
     path = os.path.join(out_dir, "index.html")
-    from vstar_jax.io.atomic import write_text  # noqa: PLC0415
 
     write_text(path, page)
     return path

@@ -63,7 +63,15 @@ import time
 import traceback
 from typing import Callable
 
-from vstar_jax.generation.request import MAX_FRAMES, number
+from vstar_jax.errors import VstarError
+from vstar_jax.generation.model import model_info
+from vstar_jax.generation.request import MAX_FRAMES, make_request, number
+from vstar_jax.io.atomic import atomic_path, is_temp_name, write_text
+from vstar_jax.metrics import compute_metrics
+from vstar_jax.metrics.band import attention_band_score
+from vstar_jax.metrics.cli import check_settings
+from vstar_jax.metrics.clip_score import ClipScorer
+from vstar_jax.pipeline import generate_batch, generate_video
 from vstar_jax.trees import plain
 
 RESULTS_PARQUET = "results.parquet"
@@ -298,16 +306,12 @@ def _clip_scorer(config):
     if not path:
         return None
     if path not in _CLIP_CACHE:
-        from vstar_jax.metrics.clip_score import ClipScorer
-
         _CLIP_CACHE[path] = ClipScorer.load(path)
     return _CLIP_CACHE[path]
 
 
 def score_video(video, prompt: str, config) -> dict:
     """The metrics of one video as the sweep config asks for them."""
-    from vstar_jax.metrics import compute_metrics
-
     mcfg = _get(config, "metrics", {})
     size = _get(mcfg, "mawe_size", (720, 720))
     return compute_metrics(
@@ -322,8 +326,6 @@ def score_video(video, prompt: str, config) -> dict:
 
 def generate_and_score(run: dict, out_dir: str, config) -> dict:
     """Default run_fn: ``vstar_jax.pipeline.generate_video`` then the metrics of its video."""
-    from vstar_jax.pipeline import generate_video
-
     video_rel = os.path.join("videos", run["run_id"] + ".mp4")
     result = generate_video(
         run["prompt"],
@@ -336,8 +338,6 @@ def generate_and_score(run: dict, out_dir: str, config) -> dict:
     out = {"video": video_rel, **score_video(result.video, run["prompt"], config)}
     maps = getattr(result, "attention", None)  # captured temporal attention maps, if the run kept them
     if maps is not None:
-        from vstar_jax.metrics.band import attention_band_score
-
         out["band_score"] = attention_band_score(maps, int(_get(_get(config, "metrics", {}), "band_width", 1)))
     return out
 
@@ -370,8 +370,6 @@ def _arrow_table(rows: list[dict]):
 def write_table(rows: list[dict], out_dir: str) -> None:
     """Write ``rows`` as results.parquet then results.csv, each atomically (:mod:`vstar_jax.io.atomic`)."""
     import pyarrow.parquet as pq
-
-    from vstar_jax.io.atomic import atomic_path, write_text  # noqa: PLC0415
 
     out = pathlib.Path(out_dir)
     with atomic_path(out / RESULTS_PARQUET) as tmp:
@@ -463,7 +461,6 @@ def write_row(row: dict, out_dir: str) -> None:
     """One finished run, atomically (:mod:`vstar_jax.io.atomic`)."""
     folder = pathlib.Path(out_dir) / ROWS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    from vstar_jax.io.atomic import write_text  # noqa: PLC0415
 
     write_text(folder / f"{row['run_id']}.json", json.dumps(row, default=str))
 
@@ -492,8 +489,6 @@ def _mesh_devices(mesh) -> int:
 def generate_and_score_batch(runs: list[dict], out_dir: str, config, mesh=None) -> list[dict]:
     """The default run_fn for many runs in one call (``pipeline.generate_batch``); the item axis is split
     over the mesh's ``data`` axis when the batch divides it."""
-    from vstar_jax.pipeline import generate_batch
-
     common = dict(runs[0]["kwargs"])
     items = [{"prompt": r["prompt"], "seed": r["seed"], "out": os.path.join(out_dir, "videos", r["run_id"] + ".mp4")}
              for r in runs]
@@ -566,10 +561,6 @@ def check_runs(runs: list[dict]) -> None:
     bad TAR spec is one line naming the method, not a table of failed runs."""
     import inspect
 
-    from vstar_jax.errors import VstarError
-    from vstar_jax.generation.model import model_info
-    from vstar_jax.generation.request import make_request
-
     accepted = set(inspect.signature(make_request).parameters) - {"prompt", "info", "frames", "seed"}
     infos: dict = {}
     seen = set()
@@ -598,7 +589,6 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
     if not 0 <= index < count:
         raise ValueError(f"sweep shard {index} of {count} does not exist")
     runs = expand_runs(config, config_dir)
-    from vstar_jax.metrics.cli import check_settings  # noqa: PLC0415
 
     mcfg = _get(config, "metrics", {})
     check_settings(plain(_get(mcfg, "mawe_size", None)), _get(mcfg, "fps", None), where="sweep metrics.")
@@ -621,8 +611,6 @@ def run_sweep(config, out_dir: str, config_dir: str | None = None, retry_errors:
 def _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, index, count, mesh):
     from tqdm import tqdm
 
-    from vstar_jax.io.atomic import is_temp_name  # noqa: PLC0415
-
     for stale in [p for folder in (pathlib.Path(out_dir), pathlib.Path(out_dir) / ROWS_DIR) if folder.is_dir()
                   for p in folder.iterdir() if is_temp_name(p.name)]:
         # alone: every leftover is stale; beside other processes only old ones (another may be mid-write)
@@ -631,7 +619,6 @@ def _run_locked(config, out_dir, runs, run_fn, batch, retry_errors, progress, in
                 stale.unlink(missing_ok=True)
     if index == 0:
         snapshot = os.path.join(out_dir, SWEEP_SNAPSHOT)
-        from vstar_jax.io.atomic import write_text  # noqa: PLC0415
 
         write_text(snapshot, json.dumps(plain(config), indent=1, default=str))
 

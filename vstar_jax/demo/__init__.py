@@ -1,0 +1,8 @@
+"""The embedded demo model (:mod:`vstar_jax.demo.model`), its procedural world and its checker.
+
+Importing :mod:`vstar_jax.demo.model` registers the model as the built-in ``builtin:demo``
+(:mod:`vstar_jax.generation.builtin`), the model ``checkpoint=None`` loads.
+"""
+import pathlib
+
+ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"  # the shipped files

@@ -24,10 +24,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vstar_jax.demo import world
+from vstar_jax.demo import ASSET_DIR, world
+from vstar_jax.demo.streaming import load_streaming, with_streaming
+from vstar_jax.diffusion.parameterization import to_eps
+from vstar_jax.diffusion.sampler import cfg_combine, ddim_sample
+from vstar_jax.diffusion.schedules import videocrafter2_schedule
+from vstar_jax.generation import builtin
+from vstar_jax.generation.builtin import DEMO_SOURCE
+from vstar_jax.generation.model import Pipeline, diffusion_settings
+from vstar_jax.generation.request import schedule_kwargs
+from vstar_jax.generation.sampling import SamplePlan, sample_jit
+from vstar_jax.io.atomic import atomic_path, write_text
+from vstar_jax.models.streaming import merge_params
+from vstar_jax.models.text import TextTransformer
+from vstar_jax.models.tokenizer import get_tokenizer
+from vstar_jax.models.unet3d import UNet3D
+from vstar_jax.tar_vsp.vsp import per_frame_embeddings
 from vstar_jax.trees import flatten, json_default, unflatten
 
-ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
 EMBED_KEY = ("text", "token_embedding", "embedding")
@@ -76,9 +90,6 @@ def decode_latents(latents, patch: int, display_scale: int = 1) -> np.ndarray:
 
 def build_modules(config):
     """(UNet3D, TextTransformer) modules of a demo config."""
-    from vstar_jax.models.text import TextTransformer
-    from vstar_jax.models.unet3d import UNet3D
-
     # frozen configs: the modules are hashable, so they can be static arguments of compiled samplers
     return UNet3D(ml_collections.FrozenConfigDict(config.unet)), TextTransformer(ml_collections.FrozenConfigDict(config.text))
 
@@ -102,8 +113,6 @@ def init_params(config, seed: int = 0) -> dict:
 def world_token_ids(tokenizer=None) -> np.ndarray:
     """Sorted token ids of every word the demo world's captions (and the caption parser) can use,
     plus the start, end and pad tokens."""
-    from vstar_jax.models.tokenizer import get_tokenizer
-
     tok = tokenizer or get_tokenizer()
     words = set(world.COLOR_NAMES) | set(world.SHAPES)
     for phrase in world.MOVE_PHRASES.values():
@@ -149,8 +158,6 @@ def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None
     flat[EMBED_KEY] = compact_embedding(flat[EMBED_KEY], ids)
     tensors = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in flat.items()}
     tensors[IDS_KEY] = ids
-    from vstar_jax.io.atomic import atomic_path, write_text  # noqa: PLC0415
-
     with atomic_path(out / PARAMS_FILE) as tmp:
         save_file(tensors, str(tmp))
         tmp.chmod(0o644)
@@ -211,8 +218,6 @@ def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
     their tensors; the base model's outputs are unchanged (the modules act only when fed)."""
     from safetensors.numpy import load_file
 
-    from vstar_jax.models.tokenizer import get_tokenizer
-
     folder = pathlib.Path(path) if path is not None else ASSET_DIR
     pf, cf = folder / PARAMS_FILE, folder / CONFIG_FILE
     if not pf.exists() or not cf.exists():
@@ -226,12 +231,8 @@ def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
     params = jax.tree_util.tree_map(jnp.asarray, unflatten(flat))
     extra = None
     if streaming:
-        from vstar_jax.demo.streaming import load_streaming, with_streaming  # noqa: PLC0415
-
         extra = load_streaming(folder)
     if extra is not None:
-        from vstar_jax.models.streaming import merge_params  # noqa: PLC0415
-
         config = with_streaming(config, extra[1])
         params["unet"] = merge_params(params["unet"], {k: jnp.asarray(v) for k, v in extra[0].items()})
     unet, text = build_modules(config)
@@ -240,13 +241,29 @@ def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
                      str(folder))
 
 
+def pipeline_from_demo(model) -> Pipeline:
+    """A :class:`~vstar_jax.generation.model.Pipeline` around a :class:`DemoModel` (its modules rebuilt
+    with frozen, hashable configs; frames decoded by the model at its display scale)."""
+    if isinstance(model, Pipeline):
+        return model
+    params = {"unet": model.unet_params, "text": model.text_params}
+    return Pipeline.from_params(params, model.config, DEMO_SOURCE,
+                                decoder=lambda z: np.asarray(model.decode(z)))
+
+
+def load_demo_pipeline() -> Pipeline:
+    """The shipped demo model as a generation pipeline: the loader of the built-in ``demo``."""
+    return pipeline_from_demo(load_demo_model())
+
+
+builtin.register(builtin.DEFAULT, load_demo_pipeline)
+
+
 # ----------------------------------------------------------------------------- sampling
 
 def vsp_context(embeddings: jax.Array, frames: int, mode: str = "linear") -> jax.Array:
     """Per-frame context (frames, L, C) from K state embeddings (K, L, C): the project's VSP
     (``vstar_jax.tar_vsp.vsp.per_frame_embeddings``); one state is repeated over the frames."""
-    from vstar_jax.tar_vsp.vsp import per_frame_embeddings
-
     if embeddings.shape[0] == 1:
         return jnp.broadcast_to(embeddings, (frames,) + tuple(embeddings.shape[1:]))
     return jnp.asarray(per_frame_embeddings(jnp.asarray(embeddings), frames, mode))
@@ -287,10 +304,6 @@ def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[i
         cond = model.encode_prompts(list(prompts))
     clip = bool(d.get("clip_x0", False)) if clip_x0 is None else bool(clip_x0)
     if not clip:  # the CLI's sampling stage (vstar_jax.generation.sampling): what users run
-        from vstar_jax.generation.model import diffusion_settings
-        from vstar_jax.generation.request import schedule_kwargs
-        from vstar_jax.generation.sampling import SamplePlan, sample_jit
-
         ds = diffusion_settings(model.config.to_dict())
         plan = SamplePlan(ds["flavor"], int(steps), float(eta), schedule_kwargs(ds), model.latent_shape(frames, batch),
                           tar, False, prediction=ds["prediction"])
@@ -322,10 +335,6 @@ def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_sc
 
     With ``clip_x0`` the guided eps is replaced by :func:`clip_eps` (guidance is then applied inside
     the model function, and the sampler's own guidance runs at scale 1 on two identical halves)."""
-    from vstar_jax.diffusion.parameterization import to_eps
-    from vstar_jax.diffusion.sampler import cfg_combine, ddim_sample
-    from vstar_jax.diffusion.schedules import videocrafter2_schedule
-
     key = (id(unet), tar, steps, eta, cfg, betas, use_scale, clip_x0, prediction)
     if key not in _SAMPLERS:
         sched = videocrafter2_schedule(steps, eta, use_scale=use_scale, linear_start=betas[0],

@@ -21,9 +21,12 @@ import json
 import pathlib
 from typing import Optional
 
+import ml_collections
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
-from vstar_jax.demo.model import ASSET_DIR
+from vstar_jax.demo import ASSET_DIR
+from vstar_jax.io.atomic import atomic_path, write_text
 
 WEIGHTS_FILE = "streaming.safetensors"
 META_FILE = "streaming.json"
@@ -43,8 +46,6 @@ def demo_settings(config) -> dict:
 
 def with_streaming(config, settings: dict):
     """A copy of the demo config whose UNet has CAM and APM."""
-    import ml_collections  # noqa: PLC0415
-
     c = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     c.unet.cam = dict(settings["cam"])
     c.unet.apm = dict(settings["apm"])
@@ -53,11 +54,8 @@ def with_streaming(config, settings: dict):
 
 def save_streaming(out_dir, extra_flat: dict, settings: dict, record: Optional[dict] = None) -> pathlib.Path:
     """Write the CAM / APM tensors ('/'-joined UNet paths) and their settings + record."""
-    from safetensors.numpy import save_file  # noqa: PLC0415
-
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from vstar_jax.io.atomic import atomic_path, write_text  # noqa: PLC0415
 
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file({k: np.array(v, np.float32, order="C") for k, v in extra_flat.items()},  # 0-d alphas stay 0-d
@@ -69,8 +67,6 @@ def save_streaming(out_dir, extra_flat: dict, settings: dict, record: Optional[d
 
 def load_streaming(folder=None) -> Optional[tuple[dict, dict, dict]]:
     """(extra flat params, settings, record) shipped next to the demo model, or None when absent."""
-    from safetensors.numpy import load_file  # noqa: PLC0415
-
     folder = pathlib.Path(folder) if folder is not None else ASSET_DIR
     wf, mf = folder / WEIGHTS_FILE, folder / META_FILE
     if not wf.exists() or not mf.exists():

@@ -1,8 +1,9 @@
 """The model side of generation: the modules and params of a checkpoint, what validation needs
 to know about it (:class:`ModelInfo`, read without loading params), and the one-model cache.
 
-``load_pipeline(None)`` is the embedded demo model; ``load_pipeline(dir)`` a converted checkpoint
-(cached per path and config mtime, one model in memory at a time).
+``load_pipeline(None)`` is the embedded demo model (the built-in registered in
+:mod:`vstar_jax.generation.builtin`); ``load_pipeline(dir)`` a converted checkpoint (cached per path
+and config mtime, one model in memory at a time).
 """
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from vstar_jax.diffusion.parameterization import check_prediction
 from vstar_jax.errors import VstarError
+from vstar_jax.generation import builtin
+from vstar_jax.generation.builtin import DEMO_SOURCE  # noqa: F401  (re-exported: the demo model's source)
+from vstar_jax.io.checkpoint import load_checkpoint, read_config
+from vstar_jax.models.clip_vision import CLIPVisionTransformer
+from vstar_jax.models.streaming import StreamingMemory, apm_settings, cam_settings, has_streaming_modules, memory_inputs
+from vstar_jax.models.text import TextTransformer, encode_prompts
+from vstar_jax.models.tokenizer import get_tokenizer
+from vstar_jax.models.unet3d import UNet3D, unet_num_levels
+from vstar_jax.models.vae import AutoencoderKL
 from vstar_jax.trees import plain
 from vstar_jax.validate import number
 
-DEMO_SOURCE = "builtin:demo"
 DEFAULTS = {"frames": 16, "steps": 25, "cfg": 12.0, "eta": 1.0, "fps": 28}  # VSTAR on VideoCrafter2
 FLAVOR_DEFAULTS = {"diffusers": {"steps": 50, "cfg": 9.0, "eta": 0.0}}  # ModelScope's pipeline defaults
 MAX_PIXELS = 1_000_000  # a video side in pixels (beyond any screen; the memory check refuses far less)
 
 
 def _frozen(cfg):
-    import ml_collections  # noqa: PLC0415
-
     if isinstance(cfg, ml_collections.FrozenConfigDict):
         return cfg
     if isinstance(cfg, ml_collections.ConfigDict):
@@ -89,8 +97,6 @@ UNET_SETTING_DEFAULTS = {"attention_backend": "xla", "dtype": "float32"}
 
 def _unet_module(unet_config: Mapping):
     """The UNet3D module of a (plain dict) UNet config: the one place the pipeline builds it."""
-    from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
-
     return UNet3D(_frozen(unet_config))
 
 
@@ -111,9 +117,6 @@ class Pipeline:
     def from_params(cls, params: Mapping, config, source: str = "<memory>", *,
                     decoder: Optional[Callable] = None) -> "Pipeline":
         """Build the modules of ``config`` ({"unet", "text", "vae"?, "diffusion"}) around ``params``."""
-        from vstar_jax.models.text import TextTransformer  # noqa: PLC0415
-        from vstar_jax.models.tokenizer import get_tokenizer  # noqa: PLC0415
-
         config = plain(config)
         missing = [k for k in ("unet", "text") if k not in config or k not in params]
         if missing:
@@ -125,8 +128,6 @@ class Pipeline:
         if config.get("space") == "patch" and decoder is None:
             raise VstarError(f"{source}: a 'patch' latent space needs the model's decoder")
         if not _is_pixel(config):
-            from vstar_jax.models.vae import AutoencoderKL  # noqa: PLC0415
-
             if "vae" not in params:
                 raise VstarError(f"{source}: checkpoint has no 'vae' params (convert with --components unet,vae,text)")
             vae = AutoencoderKL(_frozen(config["vae"]))
@@ -140,8 +141,6 @@ class Pipeline:
         """Load a converted checkpoint directory (``vstar_jax.io.checkpoint`` layout). ``unet_sharding``:
         ``(path, shape) -> Sharding`` (``vstar_jax.parallel.sharding.params_sharding_rule(mesh)``): the
         UNet's arrays are restored straight into their places on a mesh, never whole on one host."""
-        from vstar_jax.io.checkpoint import load_checkpoint, read_config  # noqa: PLC0415
-
         path = os.path.abspath(os.fspath(ckpt_dir))
         config = read_config(path)
         comps = [c for c in ("unet", "text", "vae", "image_encoder") if c in config.get("components", [])]
@@ -180,8 +179,6 @@ class Pipeline:
     def streaming_memory(self):
         """StreamingT2V's :class:`~vstar_jax.models.streaming.StreamingMemory` for this model (what its
         CAM and APM read inside the sampling loop). Raises VstarError when a part it needs is absent."""
-        from vstar_jax.models.streaming import StreamingMemory, memory_inputs  # noqa: PLC0415
-
         info = self.describe()
         if info.streaming_missing or info.streaming_unmet:
             raise VstarError(f"{self.source}: long_video streaming cannot run: "
@@ -191,7 +188,6 @@ class Pipeline:
         if enc == "openclip":
             if "image_encoder" not in self.params:
                 raise VstarError(f"{self.source}: no 'image_encoder' params (APM's OpenCLIP image tower)")
-            from vstar_jax.models.clip_vision import CLIPVisionTransformer  # noqa: PLC0415
 
             vision = CLIPVisionTransformer(_frozen(self.config["image_encoder"]))
         memory = StreamingMemory(pixels, enc, None, vision, float(self.diffusion["scale_factor"]))
@@ -200,8 +196,6 @@ class Pipeline:
     # -- text -------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """Text context (n, 77, C) float32 of prompts ("" is the unconditional embedding)."""
-        from vstar_jax.models.text import encode_prompts  # noqa: PLC0415
-
         return np.asarray(encode_prompts(self.text_model, self.params["text"], self.tokenizer, list(prompts)),
                           np.float32)
 
@@ -226,9 +220,6 @@ class ModelInfo:
         if "unet" not in config:
             raise VstarError(f"{source}: checkpoint has no 'unet' component")
         vae_factor = _pixel_factor(config)
-        from vstar_jax.models.unet3d import unet_num_levels  # noqa: PLC0415  (block_channels or channel_mult)
-
-        from vstar_jax.models.streaming import apm_settings, cam_settings, has_streaming_modules  # noqa: PLC0415
 
         cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
         return cls(source, diffusion_settings(config), unet_num_levels(config["unet"]), vae_factor,
@@ -260,8 +251,6 @@ class ModelInfo:
 
 def _streaming_unmet(config: Mapping, vae_factor: int) -> tuple:
     """What a StreamingT2V UNet's CAM / APM read that the checkpoint does not have (one phrase each)."""
-    from vstar_jax.models.streaming import apm_settings, cam_settings, memory_inputs  # noqa: PLC0415
-
     cam, apm = cam_settings(config["unet"]), apm_settings(config["unet"])
     if not cam and not apm:
         return ()
@@ -297,36 +286,17 @@ def load_pipeline(checkpoint: Optional[str | os.PathLike] = None) -> Pipeline:
     return _PIPELINES[key]
 
 
-def _demo_module():
-    try:
-        from vstar_jax.demo import model as demo_model  # noqa: PLC0415
-    except ImportError:
-        return None
-    return demo_model if hasattr(demo_model, "load_demo_model") else None
-
-
 def _demo_pipeline() -> Pipeline:
-    mod = _demo_module()
-    if mod is None:
-        raise VstarError("no embedded default model is available yet: a checkpoint is required (--checkpoint DIR)")
+    load = builtin.loader(builtin.DEFAULT)
+    if load is None:
+        raise VstarError("no embedded default model is available: a checkpoint is required (--checkpoint DIR)")
     if "demo" not in _PIPELINES:
         try:
-            got = mod.load_demo_model()
+            _PIPELINES["demo"] = load()
         except (ValueError, FileNotFoundError, OSError) as e:
             raise VstarError(f"the embedded demo model cannot be loaded ({' '.join(str(e).split())}): "
                              "a checkpoint is required (--checkpoint DIR)") from None
-        _PIPELINES["demo"] = pipeline_from_demo(got)
     return _PIPELINES["demo"]
-
-
-def pipeline_from_demo(model) -> Pipeline:
-    """A :class:`Pipeline` around ``vstar_jax.demo.model.DemoModel`` (its modules rebuilt with
-    frozen, hashable configs; frames decoded by the model at its display scale)."""
-    if isinstance(model, Pipeline):
-        return model
-    params = {"unet": model.unet_params, "text": model.text_params}
-    return Pipeline.from_params(params, model.config, DEMO_SOURCE,
-                                decoder=lambda z: np.asarray(model.decode(z)))
 
 
 def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
@@ -335,7 +305,6 @@ def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
         return pipeline.describe()
     if checkpoint is None:
         return _demo_pipeline().describe()
-    from vstar_jax.io.checkpoint import read_config  # noqa: PLC0415
 
     path = os.path.abspath(os.fspath(checkpoint))
     if not os.path.isdir(path):
@@ -344,5 +313,3 @@ def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
         return ModelInfo.from_config(read_config(path), path)
     except FileNotFoundError as e:
         raise VstarError(str(e)) from None
-
-

@@ -23,6 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from vstar_jax.errors import VstarError
+from vstar_jax.generation.model import DEMO_SOURCE
+from vstar_jax.io.atomic import Staging, write_error
+from vstar_jax.io.video import (FfmpegWriter, check_gif_fps, check_writable, encode_gif, pad_to_multiple, sidecar_path,
+                                video_to_uint8)
+from vstar_jax.longvideo.base import sidecar_settings
+from vstar_jax.models.vae import decode_video
+from vstar_jax.tar_vsp.analysis import plot_attention_grid
+from vstar_jax.tar_vsp.tar import parse_tar
 
 SIDECAR_FORMAT = "vstar-jax-generation/1"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
@@ -72,8 +80,6 @@ def frames_digest(video: np.ndarray) -> str:
 # ------------------------------------------------------------------------------- decoding
 def _decode_batch_fn(pipe):
     """latents (1, c, k, h, w) float32 -> uint8 frames (k, H, W, 3)."""
-    from vstar_jax.io.video import video_to_uint8  # noqa: PLC0415
-
     if pipe.decoder is not None:
         return lambda z: np.asarray(pipe.decoder(z), np.uint8)[0]
     if pipe.pixel_space:
@@ -84,8 +90,6 @@ def _decode_batch_fn(pipe):
 
 
 def _decode_jit_impl(vae, params, latents, scale_factor):
-    from vstar_jax.models.vae import decode_video  # noqa: PLC0415
-
     return decode_video(vae, params, latents / scale_factor, latents.shape[2])
 
 
@@ -110,7 +114,6 @@ def decode(pipe, latents, frame_batch: int = 16) -> np.ndarray:
     """Latents (b, c, f, h, w) -> video (b, 3, f, H, W) float32 in about [-1, 1] (whole video)."""
     if pipe.pixel_space:
         return np.asarray(latents, np.float32)
-    from vstar_jax.models.vae import decode_video  # noqa: PLC0415
 
     sf = jnp.float32(pipe.diffusion["scale_factor"])
     return np.asarray(decode_video(pipe.vae, pipe.params["vae"], jnp.asarray(latents) / sf, int(frame_batch)),
@@ -165,8 +168,6 @@ def check_outputs(out, gif: bool, attention_png, overwrite: bool = True, *, save
     only when the vstar-jax sidecar beside the video names it (a previous run's output): a video,
     GIF, plot or ``.json`` that vstar-jax did not write is never replaced. ``save_fps``: the frame
     rate the video is written at, checked against what a GIF can store when one is written."""
-    from vstar_jax.io.video import check_gif_fps, check_writable, sidecar_path  # noqa: PLC0415
-
     paths = {"video": None, "gif": None, "sidecar": None, "attention_png": None, "attention_npz": None}
     ours: set = set()
     if out is not None:
@@ -210,8 +211,6 @@ class VideoSink:
 
     def __init__(self, path: Optional[pathlib.Path], total_frames: int, fps: float, *, gif: Optional[pathlib.Path] = None,
                  keep: bool = False, crf: int = 10, stage=None):
-        from vstar_jax.io.atomic import Staging  # noqa: PLC0415
-
         self.path, self.gif, self.fps, self.crf = path, gif, float(fps), crf
         self.total = int(total_frames)
         self.hasher = FrameHasher(total_frames)
@@ -226,14 +225,10 @@ class VideoSink:
         return self.writer.path if self.writer is not None else None
 
     def _open(self, h: int, w: int) -> None:
-        from vstar_jax.io.video import FfmpegWriter  # noqa: PLC0415
-
         tmp = self.stage.path(self.path, suffix=self.path.suffix or ".mp4")
         self.writer = FfmpegWriter(tmp, (w + w % 2, h + h % 2), self.fps, crf=self.crf)
 
     def write(self, batch: np.ndarray) -> None:
-        from vstar_jax.io.video import pad_to_multiple  # noqa: PLC0415
-
         batch = np.ascontiguousarray(batch, np.uint8)
         self.hasher.update(batch)
         if self.keep:
@@ -250,9 +245,6 @@ class VideoSink:
     def finish(self, expect_sha256: Optional[str] = None) -> str:
         """Close the files; returns the frame hash. With ``expect_sha256``, frames hashing differently
         are not kept (the temporary files are removed, FramesDiffer)."""
-        from vstar_jax.io.atomic import write_error  # noqa: PLC0415
-        from vstar_jax.io.video import encode_gif  # noqa: PLC0415
-
         digest = self.hasher.hexdigest()
         if expect_sha256 is not None and digest != expect_sha256:
             self.abort()
@@ -283,8 +275,6 @@ def write_attention(attention: dict, paths: dict, stage=None) -> Optional[str]:
     """The attention plot and its ``.npz`` (into ``stage`` when given, else each atomically)."""
     if attention is None or paths["attention_png"] is None:
         return None
-    from vstar_jax.io.atomic import Staging, write_error  # noqa: PLC0415
-    from vstar_jax.tar_vsp.analysis import plot_attention_grid  # noqa: PLC0415
 
     own = stage is None
     st = Staging() if own else stage
@@ -433,10 +423,6 @@ def validate_sidecar(data: Mapping, where="sidecar") -> None:
 
 def sidecar_kwargs(sidecar: Mapping) -> dict:
     """generate_video keyword arguments that reproduce a sidecar's video."""
-    from vstar_jax.generation.model import DEMO_SOURCE  # noqa: PLC0415
-    from vstar_jax.longvideo.base import sidecar_settings  # noqa: PLC0415
-    from vstar_jax.tar_vsp.tar import parse_tar  # noqa: PLC0415
-
     kw = {**SIDECAR_LEGACY, **{k: sidecar[k] for k in SIDECAR_ARGS if k in sidecar}}
     if "long_video" in kw:
         kw["long_video"] = sidecar_settings(kw["long_video"])

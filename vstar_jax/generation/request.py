@@ -12,7 +12,14 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+import jax
+
+from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.errors import VstarError
+from vstar_jax.longvideo import parse_strategy
+from vstar_jax.tar_vsp.synopsis import user_synopsis
+from vstar_jax.tar_vsp.tar import TARConfig, parse_tar
+from vstar_jax.tar_vsp.vsp import MODES
 from vstar_jax.validate import number  # noqa: F401  (the one number check; re-exported for callers)
 from vstar_jax.generation.model import DEFAULTS, ModelInfo
 
@@ -79,8 +86,6 @@ def schedule_kwargs(d: dict) -> tuple:
 
 def check_schedule(flavor: str, steps: int, eta: float, sched_kw: tuple) -> int:
     """Build the DDIM schedule once (numpy, cheap); returns its real number of steps."""
-    from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
-
     try:
         return make_schedule(flavor, steps, eta, **dict(sched_kw)).num_steps
     except IndexError:
@@ -105,8 +110,6 @@ ACTIVATION_COPIES = 16  # live level-0 activations of one UNet call (skip connec
 def available_memory() -> int:
     """Bytes the sampler may use: the accelerator's limit, else the host's available RAM."""
     try:
-        import jax  # noqa: PLC0415
-
         dev = jax.devices()[0]
         if dev.platform != "cpu":
             stats = dev.memory_stats() or {}
@@ -198,7 +201,6 @@ def resolve_synopsis(synopsis, prompt: str, frames: int):
     """User synopsis (list or file) -> (states, source dict); None -> (None, None)."""
     if synopsis is None:
         return None, None
-    from vstar_jax.tar_vsp.synopsis import user_synopsis  # noqa: PLC0415
 
     if isinstance(synopsis, (str, os.PathLike)):
         states = user_synopsis(synopsis, prompt)
@@ -222,10 +224,6 @@ def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=N
     call may use (None: what the machine has; 0: no check), see :func:`check_memory`.
     ``attention_backend``: see :func:`check_attention_backend` (None: the checkpoint config's).
     """
-    from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
-    from vstar_jax.tar_vsp.tar import TARConfig, parse_tar  # noqa: PLC0415
-    from vstar_jax.tar_vsp.vsp import MODES  # noqa: PLC0415
-
     if not isinstance(prompt, str) or not prompt.strip():
         raise VstarError("empty prompt: give a text description of the video")
     prompt = prompt.strip()

@@ -16,6 +16,7 @@ import math
 import functools
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -25,13 +26,18 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
+from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.jax_private import private_jax, warn_once
+from vstar_jax.longvideo import parse_strategy
 from vstar_jax.longvideo.base import SampleInputs
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
+from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, make_mesh, named
+from vstar_jax.tar_vsp.analysis import flatten_maps
 
 
 def log(enabled: bool, msg: str) -> None:
@@ -57,8 +63,6 @@ class SamplePlan:
     memory: Any = None  # StreamingT2V's StreamingMemory (then params = (unet params, its params)), or None
 
     def schedule(self):
-        from vstar_jax.diffusion.schedules import make_schedule  # noqa: PLC0415
-
         return make_schedule(self.flavor, self.steps, self.eta, **dict(self.schedule_kwargs))
 
     @property
@@ -193,8 +197,6 @@ def interruptible():
 
 def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):
     """The whole guided loop of ``plan.strategy`` from the seed's key; returns :class:`SampleOutput`."""
-    from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
-
     strategy = plan.strategy or parse_strategy(None)
     k_x, k_steps = jax.random.split(key)
     x_T = strategy.init_noise(k_x, plan.latent_shape)
@@ -229,7 +231,6 @@ def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan
 
     if item_sharding is None:
         return items(params, conds, unconds, keys, fps, cfg_scale)
-    from jax.sharding import PartitionSpec as P  # noqa: PLC0415
 
     spec = item_sharding.spec
     fn = jax.shard_map(items, mesh=item_sharding.mesh, in_specs=(P(),) + (spec,) * 5, out_specs=spec,
@@ -300,8 +301,6 @@ def resolve_mesh(mesh):
     hold is a one-line :class:`VstarError`."""
     if mesh is None or hasattr(mesh, "devices"):
         return mesh
-    from vstar_jax.errors import VstarError  # noqa: PLC0415
-    from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
 
     axes = mesh.get("axes", mesh) if hasattr(mesh, "get") else mesh
     try:
@@ -316,7 +315,6 @@ def resolve_rules(mesh):
     rules = mesh.get("rules") if hasattr(mesh, "get") and "axes" in mesh else None
     if rules is None:
         return None
-    from vstar_jax.errors import VstarError  # noqa: PLC0415
 
     out = []
     for r in rules:
@@ -335,8 +333,6 @@ def row_sharding(mesh, frames: int, rows: int = 2, rules=None):
     mesh = resolve_mesh(mesh)
     if mesh is None:
         return None
-    from vstar_jax.errors import VstarError  # noqa: PLC0415
-    from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named  # noqa: PLC0415
 
     layout = activation_layout(mesh, rows, frames, rules or DEFAULT_RULES)
     if layout is not None:
@@ -351,12 +347,6 @@ def row_sharding(mesh, frames: int, rows: int = 2, rules=None):
 
 def capture_maps(aux) -> Optional[dict]:
     """Attention maps of a capturing run: {label: (steps, F, F)} cond rows, in UNet order."""
-    import re  # noqa: PLC0415
-
-    import numpy as np  # noqa: PLC0415
-
-    from vstar_jax.tar_vsp.analysis import flatten_maps  # noqa: PLC0415
-
     def label(path: str) -> str:
         parts = [p for p in path.split("/") if p != "weights"]
         if parts and parts[0].endswith("_temporal"):

@@ -13,14 +13,17 @@ folder holding it.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Mapping, Optional
 
 import jax
 
 from vstar_jax.errors import VstarError
+from vstar_jax.io.atomic import atomic_dir, write_error
 from vstar_jax.trees import plain
 
 FORMAT = "vstar-jax/1"
@@ -90,8 +93,6 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
     ``sources``: the paths converted from, which ``out_dir`` must neither be nor hold."""
     import orbax.checkpoint as ocp
 
-    from vstar_jax.io.atomic import atomic_dir, write_error  # noqa: PLC0415
-
     out_dir = check_checkpoint_out(out_dir, overwrite=overwrite, sources=sources)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -120,8 +121,6 @@ def save_checkpoint(out_dir: str, params: Mapping[str, Any], config: Mapping[str
 
 class _quiet_absl:
     def __enter__(self):
-        import logging  # noqa: PLC0415
-
         self.logger = logging.getLogger("absl")
         self.level = self.logger.level
         self.logger.setLevel(logging.CRITICAL)
@@ -131,8 +130,6 @@ class _quiet_absl:
 
 
 def _as_oserror(e: BaseException) -> OSError:
-    import errno  # noqa: PLC0415
-
     text = " ".join(str(e).split())
     if "No space left on device" in text or "os_error_code='28'" in text:
         return OSError(errno.ENOSPC, "No space left on device")

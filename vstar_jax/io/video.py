@@ -5,11 +5,16 @@ import json
 import math
 import os
 import pathlib
+import subprocess
 import tempfile
+import threading
 import warnings
+from fractions import Fraction
 
 import numpy as np
 
+from vstar_jax.errors import VstarError
+from vstar_jax.io.atomic import atomic_path, write_error, write_text
 from vstar_jax.trees import json_default
 
 
@@ -69,10 +74,6 @@ class FfmpegWriter:
     (:func:`vstar_jax.io.atomic.atomic_path`); ``abort()`` stops ffmpeg without waiting."""
 
     def __init__(self, path, size, fps: float, *, crf: int = 10):
-        import subprocess  # noqa: PLC0415
-        import threading  # noqa: PLC0415
-        from fractions import Fraction  # noqa: PLC0415
-
         import imageio_ffmpeg  # noqa: PLC0415
 
         self.path = pathlib.Path(path)
@@ -102,14 +103,10 @@ class FfmpegWriter:
             self.proc.stdin.write(memoryview(np.ascontiguousarray(frame, np.uint8)).cast("B"))
         except OSError as e:  # ffmpeg exited (a full disk, a bad path): its own message says why
             self.abort()
-            from vstar_jax.io.atomic import write_error  # noqa: PLC0415
-
             raise write_error(self.path, OSError(e.errno, self.message() or e.strerror)) from None
         self.frames += 1
 
     def close(self) -> None:
-        from vstar_jax.io.atomic import write_error  # noqa: PLC0415
-
         try:
             self.proc.stdin.close()
         except OSError:
@@ -137,8 +134,6 @@ def write_video(path: str | os.PathLike, frames, fps: float = 8, *, crf: int = 1
     A ``.gif`` path is written with :func:`write_gif`. Atomic: a temporary file, ffmpeg's exit
     status checked, then renamed (:mod:`vstar_jax.io.atomic`); on failure the old file stays.
     """
-    from vstar_jax.io.atomic import atomic_path  # noqa: PLC0415
-
     p = pathlib.Path(path)
     if p.suffix.lower() == ".gif":
         return write_gif(p, frames, fps)
@@ -164,8 +159,6 @@ def check_gif_fps(fps: float, what: str = "fps") -> None:
     """A GIF stores each frame's delay as 1..65535 hundredths of a second."""
     lo, hi = GIF_FPS
     if not lo <= float(fps) <= hi:
-        from vstar_jax.errors import VstarError  # noqa: PLC0415
-
         raise VstarError(f"{what} {fps:g} cannot be written as a GIF (a GIF frame lasts 0.01 s to 655.35 s): "
                          f"use {what} between {math.ceil(lo * 1e4) / 1e4:g} and {hi:g}")
 
@@ -179,8 +172,6 @@ def encode_gif(path, frames, fps: float) -> None:
 
 def write_gif(path: str | os.PathLike, frames, fps: float = 8) -> pathlib.Path:
     """Write uint8 frames (F, H, W, 3) as a looping GIF, atomically (an existing GIF stays on failure)."""
-    from vstar_jax.io.atomic import atomic_path  # noqa: PLC0415
-
     f = _check_frames(frames)
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
@@ -225,8 +216,6 @@ def sidecar_path(video_path: str | os.PathLike) -> pathlib.Path:
 
 def write_sidecar(video_path: str | os.PathLike, data: dict) -> pathlib.Path:
     """Write ``data`` as JSON next to the video (same stem, ``.json``), atomically."""
-    from vstar_jax.io.atomic import write_text  # noqa: PLC0415
-
     p = sidecar_path(video_path)
     return write_text(p, sidecar_text(data))
 

@@ -20,6 +20,7 @@ order) or ``name:field=value,...``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional
 
@@ -205,8 +206,6 @@ def known_methods() -> str:
 
 def _load_all() -> None:
     """Import every strategy module of the package (they register themselves)."""
-    import importlib  # noqa: PLC0415
-
     for mod in ("single", "genl", "blend", "freenoise", "fifo", "vidrd", "streaming"):
         importlib.import_module(f"vstar_jax.longvideo.{mod}")
 

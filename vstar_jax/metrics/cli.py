@@ -9,6 +9,11 @@ import argparse
 import json
 import math
 import sys
+
+from vstar_jax.errors import VstarError
+from vstar_jax.io.video import read_sidecar, read_video
+from vstar_jax.metrics import compute_metrics
+from vstar_jax.metrics.clip_score import ClipScorer
 from vstar_jax.validate import number
 
 
@@ -29,8 +34,6 @@ def check_settings(mawe_size, fps=None, where: str = "--"):
     if mawe_size is not None and not (isinstance(mawe_size, (list, tuple)) and not mawe_size) and mawe_size != 0:
         sides = mawe_size if isinstance(mawe_size, (list, tuple)) else (mawe_size, mawe_size)
         if len(sides) != 2:
-            from vstar_jax.errors import VstarError  # noqa: PLC0415
-
             raise VstarError(f"{where}mawe-size must be one size or [height, width], got {mawe_size!r}")
         size = tuple(number(f"{where}mawe-size", v, integer=True, minimum=1, maximum=MAX_MAWE_SIZE) for v in sides)
     if fps is not None:
@@ -61,13 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size, _ = check_settings(args.mawe_size, args.fps)
 
-    from vstar_jax.io.video import read_sidecar, read_video
-    from vstar_jax.metrics import compute_metrics
-
     scorer = None
     if args.clip:
-        from vstar_jax.metrics.clip_score import ClipScorer
-
         scorer = ClipScorer.load(args.clip)
     results = {}
     for path in args.videos:

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vstar_jax.io.checkpoint import load_checkpoint
 from vstar_jax.models.clip_vision import CLIPVisionTransformer, preprocess
 from vstar_jax.models.text import TextTransformer
+from vstar_jax.models.tokenizer import get_tokenizer
 
 
 def _normalize(x):
@@ -25,8 +27,6 @@ class ClipScorer:
     """CLIP image and text towers with their params; ``score(video, prompt) -> float``."""
 
     def __init__(self, vision_config, vision_params, text_config, text_params, tokenizer=None, batch: int = 16):
-        from vstar_jax.models.tokenizer import get_tokenizer
-
         if not text_config.output_dim or text_config.output_dim != vision_config.output_dim:
             raise ValueError(
                 f"text projection {text_config.output_dim} does not match image projection {vision_config.output_dim}"
@@ -50,8 +50,6 @@ class ClipScorer:
     @classmethod
     def load(cls, path: str, **kw) -> "ClipScorer":
         """From a checkpoint written by ``python -m checkpoints_convert.clip``."""
-        from vstar_jax.io.checkpoint import load_checkpoint
-
         params, config = load_checkpoint(path)
         if "clip_vision" not in params or "clip_text" not in params:
             raise ValueError(f"{path} is not a CLIP checkpoint (needs clip_vision and clip_text)")

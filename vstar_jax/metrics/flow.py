@@ -14,6 +14,10 @@ from typing import Callable
 
 import numpy as np
 
+from checkpoints_convert.common import load_state_dict
+from vstar_jax.io.checkpoint import load_checkpoint
+from vstar_jax.metrics.raft import raft_flow_fn
+
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 _DIS_PRESETS = ("ultrafast", "fast", "medium")
@@ -102,15 +106,12 @@ def raft_flow_model(path: str, iters: int = 12) -> FlowModel:
 
     key = f"{os.path.abspath(path)}#{iters}"
     if key not in _RAFT_CACHE:
-        from vstar_jax.metrics.raft import raft_flow_fn
-
         if os.path.isdir(path):
-            from vstar_jax.io.checkpoint import load_checkpoint
-
             params = load_checkpoint(path, components=["raft"])[0]["raft"]
-        elif os.path.isfile(path):
-            from checkpoints_convert.common import load_state_dict
-            from checkpoints_convert.raft import convert_raft
+        elif os.path.isfile(path):  # torchvision's file (torch for a .pth), converted on the fly
+            # deferred: checkpoints_convert.raft imports vstar_jax.metrics.raft, and so this package, whose
+            # __init__ imports this module (the cycle goes once the RAFT model moves to vstar_jax.models)
+            from checkpoints_convert.raft import convert_raft  # noqa: PLC0415
 
             params = convert_raft(load_state_dict(path))
         else:

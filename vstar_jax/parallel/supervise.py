@@ -28,6 +28,8 @@ import sys
 import threading
 from typing import Optional
 
+from vstar_jax.parallel.distributed import settings_from_env
+
 CHILD_ENV = "VSTAR_SUPERVISED_CHILD"
 _GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]")
 _OWN = re.compile(r"^(\[vstar-jax\]|\[process |error:|warning:|Traceback|denoising|decoding|usage:)")
@@ -81,8 +83,6 @@ def diagnose(runtime_lines, returncode: int) -> str:
 
 def _process_label(argv) -> str:
     """This process's id from the flags or the environment (the parent does not start JAX)."""
-    from vstar_jax.parallel.distributed import settings_from_env  # noqa: PLC0415 - stdlib-only module
-
     pid = None
     if "--process-id" in argv:
         i = argv.index("--process-id")

@@ -22,6 +22,10 @@ import urllib.error
 import urllib.request
 from typing import Iterable, Sequence
 
+import yaml
+
+import configs  # the project's configs package (installed with vstar_jax): the prompt template's folder
+
 ENV_URL, ENV_MODEL, ENV_KEY = "VSTAR_LLM_URL", "VSTAR_LLM_MODEL", "VSTAR_LLM_API_KEY"
 DEFAULT_TEMPLATE = "synopsis_prompt.txt"
 _SYSTEM = "You are a precise assistant that writes visual descriptions for video generation."
@@ -33,12 +37,7 @@ class SynopsisError(ValueError):
 
 # ----------------------------------------------------------------------------- template
 def _configs_dir() -> pathlib.Path:
-    try:
-        import configs  # noqa: PLC0415 - the project's configs package
-
-        return pathlib.Path(configs.__file__).resolve().parent
-    except ImportError:
-        return pathlib.Path(__file__).resolve().parents[2] / "configs"
+    return pathlib.Path(configs.__file__).resolve().parent
 
 
 def load_template(path: str | os.PathLike | None = None) -> str:
@@ -181,8 +180,6 @@ def load_synopsis_file(path: str | os.PathLike, prompt: str | None = None) -> li
             except json.JSONDecodeError as e:
                 raise SynopsisError(f"synopsis file {p} is not valid JSON: {e}") from None
         else:
-            import yaml  # noqa: PLC0415
-
             try:
                 obj = yaml.safe_load(text)
             except yaml.YAMLError as e:
