@@ -78,7 +78,7 @@ def _base_config(cfg):
 
 
 def plan_streamingt2v(cfg) -> Plan:
-    """The key plan of a StreamingT2V checkpoint for ``UNet3D(cfg)`` (cfg with ``cam`` and ``apm``)."""
+    """The key plan of a StreamingT2V checkpoint for ``StreamingUNet(cfg)`` (cfg with ``cam`` and ``apm``)."""
     from vstar_jax.models.streaming import apm_settings, cam_settings  # noqa: PLC0415
     from vstar_jax.models.unet3d import unet_level_widths  # noqa: PLC0415
 
@@ -124,15 +124,14 @@ def plan_streamingt2v(cfg) -> Plan:
 
 
 def expected_shapes(cfg) -> dict:
-    """The UNet3D(cfg) params' shapes with CAM and APM built (``jax.eval_shape``, nothing allocated)."""
+    """The StreamingUNet(cfg) params' shapes with CAM and APM built (``jax.eval_shape``, nothing allocated)."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from vstar_jax.models.streaming import apm_settings, cam_settings  # noqa: PLC0415
-    from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
+    from vstar_jax.models.streaming import StreamingUNet, apm_settings, cam_settings  # noqa: PLC0415
 
     cam, apm = cam_settings(cfg), apm_settings(cfg)
-    model = UNet3D(cfg)
+    model = StreamingUNet(cfg)
     n = int(cam["frames"]) + 1 if cam else 2
     side = 2 ** 3
     x = jnp.zeros((1, int(cfg.in_channels), n, side, side))
@@ -148,7 +147,7 @@ def expected_shapes(cfg) -> dict:
 
 
 def convert_streamingt2v_unet(sd: Mapping, cfg, *, dtype=None) -> dict:
-    """StreamingT2V checkpoint state dict (``state_dict`` of the Lightning file) -> UNet3D params with CAM
+    """StreamingT2V checkpoint state dict (``state_dict`` of the Lightning file) -> StreamingUNet params with CAM
     and APM; ``cfg``: the ModelScope UNet config with ``cam`` / ``apm`` (:func:`with_streaming`)."""
     return apply_plan(sd, plan_streamingt2v(cfg), expected_shapes(cfg), component="unet (streamingt2v)",
                       ignore_prefixes=SKIPPED_PREFIXES, dtype=dtype, hints=shape_hints(_base_config(cfg), "diffusers"))

@@ -96,10 +96,10 @@ def _jitted(kind: str, cfg, make: Callable):
 
 
 def _run_unet(cfg, params, x, t, ctx, fps=None):
-    from vstar_jax.models.unet3d import UNet3D
+    from vstar_jax.models.streaming import build_unet
 
     def make(c):
-        model = UNet3D(c)
+        model = build_unet(c)
         return lambda p, x, t, ctx, fps: model.apply({"params": p}, x, t, ctx, fps=fps)
 
     return np.asarray(_jitted("unet", cfg, make)(_f32(params), x, t, ctx, fps))

@@ -114,7 +114,7 @@ class Pipeline:
         """Build the modules of ``config`` ({"unet", "text", "vae"?, "diffusion"}) around ``params``."""
         from vstar_jax.models.text import TextTransformer  # noqa: PLC0415
         from vstar_jax.models.tokenizer import get_tokenizer  # noqa: PLC0415
-        from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
+        from vstar_jax.models.streaming import build_unet  # noqa: PLC0415  (UNet3D, or StreamingUNet with CAM / APM)
 
         config = _plain(config)
         missing = [k for k in ("unet", "text") if k not in config or k not in params]
@@ -135,7 +135,7 @@ class Pipeline:
         tok = get_tokenizer(int(tcfg.get("pad_token_id", 0) or 0), int(tcfg.get("context_length", 77)))
         # once, not at every call; arrays already placed (restored onto a mesh) stay where they are
         params = jax.tree_util.tree_map(lambda a: a if isinstance(a, jax.Array) else jax.device_put(a), dict(params))
-        return cls(UNet3D(ucfg), TextTransformer(tcfg), tok, vae, params, config, source, decoder)
+        return cls(build_unet(ucfg), TextTransformer(tcfg), tok, vae, params, config, source, decoder)
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | os.PathLike, unet_sharding=None) -> "Pipeline":
