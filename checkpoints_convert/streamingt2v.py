@@ -61,8 +61,8 @@ from checkpoints_convert.text import apply_multi_plan
 from checkpoints_convert.unet import plan_unet_diffusers, shape_hints, unet_config_from_diffusers
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 from vstar_jax.models.clip_vision import vision_param_shapes
-from vstar_jax.models.streaming import apm_settings, cam_settings
-from vstar_jax.models.unet3d import UNet3D, unet_level_widths
+from vstar_jax.models.streaming import StreamingUNet, apm_settings, cam_settings
+from vstar_jax.models.unet3d import unet_level_widths
 from vstar_jax.validate import number
 
 SKIPPED_PREFIXES = ("image_encoder.", "vae.", "text_encoder.")
@@ -91,7 +91,7 @@ def _base_config(cfg):
 
 
 def plan_streamingt2v(cfg) -> Plan:
-    """The key plan of a StreamingT2V checkpoint for ``UNet3D(cfg)`` (cfg with ``cam`` and ``apm``)."""
+    """The key plan of a StreamingT2V checkpoint for ``StreamingUNet(cfg)`` (cfg with ``cam`` and ``apm``)."""
     cam, apm = cam_settings(cfg), apm_settings(cfg)
     base = _base_config(cfg)
     base_plan = plan_unet_diffusers(base)
@@ -134,9 +134,9 @@ def plan_streamingt2v(cfg) -> Plan:
 
 
 def expected_shapes(cfg) -> dict:
-    """The UNet3D(cfg) params' shapes with CAM and APM built (``jax.eval_shape``, nothing allocated)."""
+    """The StreamingUNet(cfg) params' shapes with CAM and APM built (``jax.eval_shape``, nothing allocated)."""
     cam, apm = cam_settings(cfg), apm_settings(cfg)
-    model = UNet3D(cfg)
+    model = StreamingUNet(cfg)
     n = int(cam["frames"]) + 1 if cam else 2
     side = 2 ** 3
     x = jnp.zeros((1, int(cfg.in_channels), n, side, side))
@@ -152,7 +152,7 @@ def expected_shapes(cfg) -> dict:
 
 
 def convert_streamingt2v_unet(sd: Mapping, cfg, *, dtype=None) -> dict:
-    """StreamingT2V checkpoint state dict (``state_dict`` of the Lightning file) -> UNet3D params with CAM
+    """StreamingT2V checkpoint state dict (``state_dict`` of the Lightning file) -> StreamingUNet params with CAM
     and APM; ``cfg``: the ModelScope UNet config with ``cam`` / ``apm`` (:func:`with_streaming`)."""
     return apply_plan(sd, plan_streamingt2v(cfg), expected_shapes(cfg), component="unet (streamingt2v)",
                       ignore_prefixes=SKIPPED_PREFIXES, dtype=dtype, hints=shape_hints(_base_config(cfg), "diffusers"))

@@ -37,8 +37,9 @@ from checkpoints_convert.vae import ldm_plan, vae_config_from_ldm
 from checkpoints_convert.videocrafter2 import PREFIXES, read_yaml
 from vstar_jax.io.checkpoint import load_checkpoint, read_config
 from vstar_jax.models.clip_vision import CLIPVisionTransformer
+from vstar_jax.models.streaming import build_unet
 from vstar_jax.models.text import TextTransformer
-from vstar_jax.models.unet3d import UNet3D, unet_num_levels
+from vstar_jax.models.unet3d import unet_num_levels
 from vstar_jax.models.vae import AutoencoderKL, vae_param_shapes
 
 TOL = 1e-4
@@ -108,7 +109,7 @@ def _jitted(kind: str, cfg, make: Callable):
 
 def _run_unet(cfg, params, x, t, ctx, fps=None):
     def make(c):
-        model = UNet3D(c)
+        model = build_unet(c)
         return lambda p, x, t, ctx, fps: model.apply({"params": p}, x, t, ctx, fps=fps)
 
     return np.asarray(_jitted("unet", cfg, make)(_f32(params), x, t, ctx, fps))

@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     u.frame_position = False     # UNet3D option outside VideoCrafter2: normalised frame-position embedding
                                  # (600 steps with it on did not change the direction probe; off when shipped)
     u.text_frame_cond = True     # UNet3D option outside VideoCrafter2: MLP(mean text feature, frame position)
-                                 # added to the ResBlocks' embedding (unet3d.TextFrameEmbed); without it the
+                                 # added to the ResBlocks' embedding (demo_options.TextFrameEmbed); without it the
                                  # model never bound direction words to the layout (10% over 50 prompts)
     u.norm_groups = 8
     c.unet = u

@@ -48,7 +48,7 @@ from vstar_jax.demo import world  # noqa: E402
 from vstar_jax.diffusion.parameterization import target  # noqa: E402
 from vstar_jax.diffusion.schedules import make_alphas_cumprod  # noqa: E402
 from vstar_jax.models.streaming import init_control_from_base, latent_anchor_embedding, split_params  # noqa: E402
-from vstar_jax.models.unet3d import UNet3D  # noqa: E402
+from vstar_jax.models.streaming import StreamingUNet  # noqa: E402
 
 TRAIN_DEFAULTS = {"steps": 1500, "batch": 8, "lr": 3e-4, "warmup": 50, "clip": 1.0, "weight_decay": 0.0,
                   "ema": 0.99, "data_seed": 1, "init_seed": 0, "ckpt_every": 100, "log_every": 10,
@@ -128,7 +128,7 @@ def make_train_step(config, unet, text, base_unet, text_params, optimizer):
 
 def initial_params(config, base_params: dict) -> dict:
     """Full UNet params: the base model's, plus fresh CAM / APM params (control = a copy of the base encoder)."""
-    unet = UNet3D(config.unet.to_dict() if hasattr(config.unet, "to_dict") else dict(config.unet))
+    unet = StreamingUNet(config.unet.to_dict() if hasattr(config.unet, "to_dict") else dict(config.unet))
     n_cond = int(config.unet.cam.frames)
     shape = demo_model.latent_shape(config, config.frames)
     x = jnp.zeros(shape)
@@ -144,7 +144,7 @@ def initial_params(config, base_params: dict) -> dict:
 def train(config, settings, out: pathlib.Path, *, export=None, export_only=False, progress=True, command=""):
     tr = config.train
     base = demo_model.load_demo_model(streaming=False)
-    unet = UNet3D(config.unet.to_dict())
+    unet = StreamingUNet(config.unet.to_dict())
     full = initial_params(config, base.unet_params)
     base_flat, extra = split_params(full)
     extra = {k: jnp.asarray(v) for k, v in extra.items()}

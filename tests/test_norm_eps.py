@@ -53,12 +53,12 @@ def _group_norms(module, *args, **kwargs) -> dict:
 
 
 def test_every_unet_group_norm_has_the_reference_epsilon():
-    from vstar_jax.models.unet3d import UNet3D
+    from vstar_jax.models.streaming import StreamingUNet
 
     cfg = unet_tiny.get_config()
     cfg.cam = dict(frames=2, cond_channels=4, embed_channels=(8, 16), downsample=False, head_dim=16, norm_groups=32)
     x = jnp.zeros((1, 4, 2, 8, 8))
-    seen = _group_norms(UNet3D(cfg), x, jnp.array([400]), jnp.zeros((1, 5, 32)), fps=8,
+    seen = _group_norms(StreamingUNet(cfg), x, jnp.array([400]), jnp.zeros((1, 5, 32)), fps=8,
                         cam_frames=jnp.zeros((1, 4, 2, 8, 8)))
     bad, kinds = [], {}
     for path, eps in seen.items():

@@ -177,7 +177,7 @@ def tiny_cfg():
 
 
 def _random_params(cfg, seed=0):
-    """Params shaped like UNet3D(cfg) with CAM/APM, from a seeded numpy PRNG (no init compile); the
+    """Params shaped like StreamingUNet(cfg) with CAM/APM, from a seeded numpy PRNG (no init compile); the
     zero-initialised leaves (CAM's conv_out and proj_out, APM's alpha) left at zero."""
     from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -205,11 +205,9 @@ _CAM_UNET: dict = {}
 def _cam_unet(cfg, x, t, ctx):
     """One jitted UNet-with-CAM/APM of ``tiny_cfg`` on ``_inputs``' x, t, ctx: (params, prev, img) -> out
     (shared by the tests below, so it compiles once)."""
-    from vstar_jax.models.unet3d import UNet3D
-
     if "fn" not in _CAM_UNET:
-        _CAM_UNET["fn"] = jax.jit(lambda p, prev, img: UNet3D(cfg).apply({"params": p}, x, t, ctx, cam_frames=prev,
-                                                                         image_embed=img))
+        _CAM_UNET["fn"] = jax.jit(lambda p, prev, img: ST.StreamingUNet(cfg).apply({"params": p}, x, t, ctx,
+                                                                                 cam_frames=prev, image_embed=img))
     return _CAM_UNET["fn"]
 
 
@@ -234,7 +232,7 @@ def test_zero_initialised_cam_and_apm_give_the_plain_unet_exactly():
 
 def test_cam_changes_the_output_through_every_skip_connection():
     """Each skip-connection merger (cam_merge_0..3), moved off zero alone (the mid merger and APM at
-    zero), changes the UNet's output: the merged skips are what the up path reads. Catches ``_cam_inject`` returning the unmerged skips (``return skips, mid``)."""
+    zero), changes the UNet's output: the merged skips are what the up path reads. Catches ``CAMBranch`` returning the unmerged skips (``return skips, mid``)."""
     cfg = tiny_cfg()
     params = _random_params(cfg)
     x, t, ctx, prev, img = _inputs()

@@ -265,7 +265,7 @@ def test_frame_position_option_starts_neutral_and_orders_frames():
 
 
 def test_text_frame_cond_starts_neutral_and_reads_caption_and_frame():
-    """unet.text_frame_cond (demo option, unet3d.TextFrameEmbed): zero-initialised, so the UNet starts as
+    """unet.text_frame_cond (demo option, models.demo_options.TextFrameEmbed): zero-initialised, so the UNet starts as
     the plain one; with its output layer trained, identical frames get outputs that depend on their place
     in the clip and on the caption, also through a per-frame (VSP) context."""
     from flax.traverse_util import flatten_dict, unflatten_dict
@@ -296,7 +296,7 @@ def test_text_frame_cond_starts_neutral_and_reads_caption_and_frame():
     y_plain = np.asarray(plain.apply({"params": p_plain}, x, t, ctx_a))
     assert np.abs(y_plain[:, :, 0] - y_plain[:, :, 3]).max() < 1e-5  # (nothing else here orders frames)
     # the branch itself: per frame, a function of the frame's mean text feature and its place in the clip
-    from vstar_jax.models.unet3d import TextFrameEmbed
+    from vstar_jax.models.demo_options import TextFrameEmbed
 
     branch = TextFrameEmbed(cfg(True).model_channels)
     per_frame = jnp.concatenate([jnp.repeat(ctx_a, 2, axis=0), jnp.repeat(ctx_b, 2, axis=0)])  # b=1, f=4
@@ -304,7 +304,7 @@ def test_text_frame_cond_starts_neutral_and_reads_caption_and_frame():
     e = np.asarray(branch.apply(bp, per_frame, 1, 4))
     assert e.shape == (4, 4 * cfg(True).model_channels)
     # the formula, written out: fc_2(silu(fc_1([mean over tokens, frame-position embedding])))
-    from vstar_jax.models.unet3d import frame_position_embedding
+    from vstar_jax.models.demo_options import frame_position_embedding
 
     w = jax.tree_util.tree_map(np.asarray, bp["params"])
     pe = np.asarray(frame_position_embedding(4, cfg(True).model_channels))

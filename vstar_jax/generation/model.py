@@ -21,10 +21,11 @@ from vstar_jax.generation import builtin
 from vstar_jax.generation.builtin import DEMO_SOURCE  # noqa: F401  (re-exported: the demo model's source)
 from vstar_jax.io.checkpoint import load_checkpoint, read_config
 from vstar_jax.models.clip_vision import CLIPVisionTransformer
-from vstar_jax.models.streaming import StreamingMemory, apm_settings, cam_settings, has_streaming_modules, memory_inputs
+from vstar_jax.models.streaming import (StreamingMemory, apm_settings, build_unet, cam_settings, has_streaming_modules,
+                                        memory_inputs)
 from vstar_jax.models.text import TextTransformer, encode_prompts
 from vstar_jax.models.tokenizer import get_tokenizer
-from vstar_jax.models.unet3d import UNet3D, unet_num_levels
+from vstar_jax.models.unet3d import unet_num_levels
 from vstar_jax.models.vae import AutoencoderKL
 from vstar_jax.trees import plain
 from vstar_jax.validate import number
@@ -96,8 +97,9 @@ UNET_SETTING_DEFAULTS = {"attention_backend": "xla", "dtype": "float32"}
 
 
 def _unet_module(unet_config: Mapping):
-    """The UNet3D module of a (plain dict) UNet config: the one place the pipeline builds it."""
-    return UNet3D(_frozen(unet_config))
+    """The UNet module of a (plain dict) UNet config (UNet3D, or StreamingUNet with CAM / APM): the one
+    place the pipeline builds it."""
+    return build_unet(_frozen(unet_config))
 
 
 @dataclasses.dataclass(eq=False)

@@ -17,8 +17,10 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vstar_jax.diffusion.parameterization import to_eps
+from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +53,6 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
     def model_fn(x, t, ctx, i, **extra):
         layout, rows = None, spec.latent_sharding
         if rows is not None:  # keep the CFG rows' layout on the mesh, and lay the UNet's activations out
-            from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named  # noqa: PLC0415
-
             layout = activation_layout(rows.mesh, x.shape[0], x.shape[2], spec.rules or DEFAULT_RULES)
             if layout is not None:  # the same devices re-gridded for the rows (see activation_layout)
                 rows = named(layout.mesh, LATENT_AXES, layout.rules)
@@ -61,8 +61,6 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
         if rows is not None and rows.mesh.shape.get("model", 1) > 1:
             # FSDP: weights are stored split over "model" and gathered whole for the call (ZeRO-3); left
             # to itself XLA splits the contractions instead and all-reduces every activation
-            from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
-
             p = jax.lax.with_sharding_constraint(params, NamedSharding(rows.mesh, PartitionSpec()))
         # extra: StreamingT2V's conditioning (cam_frames, image_embed), CFG rows like x
         kw = dict(fps=fps, step_index=i, hooks=spec.hooks, capture_attention=spec.capture, **extra)

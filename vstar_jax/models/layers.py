@@ -1,5 +1,5 @@
-"""Small layers shared by the project's models (the UNet and StreamingT2V's CAM / APM modules read
-them from here, so neither model module imports the other at module level)."""
+"""Small layers shared by the project's models (the UNet, its demo-model options and StreamingT2V's
+CAM / APM modules read them from here)."""
 import math
 from typing import Any
 
@@ -12,11 +12,15 @@ from vstar_jax.models.attention import attention
 Dtype = Any
 
 
-def cfg_get(cfg, key, default=None):
-    """A config's ``key`` (a ConfigDict, a dict or an object with attributes), else ``default``."""
-    if hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
+def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding, [cos, sin] halves (lvdm / diffusers flip_sin_to_cos=True)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
 
 
 def group_norm_stats(x: jax.Array, num_groups: int):

@@ -40,73 +40,157 @@ APM (long-term memory)
     the feature axis; alpha is a learned scalar per attention layer, initialised to 0 (silu(0) = 0: the
     plain text context at initialisation). k and v of that cross-attention read ctx'.
 
-Parameter names here (one place; ``checkpoints_convert/streamingt2v.py`` maps the reference's keys):
-``cam_cond_embedding``, ``cam_control`` (a UNet3D of the base's config without cam/apm),
-``cam_merge_{i}`` / ``cam_merge_mid``, ``apm_resampler``, and ``attn2_mix`` inside each spatial block.
+The model: :class:`StreamingUNet`, a ControlNet-style wrapper around the base UNet's parts (as
+maxdiffusion keeps ControlNet apart from the UNet): the base UNet (``vstar_jax.models.unet3d``) knows
+nothing of CAM or APM beyond two generic seams, the encoder's ``cond_features`` (added after init_attn)
+and the spatial blocks' ``context_mix`` (a module mapping the cross-attention context).
 
-Settings (``unet.cam``): ``frames`` C, ``cond_channels`` (latent channels for latent conditioning),
-``embed_channels`` (c_0..c_last), ``downsample`` (stride-2 stages), ``head_dim``, ``norm_groups``.
-(``unet.apm``): ``tokens`` T, ``image_dim`` D, ``hidden`` (1280), ``text_len`` (77).
+Parameter names here (one place; ``checkpoints_convert/streamingt2v.py`` maps the reference's keys):
+``cam_cond_embedding``, ``cam_control`` (the base UNet's embedding, encoder and mid, own weights),
+``cam_merge_{i}`` / ``cam_merge_mid``, ``apm_resampler``, and ``attn2_mix`` inside each spatial block;
+the base UNet's own parameters sit beside them, named as in the plain UNet.
+
+Settings (``unet.cam``, ``vstar_jax.models.unet_config.CAMConfig``): ``frames`` C, ``cond_channels``
+(latent channels for latent conditioning), ``embed_channels`` (c_0..c_last), ``downsample`` (stride-2
+stages), ``head_dim``, ``norm_groups``. (``unet.apm``, ``APMConfig``): ``tokens`` T, ``image_dim`` D,
+``hidden`` (1280), ``text_len`` (77), ``image_encoder``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-from vstar_jax.models.layers import Attention, GroupNorm32, cfg_get
-
-CAM_DEFAULTS = {"frames": 8, "cond_channels": 3, "embed_channels": (32, 96, 256, 512), "downsample": True,
-                "head_dim": 64, "norm_groups": 32}
-APM_DEFAULTS = {"tokens": 16, "image_dim": 1024, "hidden": 1280, "text_len": 77, "image_encoder": "openclip_vit_h14"}
-
-
-def _as_dict(value) -> dict:
-    if value is None:
-        return {}
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    return dict(value)
-
-
-def _settings(unet_cfg, key: str, defaults: dict) -> Optional[dict]:
-    """The UNet config's ``key`` settings over ``defaults``, or None when the config has none."""
-    raw = cfg_get(unet_cfg, key)
-    if not raw:
-        return None
-    return {**defaults, **_as_dict(raw)}
+from vstar_jax.models.clip_vision import openclip_pixels
+from vstar_jax.models.layers import Attention, GroupNorm32
+from vstar_jax.models.unet3d import (UNet3D, UNetCall, UNetDecoder, UNetEmbedding, UNetEncoder, UNetExtras,
+                                     UNetMid, share_parts)
+from vstar_jax.models.unet_config import CAMConfig, UNetConfig
+from vstar_jax.models.vae import AutoencoderKL
 
 
 def cam_settings(unet_cfg) -> Optional[dict]:
     """The UNet config's CAM settings with defaults filled in, or None when it has no CAM."""
-    out = _settings(unet_cfg, "cam", CAM_DEFAULTS)
-    if out is not None:
-        out["embed_channels"] = tuple(int(c) for c in out["embed_channels"])
-    return out
+    cam = UNetConfig.from_config(unet_cfg, check=False).cam
+    return dataclasses.asdict(cam) if cam is not None else None
 
 
 def apm_settings(unet_cfg) -> Optional[dict]:
     """The UNet config's APM settings with defaults filled in, or None when it has no APM."""
-    return _settings(unet_cfg, "apm", APM_DEFAULTS)
+    apm = UNetConfig.from_config(unet_cfg, check=False).apm
+    return dataclasses.asdict(apm) if apm is not None else None
 
 
-def control_config(unet_cfg) -> dict:
-    """The control branch's config: the base UNet's, without CAM and APM (the reference copies the
-    UNet; its control branch reads text tokens only, ``use_image_tokens_ctrl`` false)."""
-    d = _as_dict(unet_cfg)
-    d.pop("cam", None)
-    d.pop("apm", None)
-    d["remat"] = False
-    return _freeze(d)
+def build_unet(config) -> nn.Module:
+    """The UNet of a config: :class:`StreamingUNet` when it has CAM or APM, else the plain UNet3D."""
+    return StreamingUNet(config) if UNetConfig.from_config(config).streaming else UNet3D(config)
 
 
-def _freeze(d):
-    from flax.core import freeze  # noqa: PLC0415
+class StreamingUNet(nn.Module):
+    """StreamingT2V's UNet: the base UNet's parts (``vstar_jax.models.unet3d``: embedding, encoder, mid,
+    decoder; in this module's own scope, so the parameter tree is the base UNet's plus the CAM / APM
+    parts) wrapped ControlNet-style: :class:`CAMBranch` merges its control branch's features into the
+    skips and the mid output between the base's mid and decoder; APM's resampler turns the anchor's image
+    embedding into context tokens that every spatial cross-attention mixes in (``attn2_mix``).
+    Without ``cam_frames`` / ``image_embed`` (or without the config entries) it is the plain UNet."""
 
-    return freeze({k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+    config: Any
+
+    def setup(self):
+        cfg = UNetConfig.from_config(self.config)
+        base = cfg.without_streaming()
+        self.embed, self.encoder, self.mid, self.decoder = (UNetEmbedding(base), UNetEncoder(base), UNetMid(base),
+                                                            UNetDecoder(base))
+        share_parts(self, self.embed, self.encoder, self.mid, self.decoder)
+        self.cam = CAMBranch(cfg.cam, base.replace(remat=False)) if cfg.cam is not None else None
+        if self.cam is not None:
+            share_parts(self, self.cam)
+        self.apm_resampler = None if cfg.apm is None else APMResampler(
+            cfg.apm.tokens, base.context_dim, cfg.apm.hidden, base.weight_dtype)
+        self.weight_dtype = base.weight_dtype
+
+    def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array, fps: Optional[Any] = None,
+                 step_index: Optional[Any] = None, *, tar: Optional[Any] = None, hooks: tuple = (),
+                 capture_attention: bool = False, layout: Optional[Any] = None,
+                 cam_frames: Optional[jax.Array] = None, image_embed: Optional[jax.Array] = None) -> jax.Array:
+        """UNet3D's call, plus ``cam_frames`` (b, c_cond, C, H, W): the previous chunk's last C frames
+        (CAM), and ``image_embed`` (b, D) or (b, n, D): the anchor frame's image embedding (APM)."""
+        extras = UNetExtras.of(tar, hooks, step_index, capture_attention, layout)
+        with extras.on_mesh():
+            call = self.embed(x, timesteps, context, fps, extras)
+            if image_embed is not None and self.apm_resampler is not None:
+                call = self._with_image_tokens(call, image_embed)
+            h, skips = self.encoder(call, x)
+            h = self.mid(call, h)
+            if cam_frames is not None and self.cam is not None:
+                skips, h = self.cam(call, x, fps, cam_frames, skips, h)
+            return self.decoder(call, h, skips)
+
+    def _with_image_tokens(self, call: UNetCall, image_embed) -> UNetCall:
+        """APM: the resampler's tokens after the text tokens of every spatial cross-attention, mixed in by
+        each one's ``attn2_mix`` (:class:`APMContextMix`)."""
+        tokens = self.apm_resampler(image_embed)
+        text = call.text
+        context = jnp.concatenate([text, jnp.repeat(tokens, call.frames, axis=0).astype(text.dtype)], axis=1)
+        return call.replace(context=context,
+                            context_mix=functools.partial(APMContextMix, text.shape[1], self.weight_dtype))
+
+
+class ControlBranch(nn.Module):
+    """CAM's control branch (``ControlNetModel.from_unet``): the base UNet's embedding, encoder and mid
+    with their own weights (``cam_control``), the encoded conditioning frames added after init_attn.
+    Returns (skips, mid)."""
+
+    cfg: UNetConfig
+
+    def setup(self):
+        self.embed, self.encoder, self.mid = UNetEmbedding(self.cfg), UNetEncoder(self.cfg), UNetMid(self.cfg)
+        share_parts(self, self.embed, self.encoder, self.mid)
+
+    def __call__(self, x, timesteps, context, fps, cond_features):
+        call = self.embed(x, timesteps, context, fps, UNetExtras())
+        h, skips = self.encoder(call, x, cond_features)
+        return skips, self.mid(call, h)
+
+
+class CAMBranch(nn.Module):
+    """CAM (short-term memory), in the enclosing :class:`StreamingUNet`'s scope: the frame encoder
+    (``cam_cond_embedding``), the control branch (``cam_control``: :class:`ControlBranch` on the first C
+    noisy frames, with the same timestep and ``call.text``: the text alone, as the reference's
+    ``use_image_tokens_ctrl`` false) and one merger per skip connection and for the mid
+    output (``cam_merge_{i}``, ``cam_merge_mid``): zero-initialised attention over frames from the base's
+    features to the control branch's. Returns the merged (skips, mid)."""
+
+    cam: CAMConfig
+    base: UNetConfig  # the control branch's config: the base UNet's (not rematerialised)
+
+    @nn.compact
+    def __call__(self, call: UNetCall, x, fps, cam_frames, skips, mid):
+        b, f, n_cond = call.batch, call.frames, self.cam.frames
+        if cam_frames.ndim != 5 or cam_frames.shape[0] != b or cam_frames.shape[2] != n_cond:
+            raise ValueError(f"cam_frames must be ({b}, c, {n_cond}, H, W), got {tuple(cam_frames.shape)}")
+        if f < n_cond:
+            raise ValueError(f"CAM needs at least {n_cond} frames per call, got {f}")
+        pdtype = self.base.weight_dtype
+        frames = cam_frames.transpose(0, 2, 3, 4, 1).reshape((b * n_cond,) + cam_frames.shape[3:]
+                                                             + (cam_frames.shape[1],))
+        feats = CondFrameEncoder(self.base.base_channels, self.cam.embed_channels, self.cam.downsample, pdtype,
+                                 name="cam_cond_embedding")(frames.astype(jnp.float32))
+        ctrl_ctx = call.text.reshape((b, f) + call.text.shape[1:])[:, :n_cond]
+        timesteps = call.timesteps.reshape(b, -1)[:, 0] if call.per_frame else call.timesteps
+        ctrl_skips, ctrl_mid = ControlBranch(self.base, name="cam_control")(x[:, :, :n_cond], timesteps, ctrl_ctx,
+                                                                             fps, feats)
+        merge = lambda name: CAMMerger(self.cam.head_dim, self.cam.norm_groups, pdtype, name=name)  # noqa: E731
+        as5 = lambda t, n: t.reshape((b, n) + t.shape[1:])  # noqa: E731
+        new = [merge(f"cam_merge_{i}")(as5(s, f), as5(r, n_cond)).reshape(s.shape)
+               for i, (s, r) in enumerate(zip(skips, ctrl_skips))]
+        mid = merge("cam_merge_mid")(as5(mid, f), as5(ctrl_mid, n_cond)).reshape(mid.shape)
+        return new, mid
 
 
 class CondFrameEncoder(nn.Module):
@@ -190,8 +274,6 @@ class APMContextMix(nn.Module):
 def split_params(params: Mapping) -> tuple[dict, dict]:
     """(base, extra): the UNet params without and with only the CAM / APM parts (flat dicts keyed by
     '/'-joined paths), so the base file stays what it was and the extra ships on its own."""
-    from flax.traverse_util import flatten_dict  # noqa: PLC0415
-
     flat = flatten_dict(jax.tree_util.tree_map(lambda x: x, dict(params)), sep="/")
     extra = {k: v for k, v in flat.items()
              if any(p.startswith(("cam_", "apm_")) or p == "attn2_mix" for p in k.split("/"))}
@@ -201,8 +283,6 @@ def split_params(params: Mapping) -> tuple[dict, dict]:
 
 def merge_params(base: Mapping, extra_flat: Mapping) -> dict:
     """Base UNet params (nested) + extra CAM / APM params ('/'-joined flat keys) -> one nested tree."""
-    from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: PLC0415
-
     flat = flatten_dict(dict(base), sep="/")
     flat.update(extra_flat)
     return unflatten_dict(flat, sep="/")
@@ -211,8 +291,6 @@ def merge_params(base: Mapping, extra_flat: Mapping) -> dict:
 def init_control_from_base(params: Mapping) -> dict:
     """``ControlNetModel.from_unet``: the control branch's encoder weights start as the base UNet's
     (every ``cam_control`` leaf whose path exists in the base is copied)."""
-    from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: PLC0415
-
     flat = flatten_dict(dict(params))
     out = dict(flat)
     for k in flat:
@@ -227,9 +305,9 @@ def memory_inputs(unet_cfg) -> tuple[bool, str]:
     rather than the latent frames, and APM's image encoder: ``"latent"`` (the anchor latent flattened:
     the demo model's parameter-free stand-in) or ``"openclip"`` (a CLIP vision tower on the decoded
     anchor frame: the released model's OpenCLIP ViT-H-14)."""
-    cam, apm = cam_settings(unet_cfg), apm_settings(unet_cfg)
-    pixels = bool(cam and cam["downsample"])
-    enc = str(apm.get("image_encoder", "latent")) if apm else "latent"
+    cfg = UNetConfig.from_config(unet_cfg, check=False)
+    pixels = cfg.cam is not None and cfg.cam.downsample
+    enc = cfg.apm.image_encoder if cfg.apm is not None else "latent"
     return pixels, ("latent" if enc == "latent" else "openclip")
 
 
@@ -276,8 +354,6 @@ class StreamingMemory:
 
     def decode(self, params, z):
         """Latent frames (b, c, n, h, w) -> pixel frames (b, 3, n, H, W) clamped to [-1, 1]."""
-        from vstar_jax.models.vae import AutoencoderKL  # noqa: PLC0415
-
         b, c, n, h, w = z.shape
         flat = jnp.swapaxes(z, 1, 2).reshape(b * n, c, h, w).astype(jnp.float32) / self.scale_factor
         px = self.vae.apply({"params": params["vae"]}, flat, method=AutoencoderKL.decode)
@@ -289,8 +365,6 @@ class StreamingMemory:
 
     def embed_pixels(self, params, px):
         """Decoded frames (b, 3, H, W) in [-1, 1] -> CLIP image embeddings (b, D)."""
-        from vstar_jax.models.clip_vision import openclip_pixels  # noqa: PLC0415
-
         x = openclip_pixels(jnp.transpose(px, (0, 2, 3, 1)), int(self.vision.config.image_size))
         return self.vision.apply({"params": params["image_encoder"]}, x).astype(jnp.float32)
 
@@ -306,9 +380,5 @@ class StreamingMemory:
 
 def has_streaming_modules(unet_cfg) -> list[str]:
     """What ``streaming`` needs and this UNet config lacks: [] or e.g. ['CAM (unet.cam)']."""
-    missing = []
-    if cam_settings(unet_cfg) is None:
-        missing.append("CAM (unet.cam)")
-    if apm_settings(unet_cfg) is None:
-        missing.append("APM (unet.apm)")
-    return missing
+    cfg = UNetConfig.from_config(unet_cfg, check=False)
+    return [name for name, part in (("CAM (unet.cam)", cfg.cam), ("APM (unet.apm)", cfg.apm)) if part is None]

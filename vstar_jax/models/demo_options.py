@@ -1,0 +1,55 @@
+"""The UNet's demo-model options (``unet.frame_position``, ``unet.text_frame_cond``): not in VideoCrafter2
+or ModelScope, off in their configs; the embedded demo model (configs/demo_tiny.py) turns
+``text_frame_cond`` on. Both add a per-frame term to the ResBlocks' embedding
+(``vstar_jax.models.unet3d.UNetEmbedding``).
+
+They live in models/, not under vstar_jax/demo/: a checkpoint's saved config switches them on, and the
+UNet is built from that config alone by loaders that know nothing of the demo (generation.model's
+Pipeline, the converters' shape plans, lowering); models/ does not import demo/ (demo/ imports
+models/ and sits in an import cycle with generation/).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vstar_jax.models.layers import timestep_embedding
+
+
+def frame_position_embedding(frames: int, dim: int) -> jax.Array:
+    """(frames, dim): each frame's place in the clip, t = i / (frames - 1) in [0, 1], embedded like a
+    timestep (x 1000). Normalised, so a longer video maps onto the trained range (demo-model options)."""
+    pos = jnp.linspace(0.0, 1.0, frames) if frames > 1 else jnp.zeros((1,))
+    return timestep_embedding(pos * 1000.0, dim)
+
+
+def frame_position_term(b: int, f: int, channels: int, param_dtype: Any) -> jax.Array:
+    """``unet.frame_position``: each frame's place in the clip (:func:`frame_position_embedding`) through a
+    2-layer MLP (``frame_embed_1``, ``frame_embed_2``, zero-initialised output), (b*f, 4 * channels).
+    Called inside the module that owns the embedding: the Denses are its own parameters."""
+    dense = lambda name, **kw: nn.Dense(channels * 4, dtype=jnp.float32, param_dtype=param_dtype, name=name, **kw)
+    pemb = nn.silu(dense("frame_embed_1")(frame_position_embedding(f, channels)))
+    pemb = dense("frame_embed_2", kernel_init=nn.initializers.zeros)(pemb)
+    return jnp.tile(pemb, (b, 1))
+
+
+class TextFrameEmbed(nn.Module):
+    """``unet.text_frame_cond``: an MLP of the frame's mean text feature and its place in the clip
+    (t = i / (f - 1), embedded like a timestep), added to the ResBlocks' embedding. A motion caption asks
+    for (direction x time x place) at once: through cross-attention alone no lower-order part of that
+    product lowers the loss (averaged over frames or over directions the object sits in the middle), and
+    the tiny demo model never learned it; this MLP gives it a per-frame displacement code directly.
+    Zero-initialised output: starts as the plain UNet. ``ctx`` is per frame, (b*f, L, C), so VSP's
+    per-frame prompts reach it too."""
+
+    channels: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, ctx: jax.Array, b: int, f: int) -> jax.Array:
+        pe = jnp.tile(frame_position_embedding(f, self.channels), (b, 1))  # (b*f, mc)
+        h = jnp.concatenate([ctx.astype(jnp.float32).mean(axis=1), pe], axis=-1)
+        h = nn.silu(nn.Dense(4 * self.channels, param_dtype=self.param_dtype, name="fc_1")(h))
+        return nn.Dense(4 * self.channels, param_dtype=self.param_dtype, kernel_init=nn.initializers.zeros,
+                        name="fc_2")(h)
