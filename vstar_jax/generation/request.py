@@ -16,12 +16,13 @@ import jax
 
 from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.errors import VstarError
+from vstar_jax.generation.model import DEFAULTS, ModelInfo
 from vstar_jax.longvideo import parse_strategy
+from vstar_jax.models.attention import BACKENDS
 from vstar_jax.tar_vsp.synopsis import user_synopsis
 from vstar_jax.tar_vsp.tar import TARConfig, parse_tar
 from vstar_jax.tar_vsp.vsp import MODES
 from vstar_jax.validate import number  # noqa: F401  (the one number check; re-exported for callers)
-from vstar_jax.generation.model import DEFAULTS, ModelInfo
 
 SAVE_FPS = 8.0  # VSTAR's savefps
 
@@ -162,8 +163,6 @@ def check_attention_backend(backend, info: ModelInfo, *, tar=None, capture: bool
     checkpoint config's (what a sidecar written before the setting existed ran with). Refused in one
     line: an unknown name, 'cudnn' off a GPU, 'pallas' off a TPU, and 'pallas' (every attention through
     the flash kernel) with TAR, attention maps or a long-video method's attention ``hooks``."""
-    from vstar_jax.models.attention import BACKENDS  # noqa: PLC0415
-
     if backend is None:
         backend = info.attention_backend
     if not isinstance(backend, str) or backend not in BACKENDS:
