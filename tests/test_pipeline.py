@@ -531,7 +531,7 @@ def test_sidecar_round_trip_keeps_every_request_field(ckpt, tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------ issue 23: the attention backend setting
-def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeypatch):
+def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeypatch, fake_sampler):
     """The backend asked for is the UNet config's the compiled loop is given (single videos and batches),
     whatever the checkpoint's config says; the default is 'auto', which the sidecar records."""
     import jax.numpy as jnp
@@ -542,13 +542,14 @@ def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeyp
     assert first.sidecar["attention_backend"] == "auto"
     seen = []
 
-    def fake_sampler(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
+    def record(unet, params, cond, uncond, key, fps, cfg_scale, *, plan):
         seen.append(unet.config["attention_backend"])
         return SampleOutput(jnp.zeros(plan.latent_shape), None, None)
 
+    fake_sampler(record)
     for backend in ("xla", "auto"):
         pl.generate_video(PROMPT, checkpoint=ckpt, frames=FRAMES, steps=STEPS, progress=False,
-                          attention_backend=backend, _sampler=fake_sampler)
+                          attention_backend=backend)
     assert seen == ["xla", "auto"]
 
     def fake_batch(unet, params, conds, *a, plan, item_sharding=None):
