@@ -537,7 +537,6 @@ def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeyp
     import jax.numpy as jnp
 
     from vstar_jax.diffusion.sampler import SampleOutput
-    from vstar_jax.generation import sampling
 
     assert first.sidecar["attention_backend"] == "auto"
     seen = []
@@ -556,7 +555,7 @@ def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeyp
         seen.append(unet.config["attention_backend"])
         return SampleOutput(jnp.zeros((conds.shape[0],) + plan.latent_shape), None, None)
 
-    monkeypatch.setattr(sampling, "sample_batch_jit", fake_batch)
+    monkeypatch.setattr(pl, "sample_batch_jit", fake_batch)  # the batch stage's sampler
     res = pl.generate_batch([{"prompt": PROMPT, "seed": 0}, {"prompt": PROMPT, "seed": 1, "attention_backend": "xla"}],
                             checkpoint=ckpt, frames=FRAMES, steps=STEPS, progress=False)
     assert sorted(seen[2:]) == ["auto", "xla"]  # one call per backend

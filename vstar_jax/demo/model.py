@@ -35,10 +35,9 @@ from vstar_jax.generation.model import Pipeline, diffusion_settings
 from vstar_jax.generation.request import schedule_kwargs
 from vstar_jax.generation.sampling import SamplePlan, sample_jit
 from vstar_jax.io.atomic import atomic_path, write_text
-from vstar_jax.models.streaming import merge_params
+from vstar_jax.models.streaming import build_unet, merge_params
 from vstar_jax.models.text import TextTransformer
 from vstar_jax.models.tokenizer import get_tokenizer
-from vstar_jax.models.unet3d import UNet3D
 from vstar_jax.tar_vsp.vsp import per_frame_embeddings
 from vstar_jax.trees import flatten, json_default, unflatten
 
@@ -91,7 +90,7 @@ def decode_latents(latents, patch: int, display_scale: int = 1) -> np.ndarray:
 def build_modules(config):
     """(UNet3D, TextTransformer) modules of a demo config."""
     # frozen configs: the modules are hashable, so they can be static arguments of compiled samplers
-    return UNet3D(ml_collections.FrozenConfigDict(config.unet)), TextTransformer(ml_collections.FrozenConfigDict(config.text))
+    return build_unet(ml_collections.FrozenConfigDict(config.unet)), TextTransformer(ml_collections.FrozenConfigDict(config.text))
 
 
 def latent_shape(config, frames: Optional[int] = None, batch: int = 1) -> tuple:
