@@ -119,33 +119,21 @@ GPU_CALLS = (
     ("temporal_l0", (5120, 16, 5, 64), 16, None),
     ("temporal_l0_tar", (5120, 16, 5, 64), 16, "tar"),
 )
-TRITON = "__gpu$xla.gpu.triton"
-
-
 def _triton_fn(lq: int, lk: int, d: int, needs, interpret: bool = False):
-    """(``mha`` with our (B, L, H, D) layout, None), or (None, the reason it cannot compute this call).
-    ``interpret``: run the kernel in Pallas interpret mode (any host; for its numbers)."""
-    from jax.experimental.pallas.ops.gpu import attention as ga  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
+    """(the project's Triton route, ``attention._triton``, None), or (None, the reason it cannot compute this
+    call). ``interpret``: run the kernel in Pallas interpret mode (any host; for its numbers)."""
+    import functools  # noqa: PLC0415
+
+    from vstar_jax.models import attention as A  # noqa: PLC0415
 
     if needs == "tar":
         return None, ("mha has no bias or logit hook: TAR adds scale * rowmax * G to each whole logit row "
                       "before the softmax (as would returned weights or relative position)")
-    pad = lambda n: -(-n // 128) * 128  # noqa: E731
-    if lq != lk and lk != pad(lk) and (lk & (lk - 1)):
-        return None, (f"{lk} keys: Triton blocks must be powers of 2, and padding the keys to {pad(lk)} cannot be "
-                      f"masked (mha's segment ids are one array for queries and keys, so need Lq == Lk)")
-    lq_p, lk_p = (pad(lq), pad(lk)) if lq == lk and lq % min(128, lq) else (lq, lk)
-
-    def fn(q, k, v):
-        b = q.shape[0]
-        seg = None
-        if lq_p != lq:
-            q, k, v = (jnp.pad(t, ((0, 0), (0, lq_p - lq), (0, 0), (0, 0))) for t in (q, k, v))
-            seg = jnp.broadcast_to((jnp.arange(lq_p) < lq).astype(jnp.int32), (b, lq_p))
-        return ga.mha(q, k, v, seg, sm_scale=1.0 / d ** 0.5, interpret=interpret)[:, :lq]
-
-    return fn, None
+    if lq != lk:
+        return None, (f"{lk} keys: Triton blocks must be powers of 2, and padding the keys to "
+                      f"{A._triton_length(lk)} cannot be masked (mha's segment ids are one array for queries and "
+                      f"keys, so need Lq == Lk)")
+    return functools.partial(A._triton, interpret=interpret), None
 
 
 def gpu_attention(dtypes=("float32", "bfloat16"), calls=GPU_CALLS):
@@ -178,7 +166,7 @@ def gpu_attention(dtypes=("float32", "bfloat16"), calls=GPU_CALLS):
                     continue
                 try:
                     with L.accelerator_trace():
-                        lo = L.export(name, jax.jit(fn), args, "cuda", dtype, custom_calls=(TRITON,))
+                        lo = L.export(name, jax.jit(fn), args, "cuda", dtype, custom_calls=(L.TRITON_TARGET,))
                 except Exception as e:  # noqa: BLE001 - a report line
                     rows.append({**row, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
                     print(json.dumps(rows[-1]), flush=True)

@@ -2,7 +2,8 @@
 
 What lowering checks: every primitive has a lowering rule for the platform, backend ``auto`` puts the
 UNet's spatial self- and text cross-attention on the Pallas TPU flash kernel when lowering for TPU
-(``tpu_custom_call`` in the StableHLO text, none for CUDA), the mesh program's shardings (2x2
+(``tpu_custom_call`` in the StableHLO text, none for CUDA) and its float32 self-attention on the Pallas
+GPU (Triton) kernel when lowering for CUDA, the mesh program's shardings (2x2
 AbstractMesh) are expressible with the kernel inside (Mosaic kernels need shard_map), and in bfloat16
 no float32 matmul/convolution is left but the ones the UNet keeps in float32 on purpose. What it
 cannot check: that Mosaic / XLA:GPU compile it, its speed, its memory (see benchmarks/tpu_check.sh).
@@ -24,6 +25,10 @@ from vstar_jax import lowering as L
 
 # Level 0 spatial self-attention + cross-attention of the tiny UNet at 16x16 latents (see above).
 KERNELS_TPU = 2
+# CUDA, float32 only: the Pallas Triton kernel for self-attention without TAR (spatial and temporal);
+# the module text holds one kernel function per distinct call shape, 5 in the tiny UNet call. In
+# bfloat16 backend auto picks cuDNN, which JAX decides at trace time on a GPU host (none here): 0.
+KERNELS_CUDA_F32_UNET = 5
 
 CASES = [
     ("unet", "float32"), ("unet", "bfloat16"),
@@ -40,7 +45,13 @@ def test_program_lowers_for_tpu_and_cuda(program, dtype):
     assert tpu.text and cuda.text
     # TPU: the spatial/cross attention is the Pallas kernel; CUDA (and the CPU host) never see it.
     assert tpu.kernel_calls() == KERNELS_TPU, (program, dtype, tpu.kernel_calls())
-    assert "tpu_custom_call" not in cuda.text
+    assert "tpu_custom_call" not in cuda.text and L.TRITON_TARGET not in tpu.text
+    if dtype == "bfloat16":
+        assert cuda.kernel_calls() == 0, (program, cuda.kernel_calls())
+    elif program == "unet":
+        assert cuda.kernel_calls() == KERNELS_CUDA_F32_UNET, cuda.kernel_calls()
+    else:
+        assert cuda.kernel_calls() > 0, (program, dtype)
     assert tpu.sizes()["devices"] == (4 if program == "unet_sharded" else 1)
     if dtype == "bfloat16":
         # every dot/conv with a float32 operand is one the UNet keeps in float32 on purpose

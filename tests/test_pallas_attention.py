@@ -69,12 +69,59 @@ def test_pallas_blocks_and_refusals():
         attention(q, k, v, backend="pallas", return_weights=True)
 
 
-def test_auto_on_cpu_runs_the_xla_path():
+@pytest.mark.parametrize("lq,lk", [(128, 77), (160, 160)], ids=["cross77", "self160"])
+def test_auto_on_cpu_runs_the_xla_path(lq, lk):
     """Backend auto with kernel-sized rows: on this CPU host lax.platform_dependent takes the default
-    branch, the XLA path, bit for bit (the kernel branch is lowered only for TPU)."""
-    q, k, v = _qkv(1, 128, 77, 2, 8, jnp.float32)
+    branch, the XLA path, bit for bit (the kernel branches are lowered only for TPU, and for CUDA)."""
+    q, k, v = _qkv(1, lq, lk, 2, 8, jnp.float32)
     got = jax.jit(lambda q, k, v: attention(q, k, v, backend="auto"))(q, k, v)
     want = jax.jit(lambda q, k, v: attention(q, k, v, backend="xla"))(q, k, v)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     text = jax.jit(lambda q, k, v: attention(q, k, v, backend="auto")).lower(q, k, v).as_text()
-    assert "tpu_custom_call" not in text
+    assert "tpu_custom_call" not in text and "triton" not in text
+
+
+# ----------------------------------------------------------------------------- GPU: Pallas Triton
+def _triton(q, k, v):
+    return jax.jit(lambda q, k, v: A._triton(q, k, v, interpret=True))(q, k, v)
+
+
+@pytest.mark.parametrize("length", [40, 160, 256], ids=["pad40to64", "pad160to256", "self256"])
+def test_triton_kernel_matches_xla(length):
+    """What backend ``auto`` runs for float32 self-attention on CUDA, in Pallas interpret mode: 40 tokens
+    padded to 64 (the next power of two), 160 padded to 256 (two 128-key blocks: the online softmax
+    rescales), 256 unpadded. Bound 1e-5 for the reason given above (float32, summation order only);
+    a padding key left unmasked (24 or 96 keys of zeros getting weight) errs by 1e-1 and more."""
+    q, k, v = _qkv(2, length, length, 2, 8, jnp.float32)
+    got = _triton(q, k, v)
+    assert got.shape == q.shape and got.dtype == q.dtype
+    err = rel_err(np.asarray(got), np.asarray(attention(q, k, v, backend="xla", blockwise=False)))
+    assert err <= TOL[jnp.float32], (length, err)
+
+
+def test_triton_lengths():
+    assert [A._triton_length(n) for n in (1, 16, 40, 64, 128, 129, 160, 256, 2560)] == \
+        [1, 16, 64, 64, 128, 256, 256, 256, 2560]
+
+
+def test_auto_lowers_triton_for_cuda_only_where_it_can():
+    """Backend ``auto`` exported for CUDA from this CPU: float32 self-attention is one Triton call; what
+    needs whole rows (a logit transform), a mask, cross-attention (77 keys: the padding could not be
+    masked) and bfloat16 (cuDNN's on a GPU) are not, and neither the CPU nor the TPU lowering sees it."""
+    from vstar_jax import lowering as L
+
+    def calls(fn, shapes, platform="cuda", dtype=jnp.float32):
+        args = tuple(jax.ShapeDtypeStruct(s, dtype) for s in shapes)
+        lo = L.export("a", jax.jit(fn), args, platform, "float32", custom_calls=(L.TRITON_TARGET,))
+        return lo.text.count(L.TRITON_TARGET)
+
+    self_ = [(2, 160, 2, 16)] * 3
+    cross = [(2, 160, 2, 16), (2, 77, 2, 16), (2, 77, 2, 16)]
+    auto = lambda q, k, v: attention(q, k, v, backend="auto")  # noqa: E731
+    assert calls(auto, self_) == 1
+    assert calls(auto, self_, "cpu") == 0 and calls(auto, self_, "tpu") == 0
+    assert calls(lambda q, k, v: attention(q, k, v, backend="auto", logit_transform=lambda s: s * 2), self_) == 0
+    assert calls(lambda q, k, v: attention(q, k, v, backend="auto", mask=jnp.ones((160, 160), bool)), self_) == 0
+    assert calls(auto, cross) == 0
+    assert calls(auto, self_, dtype=jnp.bfloat16) == 0
+    assert calls(lambda q, k, v: attention(q, k, v, backend="xla"), self_) == 0

@@ -140,8 +140,9 @@ def generate_parser() -> argparse.ArgumentParser:
                         "(StreamingT2V's CAM + APM: chunks of 16 on the last 8; needs a checkpoint with them); settings "
                         "by name too, e.g. vidrd:window=16,overlap=8,pns_alpha=0.5 (default: one pass)")
     p.add_argument("--attention-backend", default="auto", metavar="NAME",
-                   help="the UNet's attention: auto (default: cuDNN's fused kernel on a GPU in bf16/fp16, the Pallas "
-                        "flash kernel on a TPU, XLA elsewhere; on a CPU the same frames as xla), xla, cudnn (GPU "
+                   help="the UNet's attention: auto (default: cuDNN's fused kernel on a GPU in bf16/fp16 and the Pallas "
+                        "Triton kernel for its float32 self-attention, the Pallas flash kernel on a TPU, XLA "
+                        "elsewhere; on a CPU the same frames as xla), xla, cudnn (GPU "
                         "only) or pallas (TPU only, without TAR or attention maps)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p

@@ -43,7 +43,7 @@ class JaxPrivate:
     backend: Callable[[Any], Any]  # (Lowered) -> the client it compiles for (platform, platform_version)
     serialize_with_callbacks: Callable[[Any, list], bytes]  # (Compiled, callbacks) -> bytes, callbacks left out
     load_with_callbacks: Callable[[bytes, Any, list], Any]  # (bytes, Lowered, callbacks) -> Compiled
-    export_per_platform: Callable[[Any, tuple], list]  # (Traced, platforms) -> [jax.export.Exported]
+    export_per_platform: Callable[..., list]  # (Traced, platforms, disabled_checks=()) -> [jax.export.Exported]
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,13 +169,13 @@ def private_jax() -> JaxPrivate:
         args_info = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(lowered.args_info), args_info_flat)
         return jax.stages.Compiled(unloaded.load(), [], args_info, lowered.out_tree, no_kwargs=no_kwargs)
 
-    def export_per_platform(traced, platforms) -> list:
+    def export_per_platform(traced, platforms, disabled_checks=()) -> list:
         out = []
         for p in platforms:
             try:
                 lowered = traced.lower(lowering_platforms=(p,), _private_parameters=lowering_parameters(
                     for_export=True, hoist_constants_as_args=False))
-                out.append(export_lowered(lowered, traced.jaxpr, traced.fun_name))
+                out.append(export_lowered(lowered, traced.jaxpr, traced.fun_name, disabled_checks=tuple(disabled_checks)))
             except (AttributeError, TypeError) as e:
                 raise moved("the exporter internals (jax._src.export._export._export_lowered)", e) from None
         return out

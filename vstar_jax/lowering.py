@@ -45,7 +45,10 @@ from vstar_jax.parallel.sharding import LATENT_AXES, ActivationLayout, logical_t
 from vstar_jax.tar_vsp.tar import preset
 
 # Custom-call targets of fused attention kernels, by platform.
-KERNEL_TARGETS = {"tpu": ("tpu_custom_call",), "cuda": ("__cudnn$fmha",)}
+# Pallas GPU (Triton) kernels lower to this target, which jax.export lets through only when told (it has
+# no compatibility guarantee: the modules here are read, not kept).
+TRITON_TARGET = "__gpu$xla.gpu.triton"
+KERNEL_TARGETS = {"tpu": ("tpu_custom_call",), "cuda": ("__cudnn$fmha", TRITON_TARGET)}
 
 # In a bfloat16 program every matmul/convolution takes bfloat16 operands except these layers, which
 # the UNet deliberately keeps in float32 (unet3d.py: ``tdense`` = nn.Dense(dtype=float32)): the
@@ -263,8 +266,9 @@ def export_each(program: str, fn, args: tuple, platforms, dtype: str) -> list:
     exporter internals (the trace is platform-independent: ``lax.platform_dependent`` defers the
     choice to lowering); when this JAX moved them, one public export per platform (and a warning line)."""
     try:
-        exported = private_jax().export_per_platform(fn.trace(*args), platforms)
+        checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON_TARGET)]
+        exported = private_jax().export_per_platform(fn.trace(*args), platforms, disabled_checks=checks)
     except VstarError as e:
         warn_once("exporting once per platform", e)
-        return [export(program, fn, args, p, dtype) for p in platforms]
+        return [export(program, fn, args, p, dtype, custom_calls=(TRITON_TARGET,)) for p in platforms]
     return [Lowered(program, p, dtype, exp.mlir_module(), exp) for p, exp in zip(platforms, exported)]

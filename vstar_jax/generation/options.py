@@ -65,7 +65,8 @@ class GenerationOptions:
                                                  "run is refused before compute.")
     frame_batch: int = _setting(16, "frames decoded (and written) per batch.")
     attention_backend: Optional[str] = _setting("auto", "the UNet's attention: ``auto`` (cuDNN on a GPU in "
-                                                "bf16/fp16, the Pallas flash kernel on a TPU, XLA elsewhere: on a "
+                                                "bf16/fp16, Pallas Triton for its float32 self-attention, the "
+                                                "Pallas flash kernel on a TPU, XLA elsewhere: on a "
                                                 "CPU the same frames as ``xla``), ``xla``, ``cudnn`` (GPU only) or "
                                                 "``pallas`` (TPU only); None: as the checkpoint's config says.")
     # -- what is written and returned ---------------------------------------------------------

@@ -44,6 +44,20 @@ On a device mesh a Mosaic kernel cannot be partitioned by XLA; inside :func:`row
 UNet enters it when given an activation layout) the kernel runs per device under ``shard_map`` over
 the leading (rows) axis, which attention never mixes; rows that do not divide stay on XLA.
 
+GPU (backend ``auto``): bfloat16 / float16 attention that needs no whole rows goes to cuDNN's fused
+kernel. cuDNN refuses float32, so float32 self-attention (Lq == Lk: UNet spatial self-attention at
+every level, and temporal attention without TAR or hooks) that needs no whole rows or mask goes
+through JAX's Pallas GPU (Triton) flash attention (``jax.experimental.pallas.ops.gpu.attention.mha``),
+chosen by what the exported CUDA modules show (``benchmarks/RESULTS.md``, "XLA blockwise vs Pallas
+GPU (Triton)"): the Triton module holds nothing but its operands, where the XLA path writes
+223-250 MiB float32 logit tiles per VideoCrafter2 call. Sequences are padded to a multiple of 128
+(below 128: the next power of two, as Triton blocks must be powers of two) with segment ids, so
+padded keys get weight exactly 0 and padded query rows are dropped. Text cross-attention (77 keys)
+stays on XLA: mha's segment ids are one array for queries and keys, so padded keys cannot be masked
+when Lq != Lk. Chosen by the lowered platform (``cuda``), like the TPU kernel; ``backend="xla"`` is
+the escape hatch if a GPU's Triton compile fails. Its numbers are checked in Pallas interpret mode
+on CPU (``tests/test_attention_backends.py``); no GPU has compiled or run it yet.
+
 Temporal attention stays on the XLA path on TPU: its rows are F frames long, F < 128 in every
 program here (16 frames per pass; long-video windows of 16), and TAR / attention hooks need the
 whole (F, F) logits. The plain path holds (batch * pixels * heads, F, F) float32 logits (and
@@ -69,6 +83,7 @@ BACKENDS = ("xla", "cudnn", "auto", "pallas")
 # TPU Pallas flash attention (backend "auto" on TPU, or "pallas"). Read at call time.
 PALLAS_MIN_LEN = 128  # query rows from which "auto" uses the kernel on TPU
 PALLAS_LANE = 128  # sequences are padded to a multiple of this (the kernel's key block must be)
+TRITON_BLOCK = 128  # Pallas GPU mha's default block: longer sequences are padded to a multiple of it
 PALLAS_MAX_BLOCK = 512  # largest query / key block (a multiple of 128 dividing the padded length)
 
 # Keys per row from which the XLA path goes blockwise (spatial self-attention at 32x32 latents and up;
@@ -150,7 +165,8 @@ def attention(
       logit_transform: optional ``f(logits) -> logits`` on float32 (B, H, Lq, Lk)
         logits, applied after scaling and masking, before the softmax.
       backend: "xla" (explicit einsum + softmax), "cudnn" (fused, GPU only), "auto" (cuDNN on GPU
-        when the dtype and options allow; on TPU the Pallas flash kernel when nothing needs whole
+        when the dtype and options allow, the Pallas GPU (Triton) kernel for float32 self-attention
+        that needs no whole rows or mask; on TPU the Pallas flash kernel when nothing needs whole
         rows and Lq >= PALLAS_MIN_LEN; else XLA) or "pallas" (the TPU kernel, always; TPU only, or
         CPU in Pallas interpret mode).
       return_weights: also return the softmax weights (B, H, Lq, Lk), float32.
@@ -177,12 +193,17 @@ def attention(
                 raise ValueError(f"the Pallas flash kernel does not take shapes {q.shape}, {k.shape}, {v.shape}"
                                  " (on this mesh)")
             return _pallas_on_rows(q, k, v)
-        if (simple and _pallas_shapes_ok(q, k, v) and q.shape[1] >= PALLAS_MIN_LEN and blockwise is not True
-                and _rows_split(q.shape[0], k.shape[0]) is not False):
+        kernels = {}
+        if simple and blockwise is not True and _rows_split(q.shape[0], k.shape[0]) is not False:
+            if _pallas_shapes_ok(q, k, v) and q.shape[1] >= PALLAS_MIN_LEN:
+                kernels["tpu"] = _pallas_on_rows
+            if _triton_shapes_ok(q, k, v):
+                kernels["cuda"] = _triton_on_rows
+        if kernels:
             rest = lambda q_, k_, v_: attention(q_, k_, v_, backend="auto", blockwise=blockwise,  # noqa: E731
                                                 block_threshold=block_threshold, block_q=block_q, block_k=block_k,
                                                 _no_pallas=True)
-            return jax.lax.platform_dependent(q, k, v, tpu=_pallas_on_rows, default=rest)
+            return jax.lax.platform_dependent(q, k, v, default=rest, **kernels)
     if _use_cudnn(backend, logit_transform, return_weights, q.dtype, relative):
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     whole_rows = logit_transform is not None or return_weights or relative
@@ -216,16 +237,62 @@ def _pallas_block(length: int) -> int:
     return best
 
 
-def _pallas_on_rows(q, k, v):
-    """:func:`_pallas`, per device under shard_map when inside :func:`rows_on_mesh`."""
+def _on_rows(kernel, q, k, v):
+    """``kernel(q, k, v)``, per device under shard_map when inside :func:`rows_on_mesh` (XLA cannot
+    partition a Pallas call)."""
     rows = _rows_split(q.shape[0], k.shape[0])
     if not rows:
-        return _pallas(q, k, v)
+        return kernel(q, k, v)
     from jax.sharding import PartitionSpec as P  # noqa: PLC0415
 
     mesh, axes = rows
     spec = P(axes)
-    return jax.shard_map(_pallas, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _pallas_on_rows(q, k, v):
+    """:func:`_pallas`, per device under shard_map when inside :func:`rows_on_mesh`."""
+    return _on_rows(_pallas, q, k, v)
+
+
+def _triton_on_rows(q, k, v):
+    """:func:`_triton`, per device under shard_map when inside :func:`rows_on_mesh`."""
+    return _on_rows(_triton, q, k, v)
+
+
+def _triton_shapes_ok(q, k, v) -> bool:
+    """Whether ``auto`` sends this call to the Pallas GPU kernel on CUDA: float32 (lower precisions go to
+    cuDNN) self-attention (Lq == Lk: mha masks padding with one segment-id array for queries and keys),
+    equal head dims."""
+    d = q.shape[-1]
+    return (q.shape[1] == k.shape[1] == v.shape[1] and k.shape[-1] == d and v.shape[-1] == d
+            and q.dtype == k.dtype == v.dtype == jnp.float32)
+
+
+def _triton_length(length: int) -> int:
+    """The sequence length the Triton kernel runs at: a multiple of TRITON_BLOCK, or below it the next
+    power of two (Triton block shapes are powers of two)."""
+    if length > TRITON_BLOCK:
+        return -(-length // TRITON_BLOCK) * TRITON_BLOCK
+    return 1 << (length - 1).bit_length()
+
+
+def _triton(q, k, v, interpret: bool = False):
+    """Self-attention through JAX's Pallas GPU (Triton) flash-attention kernel: (B, L, H, D) in and out.
+
+    The sequence is padded to :func:`_triton_length`; padding is masked with segment ids (real tokens
+    1, padding 0), so real queries give padded keys weight exactly 0, and padded query rows (which
+    attend only padding) are dropped. ``interpret``: Pallas interpret mode (any host; tests)."""
+    from jax.experimental.pallas.ops.gpu import attention as gpu_attention  # noqa: PLC0415
+
+    b, length, _, d = q.shape
+    padded = _triton_length(length)
+    segment_ids = None
+    if padded != length:
+        q, k, v = (jnp.pad(t, ((0, 0), (0, padded - length), (0, 0), (0, 0))) for t in (q, k, v))
+        segment_ids = jnp.broadcast_to((jnp.arange(padded) < length).astype(jnp.int32), (b, padded))
+    out = gpu_attention.mha(q, k, v, segment_ids, sm_scale=_scale(d), interpret=interpret)
+    return out[:, :length]
 
 
 def _pallas(q, k, v):
