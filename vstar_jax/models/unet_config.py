@@ -67,10 +67,10 @@ class UNetConfig:
     """Every setting of the 3D UNet (configs/unet_*.py), typed. Build with :meth:`from_config`."""
 
     # required (None only while a partial config is read for its layout; ``check`` refuses it)
-    in_channels: int = _kind("pos_int", None, required=True)
-    out_channels: int = _kind("pos_int", None, required=True)
-    num_res_blocks: int = _kind("pos_int", None, required=True)
-    context_dim: int = _kind("pos_int", None, required=True)
+    in_channels: Optional[int] = _kind("pos_int", None, required=True)
+    out_channels: Optional[int] = _kind("pos_int", None, required=True)
+    num_res_blocks: Optional[int] = _kind("pos_int", None, required=True)
+    context_dim: Optional[int] = _kind("pos_int", None, required=True)
     # widths: block_channels (per level), or model_channels x channel_mult; model_channels is also the
     # width of conv_in / init_attn and of the timestep sinusoid (default: level 0's width)
     model_channels: Optional[int] = _kind("pos_int?", None)
