@@ -1,6 +1,7 @@
 """``vstar-jax`` command line: generate end to end on a tiny random checkpoint, regeneration
 from the sidecar, flag mapping, one-line errors (exit 2) before any compute, forwarding of
 convert / sweep / report / metrics."""
+import dataclasses
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ import pytest
 from tiny_checkpoint import shared_tiny_checkpoint
 from vstar_jax import cli
 from vstar_jax import pipeline as pl
+from vstar_jax.generation.options import GenerationOptions
 from vstar_jax.io.video import read_video
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork")
@@ -64,6 +66,15 @@ def test_flags_map_to_generate_video(monkeypatch, tmp_path, capsys):
     assert (seen["height"], seen["width"], seen["attention_png"], seen["progress"]) == (320, 512, "a.png", False)
     assert seen["out"] == os.path.join("outputs", "a-red-ball-9.mp4") and seen["llm"] is None
     assert seen["attention_backend"] == "auto"  # the default: XLA's frames on a CPU, the fused kernels elsewhere
+    # every setting the CLI leaves at its default is the API's default (one default per setting), but
+    # those the CLI sets on purpose: its frames stream into the file (keep_video), and it replaces an
+    # existing video only when told (--overwrite), where a Python caller names its own output
+    seen.clear()
+    assert cli.main(["generate", "p", "--out", "x.mp4"]) == 0
+    api = {f.name: f.default for f in dataclasses.fields(GenerationOptions)}
+    differ = {k: (v, api[k]) for k, v in seen.items()
+              if k in api and v != api[k] and k not in ("out", "keep_video", "overwrite")}
+    assert differ == {}, differ
     assert cli.main(["generate", "p", "--attention-backend", "xla", "--out", "x.mp4"]) == 0
     assert seen["attention_backend"] == "xla"
     # a synopsis file, and an LLM endpoint

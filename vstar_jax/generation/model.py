@@ -26,6 +26,7 @@ from vstar_jax.models.streaming import (StreamingMemory, apm_settings, build_une
 from vstar_jax.models.text import TextTransformer, encode_prompts
 from vstar_jax.models.tokenizer import get_tokenizer
 from vstar_jax.models.unet3d import unet_num_levels
+from vstar_jax.models.unet_config import UNetConfig
 from vstar_jax.models.vae import AutoencoderKL
 from vstar_jax.trees import plain
 from vstar_jax.validate import number
@@ -92,8 +93,9 @@ def _pixel_factor(config: Mapping) -> int:
     return 2 ** (len(config["vae"]["ch_mult"]) - 1)
 
 
-# what the UNet does when its config lacks the setting (vstar_jax.models.unet3d)
-UNET_SETTING_DEFAULTS = {"attention_backend": "xla", "dtype": "float32"}
+# what the UNet does when its config lacks the setting: UNetConfig's defaults (one place)
+UNET_SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(UNetConfig)
+                         if f.name in ("attention_backend", "dtype")}
 
 
 def _unet_module(unet_config: Mapping):

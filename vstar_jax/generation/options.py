@@ -16,7 +16,7 @@ import textwrap
 from typing import Any, Iterable, Mapping, Optional
 
 from vstar_jax.errors import VstarError
-from vstar_jax.generation.request import SAVE_FPS
+from vstar_jax.generation.request import ATTENTION_BACKEND, SAVE_FPS
 
 
 def _setting(default, doc: str):
@@ -64,7 +64,7 @@ class GenerationOptions:
                                                  "(None: the machine's available memory; 0: no check); a larger "
                                                  "run is refused before compute.")
     frame_batch: int = _setting(16, "frames decoded (and written) per batch.")
-    attention_backend: Optional[str] = _setting("auto", "the UNet's attention: ``auto`` (cuDNN on a GPU in "
+    attention_backend: Optional[str] = _setting(ATTENTION_BACKEND, "the UNet's attention: ``auto`` (cuDNN on a GPU in "
                                                 "bf16/fp16, Pallas Triton for its float32 self-attention, the "
                                                 "Pallas flash kernel on a TPU, XLA elsewhere: on a "
                                                 "CPU the same frames as ``xla``), ``xla``, ``cudnn`` (GPU only) or "

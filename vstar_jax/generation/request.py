@@ -25,6 +25,7 @@ from vstar_jax.tar_vsp.vsp import MODES
 from vstar_jax.validate import number  # noqa: F401  (the one number check; re-exported for callers)
 
 SAVE_FPS = 8.0  # VSTAR's savefps
+ATTENTION_BACKEND = "auto"  # a request's attention backend when none is given (the CLI's and the API's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class GenerationRequest:
     schedule_kwargs: tuple
     flavor: str
     prediction: str
-    attention_backend: str = "auto"  # the UNet's (vstar_jax.models.attention.BACKENDS)
+    attention_backend: str = ATTENTION_BACKEND  # the UNet's (vstar_jax.models.attention.BACKENDS)
 
     @property
     def long_video(self):
@@ -169,8 +170,6 @@ def check_attention_backend(backend, info: ModelInfo, *, tar=None, capture: bool
         raise VstarError(f"unknown attention backend {backend!r} (use one of {', '.join(BACKENDS)})")
     needs = {"cudnn": "gpu", "pallas": "tpu"}.get(backend)
     if needs is not None:
-        import jax  # noqa: PLC0415
-
         if jax.default_backend() != needs:
             raise VstarError(f"attention backend {backend!r} needs a {needs.upper()}, and JAX runs on "
                              f"{jax.default_backend()} here; use 'auto' (cuDNN on a GPU, the Pallas kernel on a TPU, "
@@ -215,7 +214,7 @@ def resolve_synopsis(synopsis, prompt: str, frames: int):
 def make_request(prompt: str, info: ModelInfo, *, frames=None, steps=None, cfg=None, eta=None, seed=0, fps=None,
                  save_fps=SAVE_FPS, tar=None, synopsis=None, vsp_mode="linear", height=None, width=None,
                  frame_batch=16, capture=False, long_video=None, synopsis_source=None,
-                 llm_asked: bool = False, max_memory=None, attention_backend="auto") -> GenerationRequest:
+                 llm_asked: bool = False, max_memory=None, attention_backend=ATTENTION_BACKEND) -> GenerationRequest:
     """Validate every setting (cheap checks only) and fill in the model's defaults.
 
     ``synopsis`` may be a list of states or a file; an LLM-written synopsis is resolved later
