@@ -30,3 +30,11 @@ def test_json_default_covers_numpy_paths_and_sets():
     data = {"a": np.arange(2), "b": np.float32(0.25), "p": pathlib.Path("/x/y"), "s": {3}, "t": (1, 2)}
     assert json.loads(json.dumps(data, default=json_default)) == {"a": [0, 1], "b": 0.25, "p": "/x/y", "s": [3],
                                                                    "t": [1, 2]}
+
+
+def test_json_default_writes_sets_sorted():
+    """A set's iteration order changes between processes (string hashing), so a sidecar holding one must
+    sort it, or two runs of the same settings would write different bytes."""
+    names = {f"k{i:02d}" for i in range(20)}
+    assert json.loads(json.dumps({"s": names}, default=json_default)) == {"s": sorted(names)}
+    assert sorted(json.loads(json.dumps({1, "a"}, default=json_default)), key=str) == [1, "a"]  # mixed: no error

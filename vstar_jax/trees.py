@@ -56,6 +56,11 @@ def json_default(o):
         return np.asarray(o).tolist()
     if isinstance(o, (pathlib.Path, os.PathLike)):
         return os.fspath(o)
-    if isinstance(o, (set, frozenset, tuple)):
+    if isinstance(o, (set, frozenset)):  # sorted: a set's order varies between processes (string hashing)
+        try:
+            return sorted(o)
+        except TypeError:
+            return sorted(o, key=repr)
+    if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"a value of type {type(o).__name__} is not JSON serialisable")
