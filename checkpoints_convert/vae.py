@@ -134,6 +134,9 @@ def _apply_with_temporal(sd, plan: Plan, expected, cfg, **kw):
     image_expected = merge_params({"/".join(p): v for p, v in flatten(expected).items() if not is_temporal_path(p)})
     params = apply_plan(sd, image_plan, image_expected, **kw)
     fresh = init_temporal_params(cfg)
+    want = {"/".join(p): tuple(v.shape) for p, v in flatten(expected).items() if is_temporal_path(p)}
+    if {k: v.shape for k, v in fresh.items()} != want:
+        raise RuntimeError(f"{kw.get('component', 'vae')}: fresh temporal params do not match the model's")
     flat = {"/".join(p): v for p, v in flatten(params).items()}
     return merge_params({**flat, **{k: v.astype(next(iter(flat.values())).dtype) for k, v in fresh.items()}})
 

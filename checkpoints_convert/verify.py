@@ -127,7 +127,9 @@ def _run_vae(cfg, params, z=None, image=None):
         dec = _jitted("vae.decode", cfg, lambda c: (lambda p, z: AutoencoderKL(c).apply(p, z, method=AutoencoderKL.decode)))
         out["decode"] = np.asarray(dec(p, z))
     if image is not None:
-        enc = _jitted("vae.encode", cfg, lambda c: (lambda p, x: AutoencoderKL(c).apply(p, x, method=AutoencoderKL.encode)))
+        # the encoder does not depend on the decoder's temporal layers: one compiled encoder for both
+        enc = _jitted("vae.encode", without_temporal(cfg),
+                      lambda c: (lambda p, x: AutoencoderKL(c).apply(p, x, method=AutoencoderKL.encode)))
         out["encode"] = np.asarray(enc(p, image))
     return out
 

@@ -33,6 +33,7 @@ which ``vstar-jax generate --checkpoint DIR`` decodes in windows (docs/vidrd-dec
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -130,25 +131,29 @@ def reconstruction_loss(rec, video, temporal_weight: float):
     return l1 + temporal_weight * dt
 
 
-def make_optimizer(tr):
-    sched = optax.warmup_cosine_decay_schedule(0.0, tr.lr, tr.warmup, max(tr.steps, tr.warmup + 1),
-                                               end_value=tr.lr * 0.1)
-    return optax.chain(optax.clip_by_global_norm(tr.clip), optax.adamw(sched, weight_decay=tr.weight_decay))
+def hyper(tr) -> tuple:
+    """The step's hyperparameters as a hashable tuple (a static argument of the compiled step)."""
+    return (float(tr.lr), int(tr.warmup), int(tr.steps), float(tr.clip), float(tr.weight_decay),
+            float(tr.temporal_weight))
 
 
-def make_step(vae, frozen, optimizer, temporal_weight: float):
-    """The jitted step; the frozen params are an argument (not constants baked into the program)."""
-    def loss_fn(temporal, frozen, video):
+def make_optimizer(hp: tuple):
+    lr, warmup, steps, clip, weight_decay, _ = hp
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=lr * 0.1)
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, weight_decay=weight_decay))
+
+
+@functools.partial(jax.jit, static_argnames=("vae", "hp"))
+def train_step(temporal, opt_state, frozen, clips, *, vae, hp):
+    """One AdamW step of the temporal params (nested) on uint8 clips; ``frozen``: the flat image params,
+    an argument rather than constants baked into the program. Compiled once per (VAE, hyperparameters)."""
+    def loss_fn(temporal, video):
         params = merge_params({**frozen, **flatten_dict(temporal, sep="/")})
-        return reconstruction_loss(reconstruct(vae, params, video), video, temporal_weight)
+        return reconstruction_loss(reconstruct(vae, params, video), video, hp[-1])
 
-    @jax.jit
-    def step(temporal, opt_state, frozen, clips):
-        loss, grads = jax.value_and_grad(loss_fn)(temporal, frozen, to_model_input(clips))
-        updates, opt_state = optimizer.update(grads, opt_state, temporal)
-        return optax.apply_updates(temporal, updates), opt_state, loss
-
-    return lambda params, opt_state, clips, s: step(params, opt_state, frozen, jnp.asarray(clips))
+    loss, grads = jax.value_and_grad(loss_fn)(temporal, to_model_input(clips))
+    updates, opt_state = make_optimizer(hp).update(grads, opt_state, temporal)
+    return optax.apply_updates(temporal, updates), opt_state, loss
 
 
 def batch_fn(clips, batch: int, seed: int):
@@ -181,8 +186,8 @@ def train(config, checkpoint, out, *, clips, data: dict, export=None, progress=T
     vae_cfg, vae_params = load_vae(checkpoint)
     cfg, frozen, temporal = temporal_vae(vae_cfg, vae_params, config.temporal, int(tr.seed))
     vae = AutoencoderKL(ml_collections.FrozenConfigDict(cfg))
-    optimizer = make_optimizer(tr)
-    opt_state = optimizer.init(temporal)
+    hp = hyper(tr)
+    opt_state = make_optimizer(hp).init(temporal)
     model = {"vae": json.loads(cfg.to_json()), "checkpoint": os.path.abspath(str(checkpoint)),
              "frames": int(config.frames), "size": int(config.size), "data": data,
              "train": json.loads(tr.to_json())}
@@ -192,7 +197,7 @@ def train(config, checkpoint, out, *, clips, data: dict, export=None, progress=T
     print(json.dumps({"event": "start", "trainable_params": n_t, "frozen_params": n_f, "clips": len(clips),
                       "frames": int(config.frames), "size": int(config.size), "steps": int(tr.steps)}), flush=True)
     res = train_loop(out=pathlib.Path(out), params=temporal, opt_state=opt_state,
-                     step_fn=make_step(vae, frozen, optimizer, float(tr.temporal_weight)),
+                     step_fn=lambda p, o, clips, s: train_step(p, o, frozen, jnp.asarray(clips), vae=vae, hp=hp),
                      batch_fn=batch_fn(clips, int(tr.batch), int(tr.seed)), steps=int(tr.steps),
                      meta={"model": model, "command": command}, ckpt_every=int(tr.ckpt_every),
                      log_every=int(tr.log_every), progress=progress, desc="temporal decoder", on_step=on_step)

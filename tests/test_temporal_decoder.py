@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
+from flax.traverse_util import unflatten_dict
 
 from checkpoints_convert.common import PrefixView
 from checkpoints_convert.vae import (add_temporal, convert_vae_diffusers, convert_vae_ldm, ldm_key_to_diffusers,
@@ -19,7 +20,7 @@ from vstar_jax.io.video import video_to_uint8
 from vstar_jax.models.temporal_decoder import (decode_windows, num_temporal_layers, receptive_field,
                                                split_temporal, temporal_mask, temporal_settings, window_plan,
                                                with_temporal, without_temporal)
-from vstar_jax.models.vae import AutoencoderKL, decode_video, vae_param_shapes
+from vstar_jax.models.vae import AutoencoderKL, init_temporal_params, vae_param_shapes
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +61,33 @@ def test_window_plan_tiles_and_keeps_context():
             assert hi == n or hi - e >= halo
 
 
-def test_zero_init_temporal_decoder_is_the_image_decoder_bit_for_bit(golden_vae):
-    cfg, params, tcfg, tparams, io = golden_vae
-    image, temporal = split_temporal(tparams)
-    assert len(temporal) == 6 * 14 and set(image) == set(split_temporal(params)[0])  # 6 layers x 14 arrays
-    for k, v in image.items():  # the converter took every image array from the source, unchanged
-        np.testing.assert_array_equal(v, split_temporal(params)[0][k])
-    z = np.concatenate([io["z"], io["z"][::-1], io["z"]], axis=0)  # 9 frames of one video
+def test_zero_init_temporal_decoder_is_the_image_decoder_bit_for_bit():
+    """An image VAE plus freshly initialised temporal layers (what the converter and the trainer add)
+    decodes 9 frames exactly as the image VAE does: every temporal branch adds 0.0."""
+    cfg = micro_config()
+    tcfg = with_temporal(cfg, attention_window=1)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32),
+                                    vae_param_shapes(cfg))
+    fresh = init_temporal_params(tcfg)
+    assert len(fresh) == 3 * 14  # 3 layers (mid 2, up 1) x 14 arrays
+    tparams = flax_unflatten({**flatten_dict(params, sep="/"), **fresh})
+    z = rng.standard_normal((9, 4, 4, 4)).astype(np.float32)  # 9 frames of one video
     want = jax.jit(lambda p, z: AutoencoderKL(cfg).apply({"params": p}, z, method=AutoencoderKL.decode))(params, z)
     got = jax.jit(lambda p, z: AutoencoderKL(tcfg).apply({"params": p}, z, num_frames=9,
                                                          method=AutoencoderKL.decode))(tparams, z)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_converter_adds_zero_temporal_layers_to_a_source_without_them(golden_vae):
+    cfg, params, tcfg, tparams, _ = golden_vae
+    image, temporal = split_temporal(tparams)
+    assert len(temporal) == 6 * 14 and set(image) == set(split_temporal(params)[0])  # 6 layers x 14 arrays
+    for k, v in image.items():  # the converter took every image array from the source, unchanged
+        np.testing.assert_array_equal(v, split_temporal(params)[0][k])
+    for k, v in init_temporal_params(tcfg).items():
+        np.testing.assert_array_equal(temporal[k], v)
+    assert not any(np.any(temporal[k]) for k in temporal if k.endswith(("conv/kernel", "proj_out/kernel")))
 
 
 def _trained_like(tparams, seed=0, scale=0.2):
@@ -82,21 +99,30 @@ def _trained_like(tparams, seed=0, scale=0.2):
         tparams, mask)
 
 
-def test_windowed_decoding_equals_one_pass(golden_vae):
-    """decode_windows and generation's decode_batches (frame_batch 4, halo = the receptive field 12:
-    windows of 28 of the 30 frames) against the 30 frames decoded in one pass, within 1e-5."""
-    _, _, tcfg, tparams, _ = golden_vae
-    params = _trained_like(tparams)
+def micro_config():
+    """The smallest VAE the decoder code takes (one level, mid blocks only, 8 channels): cheap to compile."""
+    cfg = vae_tiny.get_config()
+    cfg.update(ch=8, ch_mult=(1,), num_res_blocks=0, norm_num_groups=4, mid_attention=False, resolution=8)
+    return cfg
+
+
+def test_windowed_decoding_equals_one_pass():
+    """decode_windows and generation's decode_batches (frame_batch 4, halo = the receptive field 6:
+    windows of 16 of the 20 frames) against the 20 frames decoded in one pass, within 1e-5."""
+    tcfg = with_temporal(micro_config(), attention_window=1)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32),
+                                    vae_param_shapes(tcfg))  # temporal layers included, all non-zero
     vae = AutoencoderKL(ml_collections.FrozenConfigDict(tcfg))
-    n, sf = 30, np.float32(0.5)
-    z = np.random.default_rng(1).standard_normal((1, 4, n, 4, 4)).astype(np.float32)
+    n, sf = 20, np.float32(0.5)
+    z = rng.standard_normal((1, 4, n, 4, 4)).astype(np.float32)
     flat = z[0].transpose(1, 0, 2, 3)
     one = np.asarray(jax.jit(lambda p, z: vae.apply({"params": p}, z, num_frames=n,
                                                     method=AutoencoderKL.decode))(params, flat))
     one = one.transpose(1, 0, 2, 3)[None]
-    assert receptive_field(tcfg) == 12
-    windows = window_plan(n, 4, 12)
-    assert len(windows) == 8 and {hi - lo for lo, hi, _, _ in windows} == {28}  # really windowed
+    assert receptive_field(tcfg) == 6
+    windows = window_plan(n, 4, 6)
+    assert len(windows) == 5 and {hi - lo for lo, hi, _, _ in windows} == {16}  # really windowed
     got = np.concatenate(list(decode_windows(vae, params, z, frame_batch=4)), axis=2)
     assert got.shape == one.shape
     np.testing.assert_allclose(got, one, rtol=0, atol=1e-5 * np.abs(one).max())
@@ -105,7 +131,7 @@ def test_windowed_decoding_equals_one_pass(golden_vae):
                            diffusion={"scale_factor": float(sf)})
     frames = np.concatenate(list(decode_batches(pipe, z * sf, frame_batch=4)))
     want = video_to_uint8(one)[0]
-    assert frames.shape == want.shape == (n, 8, 8, 3)
+    assert frames.shape == want.shape == (n, 4, 4, 3)
     assert np.abs(frames.astype(int) - want.astype(int)).max() <= 1  # uint8 truncation of 1e-6 differences
 
 
@@ -138,6 +164,10 @@ def test_converter_names_and_orbax_round_trip(golden_vae, tmp_path):
     assert temporal_settings(lcfg["vae"]) == temporal_settings(tcfg)
     for k, v in _flat(loaded["vae"]).items():
         np.testing.assert_array_equal(np.asarray(v), flat[k])
+
+
+def flax_unflatten(flat):
+    return unflatten_dict(flat, sep="/")
 
 
 def _flat(tree):

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.traverse_util import flatten_dict
+import numpy as np
 
 from vstar_jax.models.attention import attention
 from vstar_jax.models.layers import GroupNorm32
@@ -282,19 +282,28 @@ def vae_param_shapes(config, dtype=jnp.float32):
 
 
 def init_temporal_params(config, seed: int = 0) -> dict:
-    """Fresh temporal-layer params of a VAE config with ``temporal``, flat {'decoder/<layer>/...': array}
-    (q/k/v random, norms at identity, output projections zero: the image decoder exactly). Each layer
-    is initialised on its own (its params depend only on its channel count): no decoder is compiled."""
+    """Fresh temporal-layer params of a VAE config with ``temporal``, flat {'decoder/<layer>/...': array}:
+    norms at identity, q/k/v kernels normal with variance 1 / fan_in (LeCun, as Flax's Dense default but
+    not truncated), biases and the output projections (the conv, ``proj_out``) zero -- so the decoder
+    is the image decoder exactly. Written in numpy (a layer's params depend only on its channel count):
+    nothing is compiled, which matters for a converter adding layers to a 1 GB VAE."""
     settings = temporal_settings(config)
     if settings is None:
         return {}
     ch, mult = int(config.ch), tuple(config.ch_mult)
     layers = [("mid_temporal_1", ch * mult[-1]), ("mid_temporal_2", ch * mult[-1])]
     layers += [(f"up_{i}_temporal_{j}", ch * mult[i]) for i in range(len(mult)) for j in range(int(config.num_res_blocks) + 1)]
-    key = jax.random.PRNGKey(seed)
+    rng = np.random.default_rng(seed)
     out = {}
-    for idx, (name, c) in enumerate(layers):
-        layer = TemporalLayer(settings, num_groups=config.norm_num_groups, eps=config.norm_eps)
-        p = layer.init(jax.random.fold_in(key, idx), jnp.zeros((1, 1, 1, c)), 1)["params"]
-        out.update({f"decoder/{name}/{k}": jax.device_get(v) for k, v in flatten_dict(p, sep="/").items()})
+    for name, c in layers:
+        pre = f"decoder/{name}/"
+        if settings.conv:
+            out.update({pre + "conv_norm/scale": np.ones(c, np.float32), pre + "conv_norm/bias": np.zeros(c, np.float32),
+                        pre + "conv/kernel": np.zeros((3, 1, 1, c, c), np.float32), pre + "conv/bias": np.zeros(c, np.float32)})
+        if settings.attention:
+            out.update({pre + "attn_norm/scale": np.ones(c, np.float32), pre + "attn_norm/bias": np.zeros(c, np.float32),
+                        pre + "proj_out/kernel": np.zeros((c, c), np.float32), pre + "proj_out/bias": np.zeros(c, np.float32)})
+            for m in ("q", "k", "v"):
+                out[pre + f"{m}/kernel"] = (rng.standard_normal((c, c)) / np.sqrt(c)).astype(np.float32)
+                out[pre + f"{m}/bias"] = np.zeros(c, np.float32)
     return out
