@@ -14,6 +14,11 @@ decodes the latents with the image decoder (``--image``: frame by frame) and wit
 * flicker: mean |x[t+1] - x[t]| of the decoded clip minus that of the source clip (0..255 scale): what
   decoding adds to the frame-to-frame change (0 = none; on a static clip any change is flicker);
 * PSNR (dB) of the decoded uint8 clip against the source.
+
+Each at ``--latent-noise`` levels: 0 (the encoder's latents; a static clip's frames then have equal
+latents, so the image decoder cannot flicker on it) and > 0: independent Gaussian noise on every
+frame's latent (x the clip's latent std, the same draws for both decoders), standing in for the
+frame-to-frame jitter of generated latents that makes frame-by-frame decoding flicker.
 """
 from __future__ import annotations
 
@@ -60,33 +65,38 @@ def flicker(decoded: np.ndarray, source: np.ndarray) -> float:
     return d(decoded) - d(source)
 
 
-def decode_clips(checkpoint, clips: np.ndarray, batch: int = 8) -> np.ndarray:
-    """uint8 reconstructions (n, F, H, W, 3) of uint8 clips through the checkpoint's VAE."""
+def decode_clips(checkpoint, clips: np.ndarray, noise: float = 0.0, batch: int = 8) -> np.ndarray:
+    """uint8 reconstructions (n, F, H, W, 3) of uint8 clips through the checkpoint's VAE; ``noise``: per-frame
+    latent noise (x the clip's latent std), the same draws for every checkpoint (keys from the batch index)."""
     cfg, params = load_vae(checkpoint)
     vae = AutoencoderKL(ml_collections.FrozenConfigDict(cfg))
-    run = jax.jit(lambda p, c: reconstruct(vae, p, to_model_input(c)))
+    run = jax.jit(lambda p, c, k: reconstruct(vae, p, to_model_input(c), noise, k))
     out = []
     for s in range(0, len(clips), batch):
-        rec = np.asarray(run(params, clips[s:s + batch]), np.float32)  # (b, F, 3, H, W) in [-1, 1]
+        key = jax.random.PRNGKey(1000 + s)
+        rec = np.asarray(run(params, clips[s:s + batch], key), np.float32)  # (b, F, 3, H, W) in [-1, 1]
         out.append(np.clip(np.round((rec + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 1, 3, 4, 2))
     return np.concatenate(out)
 
 
-def measure(image, temporal, n: int, frames: int, size: int) -> list[dict]:
+def measure(image, temporal, n: int, frames: int, size: int, noises=(0.0,)) -> list[dict]:
     rows = []
-    for kind in ("static", "moving"):
-        clips = np.stack([demo_clip(HELD_OUT + i, frames, size, kind == "static") for i in range(n)])
-        for name, ckpt in (("image decoder", image), ("temporal decoder", temporal)):
-            rec = decode_clips(ckpt, clips)
-            rows.append({"decoder": name, "clips": kind, "n": n,
-                         "flicker": round(float(np.mean([flicker(r, c) for r, c in zip(rec, clips)])), 3),
-                         "psnr_db": round(float(np.mean([psnr(r, c) for r, c in zip(rec, clips)])), 2)})
+    for noise in noises:
+        for kind in ("static", "moving"):
+            clips = np.stack([demo_clip(HELD_OUT + i, frames, size, kind == "static") for i in range(n)])
+            for name, ckpt in (("image decoder", image), ("temporal decoder", temporal)):
+                rec = decode_clips(ckpt, clips, noise)
+                rows.append({"decoder": name, "clips": kind, "latent_noise": noise, "n": n,
+                             "flicker": round(float(np.mean([flicker(r, c) for r, c in zip(rec, clips)])), 3),
+                             "psnr_db": round(float(np.mean([psnr(r, c) for r, c in zip(rec, clips)])), 2)})
     return rows
 
 
 def table(rows) -> str:
-    head = "| decoder | clips | n | flicker (0..255, decoded - source) | PSNR (dB) |\n|---|---|---|---|---|\n"
-    return head + "".join(f"| {r['decoder']} | {r['clips']} | {r['n']} | {r['flicker']:+.3f} | {r['psnr_db']:.2f} |\n"
+    head = ("| latents | clips | decoder | n | flicker (0..255, decoded - source) | PSNR (dB) |\n"
+            "|---|---|---|---|---|---|\n")
+    return head + "".join(f"| {'clean' if not r['latent_noise'] else 'noise ' + format(r['latent_noise'], 'g')} | "
+                          f"{r['clips']} | {r['decoder']} | {r['n']} | {r['flicker']:+.3f} | {r['psnr_db']:.2f} |\n"
                           for r in rows)
 
 
@@ -100,6 +110,8 @@ def main(argv=None) -> int:
     m.add_argument("--image", required=True, help="checkpoint with the image VAE (train_demo_vae --export)")
     m.add_argument("--temporal", required=True, help="checkpoint with the temporal decoder (--export)")
     m.add_argument("--n", type=int, default=32)
+    m.add_argument("--latent-noise", default="0,0.1",
+                   help="per-frame latent noise levels, x the clip's latent std (default 0,0.1)")
     m.add_argument("--json", default=None)
     for p in (v, m):
         p.add_argument("--frames", type=int, default=8)
@@ -108,7 +120,7 @@ def main(argv=None) -> int:
     if a.cmd == "videos":
         write_videos(a.out, a.n, a.frames, a.size)
         return 0
-    rows = measure(a.image, a.temporal, a.n, a.frames, a.size)
+    rows = measure(a.image, a.temporal, a.n, a.frames, a.size, tuple(float(x) for x in a.latent_noise.split(",")))
     print(table(rows))
     if a.json:
         write_text(a.json, json.dumps(rows, indent=1) + "\n")

@@ -25,7 +25,10 @@ temporal decoder as one video, and scored by
 L1 as LDM's autoencoder reconstruction term (LPIPS and the patch GAN of LDM's loss are left out: no
 network weights here, and a GAN is unstable at this scale); the second term is the same L1 on frame
 differences: it is what flicker is, so it gives the temporal layers their signal directly (0 = pure
-per-frame reconstruction). Orbax checkpoints every ``train.ckpt_every`` steps and on SIGINT/SIGTERM:
+per-frame reconstruction). ``train.latent_noise`` > 0 (default 0: VidRD's plain reconstruction) adds
+independent Gaussian noise to each frame's latent (that times the clip's latent std), the frame-to-frame
+jitter of generated latents that makes an image decoder flicker, which the temporal layers then learn
+to smooth. Orbax checkpoints every ``train.ckpt_every`` steps and on SIGINT/SIGTERM:
 rerun the same command to resume. ``--export DIR`` writes a vstar-jax checkpoint: the source's other
 components unchanged and the VAE with its trained temporal layers (its config's ``vae.temporal``),
 which ``vstar-jax generate --checkpoint DIR`` decodes in windows (docs/vidrd-decoder.md).
@@ -61,7 +64,7 @@ from vstar_jax.models.temporal_decoder import merge_params, split_temporal, temp
 from vstar_jax.models.vae import AutoencoderKL, init_temporal_params, split_moments  # noqa: E402
 
 TRAIN_DEFAULTS = {"steps": 2000, "batch": 4, "lr": 1e-4, "warmup": 50, "clip": 1.0, "weight_decay": 0.0,
-                  "seed": 0, "ckpt_every": 100, "log_every": 10, "temporal_weight": 1.0}
+                  "seed": 0, "ckpt_every": 100, "log_every": 10, "temporal_weight": 1.0, "latent_noise": 0.0}
 
 
 def make_config(overrides=(), *, frames: int = 8, size: int = 64, temporal: str = "conv,attention:2"):
@@ -115,13 +118,18 @@ def to_model_input(clips) -> jax.Array:
     return jnp.transpose(jnp.asarray(clips, jnp.float32) / 127.5 - 1.0, (0, 1, 4, 2, 3))
 
 
-def reconstruct(vae, params, video):
+def reconstruct(vae, params, video, noise: float = 0.0, key=None):
     """Decoded video (b, F, 3, H, W) of ``video`` (same shape, [-1, 1]) through the encoder's posterior
-    mean and the (temporal) decoder, the F frames of each clip decoded together."""
+    mean and the (temporal) decoder, the F frames of each clip decoded together. ``noise`` > 0 adds
+    independent Gaussian noise to every frame's latent, ``noise`` x the latents' std (per clip)."""
     b, f = video.shape[:2]
     flat = video.reshape((b * f,) + video.shape[2:])
     mean, _ = split_moments(vae.apply({"params": params}, flat, method=AutoencoderKL.encode))
-    out = vae.apply({"params": params}, jax.lax.stop_gradient(mean), num_frames=f, method=AutoencoderKL.decode)
+    mean = jax.lax.stop_gradient(mean)
+    if noise > 0:
+        std = jnp.std(mean.reshape(b, -1), axis=1).repeat(f)[:, None, None, None]
+        mean = mean + noise * std * jax.random.normal(key, mean.shape)
+    out = vae.apply({"params": params}, mean, num_frames=f, method=AutoencoderKL.decode)
     return out.reshape(video.shape)
 
 
@@ -134,22 +142,23 @@ def reconstruction_loss(rec, video, temporal_weight: float):
 def hyper(tr) -> tuple:
     """The step's hyperparameters as a hashable tuple (a static argument of the compiled step)."""
     return (float(tr.lr), int(tr.warmup), int(tr.steps), float(tr.clip), float(tr.weight_decay),
-            float(tr.temporal_weight))
+            float(tr.latent_noise), int(tr.seed), float(tr.temporal_weight))
 
 
 def make_optimizer(hp: tuple):
-    lr, warmup, steps, clip, weight_decay, _ = hp
+    lr, warmup, steps, clip, weight_decay = hp[:5]
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=lr * 0.1)
     return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, weight_decay=weight_decay))
 
 
 @functools.partial(jax.jit, static_argnames=("vae", "hp"))
-def train_step(temporal, opt_state, frozen, clips, *, vae, hp):
+def train_step(temporal, opt_state, frozen, clips, step, *, vae, hp):
     """One AdamW step of the temporal params (nested) on uint8 clips; ``frozen``: the flat image params,
     an argument rather than constants baked into the program. Compiled once per (VAE, hyperparameters)."""
     def loss_fn(temporal, video):
         params = merge_params({**frozen, **flatten_dict(temporal, sep="/")})
-        return reconstruction_loss(reconstruct(vae, params, video), video, hp[-1])
+        key = jax.random.fold_in(jax.random.PRNGKey(hp[6]), step)  # the step's latent noise: a pure function
+        return reconstruction_loss(reconstruct(vae, params, video, hp[5], key), video, hp[-1])
 
     loss, grads = jax.value_and_grad(loss_fn)(temporal, to_model_input(clips))
     updates, opt_state = make_optimizer(hp).update(grads, opt_state, temporal)
@@ -197,7 +206,8 @@ def train(config, checkpoint, out, *, clips, data: dict, export=None, progress=T
     print(json.dumps({"event": "start", "trainable_params": n_t, "frozen_params": n_f, "clips": len(clips),
                       "frames": int(config.frames), "size": int(config.size), "steps": int(tr.steps)}), flush=True)
     res = train_loop(out=pathlib.Path(out), params=temporal, opt_state=opt_state,
-                     step_fn=lambda p, o, clips, s: train_step(p, o, frozen, jnp.asarray(clips), vae=vae, hp=hp),
+                     step_fn=lambda p, o, clips, s: train_step(p, o, frozen, jnp.asarray(clips), jnp.int32(s),
+                                                                  vae=vae, hp=hp),
                      batch_fn=batch_fn(clips, int(tr.batch), int(tr.seed)), steps=int(tr.steps),
                      meta={"model": model, "command": command}, ckpt_every=int(tr.ckpt_every),
                      log_every=int(tr.log_every), progress=progress, desc="temporal decoder", on_step=on_step)
