@@ -38,6 +38,7 @@ def _state(res):
     return [np.asarray(x) for x in leaves]
 
 
+@pytest.mark.slow  # compiles a training step (encoder + temporal decoder + gradient): ~7-14 s on 2 cores
 def test_two_steps_interrupted_and_resumed_equal_two_steps(tiny_vae_checkpoint, tmp_path):
     d, clips = tiny_vae_checkpoint
     whole = _run(d / "vae", tmp_path / "whole", clips)
@@ -56,10 +57,14 @@ def test_two_steps_interrupted_and_resumed_equal_two_steps(tiny_vae_checkpoint, 
 
 
 def test_export_carries_the_temporal_decoder(tiny_vae_checkpoint, tmp_path):
-    d, clips = tiny_vae_checkpoint
-    res = _run(d / "vae", tmp_path / "run", clips)
+    """The trainer's model set-up (temporal layers added to the checkpoint's image VAE) and its export."""
+    d, _ = tiny_vae_checkpoint
+    cfg_src, params_src = ttd.load_vae(d / "vae")
+    cfg, frozen, temporal = ttd.temporal_vae(cfg_src, params_src, "conv", seed=0)
+    trained = jax.tree_util.tree_map(lambda v: np.asarray(v) + np.float32(0.25), temporal)  # as if trained
+    res = {"config": cfg, "params": trained}
     out = tmp_path / "exported"
-    ttd.export_checkpoint(d / "vae", out, res["config"], {**res["frozen"], **flatten_dict(res["params"], sep="/")}, res["meta"])
+    ttd.export_checkpoint(d / "vae", out, cfg, {**frozen, **flatten_dict(trained, sep="/")}, {"step": 2})
     params, cfg = load_checkpoint(str(out))
     assert temporal_settings(cfg["vae"]).conv and not temporal_settings(cfg["vae"]).attention
     src, _ = load_checkpoint(str(d / "vae"))
