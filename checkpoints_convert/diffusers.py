@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from checkpoints_convert.common import DTYPES, convert_components, load_state_dict, run_cli
 from checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
 from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
-from checkpoints_convert.vae import convert_vae_diffusers, vae_config_from_diffusers
+from checkpoints_convert.vae import add_temporal, parse_temporal_spec, convert_vae_diffusers, vae_config_from_diffusers
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 from vstar_jax.models.tokenizer import pad_token_id_from_hf
 
@@ -58,8 +58,8 @@ def _convert_unet(d):
     return convert_unet(load_state_dict(weights_file(d)), cfg, "diffusers"), cfg
 
 
-def _convert_vae(d):
-    cfg = vae_config_from_diffusers(_read_json(os.path.join(d, "config.json")))
+def _convert_vae(d, temporal=None):
+    cfg = add_temporal(vae_config_from_diffusers(_read_json(os.path.join(d, "config.json"))), temporal)
     return convert_vae_diffusers(load_state_dict(weights_file(d)), cfg), cfg
 
 
@@ -100,8 +100,10 @@ def diffusion_config(model_dir: str) -> dict:
 
 
 def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
-            dtype: Optional[str] = None, overwrite: bool = False, verbose: bool = True) -> str:
+            dtype: Optional[str] = None, overwrite: bool = False, vae_temporal: Optional[str] = None,
+            verbose: bool = True) -> str:
     check_checkpoint_out(out, overwrite=overwrite, sources=[model_dir])  # before the (long) conversion
+    parse_temporal_spec(vae_temporal)  # a bad --vae-temporal fails before loading
     unknown = sorted(set(components) - set(CONVERTERS))
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(CONVERTERS)}")
@@ -115,7 +117,8 @@ def convert(model_dir: str, out: str, *, components: Sequence[str] = ("unet", "v
     if os.path.isfile(vae_cfg):
         diff["scale_factor"] = float(_read_json(vae_cfg).get("scaling_factor", 0.18215))
     params, cfgs = convert_components(
-        {c: (lambda c=c: CONVERTERS[c](os.path.join(model_dir, SUBDIRS[c]))) for c in components}, components,
+        {c: (lambda c=c: CONVERTERS[c](os.path.join(model_dir, SUBDIRS[c]),
+                                                   *([vae_temporal] if c == "vae" else []))) for c in components}, components,
         dtype=dtype, verbose=verbose)
     gc.collect()
     config_out = {"source": {"layout": "diffusers", "model_dir": str(model_dir)}, "diffusion": diff, **cfgs}
@@ -128,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("model_dir", help="diffusers folder with unet/ vae/ text_encoder/ (tokenizer/ scheduler/)")
     ap.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
     ap.add_argument("--components", default="unet,vae,text", help="comma list of unet,vae,text (default: all)")
+    ap.add_argument("--vae-temporal", default=None, metavar="conv,attention[:W]",
+                    help="add VidRD's temporal decoder layers to the VAE, zero-initialised (docs/vidrd-decoder.md)")
     ap.add_argument("--dtype", choices=DTYPES, default=None, help="store weights in this dtype (default float32)")
     ap.add_argument("--overwrite", action="store_true", help="replace a previous vstar-jax checkpoint at --out (never another folder, "
                                                                   "never the source)")
@@ -137,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     return run_cli(lambda: convert(a.model_dir, a.out, components=[c for c in a.components.split(",") if c],
-                                   dtype=a.dtype, overwrite=a.overwrite))
+                                   dtype=a.dtype, overwrite=a.overwrite, vae_temporal=a.vae_temporal))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,13 @@ The key plan is derived from the model's own param tree: every Flax path names o
 (``down_0_block_1/conv1/kernel`` <- ``encoder.down.0.block.1.conv1.weight``); the diffusers
 layout renames those LDM keys (``encoder.down_blocks.0.resnets.1.conv1.weight``). Every missing,
 unexpected or wrongly shaped key is reported by its checkpoint name in one ConversionError.
+
+A config with VidRD's temporal decoder layers (``temporal``, :mod:`vstar_jax.models.temporal_decoder`)
+names them ``decoder.up.{i}.temporal.{j}.*`` / ``decoder.mid.temporal_{1,2}.*`` (diffusers layout:
+``decoder.up_blocks.{k}.temporal.{j}.*`` / ``decoder.mid_block.temporal.{0,1}.*``; the conv a torch
+Conv3d (O, I, 3, 1, 1)). A source without them (every released image VAE) gets them freshly
+initialised -- zero output projections, so the converted decoder is the source's image decoder exactly;
+a source with some but not all of them is an error like any missing key.
 """
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ import ml_collections
 import numpy as np
 
 from checkpoints_convert.common import Plan, apply_plan, flatten
-from vstar_jax.models.vae import vae_param_shapes
+from vstar_jax.models.temporal_decoder import is_temporal_path, merge_params, with_temporal
+from vstar_jax.models.vae import init_temporal_params, vae_param_shapes
 
 _ATTN_DENSE = ("q", "k", "v", "proj_out")
 
@@ -85,6 +93,12 @@ def _module_to_ldm(name: str) -> str:
     m = re.fullmatch(r"(down|up)_(\d+)_(block|attn)_(\d+)", name)
     if m:
         return f"{m[1]}.{m[2]}.{m[3]}.{m[4]}"
+    m = re.fullmatch(r"up_(\d+)_temporal_(\d+)", name)
+    if m:
+        return f"up.{m[1]}.temporal.{m[2]}"
+    m = re.fullmatch(r"mid_temporal_(1|2)", name)
+    if m:
+        return f"mid.temporal_{m[1]}"
     m = re.fullmatch(r"(down|up)_(\d+)_(downsample|upsample)", name)
     if m:
         return f"{m[1]}.{m[2]}.{m[3]}"
@@ -102,7 +116,7 @@ def ldm_plan(expected) -> Plan:
         names = [_module_to_ldm(m) for m in modules]
         src = ".".join(names) + "." + ("bias" if leaf == "bias" else "weight")
         if leaf == "kernel":
-            kind = "dense" if modules[-1] in _ATTN_DENSE else "conv2d"
+            kind = "dense" if modules[-1] in _ATTN_DENSE else "conv3d" if is_temporal_path(path) else "conv2d"
         elif leaf in ("scale", "bias"):
             kind = "identity"
         else:
@@ -111,13 +125,53 @@ def ldm_plan(expected) -> Plan:
     return plan
 
 
+def _apply_with_temporal(sd, plan: Plan, expected, cfg, **kw):
+    """apply_plan, where the temporal layers absent from ``sd`` (all of them) are freshly initialised."""
+    temporal = {k: v for k, v in plan.items() if is_temporal_path(v[0])}
+    if not temporal or any(k in sd for k in temporal):
+        return apply_plan(sd, plan, expected, **kw)
+    image_plan = {k: v for k, v in plan.items() if k not in temporal}
+    image_expected = merge_params({"/".join(p): v for p, v in flatten(expected).items() if not is_temporal_path(p)})
+    params = apply_plan(sd, image_plan, image_expected, **kw)
+    fresh = init_temporal_params(cfg)
+    want = {"/".join(p): tuple(v.shape) for p, v in flatten(expected).items() if is_temporal_path(p)}
+    if {k: v.shape for k, v in fresh.items()} != want:
+        raise RuntimeError(f"{kw.get('component', 'vae')}: fresh temporal params do not match the model's")
+    flat = {"/".join(p): v for p, v in flatten(params).items()}
+    return merge_params({**flat, **{k: v.astype(next(iter(flat.values())).dtype) for k, v in fresh.items()}})
+
+
+def parse_temporal_spec(spec: Optional[str]) -> Optional[dict]:
+    """Temporal-layer settings of a ``--vae-temporal`` spec: "conv", "attention", "conv,attention"
+    (attention window 2) or "conv,attention:W" (window W); None for None/"" (the image decoder)."""
+    if not spec:
+        return None
+    kinds, _, window = str(spec).partition(":")
+    parts = {p.strip() for p in kinds.split(",") if p.strip()}
+    if not parts or parts - {"conv", "attention"}:
+        raise ValueError(f"--vae-temporal {spec!r}: give conv, attention or conv,attention (optionally :WINDOW)")
+    try:
+        w = int(window) if window else 2
+    except ValueError:
+        raise ValueError(f"--vae-temporal {spec!r}: the attention window must be an integer") from None
+    settings = {"conv": "conv" in parts, "attention": "attention" in parts, "attention_window": w}
+    with_temporal({}, **settings)  # validated (window >= 1)
+    return settings
+
+
+def add_temporal(cfg, spec: Optional[str]):
+    """``cfg`` with the temporal decoder layers of a ``--vae-temporal`` spec (unchanged for None/"")."""
+    settings = parse_temporal_spec(spec)
+    return cfg if settings is None else with_temporal(cfg, **settings)
+
+
 def convert_vae_ldm(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes: Sequence[str] = ()):
     """Flax params of an LDM VAE state dict (``first_stage_model.`` prefix already stripped).
 
     ``loss.*`` keys (training-only LPIPS/discriminator weights) are ignored by default."""
     expected = vae_param_shapes(cfg)
-    return apply_plan(sd, ldm_plan(expected), expected, component="vae (LDM)",
-                      ignore_prefixes=("loss.",) + tuple(ignore_prefixes))
+    return _apply_with_temporal(sd, ldm_plan(expected), expected, cfg, component="vae (LDM)",
+                                ignore_prefixes=("loss.",) + tuple(ignore_prefixes))
 
 
 # -- LDM names -> diffusers names -----------------------------------------------------------------
@@ -154,6 +208,12 @@ def ldm_key_to_diffusers(key: str, levels: int) -> str:
     m = re.fullmatch(r"decoder\.up\.(\d+)\.upsample\.(.+)", key)
     if m:
         return f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.{m[2]}"
+    m = re.fullmatch(r"decoder\.up\.(\d+)\.temporal\.(\d+)\.(.+)", key)
+    if m:
+        return f"decoder.up_blocks.{levels - 1 - int(m[1])}.temporal.{m[2]}.{m[3]}"
+    m = re.fullmatch(r"decoder\.mid\.temporal_(\d)\.(.+)", key)
+    if m:
+        return f"decoder.mid_block.temporal.{int(m[1]) - 1}.{m[2]}"
     m = re.fullmatch(r"(encoder|decoder)\.mid\.(block|attn)_(\d)\.(.+)", key)
     if m:
         kind = "resnets" if m[2] == "block" else "attentions"
@@ -169,4 +229,5 @@ def convert_vae_diffusers(sd: Mapping[str, np.ndarray], cfg, *, ignore_prefixes:
     expected = vae_param_shapes(cfg)
     levels = len(cfg.ch_mult)
     plan = {ldm_key_to_diffusers(k, levels): v for k, v in ldm_plan(expected).items()}
-    return apply_plan(sd, plan, expected, component="vae (diffusers)", ignore_prefixes=tuple(ignore_prefixes))
+    return _apply_with_temporal(sd, plan, expected, cfg, component="vae (diffusers)",
+                                ignore_prefixes=tuple(ignore_prefixes))

@@ -15,6 +15,10 @@
 * StreamingT2V ``streaming_t2v.ckpt`` (a checkpoint converted by ``convert streamingt2v``): the UNet
   with CAM + APM and the image encoder the same way (key plan, equal arrays, finite forward); the VAE
   and text encoder against the ModelScope folder recorded at conversion, as for a diffusers folder.
+* A VAE with VidRD's temporal decoder layers (``convert --vae-temporal``, or a fine-tuned decoder from
+  ``launch/train_temporal_decoder.py``): the image part is checked as above (the source has no temporal
+  layers); the temporal arrays are counted and reported as zero-initialised (the decoder is then the
+  source's image decoder) or fine-tuned, and must be finite, as the forward pass with them.
 
 Exit status 0 only if every component passes; 1 if one fails; 2 on bad input.
 """
@@ -38,6 +42,7 @@ from checkpoints_convert.videocrafter2 import PREFIXES, read_yaml
 from vstar_jax.io.checkpoint import load_checkpoint, read_config
 from vstar_jax.models.clip_vision import CLIPVisionTransformer
 from vstar_jax.models.streaming import build_unet
+from vstar_jax.models.temporal_decoder import merge_params, split_temporal, temporal_settings, without_temporal
 from vstar_jax.models.text import TextTransformer
 from vstar_jax.models.unet3d import unet_num_levels
 from vstar_jax.models.vae import AutoencoderKL, vae_param_shapes
@@ -122,7 +127,9 @@ def _run_vae(cfg, params, z=None, image=None):
         dec = _jitted("vae.decode", cfg, lambda c: (lambda p, z: AutoencoderKL(c).apply(p, z, method=AutoencoderKL.decode)))
         out["decode"] = np.asarray(dec(p, z))
     if image is not None:
-        enc = _jitted("vae.encode", cfg, lambda c: (lambda p, x: AutoencoderKL(c).apply(p, x, method=AutoencoderKL.encode)))
+        # the encoder does not depend on the decoder's temporal layers: one compiled encoder for both
+        enc = _jitted("vae.encode", without_temporal(cfg),
+                      lambda c: (lambda p, x: AutoencoderKL(c).apply(p, x, method=AutoencoderKL.encode)))
         out["encode"] = np.asarray(enc(p, image))
     return out
 
@@ -145,6 +152,20 @@ def _tokens(rng, vocab: int, bos: int, eos: int, length: int = 77):
 def _run_text(cfg, params, tokens):
     run = _jitted("text", cfg, lambda c: (lambda p, t: TextTransformer(c).apply({"params": p}, t)))
     return np.asarray(run(_f32(params), tokens.astype(np.int32)))
+
+
+def _split_vae(cfg, params):
+    """(image config, image params, note, temporal arrays finite) of a VAE; the note describes its
+    temporal decoder layers ("" without them)."""
+    if temporal_settings(cfg) is None:
+        return cfg, params, "", True
+    image, temporal = split_temporal(params)
+    zero = all(not np.any(np.asarray(v)) for k, v in temporal.items() if k.endswith(("conv/kernel", "proj_out/kernel")))
+    finite = all(np.isfinite(np.asarray(v, np.float32)).all() for v in temporal.values())
+    note = (f"; {len(temporal)} temporal decoder arrays (VidRD layers, not in the source): "
+            f"{'zero-initialised, the decoder is the image decoder' if zero else 'fine-tuned'}"
+            f"{'' if finite else ', NOT finite'}")
+    return without_temporal(cfg), merge_params(image), note, finite
 
 
 def _verdict(component: str, errs: dict) -> Result:
@@ -202,9 +223,14 @@ def _check_diffusers_one(comp: str, params, config, source: str, rng) -> Result:
             z, image = _vae_shapes(config[comp], rng)
             want_dec = ref.decode(torch.from_numpy(z)).sample.numpy()
             want_enc = ref.encode(torch.from_numpy(image)).latent_dist.parameters.numpy()
-            got = _run_vae(config[comp], params[comp], z, image)
-            return _verdict(comp, {"decode": rel_err(got["decode"], want_dec),
-                                    "encode": rel_err(got["encode"], want_enc)})
+            cfg, image_params, note, finite = _split_vae(config[comp], params[comp])
+            got = _run_vae(cfg, image_params, z, image)
+            r = _verdict(comp, {"decode": rel_err(got["decode"], want_dec),
+                                "encode": rel_err(got["encode"], want_enc)})
+            if note:
+                finite = finite and np.isfinite(_run_vae(config[comp], params[comp], z)["decode"]).all()
+                r = Result(comp, r.ok and bool(finite), r.summary + note)
+            return r
         elif comp == "text":
             from transformers import CLIPTextModel
 
@@ -300,11 +326,17 @@ def _forward_finite(comp: str, params, cfg, seed: int) -> tuple:
 
 def _key_plan_result(comp: str, sd, prefix: str, plan, params, cfg, seed: int) -> Result:
     """Every planned source tensor equal to its converted array, and a finite forward pass."""
-    n, problems = _compare_arrays(comp, sd, prefix, plan, params)
+    note, t_finite = "", True
+    if comp == "vae":
+        _, image_params, note, t_finite = _split_vae(cfg, params)
+        n, problems = _compare_arrays(comp, sd, prefix, plan, image_params)
+    else:
+        n, problems = _compare_arrays(comp, sd, prefix, plan, params)
     finite, shapes, bad = _forward_finite(comp, params, cfg, seed)
+    finite = finite and t_finite
     summary = (f"{n} arrays {'equal' if not problems else 'checked'} to the source through the key plan"
                + (f", {len(problems)} problem(s)" if problems else "")
-               + f"; forward {'finite' if finite else 'NOT finite: ' + ', '.join(bad)} ({shapes})")
+               + f"; forward {'finite' if finite else 'NOT finite: ' + ', '.join(bad)} ({shapes})" + note)
     return Result(comp, not problems and finite, summary, problems)
 
 

@@ -20,7 +20,7 @@ from checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, con
                                         peak_rss_gib, run_cli)
 from checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
 from checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
-from checkpoints_convert.vae import convert_vae_ldm, vae_config_from_ldm
+from checkpoints_convert.vae import add_temporal, parse_temporal_spec, convert_vae_ldm, vae_config_from_ldm
 from vstar_jax.generation.request import number
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 
@@ -81,10 +81,10 @@ def _convert_unet(sd, mp):
     return convert_unet(sd, cfg, "lvdm"), cfg
 
 
-def _convert_vae(sd, mp):
+def _convert_vae(sd, mp, temporal=None):
     fp = mp["first_stage_config"]["params"]
-    cfg = vae_config_from_ldm(fp["ddconfig"], embed_dim=fp.get("embed_dim", 4),
-                              scale_factor=float(mp.get("scale_factor", 0.18215)))
+    cfg = add_temporal(vae_config_from_ldm(fp["ddconfig"], embed_dim=fp.get("embed_dim", 4),
+                                           scale_factor=float(mp.get("scale_factor", 0.18215))), temporal)
     return convert_vae_ldm(sd, cfg), cfg
 
 
@@ -100,11 +100,12 @@ CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
 
 def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("unet", "vae", "text"),
             dtype: Optional[str] = None, overwrite: bool = False, trust_pickle: bool = False,
-            text_heads: Optional[int] = None, verbose: bool = True) -> str:
+            text_heads: Optional[int] = None, vae_temporal: Optional[str] = None, verbose: bool = True) -> str:
     check_checkpoint_out(out, overwrite=overwrite, sources=[ckpt, config])  # before the (long) conversion
     unknown = sorted(set(components) - set(CONVERTERS))
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {sorted(CONVERTERS)}")
+    parse_temporal_spec(vae_temporal)  # a bad --vae-temporal fails before loading
     mp = read_yaml(config)
     sd = load_state_dict(ckpt, trust_pickle=trust_pickle)
     absent = [c for c in components if not any(k.startswith(PREFIXES[c]) for k in sd)]
@@ -117,7 +118,7 @@ def convert(ckpt: str, config: str, out: str, *, components: Sequence[str] = ("u
     stray = sorted(k for k in sd if not k.startswith(tuple(PREFIXES.values()) + IGNORED))
     errors = [ConversionError("checkpoint", unexpected=stray, note="keys outside every known component")] if stray else []
     params, cfgs = convert_components(
-        {c: (lambda c=c: CONVERTERS[c](PrefixView(sd, PREFIXES[c]), mp, *([text_heads] if c == "text" else [])))
+        {c: (lambda c=c: CONVERTERS[c](PrefixView(sd, PREFIXES[c]), mp, *([text_heads] if c == "text" else [vae_temporal] if c == "vae" else [])))
          for c in components}, components,
         dtype=dtype, verbose=verbose, errors=errors)
     sd = None  # unmap the source before writing: the peak stays near two checkpoint copies
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overwrite", action="store_true",
                     help="replace a previous vstar-jax checkpoint at --out (never another folder, never the source)")
     ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")
+    ap.add_argument("--vae-temporal", default=None, metavar="conv,attention[:W]",
+                    help="add VidRD's temporal decoder layers to the VAE, zero-initialised (the image decoder until "
+                         "fine-tuned with launch/train_temporal_decoder.py; docs/vidrd-decoder.md)")
     ap.add_argument("--text-heads", type=int, default=None,
                     help="text encoder attention heads (default width/64: 16 for ViT-H-14)")
     return ap
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
             return rc
     return run_cli(lambda: convert(a.ckpt, a.config, a.out, components=[c for c in a.components.split(",") if c],
                                    dtype=a.dtype, overwrite=a.overwrite, trust_pickle=a.trust_pickle,
-                                   text_heads=a.text_heads))
+                                   text_heads=a.text_heads, vae_temporal=a.vae_temporal))
 
 
 if __name__ == "__main__":

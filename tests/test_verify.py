@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from flax.traverse_util import flatten_dict
 
 from checkpoints_convert import diffusers as conv_diffusers
 from checkpoints_convert import videocrafter2 as conv_vc2
@@ -105,3 +106,22 @@ def test_verify_videocrafter2_arrays_and_forward(vc2_conversion, tmp_path, capsy
     assert "PASS" in lines["unet"] and "PASS" in lines["text"]
     assert "decoder/conv_in/bias: values differ from source first_stage_model.decoder.conv_in.bias" in text
     assert text.strip().splitlines()[-1].startswith("FAIL: vae")
+
+
+def test_verify_videocrafter2_vae_with_temporal_layers(vc2_conversion, tmp_path, capsys):
+    """convert --vae-temporal: the image part equals the source, the temporal arrays are reported as
+    zero-initialised, then (changed) as fine-tuned; both pass."""
+    d, _ = vc2_conversion
+    out = tmp_path / "temporal"
+    conv_vc2.convert(str(d / "model.ckpt"), str(d / "config.yaml"), str(out), components=["vae"],
+                     vae_temporal="conv,attention:1", verbose=False)
+    assert read_config(str(out))["vae"]["temporal"]["attention_window"] == 1
+    assert ver.main([str(out), "--source", str(d / "model.ckpt")]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("vae "))
+    assert "PASS" in line and "equal to the source" in line and "zero-initialised" in line, line
+    # a fine-tuned decoder: its image part still equals the source; the note says so
+    params, cfg = load_checkpoint(str(out))
+    params["vae"]["decoder"]["up_1_temporal_0"]["conv"]["kernel"] += np.float32(0.01)
+    image_cfg, image_params, note, finite = ver._split_vae(cfg["vae"], params["vae"])
+    assert "fine-tuned" in note and finite and "temporal" not in image_cfg
+    assert not any("temporal" in "/".join(k) for k in flatten_dict(image_params))

@@ -28,6 +28,7 @@ from vstar_jax.io.atomic import Staging, write_error
 from vstar_jax.io.video import (FfmpegWriter, check_gif_fps, check_writable, encode_gif, pad_to_multiple, sidecar_path,
                                 video_to_uint8)
 from vstar_jax.longvideo.base import sidecar_settings
+from vstar_jax.models.temporal_decoder import decode_windows, temporal_settings
 from vstar_jax.models.vae import decode_video
 from vstar_jax.tar_vsp.analysis import plot_attention_grid
 from vstar_jax.tar_vsp.tar import parse_tar
@@ -101,6 +102,12 @@ def decode_batches(pipe, latents, frame_batch: int = 16) -> Iterator[np.ndarray]
     time (the last batch padded to the same shape, so one compiled decoder serves every batch)."""
     z = np.asarray(latents, np.float32)
     n, fb = z.shape[2], int(frame_batch)
+    if pipe.decoder is None and not pipe.pixel_space and temporal_settings(pipe.vae.config) is not None:
+        # VidRD's temporal decoder: windows with the layers' receptive field as context (equal to one pass)
+        sf = np.float32(pipe.diffusion["scale_factor"])
+        for px in decode_windows(pipe.vae, pipe.params["vae"], z / sf, frame_batch=fb):
+            yield video_to_uint8(px)[0]
+        return
     fn = _decode_batch_fn(pipe)
     for s in range(0, n, fb):
         chunk = z[:, :, s:s + fb]

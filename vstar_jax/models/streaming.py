@@ -356,7 +356,7 @@ class StreamingMemory:
         """Latent frames (b, c, n, h, w) -> pixel frames (b, 3, n, H, W) clamped to [-1, 1]."""
         b, c, n, h, w = z.shape
         flat = jnp.swapaxes(z, 1, 2).reshape(b * n, c, h, w).astype(jnp.float32) / self.scale_factor
-        px = self.vae.apply({"params": params["vae"]}, flat, method=AutoencoderKL.decode)
+        px = self.vae.apply({"params": params["vae"]}, flat, num_frames=n, method=AutoencoderKL.decode)
         px = jnp.clip(px.astype(jnp.float32), -1.0, 1.0)
         return jnp.swapaxes(px.reshape((b, n) + px.shape[1:]), 1, 2)
 

@@ -9,6 +9,11 @@ Param tree: ``encoder`` / ``decoder`` with children ``conv_in``, ``down_{i}_bloc
 ``down_{i}_attn_{j}``, ``down_{i}_downsample``, ``mid_block_1``, ``mid_attn_1``, ``mid_block_2``,
 ``up_{i}_block_{j}``, ``up_{i}_attn_{j}``, ``up_{i}_upsample``, ``norm_out``, ``conv_out``; then
 ``quant_conv`` and ``post_quant_conv``. Level ``i`` counts from the highest resolution, as in LDM.
+
+With the config's optional ``temporal`` entry the decoder also has VidRD's temporal layers
+(``mid_temporal_{1,2}``, ``up_{i}_temporal_{j}`` after each ResNet block; zero-initialised, see
+:mod:`vstar_jax.models.temporal_decoder`), and ``decode`` takes ``num_frames``: its batch is then
+(videos x frames), decoded together. Without the entry nothing changes.
 """
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vstar_jax.models.attention import attention
 from vstar_jax.models.layers import GroupNorm32
+from vstar_jax.models.temporal_decoder import TemporalLayer, decode_video_windowed, temporal_settings
 
 SCALE_FACTOR = 0.18215
 
@@ -82,12 +89,14 @@ class Upsample(nn.Module):
         return _conv(x.shape[-1], 3, "conv", self.dtype, padding=((1, 1), (1, 1)))(x)
 
 
-def _mid(x, ch, cfg, dtype, backend):
+def _mid(x, ch, cfg, dtype, backend, temporal=None):
+    """The mid blocks; ``temporal``: a function (x, name) -> x run after each ResNet block (decoder)."""
     kw = dict(num_groups=cfg.norm_num_groups, eps=cfg.norm_eps, dtype=dtype)
-    x = ResnetBlock(ch, name="mid_block_1", **kw)(x)
+    after = temporal or (lambda h, name: h)
+    x = after(ResnetBlock(ch, name="mid_block_1", **kw)(x), "mid_temporal_1")
     if cfg.mid_attention:
         x = AttnBlock(backend=backend, name="mid_attn_1", **kw)(x)
-    return ResnetBlock(ch, name="mid_block_2", **kw)(x)
+    return after(ResnetBlock(ch, name="mid_block_2", **kw)(x), "mid_temporal_2")
 
 
 class Encoder(nn.Module):
@@ -122,17 +131,25 @@ class Decoder(nn.Module):
     backend: str = "xla"
 
     @nn.compact
-    def __call__(self, z):
+    def __call__(self, z, num_frames: int = 1):
         cfg = self.config
         kw = dict(num_groups=cfg.norm_num_groups, eps=cfg.norm_eps, dtype=self.dtype)
+        settings = temporal_settings(cfg)
+
+        def temporal(h, name):  # VidRD's temporal layer after a ResNet block (none for the image decoder)
+            if settings is None:
+                return h
+            return TemporalLayer(settings, backend=self.backend, name=name, **kw)(h, num_frames)
+
         levels = len(cfg.ch_mult)
         block_in = cfg.ch * cfg.ch_mult[-1]
         res = cfg.resolution // 2 ** (levels - 1)
         h = _conv(block_in, 3, "conv_in", self.dtype, padding=((1, 1), (1, 1)))(z)
-        h = _mid(h, block_in, cfg, self.dtype, self.backend)
+        h = _mid(h, block_in, cfg, self.dtype, self.backend, temporal)
         for i in reversed(range(levels)):
             for j in range(cfg.num_res_blocks + 1):
                 h = ResnetBlock(cfg.ch * cfg.ch_mult[i], name=f"up_{i}_block_{j}", **kw)(h)
+                h = temporal(h, f"up_{i}_temporal_{j}")
                 if res in cfg.attn_resolutions:
                     h = AttnBlock(backend=self.backend, name=f"up_{i}_attn_{j}", **kw)(h)
             if i != 0:
@@ -177,13 +194,15 @@ class AutoencoderKL(nn.Module):
             h = self.quant_conv(h)
         return _nhwc_to_nchw(h)
 
-    def decode(self, z):
+    def decode(self, z, num_frames: Optional[int] = None):
+        """``num_frames``: with temporal layers, z holds n / num_frames videos of num_frames frames each
+        (video-major); None = one video of n frames. Ignored by the image decoder."""
         if z.ndim != 4 or z.shape[1] != self.config.embed_dim:
             raise ValueError(f"decode expects (n, {self.config.embed_dim}, h, w), got {z.shape}")
         h = _nchw_to_nhwc(z).astype(self.dtype)
         if self.post_quant_conv is not None:
             h = self.post_quant_conv(h)
-        return _nhwc_to_nchw(self.decoder(h))
+        return _nhwc_to_nchw(self.decoder(h, z.shape[0] if num_frames is None else int(num_frames)))
 
     def __call__(self, x):
         mean, _ = split_moments(self.encode(x))
@@ -235,7 +254,10 @@ def encode_video(vae: AutoencoderKL, params, video, frame_batch: int = 16):
 
 
 def decode_video(vae: AutoencoderKL, params, latents, frame_batch: int = 16):
-    """Video (b, 3, f, H, W) of unscaled latents (b, embed_dim, f, h, w)."""
+    """Video (b, 3, f, H, W) of unscaled latents (b, embed_dim, f, h, w). With temporal layers, frame
+    windows of ``frame_batch`` frames plus the receptive field either side (equal to one pass)."""
+    if temporal_settings(vae.config) is not None:
+        return decode_video_windowed(vae, params, latents, frame_batch)
     return _map_frames(lambda z: vae.apply({"params": params}, z, method=AutoencoderKL.decode), latents, frame_batch)
 
 
@@ -257,3 +279,31 @@ def vae_param_shapes(config, dtype=jnp.float32):
     side = 2 ** (len(config.ch_mult) - 1) * 2
     x = jax.ShapeDtypeStruct((1, config.in_channels, side, side), jnp.float32)
     return jax.eval_shape(lambda x: vae.init(jax.random.PRNGKey(0), x), x)["params"]
+
+
+def init_temporal_params(config, seed: int = 0) -> dict:
+    """Fresh temporal-layer params of a VAE config with ``temporal``, flat {'decoder/<layer>/...': array}:
+    norms at identity, q/k/v kernels normal with variance 1 / fan_in (LeCun, as Flax's Dense default but
+    not truncated), biases and the output projections (the conv, ``proj_out``) zero -- so the decoder
+    is the image decoder exactly. Written in numpy (a layer's params depend only on its channel count):
+    nothing is compiled, which matters for a converter adding layers to a 1 GB VAE."""
+    settings = temporal_settings(config)
+    if settings is None:
+        return {}
+    ch, mult = int(config.ch), tuple(config.ch_mult)
+    layers = [("mid_temporal_1", ch * mult[-1]), ("mid_temporal_2", ch * mult[-1])]
+    layers += [(f"up_{i}_temporal_{j}", ch * mult[i]) for i in range(len(mult)) for j in range(int(config.num_res_blocks) + 1)]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, c in layers:
+        pre = f"decoder/{name}/"
+        if settings.conv:
+            out.update({pre + "conv_norm/scale": np.ones(c, np.float32), pre + "conv_norm/bias": np.zeros(c, np.float32),
+                        pre + "conv/kernel": np.zeros((3, 1, 1, c, c), np.float32), pre + "conv/bias": np.zeros(c, np.float32)})
+        if settings.attention:
+            out.update({pre + "attn_norm/scale": np.ones(c, np.float32), pre + "attn_norm/bias": np.zeros(c, np.float32),
+                        pre + "proj_out/kernel": np.zeros((c, c), np.float32), pre + "proj_out/bias": np.zeros(c, np.float32)})
+            for m in ("q", "k", "v"):
+                out[pre + f"{m}/kernel"] = (rng.standard_normal((c, c)) / np.sqrt(c)).astype(np.float32)
+                out[pre + f"{m}/bias"] = np.zeros(c, np.float32)
+    return out
