@@ -68,7 +68,7 @@ def _model(name: str):
 def point(args) -> dict:
     """One (model, method, frames) run in this process; prints its JSON line."""
     from vstar_jax import pipeline as pl
-    from vstar_jax.generation import sampling
+    from vstar_jax.runtime import runtime
 
     spec = METHODS[args.method]
     frames = _valid_frames(spec, args.frames)
@@ -79,7 +79,7 @@ def point(args) -> dict:
     res = pl.generate_video("a red circle moves to the right", checkpoint=ckpt, frames=frames, steps=args.steps,
                             long_video=spec, out=out, progress=False, keep_video=False, seed=0)
     wall = time.time() - t0
-    compiled = list(sampling._COMPILED.values())[-1]
+    compiled = list(runtime().compiled.values())[-1]
     mem = compiled.memory_analysis()
     row = {"model": args.model, "method": args.method, "spec": spec or "single", "frames": frames,
            "steps": res.sidecar["steps"], "sample_s": res.sidecar["timing_s"]["sample"],

@@ -62,6 +62,25 @@ def run_on_host_devices(script: str, devices: int = 4, timeout: int = 900):
     return r
 
 
+_SAMPLE_PROGRAMS: dict = {}
+
+
+def strategy_sample(spec, model_fn, x_T, cond, uncond, schedule, *, key=None, cfg_scale=12.0, **options):
+    """``parse_strategy(spec).sample(...)`` (the one sampler, the registry's method: what the pipeline runs),
+    jitted once per (method, model function, schedule, options) like the pipeline's program, so a test that
+    samples several times compiles once. Returns :class:`~vstar_jax.diffusion.sampler.SampleOutput`."""
+    import jax
+
+    from vstar_jax.longvideo import parse_strategy
+
+    k = (spec, model_fn, id(schedule), tuple(sorted(options.items())))
+    if k not in _SAMPLE_PROGRAMS:
+        st = parse_strategy(spec)
+        run = jax.jit(lambda x, c, u, kk, s: st.sample(model_fn, x, c, u, schedule, key=kk, cfg_scale=s, **options))
+        _SAMPLE_PROGRAMS[k] = (schedule, run)  # the schedule kept alive: its id stays its own
+    return _SAMPLE_PROGRAMS[k][1](x_T, cond, uncond, key, cfg_scale)
+
+
 @pytest.fixture()
 def fake_sampler(monkeypatch):
     """``fake_sampler(fn)``: the pipeline's sampler stage runs ``fn(unet, params, cond, uncond, key, fps,

@@ -1,6 +1,6 @@
 """Chunked long-video sampling (vstar_jax.longvideo): the strategy protocol and registry, window
-math, Gen-L-Video averaging, StreamingT2V randomized blending, reduction to ddim_sample at N == F,
-compile size."""
+math, Gen-L-Video averaging, StreamingT2V randomized blending, reduction to the single pass at N == F,
+compile size. Every sampler call goes through the registry and ``Strategy.sample`` (what the pipeline runs)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,12 +10,25 @@ from vstar_jax.diffusion import sampler as SP
 from vstar_jax.diffusion import schedules as S
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo import Blend, GenL, parse_strategy
-from vstar_jax.longvideo.blend import blend_offsets, blend_sample
-from vstar_jax.longvideo.genl import genl_sample
+from vstar_jax.longvideo.blend import blend_offsets
 
+from conftest import strategy_sample
 from lvdm_reference import LvdmDDIM, cfg
 
 CFG = 7.5
+
+
+def sample(spec, model_fn, x_T, cond, uncond, sched, **kw):
+    """The strategy named ``spec`` from the registry, sampled as the pipeline samples (``Strategy.sample``)."""
+    return strategy_sample(spec, model_fn, x_T, cond, uncond, sched, **kw)
+
+
+def genl_sample(model_fn, x_T, cond, uncond, sched, *, window, stride, **kw):
+    return sample(f"genl:{window}:{stride}", model_fn, x_T, cond, uncond, sched, **kw)
+
+
+def blend_sample(model_fn, x_T, cond, uncond, sched, *, window, overlap, **kw):
+    return sample(f"blend:{window}:{overlap}", model_fn, x_T, cond, uncond, sched, **kw)
 
 
 # ----------------------------------------------------------------------------- dummy models
@@ -248,7 +261,7 @@ def test_both_reduce_to_ddim_sample_when_n_equals_f(per_frame, eta):
     if not per_frame:
         cond, uncond = cond[:1], uncond[:1]
     key = jax.random.key(3)
-    ref = SP.ddim_sample(dummy_model, x_T, cond, uncond, sched, cfg_scale=CFG, key=key, return_x0=True)
+    ref = sample("single", dummy_model, x_T, cond, uncond, sched, cfg_scale=CFG, key=key, return_x0=True)
     g = genl_sample(dummy_model, x_T, cond, uncond, sched, window=8, stride=4, cfg_scale=CFG, key=key,
                     return_x0=True)
     b = blend_sample(dummy_model, x_T, cond, uncond, sched, window=8, overlap=3, cfg_scale=CFG, key=key,
@@ -266,12 +279,13 @@ def test_genl_matches_numpy_averaging(n_frames, window, stride):
     sched = S.videocrafter2_schedule(4, eta=1.0)
     x_T, cond, uncond = _inputs(n_frames, seed=n_frames)
     key = jax.random.key(7)
-    out = genl_sample(dummy_model, x_T, cond, uncond, sched, window=window, stride=stride, cfg_scale=CFG, key=key)
+    out = genl_sample(dummy_model, x_T, cond, uncond, sched, window=window, stride=stride, cfg_scale=CFG,
+                      key=key).latents
     ref = genl_reference(x_T, cond, uncond, 4, 1.0, key, window, stride)
     err = _scaled_err(out, ref)
     assert err < 1e-5, err  # float32 product vs float64 reference over 4 steps; the bugs this catches are >> 1e-3
     if n_frames == 12:  # the windows matter: co-denoising differs from one pass over all frames
-        full = SP.ddim_sample(dummy_model, x_T, cond, uncond, sched, cfg_scale=CFG, key=key)
+        full = sample("single", dummy_model, x_T, cond, uncond, sched, cfg_scale=CFG, key=key).latents
         assert _scaled_err(out, full) > 1e-3
 
 
@@ -281,7 +295,7 @@ def test_blend_matches_numpy_reference(n_frames, window, overlap):
     x_T, cond, uncond = _inputs(n_frames, seed=n_frames)
     key = jax.random.key(11)
     out = blend_sample(dummy_model, x_T, cond, uncond, sched, window=window, overlap=overlap, cfg_scale=CFG,
-                       key=key)
+                       key=key).latents
     ref = blend_reference(x_T, cond, uncond, 4, 1.0, key, window, overlap)
     err = _scaled_err(out, ref)
     assert err < 1e-5, err  # float32 product vs float64 reference (rounding ~1e-7); a wrong chunk or offset is >> 1e-3
@@ -319,7 +333,7 @@ def test_deterministic_for_a_key_and_key_matters():
     x_T, cond, uncond = _inputs(12)
 
     def run(fn, k, **kw):
-        return np.asarray(fn(dummy_model, x_T, cond, uncond, sched, key=jax.random.key(k), **kw))
+        return np.asarray(fn(dummy_model, x_T, cond, uncond, sched, key=jax.random.key(k), **kw).latents)
 
     for fn, kw in ((genl_sample, {"window": 4, "stride": 2}), (blend_sample, {"window": 6, "overlap": 3})):
         a, b, c = run(fn, 0, **kw), run(fn, 0, **kw), run(fn, 1, **kw)
@@ -327,8 +341,8 @@ def test_deterministic_for_a_key_and_key_matters():
         assert np.abs(a - c).max() > 1e-3
     # eta = 0: blend offsets still come from the key
     sched0 = S.videocrafter2_schedule(4, eta=0.0)
-    a = blend_sample(dummy_model, x_T, cond, uncond, sched0, window=6, overlap=3, key=jax.random.key(0))
-    b = blend_sample(dummy_model, x_T, cond, uncond, sched0, window=6, overlap=3, key=jax.random.key(5))
+    a = blend_sample(dummy_model, x_T, cond, uncond, sched0, window=6, overlap=3, key=jax.random.key(0)).latents
+    b = blend_sample(dummy_model, x_T, cond, uncond, sched0, window=6, overlap=3, key=jax.random.key(5)).latents
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
     with pytest.raises(ValueError, match="needs a PRNG key"):
         blend_sample(dummy_model, x_T, cond, uncond, sched0, window=6, overlap=3)
@@ -374,7 +388,7 @@ def test_compiled_program_does_not_grow_with_frames(method, kw):
             traced.append(x.shape)
             return dummy_model(x, t, ctx, i)
 
-        fn = lambda x, c, u, k: method(model, x, c, u, sched, key=k, cfg_scale=CFG, jit=False, **kw)  # noqa: E731,B023
+        fn = lambda x, c, u, k: method(model, x, c, u, sched, key=k, cfg_scale=CFG, **kw).latents  # noqa: E731,B023
         jaxpr = jax.make_jaxpr(fn)(x_T, cond, uncond, jax.random.key(0))
         sizes.append(_count_eqns(jaxpr.jaxpr))
         calls.append(traced)
@@ -398,7 +412,7 @@ def test_working_memory_is_bounded_by_the_window_not_the_length():
     temps = []
     for n_frames in (16, 64):
         x, c = jnp.zeros((1, 4, n_frames, 16, 16)), jnp.zeros((1, 7, 8))
-        fn = lambda x, c, k: genl_sample(wide_model, x, c, c, sched, window=8, stride=4, key=k, jit=False)  # noqa: E731
+        fn = lambda x, c, k: genl_sample(wide_model, x, c, c, sched, window=8, stride=4, key=k).latents  # noqa: E731
         mem = jax.jit(fn).lower(x, c, jax.random.key(0)).compile().memory_analysis()
         if mem is None:
             pytest.skip("this backend reports no memory analysis")
@@ -533,7 +547,7 @@ def test_pipeline_long_video_matches_genl_sample_with_the_unet(long_run, tiny_ck
     k_x, k_steps = jax.random.split(jax.random.key(seed))
     x_T = jax.random.normal(k_x, (1, 4, frames, 8, 8), jnp.float32)
     ref = jax.jit(lambda x, c, u, k: genl_sample(model_fn, x, c, u, videocrafter2_schedule(steps, 1.0), window=4,
-                                                 stride=2, cfg_scale=12.0, key=k, jit=False))(
+                                                 stride=2, cfg_scale=12.0, key=k).latents)(
         x_T, pipe.encode([PROMPT]), pipe.encode([""]), k_steps)
     assert seen == [(2, 4, 4, 8, 8)]  # the UNet sees one 4-frame window (CFG rows), traced once
     err = _scaled_err(long_run.latents, ref)

@@ -16,6 +16,7 @@ import pytest
 from tiny_checkpoint import shared_tiny_checkpoint
 from vstar_jax import pipeline as pl
 from vstar_jax.generation import model as gm
+from vstar_jax.runtime import runtime
 from vstar_jax.io.video import read_video
 from vstar_jax.tar_vsp.analysis import band_score
 from vstar_jax.tar_vsp.tar import preset
@@ -178,7 +179,7 @@ def test_no_checkpoint_needs_one_until_the_demo_model_exists(monkeypatch):
     from vstar_jax.generation import builtin
 
     monkeypatch.setattr(builtin, "_LOADERS", {})  # no package registered a built-in model
-    monkeypatch.setattr(gm, "_PIPELINES", {})
+    monkeypatch.setattr(runtime(), "pipelines", {})
     with pytest.raises(ValueError, match="checkpoint is required"):
         pl.generate_video(PROMPT, frames=FRAMES, progress=False)
 
@@ -242,7 +243,7 @@ def demo_asset(tmp_path, monkeypatch):
     """The shipped demo model if present, else a random one in its shipped format."""
     from vstar_jax.demo import model as dm
 
-    monkeypatch.setattr(gm, "_PIPELINES", {})
+    monkeypatch.setattr(runtime(), "pipelines", {})
     if not (dm.ASSET_DIR / dm.PARAMS_FILE).exists():
         from configs import demo_tiny
         from tiny_checkpoint import _random_like
@@ -312,7 +313,7 @@ def test_readme_command_shows_the_prompted_colour_and_motion(tmp_path, monkeypat
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"shipped demo model missing at {dm.ASSET_DIR}")
         pytest.skip("shipped demo model not built yet")
-    monkeypatch.setattr(gm, "_PIPELINES", {})
+    monkeypatch.setattr(runtime(), "pipelines", {})
     out = tmp_path / "red_circle.mp4"
     assert cli.main(["generate", "a red circle moves to the right", "--out", str(out), "--quiet"]) == 0
     cfg = dm.load_demo_model().config

@@ -1,12 +1,18 @@
-"""Guided DDIM step (golden VideoCrafter2 step, diffusers DDIMScheduler) and the scan loop."""
+"""Guided DDIM step (golden VideoCrafter2 step, diffusers DDIMScheduler) and the scan loop (the ``single``
+strategy through ``Strategy.sample``, the one sampler)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_golden
+from conftest import load_golden, strategy_sample
 from vstar_jax.diffusion import sampler as SP
 from vstar_jax.diffusion import schedules as S
+
+
+def ddim_sample(model_fn, x_T, cond, uncond, schedule, **kw):
+    """The plain DDIM loop as every path runs it: the registry's ``single`` through ``Strategy.sample``."""
+    return strategy_sample("single", model_fn, x_T, cond, uncond, schedule, **kw)
 
 GOLDEN = "videocrafter2/ddim_vc2_25steps_eta1_cfg12.safetensors"
 
@@ -109,18 +115,17 @@ def test_ddim_sample_compiles_once_and_passes_step_index():
     s = S.videocrafter2_schedule(10, eta=1.0)
     x_T = jax.random.normal(jax.random.key(1), (1, 4, 3, 4, 4))
     cond, uncond = jnp.ones((1, 77, 8)), jnp.zeros((1, 77, 8))
-    out = SP.ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=7.5, key=jax.random.key(0),
-                         capture=True, return_x0=True)
+    out = ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=7.5, key=jax.random.key(0), capture=True,
+                      return_x0=True)
     assert len(calls) == 1  # the scan body is traced once
     np.testing.assert_array_equal(np.asarray(out.aux["step"]), np.arange(10))
     np.testing.assert_array_equal(np.asarray(out.aux["t"]), s.timesteps[::-1])
     assert out.pred_x0.shape == (10,) + x_T.shape and out.latents.shape == x_T.shape
-    again = SP.ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=7.5, key=jax.random.key(0),
-                           capture=True, return_x0=True)
+    again = ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=7.5, key=jax.random.key(0), capture=True,
+                        return_x0=True)
     assert len(calls) == 1  # cached: no retrace for the same model_fn/shapes
     np.testing.assert_array_equal(np.asarray(again.latents), np.asarray(out.latents))
-    other = SP.ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=7.5, key=jax.random.key(1),
-                           capture=True)
+    other = ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=7.5, key=jax.random.key(1), capture=True)
     assert not np.allclose(np.asarray(other.latents), np.asarray(out.latents))
 
 
@@ -134,7 +139,7 @@ def test_ddim_sample_matches_python_loop():
     cond = jax.random.normal(jax.random.key(4), (f, 77, 8))  # per-frame (VSP) cond
     uncond = jnp.zeros((1, 77, 8))
     key = jax.random.key(5)
-    got = SP.ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=12.0, key=key, capture=True).latents
+    got = ddim_sample(fn, x_T, cond, uncond, s, cfg_scale=12.0, key=key, capture=True).latents
 
     coeffs = s.coefficients()
     keys = jax.random.split(key, s.num_steps)
@@ -160,11 +165,11 @@ def test_ddim_sample_no_guidance_and_eta0_is_deterministic_without_key():
 
     s = S.diffusers_schedule(5, eta=0.0)
     x_T = jnp.ones((1, 4, 2, 2, 2))
-    a = SP.ddim_sample(eps_only, x_T, jnp.ones((1, 77, 8)), None, s)
-    b = SP.ddim_sample(eps_only, x_T, jnp.ones((1, 77, 8)), None, s, key=jax.random.key(9))
+    a = ddim_sample(eps_only, x_T, jnp.ones((1, 77, 8)), None, s).latents
+    b = ddim_sample(eps_only, x_T, jnp.ones((1, 77, 8)), None, s, key=jax.random.key(9)).latents
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="PRNG key"):
-        SP.ddim_sample(eps_only, x_T, jnp.ones((1, 77, 8)), None, s, eta=1.0)
+        ddim_sample(eps_only, x_T, jnp.ones((1, 77, 8)), None, s, eta=1.0)
 
 
 def test_cfg_context_shapes():

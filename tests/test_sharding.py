@@ -117,7 +117,7 @@ GEN_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from tiny_checkpoint import write_tiny_checkpoint
     from vstar_jax import pipeline as pl
-    from vstar_jax.generation import sampling
+    from vstar_jax.runtime import runtime
     assert len(__import__("jax").devices()) == 8
     ckpt = write_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "ck"))
     # TAR and VSP (a 2-state synopsis) on
@@ -129,7 +129,7 @@ GEN_SCRIPT = textwrap.dedent("""
         ref = plain if not extra else pl.generate_video("a red circle", **dict(kw, **extra))
         split = pl.generate_video("a red circle", mesh=mesh, **dict(kw, **extra))
         err = float(np.abs(split.latents - ref.latents).max() / np.abs(ref.latents).max())
-        hlo = list(sampling._COMPILED.values())[-1].as_text()
+        hlo = list(runtime().compiled.values())[-1].as_text()
         coll = sorted(op for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce") if op in hlo)
         print(tag, err, "MESH", split.sidecar["mesh"], "COLLECTIVES", ",".join(coll) or "none")
 

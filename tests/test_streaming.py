@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from checkpoints_convert.common import conv1d_kernel, conv2d_kernel, linear_kernel
+from vstar_jax.diffusion.sampler import Denoiser
 from vstar_jax.errors import VstarError
 from vstar_jax.models import streaming as ST
 
@@ -313,8 +314,9 @@ def _embed(frame):
     return frame.reshape(frame.shape[0], -1) * 2.0
 
 
-_dummy.anchor_pair = lambda frame: (_embed(jnp.zeros_like(frame)) - 1.0, _embed(frame))
-_dummy.cam_input = lambda z: z[:, :, ::-1] * 0.5  # what CAM reads is the model's (decoded frames for the released one)
+# what CAM and APM read is the model's (decoded frames for the released one): the Denoiser carries them
+_denoiser = Denoiser(_dummy, cam_input=lambda z: z[:, :, ::-1] * 0.5,
+                     anchor_pair=lambda frame: (_embed(jnp.zeros_like(frame)) - 1.0, _embed(frame)))
 
 
 def _np_dummy(x, ctx, i, cam=None, img=None):
@@ -345,7 +347,7 @@ def _reference(x_T, cond, uncond, steps, eta, key, cfg_scale, window, n_cond, bl
     the chunk's x0 is overwritten before r ~ U{0..C-1} by the previous chunk's clean frames as
     diffusion_sdedit.py:176-180 overwrites x0, eps recomputed from x0 as :106, and the chunk then
     writes all its frames. What CAM reads of a chunk and the anchor embedding are the toy model's
-    (``_dummy.cam_input`` / ``anchor_pair``). Raw inputs: x_T of the whole length (chunks take their
+    (``_denoiser.cam_input`` / ``anchor_pair``). Raw inputs: x_T of the whole length (chunks take their
     frames' noise), the step keys split(key, steps), chunk k's noise at step i normal(fold_in(key_i, k))."""
     ddim = LvdmDDIM(steps, eta)
     keys = jax.random.split(key, ddim.total_steps)
@@ -360,9 +362,9 @@ def _reference(x_T, cond, uncond, steps, eta, key, cfg_scale, window, n_cond, bl
         x = np.asarray(x_T[:, :, s:s + window], np.float64)
         if idx > 0:
             input_frames = chunks_conditional[-1][:, :, window - n_cond:]  # the previous chunk's last C
-            cam = input_frames[:, :, ::-1] * 0.5  # _dummy.cam_input
+            cam = input_frames[:, :, ::-1] * 0.5  # _denoiser.cam_input
             anchor = chunks_conditional[0][:, :, 0]
-            img_u, img_c = _np_embed(np.zeros_like(anchor)) - 1.0, _np_embed(anchor)  # _dummy.anchor_pair
+            img_u, img_c = _np_embed(np.zeros_like(anchor)) - 1.0, _np_embed(anchor)  # _denoiser.anchor_pair
         for i, step, index in ddim.time_range():
             if idx == 0:
                 e_t = cfg(_np_dummy(x, uncond, i), _np_dummy(x, cond, i), cfg_scale)
@@ -400,11 +402,11 @@ def test_streaming_matches_the_chunk_by_chunk_reference(blend):
     key = jax.random.key(3)
     x_T, _, ctx, co, keys, use_noise, guided = SP.prepare_sampling(x_T, cond, uncond, sched, None, key, "t")
     inputs = SampleInputs(x_T, ctx, co, keys, key, jnp.float32(5.0), 8, guided, use_noise)
-    got = jax.jit(lambda x: st.run(_dummy, inputs._replace(x_T=x))[0])(x_T)
+    got = jax.jit(lambda x: st.run(_denoiser, inputs._replace(x_T=x))[0])(x_T)
     ref = _reference(np.asarray(x_T), cond, uncond, 4, 1.0, key, 5.0, 4, 2, blend)
     assert _rel(got, ref) < 1e-5  # float32 product vs float64 reference: rounding only
     # one chunk is the single pass
-    one = jax.jit(lambda x: st.run(_dummy, inputs._replace(x_T=x, frames=4))[0])(x_T[:, :, :4])
+    one = jax.jit(lambda x: st.run(_denoiser, inputs._replace(x_T=x, frames=4))[0])(x_T[:, :, :4])
     single = jax.jit(lambda x: parse_strategy(None).run(_dummy, inputs._replace(x_T=x, frames=4))[0])(x_T[:, :, :4])
     np.testing.assert_array_equal(np.asarray(one), np.asarray(single))
 

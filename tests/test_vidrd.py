@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vstar_jax.diffusion import sampler as SP
 from vstar_jax.diffusion import schedules as S
 from vstar_jax.diffusion.sampler import prepare_sampling
-from vstar_jax.longvideo import SampleInputs, VidRD
+from vstar_jax.longvideo import SampleInputs, VidRD, parse_strategy
 from vstar_jax.longvideo.vidrd import CLIP_FOLD, PNS_FOLD, dsg_weights, pns_noise
 
 from lvdm_reference import LvdmDDIM, cfg
@@ -53,7 +52,7 @@ def test_one_clip_is_ddim(eta):
     st = VidRD(8, 4)
     sched, cond, uncond, key, inputs = _inputs(st, 8, eta)
     got = _run(st, inputs)
-    ref = SP.ddim_sample(model, inputs.x_T, cond, uncond, sched, cfg_scale=CFG, key=key)
+    ref = parse_strategy("single").sample(model, inputs.x_T, cond, uncond, sched, cfg_scale=CFG, key=key).latents
     assert np.abs(np.asarray(got) - np.asarray(ref)).max() / np.abs(np.asarray(ref)).max() < 1e-6
 
 

@@ -42,7 +42,7 @@ from vstar_jax.generation.model import (DEFAULTS, DEMO_SOURCE, FLAVOR_DEFAULTS, 
                                         diffusion_settings, load_pipeline, model_info)
 from vstar_jax.generation.options import GenerationOptions, check_names, document
 from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SUFFIXES,  # noqa: F401
-                                          FramesDiffer, GenerationResult, VideoSink, build_sidecar, check_outputs, decode,
+                                          FramesDiffer, GenerationResult, VideoSink, build_sidecar, check_outputs,
                                           decode_batches, default_output, frames_digest, load_sidecar,
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import GenerationRequest, check_states, make_request, number

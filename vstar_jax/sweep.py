@@ -72,6 +72,7 @@ from vstar_jax.metrics.band import attention_band_score
 from vstar_jax.metrics.cli import check_settings
 from vstar_jax.metrics.clip_score import ClipScorer
 from vstar_jax.pipeline import generate_batch, generate_video
+from vstar_jax.runtime import runtime
 from vstar_jax.trees import plain
 
 RESULTS_PARQUET = "results.parquet"
@@ -298,16 +299,14 @@ def resolve_fn(path: str) -> Callable:
         raise ValueError(f"cannot import run_fn {path!r}: {e}") from None
 
 
-_CLIP_CACHE: dict = {}
-
-
 def _clip_scorer(config):
     path = _get(_get(config, "metrics", {}), "clip_checkpoint", "")
     if not path:
         return None
-    if path not in _CLIP_CACHE:
-        _CLIP_CACHE[path] = ClipScorer.load(path)
-    return _CLIP_CACHE[path]
+    cache = runtime().models
+    if ("clip", path) not in cache:
+        cache[("clip", path)] = ClipScorer.load(path)
+    return cache[("clip", path)]
 
 
 def score_video(video, prompt: str, config) -> dict:

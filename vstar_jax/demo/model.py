@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +26,7 @@ import numpy as np
 
 from vstar_jax.demo import ASSET_DIR, world
 from vstar_jax.demo.streaming import load_streaming, with_streaming
-from vstar_jax.diffusion.parameterization import to_eps
-from vstar_jax.diffusion.sampler import cfg_combine, ddim_sample
-from vstar_jax.diffusion.schedules import videocrafter2_schedule
+from vstar_jax.diffusion.parameterization import clip_eps  # noqa: F401  (re-exported: the demo's x0 clipping)
 from vstar_jax.generation import builtin
 from vstar_jax.generation.builtin import DEMO_SOURCE
 from vstar_jax.generation.model import Pipeline, diffusion_settings
@@ -302,56 +300,10 @@ def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[i
     else:
         cond = model.encode_prompts(list(prompts))
     clip = bool(d.get("clip_x0", False)) if clip_x0 is None else bool(clip_x0)
-    if not clip:  # the CLI's sampling stage (vstar_jax.generation.sampling): what users run
-        ds = diffusion_settings(model.config.to_dict())
-        plan = SamplePlan(ds["flavor"], int(steps), float(eta), schedule_kwargs(ds), model.latent_shape(frames, batch),
-                          tar, False, prediction=ds["prediction"])
-        lat = sample_jit(model.unet, model.unet_params, cond, uncond, jax.random.key(seed), jnp.float32(28),
-                         jnp.float32(cfg), plan=plan).latents
-        return decode_latents(lat, model.config.patch, 1)
-    kx, kn = jax.random.split(jax.random.PRNGKey(seed))
-    x_T = jax.random.normal(kx, model.latent_shape(frames, batch))
-    run = _sampler(model.unet, tar, steps, float(eta), cfg, (d.linear_start, d.linear_end, d.num_timesteps),
-                   bool(d.use_scale), clip, str(d.get("prediction", "eps")))
-    lat = run(model.unet_params, x_T, cond, uncond, kn)
+    # the CLI's sampling stage (vstar_jax.generation.sampling): what users run; clip_x0 is a denoiser option
+    ds = diffusion_settings(model.config.to_dict())
+    plan = SamplePlan(ds["flavor"], int(steps), float(eta), schedule_kwargs(ds), model.latent_shape(frames, batch),
+                      tar, False, prediction=ds["prediction"], clip_x0=clip)
+    lat = sample_jit(model.unet, model.unet_params, cond, uncond, jax.random.key(seed), jnp.float32(28),
+                     jnp.float32(cfg), plan=plan).latents
     return decode_latents(lat, model.config.patch, 1)
-
-
-_SAMPLERS: dict = {}
-
-
-def clip_eps(eps, x, t, alphas_cumprod, lo: float = -1.0, hi: float = 1.0):
-    """eps whose implied x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t) is clipped to [lo, hi] (pixel-space
-    DDPM practice): eps' = (x - sqrt(a_t) clip(x0)) / sqrt(1 - a_t). t: (b,) timesteps."""
-    a = jnp.asarray(alphas_cumprod, jnp.float32)[t].reshape((-1,) + (1,) * (x.ndim - 1))
-    x0 = jnp.clip((x - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a), lo, hi)
-    return (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
-
-
-def _sampler(unet, tar, steps: int, eta: float, cfg: float, betas: tuple, use_scale: bool,
-             clip_x0: bool = False, prediction: str = "eps") -> Callable:
-    """A jitted ``run(params, x_T, cond, uncond, key) -> latents``, cached per settings.
-
-    With ``clip_x0`` the guided eps is replaced by :func:`clip_eps` (guidance is then applied inside
-    the model function, and the sampler's own guidance runs at scale 1 on two identical halves)."""
-    key = (id(unet), tar, steps, eta, cfg, betas, use_scale, clip_x0, prediction)
-    if key not in _SAMPLERS:
-        sched = videocrafter2_schedule(steps, eta, use_scale=use_scale, linear_start=betas[0],
-                                       linear_end=betas[1], num_timesteps=betas[2])
-        ac = np.asarray(sched.alphas_cumprod, np.float32)
-
-        @jax.jit
-        def run(params, x_T, cond, uncond, rng):
-            def model_fn(x, t, ctx, i):
-                eps = to_eps(unet.apply({"params": params}, x, t, ctx, step_index=i, tar=tar), x, t, ac, prediction)
-                if not clip_x0:
-                    return eps
-                b = x.shape[0] // 2
-                guided = clip_eps(cfg_combine(eps[:b], eps[b:], cfg), x[b:], t[b:], ac)
-                return jnp.concatenate([guided, guided], axis=0)
-
-            return ddim_sample(model_fn, x_T, cond, uncond, sched, cfg_scale=1.0 if clip_x0 else cfg, key=rng,
-                               jit=False)
-
-        _SAMPLERS[key] = run
-    return _SAMPLERS[key]

@@ -39,6 +39,15 @@ def to_eps(output, x_t, t, alphas_cumprod, prediction: str = "eps"):
     return jnp.sqrt(a) * out + jnp.sqrt(1.0 - a) * x_t.astype(jnp.float32)
 
 
+def clip_eps(eps, x, t, alphas_cumprod, lo: float = -1.0, hi: float = 1.0):
+    """eps whose implied x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t) is clipped to [lo, hi] (pixel-space
+    DDPM practice): eps' = (x - sqrt(a_t) clip(x0)) / sqrt(1 - a_t). ``t``: (b,) timesteps of the rows
+    of ``x``, or (b, f) one per frame. The demo model's ``clip_x0`` option (a :class:`Denoiser` setting)."""
+    a = _alpha(alphas_cumprod, t, x.ndim)
+    x0 = jnp.clip((x - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a), lo, hi)
+    return (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+
+
 def target(x0, noise, a, prediction: str = "eps"):
     """Training target for clean ``x0``, ``noise`` and alpha_cumprod ``a`` (broadcastable)."""
     if check_prediction(prediction) == "eps":

@@ -1,4 +1,4 @@
-"""Guided DDIM sampling compiled as one ``jax.lax.scan`` over steps.
+"""Guided DDIM: the step, classifier-free guidance, the denoiser contract and the single-pass loop.
 
 One step (both flavours; the flavour lives in the schedule's coefficients)::
 
@@ -10,15 +10,23 @@ The model is called once per step on the CFG batch ``[uncond rows; cond rows]``:
 ``model_fn(x (2b, c, f, h, w), t (2b,) int32, context, step_index) -> eps`` (or
 ``(eps, aux)`` with ``capture=True``), where ``step_index`` is the loop index ``i``
 (0 = the noisiest step), as the reference's ``for i, step in enumerate(time_range)``.
+A :class:`Denoiser` carries that function with what some methods read besides it (StreamingT2V's
+CAM / APM inputs) and the guidance options (x0 clipping); a plain function is a Denoiser without them.
+
+Sampling itself has one entry: ``Strategy.sample`` (``vstar_jax.longvideo.base``), which prepares
+the inputs (:func:`prepare_sampling`) and runs the strategy's loop; ``Single`` is the plain DDIM loop
+(:func:`ddim_loop`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.diffusion.parameterization import clip_eps
 from vstar_jax.diffusion.schedules import DDIMSchedule
 
 ModelFn = Callable[..., Any]
@@ -28,6 +36,32 @@ class SampleOutput(NamedTuple):
     latents: jax.Array  # (b, c, f, h, w) final x_0
     pred_x0: jax.Array | None  # (N, b, c, f, h, w) x0 prediction of each step (loop order)
     aux: Any  # model_fn's aux stacked over steps (leading axis N), or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+    """The denoiser a sampling loop calls, and the inputs beside it that some methods read.
+
+    ``fn(x, t, ctx, i, **extra) -> eps`` (or ``(eps, aux)`` when capturing) on CFG rows, as the module
+    docstring says. ``cam_input(z)`` / ``anchor_pair(frame)``: StreamingT2V's CAM input of the previous
+    chunk's last latent frames and APM's (unconditional, conditional) image embeddings of the anchor
+    latent (bound to their params by the sampling stage; None for every other model). ``clip_x0``:
+    alphas_cumprod of the schedule when the guided eps is replaced by one whose implied x0 is clipped
+    to [-1, 1] (:func:`~vstar_jax.diffusion.parameterization.clip_eps`; the demo model's option), else None.
+    """
+
+    fn: Callable
+    cam_input: Optional[Callable] = None
+    anchor_pair: Optional[Callable] = None
+    clip_x0: Any = None
+
+    def __call__(self, x, t, ctx, i, **extra):
+        return self.fn(x, t, ctx, i, **extra)
+
+
+def as_denoiser(model_fn) -> Denoiser:
+    """A :class:`Denoiser` as it is, or a plain ``model_fn`` wrapped in one (no extra inputs)."""
+    return model_fn if isinstance(model_fn, Denoiser) else Denoiser(model_fn)
 
 
 def cfg_combine(e_uncond: jax.Array, e_cond: jax.Array, scale) -> jax.Array:
@@ -112,24 +146,31 @@ def cfg_context(cond, uncond, batch: int, frames: int) -> jax.Array:
 def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
                capture: bool = False, extra: Optional[dict] = None):
     """One CFG model evaluation: a single call on ``[x; x]`` with ``context`` = [uncond; cond]
-    rows (from :func:`cfg_context`). ``t`` is a scalar timestep, or one per frame (F,) (FIFO's
-    diagonal denoising; the model then gets (rows, F)). ``extra``: more model inputs, already in
-    CFG rows (StreamingT2V's ``cam_frames`` / ``image_embed``). Returns ``(eps, aux)`` (``aux`` None
-    unless ``capture``); eps is float32."""
+    rows (from :func:`cfg_context`). ``model_fn``: a :class:`Denoiser` or a plain model function.
+    ``t`` is a scalar timestep, or one per frame (F,) (FIFO's diagonal denoising; the model then
+    gets (rows, F)). ``extra``: more model inputs, already in CFG rows (StreamingT2V's ``cam_frames``
+    / ``image_embed``). Returns ``(eps, aux)`` (``aux`` None unless ``capture``); eps is float32,
+    guided, and clipped when the denoiser asks (``Denoiser.clip_x0``)."""
+    den = as_denoiser(model_fn)
     b = x.shape[0]
     t = jnp.asarray(t, jnp.int32)
     tt = jnp.broadcast_to(t, (2 * b if guided else b,) + t.shape)
     x_in = jnp.concatenate([x, x], axis=0) if guided else x
-    out = model_fn(x_in, tt, context, step_index, **(extra or {}))
+    out = den.fn(x_in, tt, context, step_index, **(extra or {}))
     eps, aux = out if capture else (out, None)
     eps = eps.astype(jnp.float32)
     if guided:
         eps = cfg_combine(eps[:b], eps[b:], cfg_scale)
+    if den.clip_x0 is not None:
+        eps = clip_eps(eps, x, tt[:b], den.clip_x0)
     return eps, aux
 
 
-def _sample(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided, use_noise,
-            return_x0, capture):
+def ddim_loop(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided: bool, use_noise: bool,
+              return_x0: bool = False, capture: bool = False):
+    """The plain DDIM loop (one ``lax.scan`` over steps, every frame in each model call) on prepared
+    inputs (:func:`prepare_sampling`); returns (x_0, stacked pred_x0 or None, stacked aux or None).
+    ``Single``'s loop, and FIFO's base clip."""
     def body(x, xs):
         co, i, k = xs
         eps, aux = guided_eps(model_fn, x, co["timesteps"], context, i, cfg_scale,
@@ -143,10 +184,6 @@ def _sample(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided, use_nois
     xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys)
     x, (x0s, aux) = jax.lax.scan(body, x_T.astype(jnp.float32), xs)
     return x, x0s, aux
-
-
-_sample_jit = jax.jit(_sample, static_argnames=("model_fn", "guided", "use_noise", "return_x0",
-                                                 "capture"))
 
 
 def prepare_sampling(x_T, cond, uncond, schedule: DDIMSchedule, eta, key, what: str, frames: int | None = None):
@@ -170,28 +207,3 @@ def prepare_sampling(x_T, cond, uncond, schedule: DDIMSchedule, eta, key, what: 
     context = cfg_context(cond, uncond, b, frames)
     coeffs = {k: jnp.asarray(v) for k, v in coeffs_np.items()}
     return x_T, frames, context, coeffs, keys, use_noise, guided
-
-
-def ddim_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *,
-                cfg_scale: float = 12.0, key: jax.Array | None = None,
-                eta: float | None = None, return_x0: bool = False, capture: bool = False,
-                jit: bool = True):
-    """Run the whole DDIM loop as one ``lax.scan``.
-
-    x_T (b, c, f, h, w); cond/uncond as :func:`cfg_context` accepts (``uncond=None``: no
-    guidance, one model call on cond rows). ``eta=None`` uses the schedule's eta; noise
-    (eta > 0) needs ``key``: step i draws ``normal(split(key, N)[i], x.shape)``.
-    ``jit=True`` compiles once per (model_fn, shapes, flags), with ``model_fn`` a static
-    (hashable) argument: close over large params only with ``jit=False`` inside your own
-    ``jax.jit``, so they stay arguments rather than constants.
-    Returns latents (b, c, f, h, w) float32, or :class:`SampleOutput` when
-    ``return_x0`` or ``capture``.
-    """
-    x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
-        x_T, cond, uncond, schedule, eta, key, "ddim_sample")
-    fn = _sample_jit if jit else _sample
-    x, x0s, aux = fn(model_fn, x_T, context, coeffs, jnp.float32(cfg_scale), keys,
-                     guided=guided, use_noise=use_noise, return_x0=return_x0, capture=capture)
-    if not (return_x0 or capture):
-        return x
-    return SampleOutput(x, x0s, aux)

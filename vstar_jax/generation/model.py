@@ -3,7 +3,7 @@ to know about it (:class:`ModelInfo`, read without loading params), and the one-
 
 ``load_pipeline(None)`` is the embedded demo model (the built-in registered in
 :mod:`vstar_jax.generation.builtin`); ``load_pipeline(dir)`` a converted checkpoint (cached per path
-and config mtime, one model in memory at a time).
+and config mtime, one model in memory at a time, in the process's :class:`~vstar_jax.runtime.Runtime`).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from vstar_jax.models.tokenizer import get_tokenizer
 from vstar_jax.models.unet3d import unet_num_levels
 from vstar_jax.models.unet_config import UNetConfig
 from vstar_jax.models.vae import AutoencoderKL
+from vstar_jax.runtime import runtime
 from vstar_jax.trees import plain
 from vstar_jax.validate import number
 
@@ -273,9 +274,6 @@ def _streaming_unmet(config: Mapping, vae_factor: int) -> tuple:
 
 
 # ---------------------------------------------------------------- checkpoint resolution
-_PIPELINES: dict = {}
-
-
 def load_pipeline(checkpoint: Optional[str | os.PathLike] = None) -> Pipeline:
     """The pipeline of a checkpoint directory (cached per path and config mtime), or the
     embedded demo model when ``checkpoint`` is None."""
@@ -284,23 +282,25 @@ def load_pipeline(checkpoint: Optional[str | os.PathLike] = None) -> Pipeline:
     path = os.path.abspath(os.fspath(checkpoint))
     cfg = os.path.join(path, "config.json")
     key = (path, os.path.getmtime(cfg) if os.path.exists(cfg) else None)
-    if key not in _PIPELINES:
-        _PIPELINES.clear()  # keep at most one model in memory
-        _PIPELINES[key] = Pipeline.from_checkpoint(path)
-    return _PIPELINES[key]
+    cache = runtime().pipelines
+    if key not in cache:
+        cache.clear()  # keep at most one model in memory
+        cache[key] = Pipeline.from_checkpoint(path)
+    return cache[key]
 
 
 def _demo_pipeline() -> Pipeline:
     load = builtin.loader(builtin.DEFAULT)
     if load is None:
         raise VstarError("no embedded default model is available: a checkpoint is required (--checkpoint DIR)")
-    if "demo" not in _PIPELINES:
+    cache = runtime().pipelines
+    if "demo" not in cache:
         try:
-            _PIPELINES["demo"] = load()
+            cache["demo"] = load()
         except (ValueError, FileNotFoundError, OSError) as e:
             raise VstarError(f"the embedded demo model cannot be loaded ({' '.join(str(e).split())}): "
                              "a checkpoint is required (--checkpoint DIR)") from None
-    return _PIPELINES["demo"]
+    return cache["demo"]
 
 
 def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:

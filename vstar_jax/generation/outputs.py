@@ -29,7 +29,7 @@ from vstar_jax.io.video import (FfmpegWriter, check_gif_fps, check_writable, enc
                                 video_to_uint8)
 from vstar_jax.longvideo.base import sidecar_settings
 from vstar_jax.models.temporal_decoder import decode_windows, temporal_settings
-from vstar_jax.models.vae import decode_video
+from vstar_jax.models.vae import decode_latents
 from vstar_jax.tar_vsp.analysis import plot_attention_grid
 from vstar_jax.tar_vsp.tar import parse_tar
 
@@ -79,22 +79,21 @@ def frames_digest(video: np.ndarray) -> str:
 
 
 # ------------------------------------------------------------------------------- decoding
-def _decode_batch_fn(pipe):
-    """latents (1, c, k, h, w) float32 -> uint8 frames (k, H, W, 3)."""
+# the VAE's one decoder (latents / scale_factor, frame batches), jitted once per VAE module
+_vae_decode_jit = jax.jit(decode_latents, static_argnames=("vae", "frame_batch"))
+
+
+def decode_frames(pipe, latents) -> np.ndarray:
+    """The pipeline's decoder: latents (1, c, k, h, w) float32 -> uint8 frames (k, H, W, 3): the model's own
+    (the demo model's patch space), pixel space as it is, or the VAE's :func:`~vstar_jax.models.vae.decode_latents`."""
     if pipe.decoder is not None:
-        return lambda z: np.asarray(pipe.decoder(z), np.uint8)[0]
+        return np.asarray(pipe.decoder(latents), np.uint8)[0]
     if pipe.pixel_space:
-        return lambda z: video_to_uint8(np.asarray(z, np.float32))[0]
-    sf = jnp.float32(pipe.diffusion["scale_factor"])
-    return lambda z: video_to_uint8(np.asarray(_decode_jit(pipe.vae, pipe.params["vae"], jnp.asarray(z), sf),
-                                               np.float32))[0]
-
-
-def _decode_jit_impl(vae, params, latents, scale_factor):
-    return decode_video(vae, params, latents / scale_factor, latents.shape[2])
-
-
-_decode_jit = jax.jit(_decode_jit_impl, static_argnames=("vae",))
+        return video_to_uint8(np.asarray(latents, np.float32))[0]
+    z = jnp.asarray(latents)
+    px = _vae_decode_jit(pipe.vae, pipe.params["vae"], z, frame_batch=int(z.shape[2]),
+                         scale_factor=jnp.float32(pipe.diffusion["scale_factor"]))
+    return video_to_uint8(np.asarray(px, np.float32))[0]
 
 
 def decode_batches(pipe, latents, frame_batch: int = 16) -> Iterator[np.ndarray]:
@@ -108,23 +107,12 @@ def decode_batches(pipe, latents, frame_batch: int = 16) -> Iterator[np.ndarray]
         for px in decode_windows(pipe.vae, pipe.params["vae"], z / sf, frame_batch=fb):
             yield video_to_uint8(px)[0]
         return
-    fn = _decode_batch_fn(pipe)
     for s in range(0, n, fb):
         chunk = z[:, :, s:s + fb]
         k = chunk.shape[2]
         if k < fb and n > fb:
             chunk = np.concatenate([chunk, np.repeat(chunk[:, :, -1:], fb - k, axis=2)], axis=2)
-        yield np.asarray(fn(chunk))[:k]
-
-
-def decode(pipe, latents, frame_batch: int = 16) -> np.ndarray:
-    """Latents (b, c, f, h, w) -> video (b, 3, f, H, W) float32 in about [-1, 1] (whole video)."""
-    if pipe.pixel_space:
-        return np.asarray(latents, np.float32)
-
-    sf = jnp.float32(pipe.diffusion["scale_factor"])
-    return np.asarray(decode_video(pipe.vae, pipe.params["vae"], jnp.asarray(latents) / sf, int(frame_batch)),
-                      np.float32)
+        yield decode_frames(pipe, chunk)[:k]
 
 
 class FramesDiffer(VstarError):

@@ -5,8 +5,10 @@ PRNG (every strategy): ``key = jax.random.key(seed)``; ``k_x, k_steps = split(ke
 step i's DDIM noise = ``normal(split(k_steps, N)[i])``; a method's extra draws fold ``k_steps``
 (its ``rng_rule``, recorded in the sidecar).
 
-The program is compiled ahead of time once per (model, plan, argument shapes) and cached, so
-the progress bar counts denoising only; params are arguments, never constants.
+The program is compiled ahead of time once per (model, plan, argument shapes) and cached in the
+process's :class:`~vstar_jax.runtime.Runtime` (with the running loop's progress state), so the progress
+bar counts denoising only; params are arguments, never constants. Inside the program the loop is
+``Strategy.sample`` (the one sampler) around the UNet's :class:`~vstar_jax.diffusion.sampler.Denoiser`.
 """
 from __future__ import annotations
 
@@ -29,14 +31,13 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from vstar_jax.compile_cache import compile_lowered
-from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.jax_private import private_jax, warn_once
 from vstar_jax.longvideo import parse_strategy
-from vstar_jax.longvideo.base import SampleInputs
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
 from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, make_mesh, named
+from vstar_jax.runtime import runtime
 from vstar_jax.tar_vsp.analysis import flatten_maps
 
 
@@ -61,6 +62,7 @@ class SamplePlan:
     prediction: str = "eps"  # what the UNet predicts (vstar_jax.diffusion.parameterization)
     rules: Any = None  # logical-axis rules of the activations on the mesh (None: the default table)
     memory: Any = None  # StreamingT2V's StreamingMemory (then params = (unet params, its params)), or None
+    clip_x0: bool = False  # guided eps with its implied x0 clipped to [-1, 1] (the demo model's option)
 
     def schedule(self):
         return make_schedule(self.flavor, self.steps, self.eta, **dict(self.schedule_kwargs))
@@ -73,7 +75,7 @@ class SamplePlan:
         hooks = ((self.tar,) if self.tar is not None else ())
         if self.strategy is not None:
             hooks = hooks + tuple(self.strategy.attention_hooks(self.latent_shape[2]))
-        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding, self.rules)
+        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding, self.rules, self.clip_x0)
 
 
 def plan_for(request, latent_channels: int, row_sharding=None, rules=None, memory=None) -> SamplePlan:
@@ -96,16 +98,13 @@ def plan_params(pipe, plan: SamplePlan):
 
 
 # ------------------------------------------------------------------------------- progress
-_PROGRESS: dict = {"bar": None, "stop": False, "wake": None, "first_nonfinite": None}
-
-
 class NonFiniteLatents(VstarError):
     """The sampled latents hold NaN or inf (one line naming the first step that produced them)."""
 
 
 def reset_finite_check() -> None:
     """Forget the first non-finite step (call before a sampling run)."""
-    _PROGRESS["first_nonfinite"] = None
+    runtime().progress.first_nonfinite = None
 
 
 def check_finite(latents, total_steps: int, what: str = "sampling") -> None:
@@ -114,7 +113,7 @@ def check_finite(latents, total_steps: int, what: str = "sampling") -> None:
     output was not finite, as noted by :func:`_progress_tick`. One reduction on the device."""
     if bool(jnp.isfinite(latents).all()):
         return
-    first = _PROGRESS.get("first_nonfinite")
+    first = runtime().progress.first_nonfinite
     at = (f"at DDIM step {first} of {total_steps} (0 = the first)" if first is not None
           else "after the last step")
     raise NonFiniteLatents(f"{what} went non-finite (NaN or inf) {at}; no video written: the checkpoint's "
@@ -130,28 +129,27 @@ def _progress_tick(step, finite) -> None:
     """Host callback once per UNet call: advances the bar, notes the first step whose UNet output is
     not finite, and stops the compiled loop when asked (raising here makes the running XLA program
     fail at once with a runtime error)."""
-    if _PROGRESS.get("first_nonfinite") is None:
+    state = runtime().progress
+    if state.first_nonfinite is None:
         f = np.asarray(finite)
         if not (f.all() if f.dtype == bool else np.isfinite(f).all()):
-            _PROGRESS["first_nonfinite"] = int(np.min(np.asarray(step)))
-    wake = _PROGRESS.get("wake")
-    if wake is not None and not _PROGRESS.get("stop"):
+            state.first_nonfinite = int(np.min(np.asarray(step)))
+    if state.wake is not None and not state.stop:
         try:
-            _PROGRESS["stop"] = bytes([signal.SIGINT]) in os.read(wake, 64)
+            state.stop = bytes([signal.SIGINT]) in os.read(state.wake, 64)
         except (BlockingIOError, OSError):
             pass
-    if _PROGRESS.get("stop"):
+    if state.stop:
         raise SamplingInterrupted("interrupted")
-    bar = _PROGRESS.get("bar")
-    if bar is not None:
-        bar.update(1)
+    if state.bar is not None:
+        state.bar.update(1)
 
 
 class _QuietCallbackFailure(logging.Filter):
     """Hides jax's logged traceback of the callback raised on purpose to stop sampling."""
 
     def filter(self, record):  # noqa: D401 - logging hook
-        return not _PROGRESS.get("stop")
+        return not runtime().progress.stop
 
 
 @contextlib.contextmanager
@@ -163,20 +161,21 @@ def interruptible():
     wakeup pipe (:func:`signal.set_wakeup_fd`) at once, and :func:`_progress_tick`, on XLA's
     callback thread, reads it and raises. Off the main thread no handler can be installed and the
     loop runs to its end as before."""
-    _PROGRESS["stop"] = False
+    state = runtime().progress
+    state.stop = False
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):  # noqa: ARG001 - signal API
-        _PROGRESS["stop"] = True
+        state.stop = True
 
     r, w = os.pipe()
     os.set_blocking(r, False)
     os.set_blocking(w, False)
     previous = signal.signal(signal.SIGINT, handler)
     previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-    _PROGRESS["wake"] = r
+    state.wake = r
     quiet = _QuietCallbackFailure()
     try:
         jax_log = private_jax().debugging_logger  # where JAX logs the stopped callback's traceback
@@ -189,32 +188,28 @@ def interruptible():
     finally:
         signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, previous)
-        _PROGRESS["wake"] = None
+        state.wake = None
         os.close(r)
         os.close(w)
         jax_log.removeFilter(quiet)
 
 
 def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):
-    """The whole guided loop of ``plan.strategy`` from the seed's key; returns :class:`SampleOutput`."""
+    """The whole guided loop of ``plan.strategy`` from the seed's key (:meth:`Strategy.sample`, the one
+    sampler, around the UNet's :class:`~vstar_jax.diffusion.sampler.Denoiser`); returns ``diffusion.sampler.SampleOutput``."""
     strategy = plan.strategy or parse_strategy(None)
     k_x, k_steps = jax.random.split(key)
     x_T = strategy.init_noise(k_x, plan.latent_shape)
     schedule = plan.schedule()
-    memory_params = None
-    if plan.memory is not None:
-        params, memory_params = params
-    model_fn = make_denoiser(unet, params, plan.denoiser_spec(), alphas_cumprod=schedule.alphas_cumprod, fps=fps,
-                             on_call=_progress_tick)
+    memory = {}
     if plan.memory is not None:  # what StreamingT2V's CAM and APM read (decoded frames, the anchor embedding)
-        model_fn.cam_input = functools.partial(plan.memory.cam_input, memory_params)
-        model_fn.anchor_pair = functools.partial(plan.memory.anchor_pair, memory_params)
-    frames = plan.latent_shape[2]
-    x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
-        x_T, cond, uncond, schedule, None, k_steps, "sampling", frames=frames)
-    inputs = SampleInputs(x_T, context, coeffs, keys, k_steps, cfg_scale, frames, guided, use_noise)
-    latents, aux = strategy.run(model_fn, inputs, capture=plan.capture)
-    return SampleOutput(latents, None, aux)
+        params, memory_params = params
+        memory = {"cam_input": functools.partial(plan.memory.cam_input, memory_params),
+                  "anchor_pair": functools.partial(plan.memory.anchor_pair, memory_params)}
+    denoiser = make_denoiser(unet, params, plan.denoiser_spec(), alphas_cumprod=schedule.alphas_cumprod, fps=fps,
+                             on_call=_progress_tick, **memory)
+    return strategy.sample(denoiser, x_T, cond, uncond, schedule, key=k_steps, cfg_scale=cfg_scale,
+                           frames=plan.latent_shape[2], capture=plan.capture)
 
 
 sample_jit = jax.jit(_sample, static_argnames=("unet", "plan"))
@@ -238,24 +233,21 @@ def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan
     return fn(params, conds, unconds, keys, fps, cfg_scale)
 
 
-_COMPILED: dict = {}
-
-
 def compiled_sampler(unet, plan: SamplePlan, args: tuple, progress: bool):
     """The AOT-compiled :func:`sample_jit` for these static settings and argument shapes (cached)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
     key = (unet, plan, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
-    if key not in _COMPILED:
+    cache = runtime()
+    if key not in cache.compiled:
         log(progress, "compiling the sampling loop (once per model, shape and setting)")
         t0 = time.time()
         lowered = sample_jit.lower(unet, *args, plan=plan)
-        if len(_COMPILED) >= 8:
-            _COMPILED.pop(next(iter(_COMPILED)))
         # The loop holds the progress tick (a host callback), which JAX's persistent cache refuses;
         # compile_lowered keeps it on disk anyway and re-attaches this process's callback on load.
-        _COMPILED[key], loaded = compile_lowered(lowered)
+        program, loaded = compile_lowered(lowered)
+        cache.remember_compiled(key, program)
         log(progress, f"{'loaded from the compile cache' if loaded else 'compiled'} in {time.time() - t0:.1f}s")
-    return _COMPILED[key]
+    return cache.compiled[key]
 
 
 def run_sampler(sampler, args: tuple, *, total_calls: int, progress: bool, unit: str = "step"):
@@ -266,7 +258,8 @@ def run_sampler(sampler, args: tuple, *, total_calls: int, progress: bool, unit:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=int(total_calls), desc="denoising", unit=unit, file=sys.stderr, leave=True)
-    _PROGRESS["bar"] = bar
+    state = runtime().progress
+    state.bar = bar
     reset_finite_check()
     try:
         with interruptible():
@@ -277,14 +270,14 @@ def run_sampler(sampler, args: tuple, *, total_calls: int, progress: bool, unit:
                     time.sleep(0.05)
                 latents = jax.block_until_ready(res.latents)
             except Exception:
-                if _PROGRESS["stop"]:  # the callback raised: XLA reports it as a runtime error
+                if state.stop:  # the callback raised: XLA reports it as a runtime error
                     raise SamplingInterrupted("interrupted") from None
                 raise
-            if _PROGRESS["stop"]:  # Ctrl-C after the last UNet call: still stop before writing
+            if state.stop:  # Ctrl-C after the last UNet call: still stop before writing
                 raise SamplingInterrupted("interrupted")
     finally:
-        _PROGRESS["bar"] = None
-        _PROGRESS["stop"] = False
+        state.bar = None
+        state.stop = False
         if bar is not None:
             bar.close()
     return latents, res.aux, time.time() - t0

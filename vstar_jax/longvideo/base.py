@@ -10,12 +10,15 @@ the compiled sampler and a new method is one file plus one test file.
     strategy = parse_strategy("genl:16:8")          # or {"method": "genl", "window": 16, "stride": 8}
     plan = strategy.check(frames)                   # VstarError naming valid lengths, before compute
     x_T = strategy.init_noise(k_x, shape)           # FreeNoise reschedules it
-    latents, aux = strategy.run(model_fn, inputs)   # its own lax.scan loop
+    out = strategy.sample(denoiser, x_T, cond, uncond, schedule, key=k_steps, cfg_scale=cfg)  # SampleOutput
 
-``model_fn(x (2b, c, F, h, w), t, context, step_index) -> (eps, aux)`` is the denoiser on CFG
-rows (``t`` a scalar, or one timestep per frame (F,) for FIFO); ``inputs`` is
-:class:`SampleInputs`. Spec strings are ``name:v1:v2`` (the class's ``POSITIONAL`` fields in
-order) or ``name:field=value,...``.
+:meth:`Strategy.sample` is the one sampler: every path (the pipeline's compiled program, batches,
+sweeps, the demo model, benchmarks, tests) calls it; it prepares :class:`SampleInputs` once and runs
+the strategy's own loop, :meth:`Strategy.run` (``latents, aux = strategy.run(denoiser, inputs)``).
+``denoiser`` is a :class:`~vstar_jax.diffusion.sampler.Denoiser` (or a plain
+``model_fn(x (2b, c, F, h, w), t, context, step_index) -> eps``, or ``(eps, aux)`` when capturing) on
+CFG rows (``t`` a scalar, or one timestep per frame (F,) for FIFO). Spec strings are ``name:v1:v2``
+(the class's ``POSITIONAL`` fields in order) or ``name:field=value,...``.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ import math
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 
+from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.errors import VstarError
 from vstar_jax.validate import number
 
@@ -112,8 +117,43 @@ class Strategy:
         return requested
 
     def run(self, model_fn: Callable, inputs: SampleInputs, *, capture: bool = False):
-        """The strategy's denoising loop; returns ``(latents (b, c, N, h, w), aux)``."""
+        """The strategy's denoising loop; returns ``(latents (b, c, N, h, w), aux)``. A method overrides
+        this, or :meth:`_loop` when its step has one x0 prediction of the whole video (then :meth:`trace`
+        comes with it)."""
+        x, _, aux = self._loop(model_fn, inputs, capture, False)
+        return x, aux
+
+    def trace(self, model_fn: Callable, inputs: SampleInputs, *, capture: bool = False) -> SampleOutput:
+        """:meth:`run` keeping every step's x0 prediction of the whole video (``pred_x0`` (steps, b, c, N,
+        h, w)), for analysis and tests; only methods that implement :meth:`_loop` have it."""
+        return SampleOutput(*self._loop(model_fn, inputs, capture, True))
+
+    def _loop(self, model_fn: Callable, inputs: SampleInputs, capture: bool, return_x0: bool):
+        """(latents, stacked pred_x0 or None, stacked aux or None) of the loop (see :meth:`run`)."""
+        if return_x0:
+            raise VstarError(f"long_video {self.name} does not record x0 predictions")
         raise NotImplementedError
+
+    # ---- the one sampler ------------------------------------------------------------------------
+    def sample(self, model_fn: Callable, x_T, cond, uncond, schedule, *, key=None, cfg_scale=12.0, eta=None,
+               frames: Optional[int] = None, capture: bool = False, return_x0: bool = False) -> SampleOutput:
+        """Sample a video with this strategy: every caller's way in (traceable; jit it, or call it inside
+        a jitted function with the params as arguments).
+
+        ``x_T``: the strategy's initial noise (:meth:`init_noise`); ``frames``: the video's length when
+        it is not ``x_T``'s (FIFO, VidRD); ``cond`` / ``uncond``: as ``cfg_context`` takes them
+        (``uncond=None``: no guidance); ``schedule``: a ``DDIMSchedule`` (``eta=None``: its own); ``key``:
+        the sampling key (step i's noise ``normal(split(key, steps)[i])``; a method's extra draws fold it),
+        needed when eta > 0 or the method draws. ``return_x0``: :meth:`trace` instead of :meth:`run`.
+        Returns :class:`~vstar_jax.diffusion.sampler.SampleOutput` (``pred_x0`` None unless asked)."""
+        x_T, frames, context, coeffs, keys, use_noise, guided = prepare_sampling(
+            x_T, cond, uncond, schedule, eta, key, f"{self.name} sampling", frames=frames)
+        inputs = SampleInputs(x_T, context, coeffs, keys, key, jnp.asarray(cfg_scale, jnp.float32), frames, guided,
+                              use_noise)
+        if return_x0:
+            return self.trace(model_fn, inputs, capture=capture)
+        latents, aux = self.run(model_fn, inputs, capture=capture)
+        return SampleOutput(latents, None, aux)
 
     # ---- config as data ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

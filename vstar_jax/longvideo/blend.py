@@ -6,7 +6,7 @@ reference does); then one DDIM update of the long latent with the blended predic
 is applied to eps, which per frame is the same as blending x0 (x0 is an elementwise function of
 x and eps) and keeps the update's eps consistent with the blended x0. Offsets:
 ``randint(fold_in(key, OFFSET_FOLD), (n_steps, n_chunks), 0, O)`` with chunk 0's offset 0; DDIM
-noise as in ``ddim_sample``. Needs (N - O) % (F - O) == 0. With N == F it is ``ddim_sample``
+noise as in ``single``. Needs (N - O) % (F - O) == 0. With N == F it is ``single``
 bit for bit.
 """
 from __future__ import annotations
@@ -16,8 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vstar_jax.diffusion.sampler import ModelFn, SampleOutput, ddim_step, guided_eps, prepare_sampling
-from vstar_jax.diffusion.schedules import DDIMSchedule
+from vstar_jax.diffusion.sampler import ddim_step, guided_eps
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -52,10 +51,6 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
     return x, x0s, aux
 
 
-_STATIC = ("model_fn", "window", "guided", "use_noise", "return_x0", "capture")
-_blend_jit = jax.jit(_blend, static_argnames=_STATIC)
-
-
 def blend_offsets(key, num_steps: int, num_chunks: int, overlap: int) -> jax.Array:
     """Randomized-blending offsets (num_steps, num_chunks) int32 in [0, overlap); chunk 0's are 0."""
     r = jax.random.randint(jax.random.fold_in(key, OFFSET_FOLD), (num_steps, num_chunks), 0, overlap,
@@ -67,35 +62,6 @@ def _offsets(key, n_steps: int, n_chunks: int, overlap: int):
     if key is None:
         return jnp.zeros((n_steps, n_chunks), jnp.int32)
     return blend_offsets(key, n_steps, n_chunks, int(overlap))
-
-
-def blend_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *, window: int,
-                 overlap: int, cfg_scale: float = 12.0, key: jax.Array | None = None,
-                 eta: float | None = None, return_x0: bool = False, capture: bool = False,
-                 jit: bool = True):
-    """StreamingT2V randomized blending of x_T (b, c, N, h, w): chunks of ``window`` frames
-    overlapping ``overlap`` ((N - O) % (F - O) == 0, else a ValueError naming valid lengths).
-
-    Needs ``key`` whenever there are two or more chunks (the random offsets) or eta > 0.
-    Other arguments and the return value as ``ddim_sample``; ``pred_x0`` is the blended x0;
-    ``aux`` is stacked (steps, chunks, ...).
-    """
-    x_T_arr = jnp.asarray(x_T)
-    if x_T_arr.ndim != 5:
-        raise ValueError(f"x_T must be (b, c, f, h, w), got shape {tuple(x_T_arr.shape)}")
-    starts = W.chunk_starts(x_T_arr.shape[2], window, overlap)
-    if len(starts) > 1 and key is None:
-        raise ValueError("blend_sample with more than one chunk needs a PRNG key (key=jax.random.key(seed))")
-    x_T, _, context, coeffs, keys, use_noise, guided = prepare_sampling(
-        x_T_arr, cond, uncond, schedule, eta, key, "blend_sample")
-    offsets = _offsets(key, schedule.num_steps, len(starts), overlap)
-    fn = _blend_jit if jit else _blend
-    x, x0s, aux = fn(model_fn, x_T, context, coeffs, jnp.float32(cfg_scale), keys, jnp.asarray(starts),
-                     offsets, window=int(window), guided=guided, use_noise=use_noise,
-                     return_x0=return_x0, capture=capture)
-    if not (return_x0 or capture):
-        return x
-    return SampleOutput(x, x0s, aux)
 
 
 @register
@@ -123,11 +89,12 @@ class Blend(Strategy):
     def rng_rule(self) -> str:
         return f"offsets=randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(steps,chunks),0,overlap) with chunk 0's set to 0"
 
-    def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
+    def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.chunk_starts(inputs.frames, self.window, self.overlap)
+        if len(starts) > 1 and inputs.key is None:
+            raise ValueError("blend with more than one chunk needs a PRNG key (key=jax.random.key(seed))")
         n_steps = inputs.coeffs["timesteps"].shape[0]
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
-        x, _, aux = _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
-                           jnp.asarray(starts), offsets, window=self.window, guided=inputs.guided,
-                           use_noise=inputs.use_noise, return_x0=False, capture=capture)
-        return x, aux
+        return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                      jnp.asarray(starts), offsets, window=self.window, guided=inputs.guided,
+                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture)

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import _sample, ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import ddim_loop, ddim_step, guided_eps
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -161,8 +161,8 @@ class FIFO(Strategy):
             ref = dict(ref, scale=jnp.ones_like(ref["scale"]), prev_x0_coef=ref["sqrt_alpha_prev"])
         per_frame_ctx = inputs.context.ndim == 4
         base_ctx = W.slice_frames(inputs.context, 0, f, 1) if per_frame_ctx else inputs.context
-        base, _, _ = _sample(model_fn, inputs.x_T, base_ctx, co, inputs.cfg_scale, inputs.keys,
-                             guided=inputs.guided, use_noise=inputs.use_noise, return_x0=False, capture=False)
+        base, _, _ = ddim_loop(model_fn, inputs.x_T, base_ctx, co, inputs.cfg_scale, inputs.keys,
+                               guided=inputs.guided, use_noise=inputs.use_noise)
 
         prefix, index, starts, write_from = queue_layout(f, self.partitions, self.lookahead)
         P = prefix + L

@@ -5,7 +5,7 @@ uniform average over the windows covering it. The step noise is drawn once for t
 (step i: ``normal(split(key, n)[i], x.shape)``) so averaging keeps unit variance; the average is
 taken before adding it. One ``lax.scan`` over steps, an inner ``lax.scan`` over window starts
 (``lax.dynamic_slice``), so the traced program holds one UNet call whatever N is. With N == F it
-is ``ddim_sample`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
+is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import ModelFn, SampleOutput, ddim_step, guided_eps, prepare_sampling
-from vstar_jax.diffusion.schedules import DDIMSchedule
+from vstar_jax.diffusion.sampler import ddim_step, guided_eps
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -52,33 +51,6 @@ def _genl(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, counts, *, wi
     return x, x0s, aux
 
 
-_STATIC = ("model_fn", "window", "guided", "use_noise", "return_x0", "capture")
-_genl_jit = jax.jit(_genl, static_argnames=_STATIC)
-
-
-def genl_sample(model_fn: ModelFn, x_T, cond, uncond, schedule: DDIMSchedule, *, window: int,
-                stride: int, cfg_scale: float = 12.0, key: jax.Array | None = None,
-                eta: float | None = None, return_x0: bool = False, capture: bool = False,
-                jit: bool = True):
-    """Gen-L-Video co-denoising of x_T (b, c, N, h, w) with F = ``window`` frame windows.
-
-    Windows: :func:`~vstar_jax.longvideo.windows.sliding_starts` (stride ``stride``, last
-    window anchored at N - F). Other arguments and the return value as ``ddim_sample``;
-    ``pred_x0`` is the window-averaged x0; ``aux`` is stacked (steps, windows, ...).
-    """
-    x_T, n_frames, context, coeffs, keys, use_noise, guided = prepare_sampling(
-        x_T, cond, uncond, schedule, eta, key, "genl_sample")
-    starts = W.sliding_starts(n_frames, window, stride)
-    counts = W.coverage(n_frames, window, starts).astype(np.float32)
-    fn = _genl_jit if jit else _genl
-    x, x0s, aux = fn(model_fn, x_T, context, coeffs, jnp.float32(cfg_scale), keys, jnp.asarray(starts),
-                     jnp.asarray(counts), window=int(window), guided=guided, use_noise=use_noise,
-                     return_x0=return_x0, capture=capture)
-    if not (return_x0 or capture):
-        return x
-    return SampleOutput(x, x0s, aux)
-
-
 @register
 @dataclasses.dataclass(frozen=True)
 class GenL(Strategy):
@@ -101,10 +73,9 @@ class GenL(Strategy):
             raise VstarError(str(e)) from None
         return Plan(self.window, len(starts) * int(steps), f"{len(starts)} windows")
 
-    def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
+    def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.sliding_starts(inputs.frames, self.window, self.stride)
         counts = W.coverage(inputs.frames, self.window, starts).astype(np.float32)
-        x, _, aux = _genl(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
-                          jnp.asarray(starts), jnp.asarray(counts), window=self.window, guided=inputs.guided,
-                          use_noise=inputs.use_noise, return_x0=False, capture=capture)
-        return x, aux
+        return _genl(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                     jnp.asarray(starts), jnp.asarray(counts), window=self.window, guided=inputs.guided,
+                     use_noise=inputs.use_noise, return_x0=return_x0, capture=capture)

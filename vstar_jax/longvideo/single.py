@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vstar_jax.diffusion.sampler import _sample
+from vstar_jax.diffusion.sampler import ddim_loop
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, register
 
@@ -20,7 +20,6 @@ class Single(Strategy):
             raise VstarError(f"frames must be >= 1, got {frames}")
         return Plan(int(frames), int(steps))
 
-    def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
-        x, _, aux = _sample(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
-                            guided=inputs.guided, use_noise=inputs.use_noise, return_x0=False, capture=capture)
-        return x, aux
+    def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
+        return ddim_loop(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                         guided=inputs.guided, use_noise=inputs.use_noise, return_x0=return_x0, capture=capture)

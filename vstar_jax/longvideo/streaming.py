@@ -12,8 +12,9 @@ s_k = k (F - C)) is denoised by its own DDIM loop conditioned
   fixed``): its image embedding (the released model: OpenCLIP's, of the decoded frame), a zero
   image's for the CFG unconditional row (the reference embeds ``zeros_like``).
 
-What CAM and APM read comes from the model (``model_fn.cam_input`` and ``model_fn.anchor_pair``,
-bound from :class:`vstar_jax.models.streaming.StreamingMemory` by the sampling stage).
+What CAM and APM read comes from the model: the :class:`~vstar_jax.diffusion.sampler.Denoiser`'s
+``cam_input`` and ``anchor_pair`` (bound from :class:`vstar_jax.models.streaming.StreamingMemory` by the
+sampling stage).
 
 The chunks are a ``lax.scan`` (one compiled body); each chunk's steps another. Overlaps compose with
 StreamingT2V's randomized blending (``blend``, on by default): at step i of chunk k, with
@@ -34,7 +35,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vstar_jax.diffusion.sampler import ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import as_denoiser, ddim_step, guided_eps
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -56,6 +57,8 @@ def chunk_starts(frames: int, window: int, cond: int) -> list[int]:
 
 def _stream(model_fn, x_T, context, coeffs, cfg_scale, keys, key, *, window, cond, blend, guided,
             use_noise):
+    """The chunk loop; ``model_fn`` a :class:`~vstar_jax.diffusion.sampler.Denoiser` with ``cam_input`` and
+    ``anchor_pair``."""
     b = x_T.shape[0]
     frames = x_T.shape[2]
     starts = chunk_starts(frames, window, cond)
@@ -156,10 +159,11 @@ class Streaming(Strategy):
     def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
         if capture:
             raise VstarError("attention maps are not recorded with long_video streaming")
-        if getattr(model_fn, "anchor_pair", None) is None or getattr(model_fn, "cam_input", None) is None:
+        denoiser = as_denoiser(model_fn)
+        if denoiser.anchor_pair is None or denoiser.cam_input is None:
             raise VstarError("long_video streaming needs a model with StreamingT2V's CAM and APM "
                              "(the sampling plan has no streaming memory)")
-        x = _stream(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+        x = _stream(denoiser, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                     inputs.key, window=self.window, cond=self.cond, blend=self.blend, guided=inputs.guided,
                     use_noise=inputs.use_noise)
         return x, None

@@ -5,7 +5,7 @@ There is no official code; these are the project's choices, all settings of the 
 
 * Clips of F frames; clip k >= 1 starts O frames before the end of clip k-1 and contributes its
   last F - O frames (valid lengths N = F + k (F - O), as StreamingT2V's chunks). Clip 0 is plain
-  DDIM over its F frames (so N == F is ``ddim_sample``, same keys).
+  DDIM over its F frames (so N == F is ``single``, same keys).
 * **Frame-level Noise Reversion (FNR)**: the initial noise of clip k's first O frames is clip
   k-1's initial noise in reversed frame order (frame j gets clip k-1's frame F - 1 - j).
 * **Past-dependent Noise Sampling (PNS)**: the new frames' noise is a chain from the last reused

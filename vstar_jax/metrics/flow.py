@@ -17,6 +17,7 @@ import numpy as np
 from checkpoints_convert.common import load_state_dict
 from vstar_jax.io.checkpoint import load_checkpoint
 from vstar_jax.metrics.raft import raft_flow_fn
+from vstar_jax.runtime import runtime
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -96,16 +97,14 @@ register_flow_model("dis", _REGISTRY["dis-medium"])
 DEFAULT_FLOW_MODEL = "dis"
 
 
-_RAFT_CACHE: dict[str, FlowModel] = {}
-
-
 def raft_flow_model(path: str, iters: int = 12) -> FlowModel:
     """RAFT-large from a checkpoint folder written by ``checkpoints_convert.raft`` or from
     torchvision's ``raft_large`` state dict file (.pth / .safetensors, converted on the fly)."""
     import os
 
-    key = f"{os.path.abspath(path)}#{iters}"
-    if key not in _RAFT_CACHE:
+    key = ("raft", f"{os.path.abspath(path)}#{iters}")
+    cache = runtime().models
+    if key not in cache:
         if os.path.isdir(path):
             params = load_checkpoint(path, components=["raft"])[0]["raft"]
         elif os.path.isfile(path):  # torchvision's file (torch for a .pth), converted on the fly
@@ -117,8 +116,8 @@ def raft_flow_model(path: str, iters: int = 12) -> FlowModel:
         else:
             raise ValueError(f"RAFT weights not found: {path} (torchvision raft_large .pth or a converted folder)")
         name = f"raft-large {iters} iters ({os.path.basename(os.path.normpath(path))})"
-        _RAFT_CACHE[key] = FlowModel(name, raft_flow_fn(params, iters))
-    return _RAFT_CACHE[key]
+        cache[key] = FlowModel(name, raft_flow_fn(params, iters))
+    return cache[key]
 
 
 def get_flow_model(model: str | FlowModel = DEFAULT_FLOW_MODEL) -> FlowModel:

@@ -1,13 +1,13 @@
-"""The denoiser every sampler and strategy calls: the UNet as ``model_fn(x, t, ctx, i) -> (eps, aux)``.
+"""The denoiser every sampler and strategy calls: the UNet as a :class:`~vstar_jax.diffusion.sampler.Denoiser`.
 
 One place for what surrounds a UNet call in generation: the fps conditioning, the DDIM loop
 index (TAR's step gate), the temporal-attention hooks (TAR, FreeNoise's windows), the model's
 prediction converted to eps (v-prediction), attention-map capture, the layout of the rows on a
 device mesh, and the progress tick.
 
-    model_fn = make_denoiser(unet, params, DenoiserSpec(...), fps=fps)
-    eps = model_fn(x (2b, c, F, h, w), t (2b,) or (2b, F), context, step_index)
-    eps, aux = model_fn(...)   # with DenoiserSpec(capture=True): aux holds the attention maps
+    denoiser = make_denoiser(unet, params, DenoiserSpec(...), alphas_cumprod=ac, fps=fps)
+    eps = denoiser(x (2b, c, F, h, w), t (2b,) or (2b, F), context, step_index)
+    eps, aux = denoiser(...)   # with DenoiserSpec(capture=True): aux holds the attention maps
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vstar_jax.diffusion.parameterization import to_eps
+from vstar_jax.diffusion.sampler import Denoiser
 from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named
 
 
@@ -32,6 +33,7 @@ class DenoiserSpec:
     capture: bool = False  # record temporal attention maps (cond rows, averaged over pixels)
     latent_sharding: Any = None  # NamedSharding the (2b, c, F, h, w) rows are constrained to, or None
     rules: Any = None  # logical-axis rules of the UNet's activations (None: sharding.DEFAULT_RULES)
+    clip_x0: bool = False  # guided eps replaced so its implied x0 lies in [-1, 1] (the demo model's option)
 
 
 def attention_rows(inter, batch: int):
@@ -44,10 +46,13 @@ def attention_rows(inter, batch: int):
 
 
 def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
-                  on_call: Optional[Callable] = None) -> Callable:
-    """``model_fn(x, t, ctx, i) -> eps`` on CFG rows, or ``(eps, aux)`` with the attention maps when
-    ``spec.capture`` (the samplers' ``capture`` contract). ``on_call(step_index, finite)`` runs as a host callback once per
-    call (the progress bar; ``finite``: whether the call's output is all finite); it is always in the graph when given."""
+                  on_call: Optional[Callable] = None, cam_input: Optional[Callable] = None,
+                  anchor_pair: Optional[Callable] = None) -> Denoiser:
+    """A :class:`Denoiser` whose ``fn(x, t, ctx, i) -> eps`` runs the UNet on CFG rows, or ``(eps, aux)`` with
+    the attention maps when ``spec.capture`` (the samplers' ``capture`` contract). ``on_call(step_index,
+    finite)`` runs as a host callback once per call (the progress bar; ``finite``: whether the call's output
+    is all finite); it is always in the graph when given. ``cam_input`` / ``anchor_pair``: StreamingT2V's
+    inputs (:class:`~vstar_jax.models.streaming.StreamingMemory`'s, bound to its params)."""
     ac = np.asarray(alphas_cumprod, np.float32)
 
     def model_fn(x, t, ctx, i, **extra):
@@ -79,4 +84,4 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             jax.debug.callback(on_call, i, jnp.isfinite(eps).all())
         return (eps, aux) if spec.capture else eps
 
-    return model_fn
+    return Denoiser(model_fn, cam_input, anchor_pair, ac if spec.clip_x0 else None)

@@ -71,7 +71,7 @@ from vstar_jax.models.layers import Attention, GroupNorm32
 from vstar_jax.models.unet3d import (UNet3D, UNetCall, UNetDecoder, UNetEmbedding, UNetEncoder, UNetExtras,
                                      UNetMid, share_parts)
 from vstar_jax.models.unet_config import CAMConfig, UNetConfig
-from vstar_jax.models.vae import AutoencoderKL
+from vstar_jax.models.vae import decode_latents
 
 
 def cam_settings(unet_cfg) -> Optional[dict]:
@@ -353,12 +353,12 @@ class StreamingMemory:
         return out
 
     def decode(self, params, z):
-        """Latent frames (b, c, n, h, w) -> pixel frames (b, 3, n, H, W) clamped to [-1, 1]."""
-        b, c, n, h, w = z.shape
-        flat = jnp.swapaxes(z, 1, 2).reshape(b * n, c, h, w).astype(jnp.float32) / self.scale_factor
-        px = self.vae.apply({"params": params["vae"]}, flat, num_frames=n, method=AutoencoderKL.decode)
-        px = jnp.clip(px.astype(jnp.float32), -1.0, 1.0)
-        return jnp.swapaxes(px.reshape((b, n) + px.shape[1:]), 1, 2)
+        """Latent frames (b, c, n, h, w) -> pixel frames (b, 3, n, H, W) clamped to [-1, 1]: the VAE's one
+        decoder (:func:`~vstar_jax.models.vae.decode_latents`), all b * n frames in one batch."""
+        b, _, n = z.shape[:3]
+        px = decode_latents(self.vae, params["vae"], jnp.asarray(z, jnp.float32), frame_batch=b * n,
+                            scale_factor=self.scale_factor)
+        return jnp.clip(px.astype(jnp.float32), -1.0, 1.0)
 
     def cam_input(self, params, z):
         return self.decode(params, z) if self.cam_pixels else jnp.asarray(z, jnp.float32)
