@@ -73,12 +73,14 @@ def strategy_sample(spec, model_fn, x_T, cond, uncond, schedule, *, key=None, cf
 
     from vstar_jax.longvideo import parse_strategy
 
-    k = (spec, model_fn, id(schedule), tuple(sorted(options.items())))
+    # the schedule by what sampling reads of it (its coefficients), so equal schedules share the program
+    sched_key = tuple((k, v.tobytes()) for k, v in sorted(schedule.coefficients().items()))
+    k = (spec, model_fn, sched_key, tuple(sorted(options.items())))
     if k not in _SAMPLE_PROGRAMS:
         st = parse_strategy(spec)
-        run = jax.jit(lambda x, c, u, kk, s: st.sample(model_fn, x, c, u, schedule, key=kk, cfg_scale=s, **options))
-        _SAMPLE_PROGRAMS[k] = (schedule, run)  # the schedule kept alive: its id stays its own
-    return _SAMPLE_PROGRAMS[k][1](x_T, cond, uncond, key, cfg_scale)
+        _SAMPLE_PROGRAMS[k] = jax.jit(
+            lambda x, c, u, kk, s: st.sample(model_fn, x, c, u, schedule, key=kk, cfg_scale=s, **options))
+    return _SAMPLE_PROGRAMS[k](x_T, cond, uncond, key, cfg_scale)
 
 
 @pytest.fixture()
