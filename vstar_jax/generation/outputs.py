@@ -33,6 +33,7 @@ from vstar_jax.tar_vsp.analysis import plot_attention_grid
 from vstar_jax.tar_vsp.tar import parse_tar
 
 SIDECAR_FORMAT = "vstar-jax-generation/1"
+ENHANCE_SIDECAR_FORMAT = "vstar-jax-enhance/1"  # vstar_jax.enhance's sidecars (its outputs, replaceable too)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
 
 
@@ -130,7 +131,7 @@ def _our_sidecar(p: pathlib.Path) -> Optional[dict]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT else None
+    return data if isinstance(data, dict) and data.get("format") in (SIDECAR_FORMAT, ENHANCE_SIDECAR_FORMAT) else None
 
 
 def _is_our_sidecar(p: pathlib.Path) -> bool:
@@ -382,6 +383,8 @@ def load_sidecar(path) -> dict:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise VstarError(f"sidecar {p} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and data.get("format") == ENHANCE_SIDECAR_FORMAT:
+        raise VstarError(f"{p} is an enhancer's sidecar: regenerate it with vstar-jax enhance --from-sidecar {p}")
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise VstarError(f"{p} is not a vstar-jax generation sidecar (format {SIDECAR_FORMAT})")
     validate_sidecar(data, p)
