@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import pathlib
 import time
@@ -31,13 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.demo.model import patchify
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.enhance.sdedit import RNG_RULE, enhance_loop, sdedit_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.model import DEMO_SOURCE, load_pipeline, model_info
-from vstar_jax.generation.outputs import (ENHANCE_SIDECAR_FORMAT, FramesDiffer, check_outputs, versions)
+from vstar_jax.generation.outputs import (ENHANCE_SIDECAR_FORMAT, FramesDiffer, check_outputs, read_sidecar_file,
+                                          versions)
 from vstar_jax.generation.request import check_schedule, schedule_kwargs
 from vstar_jax.generation.sampling import _progress_tick, check_finite, log, run_sampler
 from vstar_jax.io.atomic import Staging
@@ -262,6 +263,24 @@ def _enhance(unet, params, z0, cond, uncond, key, fps, cfg_scale, *, plan: Enhan
 enhance_jit = jax.jit(_enhance, static_argnames=("unet", "plan"))
 
 
+_COMPILED: dict = {}
+
+
+def compiled_enhancer(unet, plan: EnhancePlan, args: tuple, progress: bool):
+    """The compiled enhancer loop for these settings and shapes: cached in the process, and on disk through
+    the compile cache (``compile_lowered``: the loop holds the progress callback), as the sampling stage's."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    key = (unet, plan, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+    if key not in _COMPILED:
+        log(progress, "compiling the enhancer loop (once per model, shape and setting)")
+        t0 = time.time()
+        if len(_COMPILED) >= 8:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key], loaded = compile_lowered(enhance_jit.lower(unet, *args, plan=plan))
+        log(progress, f"{'loaded from the compile cache' if loaded else 'compiled'} in {time.time() - t0:.1f}s")
+    return _COMPILED[key]
+
+
 def plan_of(req: EnhanceRequest) -> EnhancePlan:
     return EnhancePlan(req.flavor, req.steps, req.eta, req.schedule_kwargs, req.strength, req.prediction, req.chunk,
                        req.overlap, req.shared_noise, req.blend)
@@ -272,11 +291,7 @@ def enhance_latents(pipe, req: EnhanceRequest, z0, *, progress: bool = False):
     cond, uncond = pipe.encode([req.prompt]), pipe.encode([""])
     args = (pipe.params["unet"], jnp.asarray(z0), jnp.asarray(cond), jnp.asarray(uncond), jax.random.key(req.seed),
             jnp.float32(req.fps), jnp.float32(req.cfg))
-    plan = plan_of(req)
-
-    def run(*a):
-        return enhance_jit(pipe.unet, *a, plan=plan)
-
+    run = compiled_enhancer(pipe.unet, plan_of(req), args, progress)
     lat, _, seconds = run_sampler(run, args, total_calls=req.chunks * req.sdedit_steps, progress=progress,
                                   unit="call")
     check_finite(lat, req.sdedit_steps, "enhancing")
@@ -357,15 +372,7 @@ def build_enhance_sidecar(req: EnhanceRequest, checkpoint: str, digest: str, siz
 
 
 def load_enhance_sidecar(path) -> dict:
-    p = pathlib.Path(path)
-    if p.suffix.lower() != ".json":
-        p = p.with_suffix(".json")
-    if not p.is_file():
-        raise VstarError(f"sidecar not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise VstarError(f"sidecar {p} is not valid JSON: {e}") from None
+    p, data = read_sidecar_file(path)
     if not isinstance(data, dict) or data.get("format") != ENHANCE_SIDECAR_FORMAT:
         raise VstarError(f"{p} is not a vstar-jax enhancer sidecar (format {ENHANCE_SIDECAR_FORMAT})")
     missing = [k for k in SIDECAR_ARGS + ("input", "input_sha256", "height", "width") if k not in data]
