@@ -112,6 +112,12 @@ def test_shared_noise_is_identical_on_the_overlap_and_differs_without():
         n = np.asarray(E.chunk_noises(key, shape, starts, window, shared))
         same = [np.array_equal(n[k][:, :, window - overlap:], n[k + 1][:, :, :overlap]) for k in range(len(starts) - 1)]
         assert all(same) if shared else not any(same)
+    # the documented rule (sdedit.py's RNG_RULE): one long draw, or chunk k's own draw from fold_in(k_x, k)
+    n = np.asarray(E.chunk_noises(key, shape, starts, window, False))
+    for k in range(len(starts)):
+        assert np.array_equal(n[k], np.asarray(jax.random.normal(jax.random.fold_in(key, k), n[k].shape)))
+    long = np.asarray(jax.random.normal(key, shape))
+    assert np.array_equal(np.asarray(E.chunk_noises(key, shape, starts, window, True))[1], long[:, :, 4:12])
     # the loop starts from these noises: with eps = 0 and eta = 0, x0 = x_T' / sqrt(a) at every step, so the
     # output is z0 + sqrt(1 - a) / sqrt(a) * (the noise of the chunk that owns the frame)
     z0, cond, uncond = _inputs(16)
