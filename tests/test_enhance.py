@@ -78,7 +78,8 @@ def test_sdedit_schedule_keeps_the_steps_at_or_below_t_prime():
             E.sdedit_schedule(full, bad)
 
 
-def test_one_chunk_without_blending_is_plain_sdedit_bit_for_bit(eta=1.0):
+@pytest.mark.parametrize("shared", [True, pytest.param(False, marks=pytest.mark.slow)])  # CI: one compile pair
+def test_one_chunk_without_blending_is_plain_sdedit_bit_for_bit(shared, eta=1.0):
     """SDEdit = the encoded video noised to the first DDIM step at or below T', then DDIM from there. The
     noising is one elementwise expression (checked against the formula; XLA may fuse it with an FMA, so it is
     compared to 1e-6); from the same noised start the chunked loop is ``ddim_sample`` bit for bit."""
@@ -91,17 +92,16 @@ def test_one_chunk_without_blending_is_plain_sdedit_bit_for_bit(eta=1.0):
     # use_scale also multiplies x0 by scale_arr[t] (lvdm/models/ddpm3d.py `q_sample`)
     a, scale = np.float64(sched.alphas[-1]), np.float64(sched.scale[-1])
     assert scale < 1.0  # use_scale is on: the scale matters
-    for shared in (True, False):
-        x_start, ks = E.sdedit_start(z0, key, co, window=6, overlap=2, shared_noise=shared)
-        assert np.array_equal(np.asarray(jax.random.key_data(ks)), np.asarray(jax.random.key_data(k_steps)))
-        noise = np.asarray(jax.random.normal(k_x if shared else jax.random.fold_in(k_x, 0), z0.shape, jnp.float32))
-        want = (np.sqrt(a) * scale * z0 + np.sqrt(1 - a) * noise).astype(np.float32)
-        x_one = np.asarray(x_start if shared else x_start[0])
-        assert np.abs(x_one - want).max() < 1e-6, shared
-        got = _denoise(toy_model, x_start, k_steps, cond, uncond, sched, 6, 6, 2, shared, blend=False)
-        steps_key = k_steps if shared else jax.random.fold_in(k_steps, 0)  # a chunk's own step noise
-        plain = np.asarray(SP.ddim_sample(toy_model, x_one, cond, uncond, sched, cfg_scale=3.0, key=steps_key))
-        assert np.array_equal(got, plain), shared
+    x_start, ks = E.sdedit_start(z0, key, co, window=6, overlap=2, shared_noise=shared)
+    assert np.array_equal(np.asarray(jax.random.key_data(ks)), np.asarray(jax.random.key_data(k_steps)))
+    noise = np.asarray(jax.random.normal(k_x if shared else jax.random.fold_in(k_x, 0), z0.shape, jnp.float32))
+    want = (np.sqrt(a) * scale * z0 + np.sqrt(1 - a) * noise).astype(np.float32)
+    x_one = np.asarray(x_start if shared else x_start[0])
+    assert np.abs(x_one - want).max() < 1e-6
+    got = _denoise(toy_model, x_start, k_steps, cond, uncond, sched, 6, 6, 2, shared, blend=False)
+    steps_key = k_steps if shared else jax.random.fold_in(k_steps, 0)  # a chunk's own step noise
+    plain = np.asarray(SP.ddim_sample(toy_model, x_one, cond, uncond, sched, cfg_scale=3.0, key=steps_key))
+    assert np.array_equal(got, plain)
 
 
 def test_shared_noise_is_identical_on_the_overlap_and_differs_without():
@@ -133,6 +133,7 @@ def test_shared_noise_is_identical_on_the_overlap_and_differs_without():
             assert np.abs(noise[:, :, s:end] - n[k][:, :, :end - s]).max() < 1e-4, (shared, k)
 
 
+@pytest.mark.slow  # three loop compiles (~10 s here); the path is Blend.run, tested against the reference in test_longvideo
 def test_shared_noise_with_blending_is_the_blend_strategy_bit_for_bit():
     """The owner map and offsets are randomized blending's own: blend_sample of the noised video."""
     z0, cond, uncond = _inputs(12, seed=1)
@@ -147,7 +148,7 @@ def test_shared_noise_with_blending_is_the_blend_strategy_bit_for_bit():
     assert not np.array_equal(got, _denoise(toy_model, x_t, k_steps, cond, uncond, sched, 12, 6, 3, True, False))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2])  # one compile: the seeds are arguments
 def test_independent_chunks_are_merged_by_the_reference_owner_map(seed):
     """Without shared noise the chunks are merged once, by the owner map of the reference's chunk loop
     (test_longvideo.streamingt2v_blend_x0) with one row of blend_offsets."""
@@ -266,7 +267,7 @@ def test_generate_then_enhance(tmp_path, capsys):
     printed = capsys.readouterr().out.split()
     assert printed == [str(out), str(tmp_path / "g-enhanced.mp4")]
     sc = json.loads((tmp_path / "g-enhanced.json").read_text())
-    assert sc["strength"] == 0.3 and sc["frames"] == 24 and sc["chunks" if "chunks" in sc else "chunk"] == 24
+    assert sc["strength"] == 0.3 and sc["frames"] == 24 and sc["chunk"] == 24
 
 
 @pytest.mark.slow
