@@ -23,12 +23,14 @@ import datetime
 import hashlib
 import os
 import pathlib
+import sys
 import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.demo.model import patchify
@@ -238,12 +240,20 @@ def read_latents(pipe, req: EnhanceRequest, progress: bool = False) -> np.ndarra
     """The first ``req.frames`` frames of the input, resized and encoded ``frame_batch`` at a time:
     latents (1, c, frames, h, w) float32."""
     out, done = [], 0
-    for batch in read_video_batches(req.input, req.frame_batch):
-        batch = batch[: req.frames - done]
-        if not len(batch):
-            break
-        out.append(encode_frames(pipe, resize_frames(batch, req.height, req.width)))
-        done += len(batch)
+    bar = tqdm(total=req.frames, desc="encoding", unit="frame", file=sys.stderr, leave=True) \
+        if progress and req.frames > req.frame_batch else None
+    try:
+        for batch in read_video_batches(req.input, req.frame_batch):
+            batch = batch[: req.frames - done]
+            if not len(batch):
+                break
+            out.append(encode_frames(pipe, resize_frames(batch, req.height, req.width)))
+            done += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
     if done != req.frames:
         raise VstarError(f"{req.input}: read {done} frames, expected {req.frames}")
     return np.concatenate(out, axis=2)
