@@ -7,6 +7,7 @@
     vstar-jax convert videocrafter2 --ckpt model.ckpt --config inference_t2v_512_v2.0.yaml --out ckpt/vc2
     vstar-jax convert diffusers MODEL_DIR --out ckpt/modelscope
     vstar-jax verify ckpt/modelscope --source MODEL_DIR
+    vstar-jax enhance long.mp4 --prompt "..." --checkpoint ckpt/refiner --strength 0.6
     vstar-jax sweep ... | report ... | metrics ...
 
 Every bad input is reported as one line ``error: ...`` with exit status 2; Ctrl-C stops sampling
@@ -144,8 +145,17 @@ def generate_parser() -> argparse.ArgumentParser:
                         "Triton kernel for its float32 self-attention, the Pallas flash kernel on a TPU, XLA "
                         "elsewhere; on a CPU the same frames as xla), xla, cudnn (GPU "
                         "only) or pallas (TPU only, without TAR or attention maps)")
+    p.add_argument("--enhance", metavar="CKPT",
+                   help="then refine the video with StreamingT2V's enhancer (vstar-jax enhance) and this refiner "
+                        "checkpoint ('demo': the embedded model), written to <out>-enhanced.mp4")
+    p.add_argument("--enhance-strength", type=float, metavar="S", help="the enhancer's strength T'/T (default 0.6)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
+
+
+def _enhance():
+    """:mod:`vstar_jax.enhance.cli`, imported when a video is enhanced (as :func:`_pipeline`)."""
+    return importlib.import_module("vstar_jax.enhance.cli")
 
 
 def _mesh_arg(spec: Optional[str]):
@@ -269,6 +279,12 @@ def generate_main(argv: Sequence[str]) -> int:
             return 1
         print(f"{res.path}\tidentical frames" if sc.get("frames_sha256") else res.path)
         return 0
+    if a.enhance is None and a.enhance_strength is not None:
+        raise UsageError("--enhance-strength needs --enhance CKPT")
+    if a.enhance is not None and (a.prompts_file or a.seeds):
+        raise UsageError("--enhance is for one video; run vstar-jax enhance on each of several")
+    if a.enhance is not None:  # before any compute
+        _enhance().check_enhance_stage(a.enhance, a.enhance_strength, a.frames, a.checkpoint)
     if a.prompts_file or a.seeds:
         return _generate_many(a, parser, argv, progress, max_memory)
     if a.out_dir:
@@ -284,6 +300,9 @@ def generate_main(argv: Sequence[str]) -> int:
         keep_video=False,  # frames are streamed into the file: memory does not grow with --frames
         overwrite=a.overwrite, max_memory=max_memory, attention_backend=a.attention_backend)
     print(res.path)
+    if a.enhance is not None:
+        print(_enhance().enhance_generated(res.path, a.prompt, a.enhance, strength=a.enhance_strength, seed=a.seed,
+                                           overwrite=a.overwrite, progress=progress))
     return 0
 
 
@@ -339,10 +358,12 @@ def _regen_output(sidecar_path: str, sc: dict, video_suffixes: Sequence[str]) ->
 
 # ---------------------------------------------------------------------------------- main
 def _usage() -> str:
-    return ("usage: vstar-jax {generate,convert,verify,sweep,report,metrics} ...\n"
+    return ("usage: vstar-jax {generate,enhance,convert,verify,sweep,report,metrics} ...\n"
             "  generate PROMPT [--checkpoint DIR] [--frames N] [--steps N] [--cfg S] [--seed N] [--tar PRESET]\n"
             "           [--synopsis STATE ... | --llm URL | --local-lm PATH] [--out video.mp4] [--gif]\n"
             "           [--attention-png PATH] | --from-sidecar JSON   (vstar-jax generate --help)\n"
+            "  enhance IN.mp4 --prompt P [--checkpoint DIR] [--strength S] [--chunk 24 --overlap 8]   "
+            "(vstar-jax enhance --help)\n"
             "  convert {videocrafter2,diffusers,streamingt2v} ...   (vstar-jax convert --help)\n"
             "  verify CKPT_DIR --source SOURCE   (check a conversion against its source)\n"
             "  sweep ... | report ... | metrics ...")
@@ -379,6 +400,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if cmd == "generate":
             return generate_main(rest)
+        if cmd == "enhance":
+            return _enhance().enhance_main(rest)
         if cmd == "convert":
             if rest and rest[0] in ("-h", "--help", "help"):
                 print(convert_help())
@@ -391,7 +414,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         if cmd in FORWARD:
             module, func = FORWARD[cmd]
             return _call(module, func, rest, cmd)
-        return _error(f"unknown command {cmd!r} (use generate, convert, verify, sweep, report or metrics)")
+        return _error(f"unknown command {cmd!r} (use generate, enhance, convert, verify, sweep, report or metrics)")
     except SystemExit as e:  # --help inside argparse
         return e.code if isinstance(e.code, int) else 0
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as e:

@@ -34,6 +34,7 @@ from vstar_jax.tar_vsp.analysis import plot_attention_grid
 from vstar_jax.tar_vsp.tar import parse_tar
 
 SIDECAR_FORMAT = "vstar-jax-generation/1"
+ENHANCE_SIDECAR_FORMAT = "vstar-jax-enhance/1"  # vstar_jax.enhance's sidecars (its outputs, replaceable too)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".gif")
 
 
@@ -125,7 +126,7 @@ def _our_sidecar(p: pathlib.Path) -> Optional[dict]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT else None
+    return data if isinstance(data, dict) and data.get("format") in (SIDECAR_FORMAT, ENHANCE_SIDECAR_FORMAT) else None
 
 
 def _is_our_sidecar(p: pathlib.Path) -> bool:
@@ -366,17 +367,24 @@ SIDECAR_ARGS = ("frames", "steps", "cfg", "eta", "seed", "fps", "save_fps", "syn
 SIDECAR_LEGACY = {"attention_backend": None}
 
 
-def load_sidecar(path) -> dict:
-    """Read a generation sidecar (the .json, or the video path beside it)."""
+def read_sidecar_file(path) -> tuple:
+    """(path, parsed JSON) of a sidecar (the .json, or the video path beside it); one-line errors."""
     p = pathlib.Path(path)
     if p.suffix.lower() != ".json":
         p = p.with_suffix(".json")
     if not p.is_file():
         raise VstarError(f"sidecar not found: {p}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return p, json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise VstarError(f"sidecar {p} is not valid JSON: {e}") from None
+
+
+def load_sidecar(path) -> dict:
+    """Read a generation sidecar (the .json, or the video path beside it)."""
+    p, data = read_sidecar_file(path)
+    if isinstance(data, dict) and data.get("format") == ENHANCE_SIDECAR_FORMAT:
+        raise VstarError(f"{p} is an enhancer's sidecar: regenerate it with vstar-jax enhance --from-sidecar {p}")
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise VstarError(f"{p} is not a vstar-jax generation sidecar (format {SIDECAR_FORMAT})")
     validate_sidecar(data, p)

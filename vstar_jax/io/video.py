@@ -209,6 +209,61 @@ def read_video(path: str | os.PathLike, *, return_fps: bool = False):
     return (frames, fps) if return_fps else frames
 
 
+def probe_video(path: str | os.PathLike) -> tuple[int, int, int, float | None]:
+    """(frames, height, width, fps) of a video file without decoding it whole (ffmpeg counts the
+    frames); a ValueError naming the file when it is not a readable video."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"video not found: {p}")
+    try:
+        if p.suffix.lower() == ".gif":
+            import imageio.v3 as iio  # noqa: PLC0415
+
+            props = iio.improps(p, index=None)
+            n, h, w = int(props.shape[0]), int(props.shape[1]), int(props.shape[2])
+            meta = iio.immeta(p, index=0)
+            return n, h, w, (1000.0 / meta["duration"] if meta.get("duration") else None)
+        import imageio_ffmpeg  # noqa: PLC0415
+
+        gen = imageio_ffmpeg.read_frames(str(p))
+        meta = next(gen)
+        gen.close()
+        w, h = meta["size"]
+        n, _ = imageio_ffmpeg.count_frames_and_secs(str(p))
+    except Exception as e:  # noqa: BLE001 - ffmpeg/imageio raise many kinds for a file that is not a video
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ValueError(f"{p} is not a video that can be read ({reason})") from None
+    if n < 1:
+        raise ValueError(f"video {p} has no frames")
+    return int(n), int(h), int(w), meta.get("fps")
+
+
+def read_video_batches(path: str | os.PathLike, batch: int):
+    """uint8 frames (k, H, W, 3) of a video, ``batch`` at a time (the last batch may be shorter), so a
+    long video is never held whole (a GIF is read whole: GIFs are small)."""
+    p = pathlib.Path(path)
+    if p.suffix.lower() == ".gif":
+        frames = read_video(p)
+        for s in range(0, len(frames), batch):
+            yield frames[s:s + batch]
+        return
+    import imageio_ffmpeg  # noqa: PLC0415
+
+    gen = imageio_ffmpeg.read_frames(str(p))
+    w, h = next(gen)["size"]
+    buf = []
+    try:
+        for b in gen:
+            buf.append(np.frombuffer(b, np.uint8).reshape(h, w, 3))
+            if len(buf) == batch:
+                yield np.stack(buf)
+                buf = []
+        if buf:
+            yield np.stack(buf)
+    finally:
+        gen.close()
+
+
 def sidecar_path(video_path: str | os.PathLike) -> pathlib.Path:
     """``out/clip.mp4`` -> ``out/clip.json``."""
     return pathlib.Path(video_path).with_suffix(".json")

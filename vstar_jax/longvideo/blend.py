@@ -24,10 +24,20 @@ from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, reg
 OFFSET_FOLD = 0x626C6E64  # fold_in constant of the blending offsets' key ("blnd")
 
 
+def owner_write(full, chunk, start, offset):
+    """The randomized-blending owner map, one chunk: ``full[:, :, start:start + F]`` takes ``chunk``'s
+    frames from ``offset`` on; the frames before ``start + offset`` keep what ``full`` holds there (the
+    previous chunk's). Chunks written in order with chunk 0's offset 0 give every frame one owner
+    (StreamingT2V ``diffusion_sdedit.py``, ``model_fn`` of ``GaussianDiffusion_SDEdit.sample``)."""
+    window = chunk.shape[2]
+    frame_idx = jnp.arange(window, dtype=jnp.int32)[None, None, :, None, None]
+    old = W.slice_frames(full, start, window, 2)
+    new = jnp.where(frame_idx >= offset, chunk, old)
+    return jax.lax.dynamic_update_slice_in_dim(full, new, start, axis=2)
+
+
 def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window,
            guided, use_noise, return_x0, capture):
-    frame_idx = jnp.arange(window, dtype=jnp.int32)[None, None, :, None, None]
-
     def step(x, xs):
         co, i, k, r = xs
 
@@ -36,9 +46,7 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
             xw, ctx = W.window_view(x, context, s, window)
             eps, aux = guided_eps(model_fn, xw, co["timesteps"], ctx, i, cfg_scale,
                                   guided=guided, capture=capture)
-            old = W.slice_frames(eps_full, s, window, 2)
-            new = jnp.where(frame_idx >= off, eps, old)  # frames before s + r keep chunk k-1's
-            return jax.lax.dynamic_update_slice_in_dim(eps_full, new, s, axis=2), aux
+            return owner_write(eps_full, eps, s, off), aux  # frames before s + r keep chunk k-1's
 
         eps_full, aux = jax.lax.scan(one_chunk, jnp.zeros_like(x), (starts, r))
         noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None

@@ -1,0 +1,122 @@
+"""StreamingT2V's enhancer on the demo model: seams and checker verdicts before and after (issue 27).
+
+    nice -n 15 python benchmarks/enhance_seams.py --n 30 --lengths 32,64 --out benchmarks/out/enhance.jsonl
+
+For ``--n`` move prompts of the demo world (seeded as ``benchmarks/long_video.py quality``), each length:
+the demo model generates the input video in one pass (``generate_video``, written as the mp4 a user would
+enhance), then the demo model refines it as its own refiner (SDEdit at its resolution, chunks of
+``--chunk`` overlapping ``--overlap``) three ways: naive chunking (``--no-shared-noise --no-blend``), shared
+noise alone (``--no-blend``) and shared noise with randomized blending (the default). Reported per setting:
+the seam ratio at the chunk starts (mean absolute frame-to-frame change into frame s_k, k >= 1, over the
+mean of every other change, ``long_video.seam_ratio``, on the model's 12x12 pixels), the same ratio of the
+input, and the demo checker's verdicts (object shape, colour, direction) before and after, with the share
+of videos where enhancement changed any of them. JSON lines to stdout (and ``--out``), a table at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from benchmarks.long_video import seam_ratio  # noqa: E402
+from vstar_jax import pipeline as pl  # noqa: E402
+from vstar_jax.demo import checker, world  # noqa: E402
+from vstar_jax.demo import model as dm  # noqa: E402
+from vstar_jax.enhance.job import enhance_video  # noqa: E402
+from vstar_jax.io.atomic import write_text  # noqa: E402
+from vstar_jax.longvideo import windows as W  # noqa: E402
+
+SETTINGS = {"naive": (False, False), "shared noise": (True, False), "shared noise + blend": (True, True)}
+VERDICTS = {"object": "shape_ok", "colour": "color_ok", "direction": "motion_ok"}
+
+
+def verdicts(video, spec) -> dict:
+    c = checker.check(video, spec)
+    return {k: bool(c[v]) for k, v in VERDICTS.items()}
+
+
+def run(args) -> list[dict]:
+    pipe = pl.load_pipeline(None)
+    patch = int(pipe.config["patch"])
+    specs = [world.sample_spec(args.seed * 100_003 + s, "move") for s in range(args.n)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vstar-enhance-bench-") as tmp:
+        for frames in [int(x) for x in args.lengths.split(",")]:
+            bnds = [int(s) for s in W.chunk_starts(frames, args.chunk, args.overlap)[1:]]
+            acc = {name: {"ratio": [], "after": []} for name in SETTINGS}
+            before, ratio_in = [], []
+            t0 = time.time()
+            for i, spec in enumerate(tqdm(specs, desc=f"{frames} frames", file=sys.stderr)):
+                src = pathlib.Path(tmp) / f"in-{frames}-{i}.mp4"
+                res = pl.generate_video(spec["caption"], pipeline=pipe, frames=frames, seed=i, steps=args.gen_steps,
+                                        out=str(src), progress=False, overwrite=True, keep_video=False)
+                video = dm.decode_latents(res.latents, patch, 1)[0]
+                before.append(verdicts(video, spec))
+                ratio_in.append(seam_ratio(video, bnds))
+                for name, (shared, blend) in SETTINGS.items():
+                    out = pathlib.Path(tmp) / f"out-{frames}-{i}.mp4"
+                    er = enhance_video(src, spec["caption"], pipeline=pipe, out=str(out), overwrite=True,
+                                       progress=False, chunk=args.chunk, overlap=args.overlap, strength=args.strength,
+                                       steps=args.steps, cfg=args.cfg, seed=i, shared_noise=shared, blend=blend)
+                    enhanced = dm.decode_latents(er.latents, patch, 1)[0]
+                    acc[name]["ratio"].append(seam_ratio(enhanced, bnds))
+                    acc[name]["after"].append(verdicts(enhanced, spec))
+            for name, a in acc.items():
+                changed = [any(b[k] != x[k] for k in VERDICTS) for b, x in zip(before, a["after"])]
+                broken = [any(b[k] and not x[k] for k in VERDICTS) for b, x in zip(before, a["after"])]
+                row = {"setting": name, "frames": frames, "n": len(specs), "chunk": args.chunk,
+                       "overlap": args.overlap, "strength": args.strength, "steps": args.steps, "cfg": args.cfg,
+                       "seam_ratio": round(float(np.nanmean(a["ratio"])), 3),
+                       "seam_ratio_input": round(float(np.nanmean(ratio_in)), 3),
+                       **{f"{k}_before": float(np.mean([b[k] for b in before])) for k in VERDICTS},
+                       **{f"{k}_after": float(np.mean([x[k] for x in a["after"]])) for k in VERDICTS},
+                       "changed": float(np.mean(changed)), "broken": float(np.mean(broken)),
+                       "seconds_all_settings": round(time.time() - t0, 1)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def table(rows) -> str:
+    head = ("| setting | frames | n | seam ratio (input) | seam ratio | object before / after | colour before / after "
+            "| direction before / after | verdict changed | pass -> fail |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    return head + "".join(
+        f"| {r['setting']} | {r['frames']} | {r['n']} | {r['seam_ratio_input']:.2f} | {r['seam_ratio']:.2f} | "
+        f"{pct(r['object_before'])} / {pct(r['object_after'])} | {pct(r['colour_before'])} / {pct(r['colour_after'])} | "
+        f"{pct(r['direction_before'])} / {pct(r['direction_after'])} | {pct(r['changed'])} | {pct(r['broken'])} |\n"
+        for r in rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=30, help="move prompts per length")
+    ap.add_argument("--lengths", default="32,64", help="video lengths in frames")
+    ap.add_argument("--seed", type=int, default=0, help="prompt-draw seed")
+    ap.add_argument("--gen-steps", type=int, default=25, help="DDIM steps of the input videos")
+    ap.add_argument("--chunk", type=int, default=8, help="enhancer chunk (the demo model's trained length)")
+    ap.add_argument("--overlap", type=int, default=4)
+    ap.add_argument("--strength", type=float, default=0.6)
+    ap.add_argument("--steps", type=int, default=50, help="enhancer DDIM steps over the schedule (30 run at 0.6)")
+    ap.add_argument("--cfg", type=float, default=7.5)
+    ap.add_argument("--out", help="also write the JSON lines here")
+    args = ap.parse_args(argv)
+    rows = run(args)
+    if args.out:
+        write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

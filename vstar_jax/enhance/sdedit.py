@@ -1,0 +1,155 @@
+"""StreamingT2V's enhancer loop: chunked SDEdit with shared noise and randomized blending.
+
+Reference (Picsart-AI-Research/StreamingT2V, branch ``StreamingModelscope``):
+
+* ``t2v_enhanced/thirdparty/modelscope/models/multi_modal/video_to_video/video_to_video_model.py``
+  (``VideoToVideo.forward``): the whole long latent is noised once, ``noise_all = randn_like(latents)``,
+  to ``t = total_noise_levels - 1`` (600 - 1: strength 0.6) and denoised from there;
+* ``.../video_to_video/utils/diffusion_sdedit.py`` (``GaussianDiffusion_SDEdit.sample``, its inner
+  ``model_fn``): at every step the long latent is cut into chunks of 24 overlapping 8, each chunk predicts
+  x0, and chunk k's prediction replaces chunk k-1's from a random frame ``r_k ~ U{0..O-1}`` of the
+  overlap on (chunk 0: from its first frame);
+* ``t2v_enhanced/model/video_noise_generator.py`` (``NoiseGenerator``, ``shared_noise_across_chunks``):
+  the chunks draw their noise from one shared source, so two chunks hold the same noise on their overlap.
+
+Here it runs on the project's machinery, not a copy of it: the DDIM coefficients of the refiner's schedule
+(:mod:`vstar_jax.diffusion.schedules`) from the first step at or below T', CFG (``guided_eps``), the
+randomized-blending loop and owner map of :mod:`vstar_jax.longvideo.blend` and the chunk arithmetic of
+:mod:`vstar_jax.longvideo.windows`. The reference's solver is DPM++ 2M SDE with v-prediction; ours is the
+refiner's DDIM (the project's one sampler), so trajectories are not the reference's number for number.
+
+Two switches reproduce the paper's ablation (Fig. 4):
+
+* ``shared_noise`` (default): one long latent, noised with one long draw, so consecutive chunks hold
+  identical noise on their overlap; off (``--no-shared-noise``): every chunk is its own SDEdit run from
+  its own noise and step noise (``fold_in(key, k)``), the naive chunking;
+* ``blend`` (default): randomized blending, offsets ``blend_offsets(k_steps, steps, chunks, O)`` (the
+  ``blend`` strategy's own draw); off (``--no-blend``): offsets 0, chunk k takes its whole overlap (a hard
+  cut at its first frame). Without shared noise the chunks are merged once, at the end, by the same owner
+  map (one row of offsets).
+
+PRNG: ``k_x, k_steps = split(key(seed))``; shared: noise = ``normal(k_x, (b, c, N, h, w))``, step i's DDIM
+noise ``normal(split(k_steps, n)[i])``; not shared: chunk k's noise ``normal(fold_in(k_x, k), (b, c, F, h,
+w))``, its step keys ``split(fold_in(k_steps, k), n)``. One chunk with blending off is plain SDEdit (DDIM
+from T' of the encoded video) bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vstar_jax.diffusion.schedules import DDIMSchedule
+from vstar_jax.errors import VstarError
+from vstar_jax.longvideo import windows as W
+from vstar_jax.longvideo.base import SampleInputs
+from vstar_jax.longvideo.blend import Blend, blend_offsets, owner_write
+from vstar_jax.longvideo.single import Single
+
+RNG_RULE = ("k_x,k_steps=split(key(seed)); shared noise: x_T'=sdedit(z0,normal(k_x,(b,c,N,h,w))), "
+            "noise_i=normal(split(k_steps,n)[i]); not shared: chunk k: normal(fold_in(k_x,k),(b,c,F,h,w)), "
+            "split(fold_in(k_steps,k),n); blend offsets=blend_offsets(k_steps,n,chunks,O) (not shared: one row)")
+
+
+def start_timestep(strength: float, num_timesteps: int = 1000) -> int:
+    """T' of a strength: the reference's ``total_noise_levels - 1`` with ``total_noise_levels = strength * T``
+    (``model_func.py``: 600 of 1000 is strength 0.6, so t = 599)."""
+    return max(int(round(float(strength) * num_timesteps)) - 1, 0)
+
+
+def sdedit_schedule(schedule: DDIMSchedule, strength: float) -> DDIMSchedule:
+    """The DDIM steps of ``schedule`` at or below T' (:func:`start_timestep`): SDEdit runs these, from the
+    noisiest. 50 DDIM steps at strength 0.6 keep 30 (the reference's 30 steps from t = 599)."""
+    if not 0.0 < float(strength) <= 1.0:
+        raise VstarError(f"strength must be in (0, 1], got {strength}")
+    t_start = start_timestep(strength, len(schedule.alphas_cumprod))
+    keep = np.nonzero(schedule.timesteps <= t_start)[0]  # ascending arrays: a prefix
+    if keep.size == 0:
+        raise VstarError(f"strength {strength} starts at t = {t_start}, below the first of the "
+                         f"{schedule.num_steps} DDIM steps (t = {int(schedule.timesteps[0])}): "
+                         f"raise the strength or the steps")
+    n = int(keep[-1]) + 1
+    cut = {f.name: getattr(schedule, f.name)[:n] for f in dataclasses.fields(schedule)
+           if f.name in ("timesteps", "alphas", "alphas_prev", "sigmas", "scale", "scale_prev")}
+    return dataclasses.replace(schedule, **cut)
+
+
+def sdedit_noised(z0, noise, coeffs: dict):
+    """x at the first (noisiest) step of ``coeffs`` (loop order): sqrt(a) scale z0 + sqrt(1 - a) noise,
+    the forward process whose inverse is ``ddim_step``'s x0 (``scale`` is VideoCrafter2's ``use_scale``,
+    1 otherwise)."""
+    a = coeffs["sqrt_alpha"][0] * coeffs["scale"][0]
+    return a * jnp.asarray(z0, jnp.float32) + coeffs["sqrt_one_minus_alpha"][0] * noise
+
+
+def chunk_noises(k_x, shape: tuple, starts, window: int, shared: bool) -> jax.Array:
+    """The SDEdit noise each chunk starts from, (chunks, b, c, F, h, w): slices of one long draw
+    (``shared``: consecutive chunks agree on their overlap) or one draw per chunk."""
+    starts = [int(s) for s in np.asarray(starts)]
+    b, c, _, h, w = shape
+    if shared:
+        long = jax.random.normal(k_x, tuple(shape), jnp.float32)
+        return jnp.stack([long[:, :, s:s + window] for s in starts])
+    return jnp.stack([jax.random.normal(jax.random.fold_in(k_x, k), (b, c, window, h, w), jnp.float32)
+                      for k in range(len(starts))])
+
+
+def sdedit_start(z0, key, coeffs: dict, *, window: int, overlap: int, shared_noise: bool = True):
+    """Where SDEdit starts: ``(x_start, k_steps)``. ``x_start`` is the long latent noised to the first step
+    of ``coeffs`` (b, c, N, h, w) with one long draw (``shared_noise``), or each chunk's window noised with
+    its own draw (chunks, b, c, F, h, w); ``k_steps`` keys the steps and the blending offsets."""
+    k_x, k_steps = jax.random.split(key)
+    if shared_noise:
+        return sdedit_noised(z0, jax.random.normal(k_x, z0.shape, jnp.float32), coeffs), k_steps
+    starts = W.chunk_starts(z0.shape[2], window, overlap)
+    noises = chunk_noises(k_x, z0.shape, starts, window, shared=False)
+    windows = jnp.stack([W.slice_frames(z0, int(s), window, 2) for s in starts])
+    return sdedit_noised(windows, noises, coeffs), k_steps
+
+
+def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps, *, frames: int, window: int,
+                   overlap: int, shared_noise: bool = True, blend: bool = True, guided: bool = True,
+                   use_noise: bool = False):
+    """The chunked denoising from :func:`sdedit_start`'s ``x_start`` -> latents (b, c, frames, h, w).
+
+    ``coeffs``/``context`` as :func:`~vstar_jax.diffusion.sampler.prepare_sampling` returns them for the SDEdit
+    schedule (:func:`sdedit_schedule`; the context not per frame); ``use_noise``: eta > 0. Traceable."""
+    starts = W.chunk_starts(frames, window, overlap)
+    n_steps = coeffs["timesteps"].shape[0]
+    placeholder = jnp.zeros((n_steps,), jnp.uint32)  # step keys when eta == 0 (as prepare_sampling)
+    if shared_noise:
+        step_keys = jax.random.split(k_steps, n_steps) if use_noise else placeholder
+        # blend off: no offsets key, so every offset is 0 (the blend strategy's rule without a key)
+        inputs = SampleInputs(x_start, context, coeffs, step_keys, k_steps if blend else None, cfg_scale, frames,
+                              guided, use_noise)
+        return Blend(window, overlap).run(model_fn, inputs)[0]
+
+    def one(args):
+        k, x = args
+        ks = jax.random.split(jax.random.fold_in(k_steps, k), n_steps) if use_noise else placeholder
+        inputs = SampleInputs(x, context, coeffs, ks, None, cfg_scale, window, guided, use_noise)
+        return Single().run(model_fn, inputs)[0]
+
+    chunks = jax.lax.map(one, (jnp.arange(len(starts), dtype=jnp.int32), x_start))  # (K, b, c, F, h, w)
+    offsets = (blend_offsets(k_steps, 1, len(starts), overlap)[0] if blend
+               else jnp.zeros((len(starts),), jnp.int32))
+
+    def merge(full, xs):
+        chunk, s, off = xs
+        return owner_write(full, chunk, s, off), None
+
+    b, c, _, h, w = x_start.shape[1:]
+    out, _ = jax.lax.scan(merge, jnp.zeros((b, c, frames, h, w), jnp.float32), (chunks, jnp.asarray(starts), offsets))
+    return out
+
+
+def enhance_loop(model_fn, z0, context, coeffs: dict, cfg_scale, key, *, window: int, overlap: int,
+                 shared_noise: bool = True, blend: bool = True, guided: bool = True, use_noise: bool = False):
+    """Chunked SDEdit of clean latents ``z0`` (b, c, N, h, w) -> refined latents (b, c, N, h, w):
+    :func:`sdedit_start` then :func:`denoise_chunks`; ``key`` is the seed's key. Traceable (call it inside
+    ``jax.jit``); N must tile into chunks ((N - O) % (F - O) == 0)."""
+    x_start, k_steps = sdedit_start(z0, key, coeffs, window=window, overlap=overlap, shared_noise=shared_noise)
+    return denoise_chunks(model_fn, x_start, context, coeffs, cfg_scale, k_steps, frames=z0.shape[2], window=window,
+                          overlap=overlap, shared_noise=shared_noise, blend=blend, guided=guided, use_noise=use_noise)
