@@ -86,7 +86,8 @@ def _scaled_err(a, ref):
 
 SLOW = pytest.mark.slow  # fifo, vidrd: ~12-16 s each on the loaded 2-core machine (two compiles of nested scans)
 METHODS = [  # (spec, frames, the class run directly): the fewest frames and steps that exercise each loop
-    pytest.param(None, 4, Single(), id="single", marks=SLOW),  # in CI: test_pipeline::test_sampling_matches_a_plain_ddim_loop
+    # single in CI: test_pipeline::test_sampling_matches_a_plain_ddim_loop
+    pytest.param(None, 4, Single(), id="single", marks=SLOW),
     pytest.param("genl:2:1", 4, GenL(2, 1), id="genl"),
     pytest.param("blend:3:1", 5, Blend(3, 1), id="blend"),
     pytest.param("freenoise:2:1", 4, FreeNoise(2, 1), id="freenoise"),

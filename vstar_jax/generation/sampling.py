@@ -196,7 +196,7 @@ def interruptible():
 
 def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan):
     """The whole guided loop of ``plan.strategy`` from the seed's key (:meth:`Strategy.sample`, the one
-    sampler, around the UNet's :class:`~vstar_jax.diffusion.sampler.Denoiser`); returns ``diffusion.sampler.SampleOutput``."""
+    sampler, around the UNet's :class:`~vstar_jax.diffusion.sampler.Denoiser`); returns its SampleOutput."""
     strategy = plan.strategy or parse_strategy(None)
     k_x, k_steps = jax.random.split(key)
     x_T = strategy.init_noise(k_x, plan.latent_shape)
