@@ -1,7 +1,7 @@
 """StreamingT2V's enhancer (issue 27): chunked SDEdit, shared noise, randomized blending, the command.
 
 The loop is checked against the project's own plain DDIM (one chunk, blending off: SDEdit bit for bit) and
-randomized blending (shared noise + blending: ``blend_sample`` bit for bit), and its owner map against the
+randomized blending (shared noise + blending: the ``blend`` strategy's sampler bit for bit), and its owner map against the
 transcription of the reference's chunk loop in ``test_longvideo.py`` (``streamingt2v_blend_x0``).
 """
 import functools
@@ -20,8 +20,9 @@ from vstar_jax.enhance import sdedit as E
 from vstar_jax.errors import VstarError
 from vstar_jax.io.video import read_video, write_video
 from vstar_jax.longvideo import windows as W
-from vstar_jax.longvideo.blend import blend_offsets, blend_sample
+from vstar_jax.longvideo.blend import blend_offsets
 
+from conftest import strategy_sample
 from test_longvideo import streamingt2v_blend_x0
 
 PROMPT = "a red circle moves to the right"
@@ -82,7 +83,7 @@ def test_sdedit_schedule_keeps_the_steps_at_or_below_t_prime():
 def test_one_chunk_without_blending_is_plain_sdedit_bit_for_bit(shared, eta=1.0):
     """SDEdit = the encoded video noised to the first DDIM step at or below T', then DDIM from there. The
     noising is one elementwise expression (checked against the formula; XLA may fuse it with an FMA, so it is
-    compared to 1e-6); from the same noised start the chunked loop is ``ddim_sample`` bit for bit."""
+    compared to 1e-6); from the same noised start the chunked loop is plain DDIM (the ``single`` strategy's sampler) bit for bit."""
     z0, cond, uncond = _inputs(6)
     sched = E.sdedit_schedule(S.videocrafter2_schedule(10, eta), 0.5)
     key = jax.random.key(3)
@@ -100,7 +101,8 @@ def test_one_chunk_without_blending_is_plain_sdedit_bit_for_bit(shared, eta=1.0)
     assert np.abs(x_one - want).max() < 1e-6
     got = _denoise(toy_model, x_start, k_steps, cond, uncond, sched, 6, 6, 2, shared, blend=False)
     steps_key = k_steps if shared else jax.random.fold_in(k_steps, 0)  # a chunk's own step noise
-    plain = np.asarray(SP.ddim_sample(toy_model, x_one, cond, uncond, sched, cfg_scale=3.0, key=steps_key))
+    plain = np.asarray(strategy_sample("single", toy_model, x_one, cond, uncond, sched, cfg_scale=3.0,
+                                       key=steps_key).latents)
     assert np.array_equal(got, plain)
 
 
@@ -135,14 +137,14 @@ def test_shared_noise_is_identical_on_the_overlap_and_differs_without():
 
 @pytest.mark.slow  # three loop compiles (~10 s here); the path is Blend.run, tested against the reference in test_longvideo
 def test_shared_noise_with_blending_is_the_blend_strategy_bit_for_bit():
-    """The owner map and offsets are randomized blending's own: blend_sample of the noised video."""
+    """The owner map and offsets are randomized blending's own: the blend strategy sampling the noised video."""
     z0, cond, uncond = _inputs(12, seed=1)
     sched = E.sdedit_schedule(S.videocrafter2_schedule(8, 1.0), 0.6)
     key = jax.random.key(5)
     k_x, k_steps = jax.random.split(key)
     x_t, _ = E.sdedit_start(z0, key, sched.coefficients(), window=6, overlap=3)
-    want = np.asarray(blend_sample(toy_model, x_t, cond, uncond, sched, window=6, overlap=3, cfg_scale=3.0,
-                                   key=k_steps))
+    want = np.asarray(strategy_sample("blend:6:3", toy_model, x_t, cond, uncond, sched, cfg_scale=3.0,
+                                      key=k_steps).latents)
     got = _denoise(toy_model, x_t, k_steps, cond, uncond, sched, 12, 6, 3, shared=True, blend=True)
     assert np.array_equal(got, want)
     assert not np.array_equal(got, _denoise(toy_model, x_t, k_steps, cond, uncond, sched, 12, 6, 3, True, False))

@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vstar_jax.diffusion.sampler import ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import SampleOutput, ddim_step, guided_eps
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -97,10 +97,17 @@ class Blend(Strategy):
     def rng_rule(self) -> str:
         return f"offsets=randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(steps,chunks),0,overlap) with chunk 0's set to 0"
 
+    def sample(self, model_fn, x_T, cond, uncond, schedule, *, key=None, frames=None, **kw) -> SampleOutput:
+        """:meth:`Strategy.sample`; two or more chunks need ``key`` (the random offsets). The loop itself
+        (:meth:`run`) takes ``inputs.key`` None as offsets all 0: chunks merged without blending, which
+        the enhancer's ``--no-blend`` runs (vstar_jax.enhance.sdedit)."""
+        n = frames if frames is not None else jnp.shape(x_T)[2]
+        if key is None and len(W.chunk_starts(int(n), self.window, self.overlap)) > 1:
+            raise ValueError("blend with more than one chunk needs a PRNG key (key=jax.random.key(seed))")
+        return super().sample(model_fn, x_T, cond, uncond, schedule, key=key, frames=frames, **kw)
+
     def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.chunk_starts(inputs.frames, self.window, self.overlap)
-        if len(starts) > 1 and inputs.key is None:
-            raise ValueError("blend with more than one chunk needs a PRNG key (key=jax.random.key(seed))")
         n_steps = inputs.coeffs["timesteps"].shape[0]
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
         return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
