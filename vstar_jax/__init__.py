@@ -15,6 +15,9 @@ The public API, all here (``from vstar_jax import generate_video``)::
         A loaded model (cached), to pass as ``pipeline=`` to the calls above.
     load_sidecar(path) -> dict
         A sidecar, its fields checked.
+    enhance_video(input_path, prompt, *, out=None, checkpoint=None, strength=..., ...) -> EnhanceResult
+        StreamingT2V's enhancer on a video file: chunked SDEdit with shared noise and randomized
+        blending (:mod:`vstar_jax.enhance`; the command ``vstar-jax enhance``).
     GenerationOptions, GenerationResult, Pipeline, FramesDiffer, VstarError
 
 The command line (``vstar-jax generate | convert | verify | sweep | report | metrics``) is
@@ -24,16 +27,18 @@ start JAX.
 """
 from __future__ import annotations
 
-__all__ = ["FramesDiffer", "GenerationOptions", "GenerationResult", "Pipeline", "VstarError", "generate_batch",
-           "generate_video", "load_pipeline", "load_sidecar", "regenerate"]  # all from vstar_jax.pipeline
+__all__ = ["FramesDiffer", "GenerationOptions", "GenerationResult", "Pipeline", "VstarError", "enhance_video",
+           "generate_batch", "generate_video", "load_pipeline", "load_sidecar", "regenerate"]
+_ENHANCE = ("enhance_video",)  # from vstar_jax.enhance; the rest from vstar_jax.pipeline
 
 
 def __getattr__(name: str):
     if name not in __all__:
         raise AttributeError(f"module 'vstar_jax' has no attribute {name!r}")
-    from vstar_jax import pipeline  # noqa: PLC0415 - the public API on first use: importing vstar_jax stays light
+    # the public API on first use: importing vstar_jax stays light
+    from vstar_jax import enhance, pipeline  # noqa: PLC0415
 
-    value = getattr(pipeline, name)
+    value = getattr(enhance if name in _ENHANCE else pipeline, name)
     globals()[name] = value
     return value
 
