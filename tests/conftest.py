@@ -44,6 +44,18 @@ def rel_err(got, want) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
+# The files whose tests take longest on CI's 2 cores (subprocesses with 8 simulated devices or two
+# processes, eager UNet passes). ``-n 2 --dist loadfile`` hands files to the two workers in collection
+# order, so a long file collected last leaves one worker idle while the other finishes it: these go first.
+LONG_FILES = ("test_sharding.py", "test_multihost.py", "test_unet.py", "test_streaming.py", "test_demo_model.py",
+              "test_convert.py", "test_fifo.py", "test_streaming_released.py", "test_docs.py", "test_pipeline.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: order within a file kept
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; excluded from CI (run with -m slow)")
 

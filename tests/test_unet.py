@@ -203,6 +203,8 @@ def test_relative_position_attention_matches_lvdm_formula():
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.slow  # four eager UNet passes (~45 s of CI); the shipped demo model runs these tables in every
+# demo generation test, and test_converter_maps_relative_position_tables checks their layout in CI
 def test_unet_relative_position_tables_and_zero_table_equivalence():
     """use_relative_position adds a k and a v table to every temporal attn1/attn2 (init_attn too); with
     zero tables the UNet is the plain one, and with trained tables frame order matters."""
