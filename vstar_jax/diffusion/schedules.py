@@ -41,10 +41,10 @@ def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
     return np.concatenate([lo, hi]).astype(np.float32)
 
 
-def logsnr_cosine_interp_alphas_cumprod(num_timesteps: int = 1000, logsnr_min: float = -15.0,
-                                        logsnr_max: float = 15.0, scale_min: float = 2.0, scale_max: float = 4.0,
-                                        zero_terminal_snr: bool = True) -> np.ndarray:
-    """MS-Vid2Vid-XL's noise levels as a float32 alphas_cumprod (alpha_cumprod = 1 - sigma ** 2).
+def logsnr_cosine_interp_sigmas(num_timesteps: int = 1000, logsnr_min: float = -15.0, logsnr_max: float = 15.0,
+                                scale_min: float = 2.0, scale_max: float = 4.0,
+                                zero_terminal_snr: bool = True) -> np.ndarray:
+    """MS-Vid2Vid-XL's noise levels sigma_t (float32, ascending in t; x_t = sqrt(1 - sigma^2) x0 + sigma eps).
 
     StreamingT2V (branch StreamingModelscope) ``.../video_to_video/utils/schedules_sdedit.py``:
     a cosine log-SNR schedule, shifted by 2 log(1 / scale) for scale 2 and for scale 4 and interpolated
@@ -70,7 +70,16 @@ def logsnr_cosine_interp_alphas_cumprod(num_timesteps: int = 1000, logsnr_min: f
     if zero_terminal_snr and sigmas.max() != 1.0:
         lo = sigmas.min()
         sigmas = (lo + ((f32(1) - lo) / (sigmas.max() - lo)) * (sigmas - lo)).astype(f32)
-    return (f32(1) - sigmas ** 2).astype(f32)  # GaussianDiffusion_SDEdit: alphas = sqrt(1 - sigmas ** 2)
+    return sigmas
+
+
+def logsnr_cosine_interp_alphas_cumprod(num_timesteps: int = 1000) -> np.ndarray:
+    """:func:`logsnr_cosine_interp_sigmas` as the float32 alphas_cumprod the DDIM steps with,
+    1 - sigma ** 2 (``diffusion_sdedit.py``, ``GaussianDiffusion_SDEdit``: alphas = sqrt(1 - sigmas ** 2)).
+    Near t = T that difference cancels (sigma -> 1): an ulp of sigma moves alpha_cumprod by ~1e-7, which
+    the reference's alphas share."""
+    sigmas = logsnr_cosine_interp_sigmas(num_timesteps)
+    return (np.float32(1) - sigmas ** 2).astype(np.float32)
 
 
 BETA_SCHEDULES = ("scaled_linear", "linear", "logsnr_cosine_interp")
