@@ -86,10 +86,9 @@ def convert(ckpt: str, out: str, *, modelscope: Optional[str] = None, unet_confi
               "diffusion": dict(DIFFUSION)}
     if modelscope is not None:
         config["source"]["modelscope"] = os.path.abspath(modelscope)
-        for comp in ("vae", "text"):
-            p, c = conv_diffusers.CONVERTERS[comp](os.path.join(modelscope, conv_diffusers.SUBDIRS[comp]))
-            params[comp] = cast_tree(p, dtype) if dtype is not None else p
-            config[comp] = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+        vae_text, vae_text_cfg = conv_diffusers.convert_vae_text(modelscope)
+        params.update({k: cast_tree(v, dtype) if dtype is not None else v for k, v in vae_text.items()})
+        config.update(vae_text_cfg)
     return save_checkpoint(out, params, config, overwrite=overwrite, sources=sources)
 
 

@@ -12,6 +12,7 @@ import pytest
 from checkpoints_convert import msvid2vid as conv_v2v
 from checkpoints_convert.unet import plan_unet_lvdm, plan_unet_msvid2vid
 from configs import unet_msvid2vid
+from tiny_torch import modelscope_folder
 from vstar_jax.diffusion import schedules as S
 from vstar_jax.generation.model import ModelInfo
 from vstar_jax.generation.request import schedule_kwargs
@@ -57,11 +58,13 @@ def test_converted_unet_matches_reference(tiny_ref, tmp_path):
     y = rng.standard_normal((1, 3, 1024)).astype(np.float32)
     with torch.no_grad():
         want = tiny_ref(torch.from_numpy(x), torch.tensor([371]), torch.from_numpy(y)).numpy()
+    modelscope_folder(tmp_path / "ms", perturb=(), scheduler=False)  # its VAE and text encoder come along
     out = tmp_path / "ckpt"
     assert conv_v2v.main([str(tmp_path / "unet.pth"), "--unet-config", str(tmp_path / "unet.json"),
-                          "--out", str(out)]) == 0
+                          "--modelscope", str(tmp_path / "ms"), "--out", str(out)]) == 0
     params, config = load_checkpoint(str(out))
     cfg = read_config(str(out))
+    assert sorted(params) == ["text", "unet", "vae"]
     assert cfg["source"]["layout"] == "msvid2vid" and cfg["diffusion"]["prediction"] == "v"
     assert cfg["unet"]["downsample_padding"] == [2, 1] and cfg["unet"]["upsample_crop"] == 1
     run = jax.jit(lambda p, x, y: UNet3D(config["unet"]).apply({"params": p}, x, np.array([371]), y))
