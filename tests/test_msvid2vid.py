@@ -14,7 +14,7 @@ from checkpoints_convert.unet import plan_unet_lvdm, plan_unet_msvid2vid
 from configs import unet_msvid2vid
 from tiny_torch import modelscope_folder
 from vstar_jax.diffusion import schedules as S
-from vstar_jax.generation.model import ModelInfo
+from vstar_jax.generation.model import ModelInfo, diffusion_settings
 from vstar_jax.generation.request import schedule_kwargs
 from vstar_jax.io.checkpoint import load_checkpoint, read_config
 from vstar_jax.models.unet3d import UNet3D, _upsample_cropped
@@ -172,9 +172,19 @@ def test_logsnr_cosine_interp_matches_reference():
 
 
 def test_logsnr_schedule_is_selectable_from_the_diffusion_config():
-    d = {"flavor": "diffusers", "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps": 1000,
-         **{k: v for k, v in conv_v2v.DIFFUSION.items() if k in ("steps_offset", "set_alpha_to_one",
-                                                                   "timestep_spacing", "beta_schedule")}}
-    sched = S.make_schedule("diffusers", 50, 0.0, **dict(schedule_kwargs(d)))
+    """The converter's diffusion section, read as a checkpoint's, builds the refiner's DDIM schedule."""
+    d = diffusion_settings({"diffusion": conv_v2v.DIFFUSION, "unet": {"in_channels": 4}, "vae": {"ch_mult": [1, 2]}})
+    assert d["prediction"] == "v"
+    sched = S.make_schedule(d["flavor"], 50, 0.0, **dict(schedule_kwargs(d)))
     np.testing.assert_array_equal(sched.alphas_cumprod, S.logsnr_cosine_interp_alphas_cumprod())
     assert sched.timesteps[-1] == 981 and sched.alphas[-1] > 0  # DDIM never reaches alpha_cumprod 0
+
+
+def test_bad_unet_config_is_one_line_before_reading_weights(tmp_path, capsys):
+    (tmp_path / "unet.pth").write_bytes(b"not read")
+    (tmp_path / "unet.json").write_text(json.dumps({"model_chanels": 32}))
+    out = tmp_path / "o"
+    assert conv_v2v.main([str(tmp_path / "unet.pth"), "--unet-config", str(tmp_path / "unet.json"),
+                          "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "model_channels" in err and "\n" not in err and not out.exists()
