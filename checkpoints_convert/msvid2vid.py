@@ -1,7 +1,6 @@
 """Convert MS-Vid2Vid-XL's UNet (StreamingT2V's refiner) into a vstar-jax checkpoint.
 
-    python -m checkpoints_convert.msvid2vid non_ema_0035000.pth --out checkpoints/msvid2vid \
-        [--modelscope MODELSCOPE] [--unet-config unet.json] [--trust-pickle]
+    vstar-jax convert msvid2vid non_ema_0035000.pth --out CKPT [--modelscope DIR] [--unet-config unet.json]
 
 The weights are the state dict of ``Vid2VidSDUNet`` (Picsart-AI-Research/StreamingT2V, branch
 StreamingModelscope, ``t2v_enhanced/thirdparty/modelscope/models/multi_modal/video_to_video/``:
