@@ -1,4 +1,5 @@
-"""MS-Vid2Vid-XL UNet (StreamingT2V's refiner, ``Vid2VidSDUNet()`` with its defaults).
+"""MS-Vid2Vid-XL UNet (StreamingT2V's refiner, ``Vid2VidSDUNet()`` with its defaults), 1,411,233,860
+parameters (counted on this config with ``jax.eval_shape``; 1,480 weight tensors in its key map).
 
 Picsart-AI-Research/StreamingT2V, branch StreamingModelscope,
 ``t2v_enhanced/thirdparty/modelscope/models/multi_modal/video_to_video/modules/unet_v2v.py``
