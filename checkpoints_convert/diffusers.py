@@ -74,6 +74,17 @@ def _convert_text(d):
 CONVERTERS = {"unet": _convert_unet, "vae": _convert_vae, "text": _convert_text}
 
 
+def convert_vae_text(model_dir: str) -> tuple:
+    """The VAE and text encoder of a diffusers ModelScope folder, for converters whose UNet comes from
+    elsewhere (StreamingT2V, MS-Vid2Vid-XL): ({"vae": params, "text": params}, {"vae": config, "text": config})."""
+    params, configs = {}, {}
+    for comp in ("vae", "text"):
+        p, c = CONVERTERS[comp](os.path.join(model_dir, SUBDIRS[comp]))
+        params[comp] = p
+        configs[comp] = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    return params, configs
+
+
 def diffusion_config(model_dir: str) -> dict:
     path = os.path.join(model_dir, "scheduler", "scheduler_config.json")
     sc = _read_json(path) if os.path.isfile(path) else {}

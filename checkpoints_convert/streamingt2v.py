@@ -241,10 +241,9 @@ def convert(ckpt: str, out: str, *, unet_config: Optional[str] = None, modelscop
     if modelscope is not None:
         config["source"]["modelscope"] = os.path.abspath(modelscope)
 
-        for comp in ("vae", "text"):
-            p, c = conv_diffusers.CONVERTERS[comp](os.path.join(modelscope, conv_diffusers.SUBDIRS[comp]))
-            params[comp] = p
-            config[comp] = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+        vae_text, vae_text_cfg = conv_diffusers.convert_vae_text(modelscope)
+        params.update(vae_text)
+        config.update(vae_text_cfg)
         config["diffusion"] = conv_diffusers.diffusion_config(modelscope)
         # sampling defaults: the reference's long-video inference settings
         # (t2v_enhanced/configs/inference/inference_long_video.yaml), not ModelScope's

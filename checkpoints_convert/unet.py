@@ -2,8 +2,9 @@
 
 * ``lvdm``: VideoCrafter2 ``model.diffusion_model.*`` (``input_blocks.N.M``, ...).
 * ``diffusers``: ``UNet3DConditionModel`` (ModelScope, ``down_blocks.L.resnets.I``, ...).
+* ``msvid2vid``: MS-Vid2Vid-XL's ``Vid2VidSDUNet`` (lvdm's names, two placements of its own).
 
-Both plans target the same Flax tree (:class:`vstar_jax.models.unet3d.UNet3D`).
+All plans target the same Flax tree (:class:`vstar_jax.models.unet3d.UNet3D`).
 """
 from __future__ import annotations
 
@@ -130,6 +131,29 @@ def plan_unet_lvdm(cfg) -> Plan:
     return plan
 
 
+# ------------------------------------------------------------ MS-Vid2Vid-XL (StreamingT2V's refiner)
+
+
+def plan_unet_msvid2vid(cfg) -> Plan:
+    """MS-Vid2Vid-XL's ``Vid2VidSDUNet`` (Picsart-AI-Research/StreamingT2V, branch StreamingModelscope,
+    ``t2v_enhanced/thirdparty/modelscope/models/multi_modal/video_to_video/modules/unet_v2v.py``). Its
+    modules and leaf names are lvdm's (``input_blocks`` / ``middle_block`` / ``output_blocks`` / ``out``,
+    ResBlock ``in_layers`` ... ``temopral_conv``), with two placements of its own: the temporal
+    transformer after the input conv is the second module of the first input block
+    (``input_blocks.0.1``, lvdm's ``init_attn.0``) and a Downsample sits in ``input_blocks`` bare
+    (``input_blocks.N.op``, lvdm's ``input_blocks.N.0.op``). No fps embedding."""
+    if cfg.fps_cond or not cfg.init_attn:
+        raise ValueError("the MS-Vid2Vid-XL layout has a temporal transformer after conv_in and no fps embedding")
+    plan: Plan = {}
+    for key, dst in plan_unet_lvdm(cfg).items():
+        if key.startswith("init_attn.0."):
+            key = "input_blocks.0.1." + key[len("init_attn.0."):]
+        elif dst[0][0].startswith("downsample_"):
+            key = key.replace(".0.op.", ".op.")
+        plan[key] = dst
+    return plan
+
+
 # ------------------------------------------------------------ diffusers (ModelScope)
 
 
@@ -186,7 +210,7 @@ def plan_unet_diffusers(cfg) -> Plan:
     return plan
 
 
-PLANS = {"lvdm": plan_unet_lvdm, "diffusers": plan_unet_diffusers}
+PLANS = {"lvdm": plan_unet_lvdm, "diffusers": plan_unet_diffusers, "msvid2vid": plan_unet_msvid2vid}
 
 
 def convert_unet(sd: Mapping, cfg, layout: str, *, dtype=None) -> dict:
@@ -200,7 +224,7 @@ def convert_unet(sd: Mapping, cfg, layout: str, *, dtype=None) -> dict:
 
 def shape_hints(cfg, layout: str) -> dict:
     """Dimension -> the source config field that sets it, for the key report's "likely cause"."""
-    lvdm = layout == "lvdm"
+    lvdm = layout in ("lvdm", "msvid2vid")  # both name their widths as lvdm does (model_channels ~ dim)
     hints = {}
     for dim, field in ((int(cfg.in_channels), "in_channels"), (int(cfg.out_channels), "out_channels"),
                        (int(cfg.context_dim), "context_dim" if lvdm else "cross_attention_dim"),

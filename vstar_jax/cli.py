@@ -40,6 +40,7 @@ CONVERTERS = {
     "videocrafter2": ("checkpoints_convert.videocrafter2", "main"),
     "diffusers": ("checkpoints_convert.diffusers", "main"),
     "streamingt2v": ("checkpoints_convert.streamingt2v", "main"),
+    "msvid2vid": ("checkpoints_convert.msvid2vid", "main"),
 }
 SYNOPSIS_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
 MAX_MEMORY_GIB = 1_000_000  # about 1 PiB: above any machine (0 = no check)
@@ -364,7 +365,7 @@ def _usage() -> str:
             "           [--attention-png PATH] | --from-sidecar JSON   (vstar-jax generate --help)\n"
             "  enhance IN.mp4 --prompt P [--checkpoint DIR] [--strength S] [--chunk 24 --overlap 8]   "
             "(vstar-jax enhance --help)\n"
-            "  convert {videocrafter2,diffusers,streamingt2v} ...   (vstar-jax convert --help)\n"
+            "  convert {videocrafter2,diffusers,streamingt2v,msvid2vid} ...   (vstar-jax convert --help)\n"
             "  verify CKPT_DIR --source SOURCE   (check a conversion against its source)\n"
             "  sweep ... | report ... | metrics ...")
 

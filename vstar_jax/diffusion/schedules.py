@@ -41,16 +41,64 @@ def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
     return np.concatenate([lo, hi]).astype(np.float32)
 
 
+def logsnr_cosine_interp_sigmas(num_timesteps: int = 1000, logsnr_min: float = -15.0, logsnr_max: float = 15.0,
+                                scale_min: float = 2.0, scale_max: float = 4.0,
+                                zero_terminal_snr: bool = True) -> np.ndarray:
+    """MS-Vid2Vid-XL's noise levels sigma_t (float32, ascending in t; x_t = sqrt(1 - sigma^2) x0 + sigma eps).
+
+    StreamingT2V (branch StreamingModelscope) ``.../video_to_video/utils/schedules_sdedit.py``:
+    a cosine log-SNR schedule, shifted by 2 log(1 / scale) for scale 2 and for scale 4 and interpolated
+    between them from the least to the most noisy level; sigma = sqrt(sigmoid(-logsnr)); then (zero
+    terminal SNR) sigmas stretched so the last is 1 (alpha_cumprod 0). ``video_to_video_model.py`` builds
+    it with n = 1000, scale 2 to 4, zero_terminal_snr=True: these defaults. The reference computes in
+    torch float32 (``torch.linspace`` float32; ``math`` float64 constants); so does this, with
+    :func:`torch_linspace_f32` and float32 numpy (transcendental functions may differ from torch's by
+    an ulp)."""
+    f32 = np.float32
+    t = torch_linspace_f32(1.0, 0.0, num_timesteps)
+    # math.atan / math.exp in float64; a float64 scalar meets the float32 tensor as a float32 one
+    t_min = float(np.arctan(np.exp(-0.5 * logsnr_min)))
+    t_max = float(np.arctan(np.exp(-0.5 * logsnr_max)))
+
+    def shifted(scale):
+        angle = (t * f32(t_max - t_min)).astype(f32) + f32(t_min)
+        cos = (f32(-2) * np.log(np.tan(angle.astype(f32)))).astype(f32)
+        return (cos + f32(2 * np.log(1 / scale))).astype(f32)
+
+    logsnrs = (t * shifted(scale_min) + (f32(1) - t) * shifted(scale_max)).astype(f32)
+    sigmas = np.sqrt((f32(1) / (f32(1) + np.exp(logsnrs))).astype(f32))  # sigmoid(-logsnr)
+    if zero_terminal_snr and sigmas.max() != 1.0:
+        lo = sigmas.min()
+        sigmas = (lo + ((f32(1) - lo) / (sigmas.max() - lo)) * (sigmas - lo)).astype(f32)
+    return sigmas
+
+
+def logsnr_cosine_interp_alphas_cumprod(num_timesteps: int = 1000) -> np.ndarray:
+    """:func:`logsnr_cosine_interp_sigmas` as the float32 alphas_cumprod the DDIM steps with,
+    1 - sigma ** 2 (``diffusion_sdedit.py``, ``GaussianDiffusion_SDEdit``: alphas = sqrt(1 - sigmas ** 2)).
+    Near t = T that difference cancels (sigma -> 1): an ulp of sigma moves alpha_cumprod by ~1e-7, which
+    the reference's alphas share."""
+    sigmas = logsnr_cosine_interp_sigmas(num_timesteps)
+    return (np.float32(1) - sigmas ** 2).astype(np.float32)
+
+
+BETA_SCHEDULES = ("scaled_linear", "linear", "logsnr_cosine_interp")
+
+
 def diffusers_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012,
                              num_train_timesteps: int = 1000,
                              beta_schedule: str = "scaled_linear") -> np.ndarray:
-    """diffusers' float32 alphas_cumprod (cumprod accumulated in float64 like torch on CPU)."""
+    """diffusers' float32 alphas_cumprod (cumprod accumulated in float64 like torch on CPU), or with
+    ``beta_schedule="logsnr_cosine_interp"`` MS-Vid2Vid-XL's noise levels (beta_start / beta_end unused;
+    :func:`logsnr_cosine_interp_alphas_cumprod`)."""
+    if beta_schedule == "logsnr_cosine_interp":
+        return logsnr_cosine_interp_alphas_cumprod(num_train_timesteps)
     if beta_schedule == "scaled_linear":
         betas = torch_linspace_f32(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps) ** 2
     elif beta_schedule == "linear":
         betas = torch_linspace_f32(beta_start, beta_end, num_train_timesteps)
     else:
-        raise ValueError(f"unsupported beta_schedule {beta_schedule!r} (use 'scaled_linear' or 'linear')")
+        raise ValueError(f"unsupported beta_schedule {beta_schedule!r} (use one of {', '.join(BETA_SCHEDULES)})")
     alphas = (np.float32(1.0) - betas.astype(np.float32)).astype(np.float32)
     return np.cumprod(alphas.astype(np.float64)).astype(np.float32)
 

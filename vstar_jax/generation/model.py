@@ -67,7 +67,7 @@ def diffusion_settings(config: Mapping) -> dict:
         side = int(config["size"]) // _pixel_factor(config)
         size = [side, side]
     out["latent_size"] = [int(s) for s in (size if size is not None else [40, 64])]
-    for key in ("steps_offset", "set_alpha_to_one", "timestep_spacing", "max_frames"):
+    for key in ("steps_offset", "set_alpha_to_one", "timestep_spacing", "beta_schedule", "max_frames"):
         if key in d:
             out[key] = d[key]
     for key in ("steps", "cfg", "eta"):  # model-specific sampling defaults (demo model, ModelScope)
@@ -218,6 +218,7 @@ class ModelInfo:
     cam_frames: int = 0  # CAM's conditioning frames (0: no CAM)
     streaming_unmet: tuple = ()  # what its CAM / APM need besides the UNet and this checkpoint lacks
     attention_backend: str = UNET_SETTING_DEFAULTS["attention_backend"]  # the UNet config's (the legacy default)
+    unet_config: Optional[UNetConfig] = None  # its down / up geometry (UNetConfig.latent_fits); None: the usual
 
     @classmethod
     def from_config(cls, config: Mapping, source: str) -> "ModelInfo":
@@ -230,7 +231,9 @@ class ModelInfo:
         return cls(source, diffusion_settings(config), unet_num_levels(config["unet"]), vae_factor,
                    int(config["unet"]["in_channels"]), tuple(has_streaming_modules(config["unet"])),
                    int(cam["frames"]) if cam else 0, _streaming_unmet(config, vae_factor),
-                   str(config["unet"].get("attention_backend", UNET_SETTING_DEFAULTS["attention_backend"])))
+                   str(config["unet"].get("attention_backend", UNET_SETTING_DEFAULTS["attention_backend"])),
+                   UNetConfig.from_config(config["unet"], check=False)
+                   if config["unet"].get("upsample_crop") else None)
 
     def latent_hw(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         """Latent (h, w) of a video size; None = the checkpoint's default. Raises VstarError."""
@@ -246,7 +249,16 @@ class ModelInfo:
                 if px % self.vae_factor:
                     raise VstarError(f"{name} {px} is not a multiple of the VAE factor {self.vae_factor}")
                 lat = int(px) // self.vae_factor
-            if lat % unet_factor:
+            geometry = self.unet_config
+            if geometry is not None and geometry.upsample_crop:  # MS-Vid2Vid-XL: its own down / up sizes
+                if not geometry.latent_fits(lat, 0 if name == "height" else 1):
+                    fit = [n for n in range(max(1, lat - 16), lat + 17)
+                           if geometry.latent_fits(n, 0 if name == "height" else 1)]
+                    raise VstarError(f"{name} {lat * self.vae_factor} gives latent size {lat}, which this UNet's "
+                                     f"downsampling (padding {list(geometry.downsample_padding)}) and cropped "
+                                     f"upsampling cannot take back to itself; latent sizes near it that fit: "
+                                     f"{fit[:6] or 'none'}")
+            elif lat % unet_factor:
                 raise VstarError(f"{name} {lat * self.vae_factor} gives latent size {lat}, which the UNet "
                                  f"({self.unet_levels} levels) needs divisible by {unet_factor}; "
                                  f"use a multiple of {unet_factor * self.vae_factor}")

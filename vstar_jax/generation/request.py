@@ -78,7 +78,7 @@ def schedule_kwargs(d: dict) -> tuple:
     elif d["flavor"] in ("diffusers", "modelscope"):
         kw = {"beta_start": d["linear_start"], "beta_end": d["linear_end"],
               "num_train_timesteps": d["num_timesteps"]}
-        for k in ("steps_offset", "set_alpha_to_one", "timestep_spacing"):
+        for k in ("steps_offset", "set_alpha_to_one", "timestep_spacing", "beta_schedule"):
             if k in d:
                 kw[k] = d[k]
     else:

@@ -453,7 +453,8 @@ class UNetEncoder(nn.Module):
                 h = _res_attn(c, call, h, w, level, down[level], f"down_{level}_{i}")
                 skips.append(h)
             if level != top:
-                h = nn.Conv(w, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=c.compute_dtype,
+                ph, pw = c.downsample_padding
+                h = nn.Conv(w, (3, 3), strides=(2, 2), padding=((ph, ph), (pw, pw)), dtype=c.compute_dtype,
                             param_dtype=c.weight_dtype, name=f"downsample_{level}")(h)
                 skips.append(h)
         return h, skips
@@ -492,13 +493,27 @@ class UNetDecoder(nn.Module):
                 h = _res_attn(c, call, h, out_ch, level, up[level], f"up_{level}_{i}")
             if level != 0:
                 th, tw = skips[-1].shape[1:3]
-                h = jax.image.resize(h, (h.shape[0], th, tw, h.shape[-1]), method="nearest")
+                if c.upsample_crop:  # MS-Vid2Vid-XL: 2x nearest, then rows cropped top and bottom
+                    h = _upsample_cropped(h, c.upsample_crop, (th, tw))
+                else:
+                    h = jax.image.resize(h, (h.shape[0], th, tw, h.shape[-1]), method="nearest")
                 h = nn.Conv(out_ch, (3, 3), padding=1, dtype=c.compute_dtype, param_dtype=c.weight_dtype,
                             name=f"upsample_{level}")(h)
         h = nn.silu(GroupNorm32(c.norm_groups, 1e-5, name="norm_out")(h))
         h = nn.Conv(c.out_channels, (3, 3), padding=1, dtype=c.compute_dtype, param_dtype=c.weight_dtype,
                     name="conv_out")(h)
         return h.astype(jnp.float32).reshape(call.batch, call.frames, hgt, wid, -1).transpose(0, 4, 1, 2, 3)
+
+
+def _upsample_cropped(h, crop: int, target: tuple):
+    """(n, h, w, c) repeated 2x in rows and columns (nearest), ``crop`` rows dropped top and bottom
+    (StreamingT2V ``.../video_to_video/modules/unet_v2v.py``, ``Upsample.forward``: ``x[..., 1:-1, :]``);
+    refused when that does not meet the skip's (rows, columns) ``target``."""
+    h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)[:, crop:h.shape[1] * 2 - crop]
+    if tuple(h.shape[1:3]) != tuple(target):
+        raise ValueError(f"upsampling with a {crop}-row crop gives {tuple(h.shape[1:3])}, but the skip is "
+                         f"{tuple(target)}: the latent size does not fit this UNet's down / up geometry")
+    return h
 
 
 def share_parts(module: nn.Module, *parts: nn.Module) -> None:

@@ -92,6 +92,11 @@ class UNetConfig:
     fps_cond: bool = _kind("bool", False)  # VideoCrafter2's fps embedding
     use_relative_position: bool = _kind("bool", False)  # lvdm relative positions in temporal attention
     temporal_length: int = _kind("int", 16)  # their max frame offset, when on
+    # the down / up convs' geometry: MS-Vid2Vid-XL (StreamingT2V's refiner) pads its downsampling convs
+    # (2, 1) (rows, columns) and crops one row top and bottom after each 2x nearest upsampling, so that
+    # its 90-row latents (720p) go 90 -> 46 -> 24 -> 13 and back; everything else pads 1 and crops 0
+    downsample_padding: tuple = _kind("pos_ints", (1, 1))
+    upsample_crop: int = _kind("int", 0)
     dtype: str = _kind("str", "float32", choices=DTYPES)  # activations / matmuls
     param_dtype: str = _kind("str", "float32", choices=DTYPES)
     attention_backend: str = _kind("str", "xla", choices=BACKENDS)
@@ -103,7 +108,7 @@ class UNetConfig:
     cam: Optional[CAMConfig] = _kind("cam", None)
     apm: Optional[APMConfig] = _kind("apm", None)
     # what the converters record; the UNet does not read them
-    layout: Optional[str] = _kind("str?", None)  # source key layout: lvdm | diffusers | demo
+    layout: Optional[str] = _kind("str?", None)  # source key layout: lvdm | diffusers | msvid2vid | demo
     use_linear: bool = _kind("bool", True)  # spatial proj_in / proj_out Linear (else 1x1 conv: the same map)
 
     # ------------------------------------------------------------ building
@@ -224,6 +229,18 @@ class UNetConfig:
         """lvdm use_relative_position: the tables' max frame offset (temporal_length); 0 = off."""
         return int(self.temporal_length) if self.use_relative_position else 0
 
+    def latent_fits(self, size: int, axis: int) -> bool:
+        """Whether a latent side of ``size`` along ``axis`` (0 rows, 1 columns) goes down and back up
+        this UNet's levels to itself with ``downsample_padding`` / ``upsample_crop`` (rows only). Without
+        a crop the decoder resizes to each skip, and the project asks sides divisible by 2 ** (levels - 1)."""
+        crop = self.upsample_crop if axis == 0 else 0
+        if not crop:
+            return size % 2 ** (self.num_levels - 1) == 0
+        sizes = [int(size)]
+        for _ in range(self.num_levels - 1):
+            sizes.append((sizes[-1] + 2 * self.downsample_padding[axis] - 3) // 2 + 1)
+        return all(2 * small - 2 * crop == big for big, small in zip(sizes, sizes[1:]))
+
     @property
     def streaming(self) -> bool:
         """Whether StreamingT2V's CAM or APM is on (the UNet is then vstar_jax.models.streaming.StreamingUNet)."""
@@ -264,6 +281,10 @@ class UNetConfig:
             if mc % tgroups:
                 raise VstarError(f"unet.transformer_norm_groups {tgroups} does not divide model_channels {mc}")
             _ = self.init_attn_width
+        if len(self.downsample_padding) != 2:
+            raise VstarError(f"unet.downsample_padding must be (rows, columns), got {list(self.downsample_padding)}")
+        if self.upsample_crop < 0:
+            raise VstarError(f"unet.upsample_crop must be >= 0, got {self.upsample_crop}")
         if self.use_relative_position and self.temporal_length < 1:
             raise VstarError(f"use_relative_position needs temporal_length >= 1, got {self.temporal_length}")
 
