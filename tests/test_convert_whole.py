@@ -76,6 +76,8 @@ def test_vc2_missing_component_and_corruption(vc2_whole, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.ckpt", "no_text.ckpt"]
 
 
+@pytest.mark.slow  # ~34 s of CI; each part is converted in CI on its own (test_convert's diffusers UNet folder,
+# test_vae's diffusers autoencoder parity, test_text), and the VC2 whole checkpoint above stays in CI
 def test_diffusers_whole_folder_roundtrip(tmp_path):
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")

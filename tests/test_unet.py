@@ -237,6 +237,7 @@ def test_unet_relative_position_tables_and_zero_table_equivalence():
     assert rel_err(rel.apply({"params": p_rel}, x, t, ctx), y_plain) > 1e-3
 
 
+@pytest.mark.slow  # ~31 s of CI (eager UNet passes) for a demo-training option the shipped demo model does not use
 def test_frame_position_option_starts_neutral_and_orders_frames():
     """unet.frame_position (demo option): zero-initialised, so the UNet starts as the plain one; once
     trained, frames with the same input and noise get different outputs by their place in the clip."""
