@@ -141,6 +141,9 @@ def _apply_with_temporal(sd, plan: Plan, expected, cfg, **kw):
     return merge_params({**flat, **{k: v.astype(next(iter(flat.values())).dtype) for k, v in fresh.items()}})
 
 
+MAX_ATTENTION_WINDOW = 16  # frames either side; VidRD-style banded attention uses 2 (the default)
+
+
 def parse_temporal_spec(spec: Optional[str]) -> Optional[dict]:
     """Temporal-layer settings of a ``--vae-temporal`` spec: "conv", "attention", "conv,attention"
     (attention window 2) or "conv,attention:W" (window W); None for None/"" (the image decoder)."""
@@ -154,6 +157,9 @@ def parse_temporal_spec(spec: Optional[str]) -> Optional[dict]:
         w = int(window) if window else 2
     except ValueError:
         raise ValueError(f"--vae-temporal {spec!r}: the attention window must be an integer") from None
+    if w > MAX_ATTENTION_WINDOW:
+        raise ValueError(f"--vae-temporal {spec!r}: attention window {w} is over {MAX_ATTENTION_WINDOW} frames (each "
+                         f"decoder layer adds it to the halo every decode window carries)")
     settings = {"conv": "conv" in parts, "attention": "attention" in parts, "attention_window": w}
     with_temporal({}, **settings)  # validated (window >= 1)
     return settings

@@ -42,7 +42,7 @@ def test_settings_and_receptive_field():
     assert receptive_field(with_temporal(cfg, attention=False)) == 6
     assert temporal_settings(without_temporal(t)) is None
     assert parse_temporal_spec("conv,attention:4") == {"conv": True, "attention": True, "attention_window": 4}
-    for bad in ("lstm", "conv:x", "attention:0"):
+    for bad in ("lstm", "conv:x", "attention:0", "attention:100000"):
         with pytest.raises(ValueError, match="vae-temporal|attention_window"):
             parse_temporal_spec(bad)
     with pytest.raises(ValueError, match="unknown keys"):
