@@ -1,15 +1,23 @@
-"""Whole ``vstar-jax generate`` runs on the tiny random checkpoint: compile apart from sampling, and
-the persistent compilation cache across processes.
+"""Whole ``vstar-jax generate`` runs: compile (or load) apart from run time, per program, and the persistent
+compilation cache across processes.
 
     python benchmarks/generate_speed.py --frames 16 --frames 64 --steps 25 --json /tmp/gen.jsonl
+    python benchmarks/generate_speed.py --programs single,long,batch-exact,batch-vmap,loop --items 8 --demo
 
-For every frame count, two fresh processes run the same command with one new, empty compilation
-cache folder (``vstar_jax.compile_cache``): the first compiles and writes the cache, the second
-should load it. Inside each process the generation runs twice: the first call's "compiled in" or
-"loaded from the compile cache in" (the sampling loop, from the pipeline's own log; tracing included) is
-the compile time, the second call is the whole
-25-step generation (text encoding, sampling, VAE decode, video write) without any compile.
-One JSON line per frame count.
+Programs (``--programs``, comma-separated; default ``single``):
+
+* ``single``: one video of F frames (the plain pass).
+* ``long``: one video with ``--long-video genl:W:S`` (``--long``, default ``genl:8:4``) at F frames.
+* ``batch-exact`` / ``batch-vmap``: ``--items`` videos (seeds 0..N-1) in one ``--seeds`` command, in the
+  batch's ``exact`` (``lax.map``) or ``vmap`` mode.
+* ``loop``: the same N videos as N single runs in one process (the baseline batching is measured against).
+
+For every program and frame count, two fresh processes run the same command with one new, empty
+compilation cache folder (``vstar_jax.compile_cache``): the first compiles and writes the cache, the second
+should load it. Inside each process the command runs twice: the first call's "compiled in" or "loaded from
+the compile cache in" (the sampling loop, from the pipeline's own log; tracing included) is the compile or
+load time, the second call is the whole generation (text encoding, sampling, VAE decode, video write)
+without any compile. One JSON line per (program, frame count), with ``videos_per_min`` of the warm call.
 """
 from __future__ import annotations
 
@@ -25,10 +33,26 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red ball rolls to the right"
+PROGRAMS = ("single", "long", "batch-exact", "batch-vmap", "loop")
+
+
+def commands(a, workdir: str, tag: str) -> list:
+    """The ``vstar-jax`` argument lists one timed call of ``a.program`` runs (several for ``loop``)."""
+    base = ["--frames", str(a.frames_one), "--steps", str(a.steps)]  # not --quiet: its log has the compile time
+    base += [] if a.checkpoint == "demo" else ["--checkpoint", a.checkpoint]
+    if a.program in ("batch-exact", "batch-vmap"):
+        return [["generate", PROMPT, "--seeds", ",".join(map(str, range(a.items))), "--batch-mode",
+                 a.program.split("-")[1], "--out-dir", os.path.join(workdir, tag), "--overwrite"] + base]
+    if a.program == "loop":
+        return [["generate", PROMPT, "--seed", str(i), "--out", os.path.join(workdir, f"{tag}-{i}.mp4"),
+                 "--overwrite"] + base for i in range(a.items)]
+    extra = ["--long-video", a.long] if a.program == "long" else []
+    return [["generate", PROMPT, "--seed", "0", "--out", os.path.join(workdir, f"{tag}.mp4"), "--overwrite"]
+            + base + extra]
 
 
 def child(a) -> int:
-    """One process: enable the cache, generate twice, print one JSON line."""
+    """One process: enable the cache, run the program's commands twice, print one JSON line."""
     sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
     t_start = time.perf_counter()
     from vstar_jax.compile_cache import enable_compile_cache
@@ -39,13 +63,12 @@ def child(a) -> int:
 
     walls = []
     for i in range(2):
-        out = os.path.join(a.workdir, f"clip{i}.mp4")
         t0 = time.perf_counter()
-        rc = cli.main(["generate", PROMPT, "--checkpoint", a.checkpoint, "--frames", str(a.frames_one),
-                       "--steps", str(a.steps), "--seed", "0", "--out", out, "--overwrite"])
+        for argv in commands(a, a.workdir, f"call{i}"):
+            rc = cli.main(argv)
+            if rc != 0:
+                return rc
         walls.append(time.perf_counter() - t0)
-        if rc != 0:
-            return rc
     print(json.dumps(dict(first_call_s=walls[0], second_call_s=walls[1],
                           process_s=time.perf_counter() - t_start)), flush=True)
     return 0
@@ -53,7 +76,8 @@ def child(a) -> int:
 
 def run_process(a, frames: int, cache_dir: str, workdir: str, ckpt: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--frames-one", str(frames), "--steps", str(a.steps),
-           "--cache-dir", cache_dir, "--workdir", workdir, "--checkpoint", ckpt]
+           "--cache-dir", cache_dir, "--workdir", workdir, "--checkpoint", ckpt, "--program", a.program,
+           "--items", str(a.items), "--long", a.long]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -71,8 +95,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, action="append", help="frame counts (repeatable; default 16)")
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--programs", default="single", help=f"comma-separated, of {', '.join(PROGRAMS)}")
+    ap.add_argument("--items", type=int, default=8, help="videos per batch / loop (default 8)")
+    ap.add_argument("--long", default="genl:8:4", help="the long program's --long-video (default genl:8:4)")
+    ap.add_argument("--demo", action="store_true", help="the embedded demo model (default: a tiny random checkpoint)")
     ap.add_argument("--json", help="also append the JSON lines here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--program", default="single", help=argparse.SUPPRESS)
     ap.add_argument("--frames-one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -80,29 +109,45 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.child:
         return child(a)
+    programs = [p.strip() for p in a.programs.split(",") if p.strip()]
+    bad = [p for p in programs if p not in PROGRAMS]
+    if bad or a.items < 1:
+        print(f"error: unknown program(s) {', '.join(bad)} (known: {', '.join(PROGRAMS)})" if bad
+              else "error: --items must be >= 1", file=sys.stderr)
+        return 2
     sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
     root = tempfile.mkdtemp(prefix="vstar-genspeed-")
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     try:
-        ckpt = a.checkpoint
+        ckpt = "demo" if a.demo else a.checkpoint
         if ckpt is None:
             from tiny_checkpoint import write_tiny_checkpoint
 
             ckpt = write_tiny_checkpoint(os.path.join(root, "ckpt"))
-        for frames in a.frames or [16]:
-            cache = os.path.join(root, f"cache{frames}")
-            work = os.path.join(root, f"out{frames}")
-            os.makedirs(work, exist_ok=True)
-            first = run_process(a, frames, cache, work, ckpt)
-            second = run_process(a, frames, cache, work, ckpt)
-            row = dict(kind="generate", config="tiny (configs/unet_tiny.py, 8x8 latent)", frames=frames,
-                       steps=a.steps, cpus=os.cpu_count(),
-                       generate_s=min(first["second_call_s"], second["second_call_s"]),
-                       process1=first, process2=second,
-                       compile_s_process1=first["sampler_compile_s"], compile_s_process2=second["sampler_compile_s"])
-            print(json.dumps(row), flush=True)
-            if a.json:
-                with open(a.json, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+        for program in programs:
+            a.program = program
+            for frames in a.frames or [16]:
+                tag = f"{program}{frames}"
+                cache = os.path.join(root, f"cache-{tag}")
+                work = os.path.join(root, f"out-{tag}")
+                os.makedirs(work, exist_ok=True)
+                load0 = os.getloadavg()[0]
+                first = run_process(a, frames, cache, work, ckpt)
+                second = run_process(a, frames, cache, work, ckpt)
+                videos = a.items if program in ("batch-exact", "batch-vmap", "loop") else 1
+                warm = min(first["second_call_s"], second["second_call_s"])
+                row = dict(kind="generate", program=program, frames=frames, steps=a.steps, videos=videos,
+                           checkpoint="demo" if a.demo else (a.checkpoint or "tiny (configs/unet_tiny.py, 8x8 latent)"),
+                           long_video=a.long if program == "long" else None, cpus=os.cpu_count(), commit=commit,
+                           load_avg=[round(load0, 2), round(os.getloadavg()[0], 2)],
+                           generate_s=warm, videos_per_min=round(60.0 * videos / warm, 2),
+                           compile_s=first["sampler_compile_s"], cache_load_s=second["sampler_compile_s"],
+                           loaded_from_cache=second["sampler_from_cache"], process1=first, process2=second)
+                print(json.dumps(row), flush=True)
+                if a.json:
+                    with open(a.json, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -97,14 +97,20 @@ def strategy_sample(spec, model_fn, x_T, cond, uncond, schedule, *, key=None, cf
 
 @pytest.fixture()
 def fake_sampler(monkeypatch):
-    """``fake_sampler(fn)``: the pipeline's sampler stage runs ``fn(unet, params, cond, uncond, key, fps,
-    cfg_scale, *, plan) -> SampleOutput`` instead of the compiled loop (for this test only)."""
+    """``fake_sampler(fn, batch_fn=None)``: the pipeline's sampler stage runs ``fn(unet, params, cond, uncond,
+    key, fps, cfg_scale, *, plan) -> SampleOutput`` instead of the compiled loop (for this test only), and
+    a batch's ``batch_fn(unet, params, conds, ..., *, plan, items)`` (the same arguments with an item axis)."""
     import functools
 
     from vstar_jax import pipeline as pl
 
-    def use(fn):
-        monkeypatch.setattr(pl, "_compiled_sampler",
-                            lambda unet, plan, args, progress: functools.partial(fn, unet, plan=plan))
+    def use(fn, batch_fn=None):
+        def stage(unet, plan, args, progress, items=None):
+            if items is None:
+                return functools.partial(fn, unet, plan=plan)
+            assert batch_fn is not None, "this test's fake sampler has no batch stage"
+            return functools.partial(batch_fn, unet, plan=plan, items=items)
+
+        monkeypatch.setattr(pl, "_compiled_sampler", stage)
 
     return use

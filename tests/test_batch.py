@@ -18,9 +18,31 @@ ITEMS = [{"prompt": "a red ball", "seed": 1}, {"prompt": "a blue cube", "seed": 
          {"prompt": "a red ball", "seed": 5}]
 
 
-def test_items_equal_their_single_runs_bit_for_bit(tmp_path):
+BATCH = dict(frames=4, steps=2, tar="L0:1")
+
+
+@pytest.fixture(scope="module")
+def exact_batch(tmp_path_factory):
+    """ITEMS in one exact-mode call, its compiled loop written to a fresh disk compile cache."""
+    import functools
+
+    from vstar_jax.compile_cache import compile_lowered
+    from vstar_jax.generation import sampling
+
+    cache = tmp_path_factory.mktemp("cc")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sampling, "compile_lowered", functools.partial(compile_lowered, cache_dir=str(cache)))
+    try:
+        res = pl.generate_batch(ITEMS, checkpoint=shared_tiny_checkpoint(), out_dir=tmp_path_factory.mktemp("exact"),
+                                progress=False, **BATCH)
+    finally:
+        mp.undo()
+    return res, str(cache)
+
+
+def test_items_equal_their_single_runs_bit_for_bit(exact_batch):
     ck = shared_tiny_checkpoint()
-    res = pl.generate_batch(ITEMS, checkpoint=ck, frames=4, steps=2, tar="L0:1", out_dir=tmp_path, progress=False)
+    res = exact_batch[0]
     assert [r.sidecar["timing_s"]["batch"] for r in res] == [3, 3, 3]  # one compiled call for all three
     for it, r in zip(ITEMS, res):
         one = pl.generate_video(it["prompt"], checkpoint=ck, frames=4, steps=2, seed=it["seed"], cfg=it.get("cfg"),
@@ -96,3 +118,45 @@ def test_cli_seeds_and_prompts_file_make_one_batch(tmp_path, capsys):
     assert "--seeds must be comma-separated integers" in capsys.readouterr().err
     assert main(["generate", "a red ball", "--prompts-file", str(prompts)] + flags) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_vmap_mode_batches_items_within_rounding_and_says_so(exact_batch, tmp_path, capsys):
+    """``batch_mode="vmap"`` runs all items in every UNet call: each video equals its exact (single-run)
+    latents within float32 rounding (bound 1e-5 of the latents' scale: a different batch size changes only
+    XLA's summation order; measured ~1e-7), not bit for bit; its sidecars say so, and ``--from-sidecar``
+    regenerates them alone without claiming identical frames."""
+    from vstar_jax.cli import main
+
+    ck = shared_tiny_checkpoint()
+    exact = exact_batch[0]
+    fast = pl.generate_batch(ITEMS, checkpoint=ck, out_dir=tmp_path, batch_mode="vmap", progress=False, **BATCH)
+    for e, f in zip(exact, fast):
+        scale = float(np.abs(e.latents).max())
+        np.testing.assert_allclose(f.latents, e.latents, rtol=0, atol=1e-5 * scale)
+        assert "batch_mode" not in e.sidecar and f.sidecar["batch_mode"] == "vmap"
+    assert not np.array_equal(fast[0].latents, fast[2].latents)  # each item its own seed
+    assert pl.regenerates_exactly(exact[0].sidecar) and not pl.regenerates_exactly(fast[0].sidecar)
+    capsys.readouterr()
+    assert main(["generate", "--from-sidecar", fast[1].sidecar_path, "--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert "identical frames" not in cap.out and "batch's vmap mode" in cap.err
+    with pytest.raises(ValueError, match="batch_mode must be one of exact, vmap"):
+        pl.generate_batch(ITEMS[:1], checkpoint=ck, batch_mode="fast", progress=False, **BATCH)
+    assert main(["generate", "a red ball", "--batch-mode", "vmap", "--checkpoint", ck, "--quiet"]) == 2
+    assert "--batch-mode is for several videos" in capsys.readouterr().err
+
+
+def test_batched_program_goes_through_the_disk_compile_cache(exact_batch, tmp_path, monkeypatch, capsys):
+    """A batch's compiled loop (it holds the progress callback) was written to the compile cache by the
+    first call; a fresh process (here: the in-memory cache emptied) loads it instead of compiling again."""
+    import functools
+
+    from vstar_jax.compile_cache import compile_lowered
+    from vstar_jax.generation import sampling
+    from vstar_jax.runtime import runtime
+
+    monkeypatch.setattr(sampling, "compile_lowered", functools.partial(compile_lowered, cache_dir=exact_batch[1]))
+    runtime().compiled.clear()
+    capsys.readouterr()
+    pl.generate_batch(ITEMS, checkpoint=shared_tiny_checkpoint(), out_dir=tmp_path, progress=True, **BATCH)
+    assert "loaded from the compile cache" in capsys.readouterr().err

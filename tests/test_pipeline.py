@@ -535,7 +535,7 @@ def test_sidecar_round_trip_keeps_every_request_field(ckpt, tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------ issue 23: the attention backend setting
-def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeypatch, fake_sampler):
+def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, fake_sampler):
     """The backend asked for is the UNet config's the compiled loop is given (single videos and batches),
     whatever the checkpoint's config says; the default is 'auto', which the sidecar records."""
     import jax.numpy as jnp
@@ -549,17 +549,15 @@ def test_attention_backend_reaches_the_unet_and_the_sidecar(first, ckpt, monkeyp
         seen.append(unet.config["attention_backend"])
         return SampleOutput(jnp.zeros(plan.latent_shape), None, None)
 
-    fake_sampler(record)
+    def fake_batch(unet, params, conds, *a, plan, items):
+        seen.append(unet.config["attention_backend"])
+        return SampleOutput(jnp.zeros((conds.shape[0],) + plan.latent_shape), None, None)
+
+    fake_sampler(record, fake_batch)
     for backend in ("xla", "auto"):
         pl.generate_video(PROMPT, checkpoint=ckpt, frames=FRAMES, steps=STEPS, progress=False,
                           attention_backend=backend)
     assert seen == ["xla", "auto"]
-
-    def fake_batch(unet, params, conds, *a, plan, item_sharding=None):
-        seen.append(unet.config["attention_backend"])
-        return SampleOutput(jnp.zeros((conds.shape[0],) + plan.latent_shape), None, None)
-
-    monkeypatch.setattr(pl, "sample_batch_jit", fake_batch)  # the batch stage's sampler
     res = pl.generate_batch([{"prompt": PROMPT, "seed": 0}, {"prompt": PROMPT, "seed": 1, "attention_backend": "xla"}],
                             checkpoint=ckpt, frames=FRAMES, steps=STEPS, progress=False)
     assert sorted(seen[2:]) == ["auto", "xla"]  # one call per backend

@@ -103,6 +103,10 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", metavar="PATH",
                    help="one prompt a line (# comments): one video per prompt (and seed), many per compiled call")
     p.add_argument("--out-dir", metavar="DIR", help="folder for several videos (default outputs/)")
+    p.add_argument("--batch-mode", choices=("exact", "vmap"), default="exact",
+                   help="several videos: 'exact' runs the items of a call one after another, each bit for bit its "
+                        "single run (default); 'vmap' batches them into every UNet call, more videos a minute, each "
+                        "equal to its single run within float32 rounding")
     p.add_argument("--fps", type=float, help="fps conditioning of the UNet (default 28)")
     p.add_argument("--save-fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
     p.add_argument("--tar", help="temporal attention regularization: a preset (64D1, 64D1_32D8, ...) or "
@@ -273,12 +277,15 @@ def generate_main(argv: Sequence[str]) -> int:
         out = a.out or _regen_output(a.from_sidecar, sc, pl.VIDEO_SUFFIXES)
         try:
             res = pl.regenerate(a.from_sidecar, out=out, checkpoint=a.checkpoint, gif=a.gif,
-                                attention_png=a.attention_png, progress=progress, verify=bool(sc.get("frames_sha256")),
+                                attention_png=a.attention_png, progress=progress, verify=pl.regenerates_exactly(sc),
                                 keep_video=False, overwrite=a.overwrite, max_memory=max_memory)
         except pl.FramesDiffer as e:  # computed, but not the recorded frames: nothing kept
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
             return 1
-        print(f"{res.path}\tidentical frames" if sc.get("frames_sha256") else res.path)
+        if sc.get("batch_mode", "exact") != "exact":
+            print(f"note: this video was made in a batch's {sc['batch_mode']} mode; regenerated alone it equals it "
+                  f"within float32 rounding, not bit for bit", file=sys.stderr)
+        print(f"{res.path}\tidentical frames" if pl.regenerates_exactly(sc) else res.path)
         return 0
     if a.enhance is None and a.enhance_strength is not None:
         raise UsageError("--enhance-strength needs --enhance CKPT")
@@ -290,6 +297,8 @@ def generate_main(argv: Sequence[str]) -> int:
         return _generate_many(a, parser, argv, progress, max_memory)
     if a.out_dir:
         raise UsageError("--out-dir is for several videos (--seeds or --prompts-file); use --out for one")
+    if a.batch_mode != "exact":
+        raise UsageError("--batch-mode is for several videos (--seeds or --prompts-file)")
     if a.prompt is None or not a.prompt.strip():
         raise UsageError("empty prompt: give a text description of the video")
     out = a.out or pl.default_output(a.prompt, a.seed)
@@ -343,7 +352,7 @@ def _generate_many(a, parser, argv, progress: bool, max_memory) -> int:
         keep_video=False, overwrite=a.overwrite, frames=a.frames, steps=a.steps, cfg=a.cfg, eta=a.eta, fps=a.fps,
         save_fps=a.save_fps, tar=a.tar, synopsis=_synopsis_arg(a.synopsis), vsp_mode=a.vsp_mode, height=a.height,
         width=a.width, frame_batch=a.frame_batch, long_video=a.long_video, max_memory=max_memory,
-        attention_backend=a.attention_backend)
+        attention_backend=a.attention_backend, batch_mode=a.batch_mode)
     for res in results:
         print(res.path)
     return 0

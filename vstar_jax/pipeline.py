@@ -48,7 +48,7 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
 from vstar_jax.generation.request import GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, SamplingInterrupted, capture_maps, compiled_sampler,  # noqa: F401
                                            log, memory_for, plan_for, plan_params, resolve_mesh, resolve_rules,
-                                           row_sharding, run_sampler, sample_batch_jit, sampler_args, check_finite,
+                                           row_sharding, run_sampler, BATCH_MODES, Items, sampler_args, check_finite,
                                            reset_finite_check)
 from vstar_jax.io.atomic import Staging
 from vstar_jax.io.video import sidecar_path, sidecar_text
@@ -60,7 +60,8 @@ _log = log
 ITEMS_PER_CALL = 16  # generate_batch: items per compiled call (progress and Ctrl-C between calls)
 PROGRESS_EVERY = 100  # generate_batch: a line every this many prompts encoded
 _compiled_sampler = compiled_sampler  # the sampler stage (tests replace it: a fake sampler, or proof nothing runs)
-BATCH_SETTINGS = ("checkpoint", "pipeline", "mesh", "progress", "keep_video", "overwrite")  # generate_batch's own
+BATCH_SETTINGS = ("checkpoint", "pipeline", "mesh", "progress", "keep_video", "overwrite",
+                  "batch_mode")  # generate_batch's own
 
 
 # ------------------------------------------------------------------------------- stages
@@ -229,18 +230,23 @@ def _llm_synopsis(prompt: str, frames: int, llm: dict, progress: bool):
 
 # ------------------------------------------------------------------------------ batches
 def generate_batch(items, *, checkpoint=None, pipeline: Optional[Pipeline] = None, out_dir=None, mesh=None,
-                   progress: bool = True, keep_video: bool = True, overwrite: bool = True, **common) -> list:
+                   progress: bool = True, keep_video: bool = True, overwrite: bool = True, batch_mode: str = "exact",
+                   **common) -> list:
     """Many videos, many per compiled call: ``items`` are dicts of ``generate_video`` settings (at
     least ``prompt``; e.g. ``{"prompt": ..., "seed": 3, "cfg": 7.5}``), ``common`` the settings they
     share. Items whose compiled loop is the same (shape, steps, method, TAR, VSP or not) run in one
     call with an item axis (``jax.lax.map``: one item after another, each the single-item program
-    with its own seed's noise, so it equals its single-item run); on a mesh the item axis is split over ``data``. With ``out_dir`` each video is
+    with its own seed's noise, so it equals its single-item run bit for bit). ``batch_mode="vmap"`` batches
+    the items into every UNet call instead: more videos per minute, each equal to its single-item run within
+    float32 rounding (docs/devices-and-hosts.md#batch-mode-exact-or-vmap); its sidecars say so and ``--from-sidecar`` does not check
+    their frames bit for bit. On a mesh the item axis is split over ``data``. With ``out_dir`` each video is
     written to ``out_dir/<prompt-slug>-<seed>.mp4`` with its sidecar (``--from-sidecar`` reproduces it
     alone); an item's own ``out`` names its file instead. Returns one :class:`GenerationResult` per
     item, in order."""
     with _sigint_flag() as stop:
         return _generate_batch(items, checkpoint=checkpoint, pipeline=pipeline, out_dir=out_dir, mesh=mesh,
-                               progress=progress, keep_video=keep_video, overwrite=overwrite, stop=stop, **common)
+                               progress=progress, keep_video=keep_video, overwrite=overwrite, batch_mode=batch_mode,
+                               stop=stop, **common)
 
 
 @contextlib.contextmanager
@@ -268,10 +274,13 @@ def _check_stop(stop) -> None:
         raise SamplingInterrupted("interrupted")
 
 
-def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, keep_video, overwrite, stop, **common):
+def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, keep_video, overwrite, batch_mode, stop,
+                    **common):
     t_start = time.time()
     if not items:
         raise VstarError("generate_batch needs at least one item")
+    if batch_mode not in BATCH_MODES:
+        raise VstarError(f"batch_mode must be one of {', '.join(BATCH_MODES)}, got {batch_mode!r}")
     settings = []  # each item's settings, its names checked before the model is asked anything
     for i, item in enumerate(items):
         kw = {**common, **dict(item)}
@@ -356,9 +365,9 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
             conds, unconds, keys, fps, cfg = (put_global(a, sh) for a in (conds, unconds, keys, fps, cfg))
         calls = reqs[idx[0]].strategy.check(reqs[idx[0]].frames, reqs[idx[0]].ddim_steps).calls * len(idx)
         unet = pipe.with_unet_settings(attention_backend=reqs[idx[0]].attention_backend).unet
-        run = functools.partial(sample_batch_jit, unet, plan=plan, item_sharding=sh)
-        lat, _, _ = run_sampler(run, (params, conds, unconds, keys, fps, cfg), total_calls=calls, progress=progress,
-                                unit="call")
+        args = (params, conds, unconds, keys, fps, cfg)
+        run = _compiled_sampler(unet, plan, args, progress, items=Items(sh, batch_mode))
+        lat, _, _ = run_sampler(run, args, total_calls=calls, progress=progress, unit="call")
         if not getattr(lat, "is_fully_addressable", True):
             lat = multihost_utils.process_allgather(lat, tiled=True)
         lat = np.asarray(lat, np.float32)
@@ -376,6 +385,8 @@ def _generate_batch(items, *, checkpoint, pipeline, out_dir, mesh, progress, kee
                     paths=paths, scale_factor=pipe.diffusion["scale_factor"],
                     timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3),
                             "total": round(time.time() - t_start, 3), "batch": len(idx)})
+                if batch_mode != "exact":  # not the single-item program: --from-sidecar cannot check it bit for bit
+                    sidecar["batch_mode"] = batch_mode
                 res = GenerationResult(video, sidecar, None, lat[j])
                 _finish_outputs(res, paths, progress, stage)
             results[i] = res
@@ -393,17 +404,25 @@ def _item_sharding(mesh, n_items: int):
 
 
 # --------------------------------------------------------------------------- regenerate
+def regenerates_exactly(sidecar: dict) -> bool:
+    """Whether ``--from-sidecar`` can check this sidecar's frames bit for bit: it has a frame hash and was
+    not made in a batch's ``vmap`` mode (those videos equal their single run within float32 rounding)."""
+    return bool(sidecar.get("frames_sha256")) and sidecar.get("batch_mode", "exact") == "exact"
+
+
 def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: bool = False, attention_png=None,
                progress: bool = True, verify: bool = True, keep_video: bool = True, overwrite: bool = True,
                max_memory=None) -> GenerationResult:
     """Reproduce a video from its sidecar (its synopsis is reused, no LLM is asked).
 
     ``checkpoint`` overrides the recorded path. The sidecar's fields are checked before any
-    compute. With ``verify``, a frame hash different from the recorded one raises
+    compute. With ``verify`` (and a sidecar :func:`regenerates_exactly` allows), a frame hash different
+    from the recorded one raises
     :class:`~vstar_jax.generation.outputs.FramesDiffer` (a VstarError) and no file is kept (another
     backend or version may differ, or the sidecar was edited).
     """
     sc = load_sidecar(sidecar_path)
+    verify = verify and regenerates_exactly(sc)
     kw = sidecar_kwargs(sc)
     if checkpoint is not None:
         kw["checkpoint"] = checkpoint

@@ -215,14 +215,27 @@ def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan
 sample_jit = jax.jit(_sample, static_argnames=("unet", "plan"))
 
 
-@functools.partial(jax.jit, static_argnames=("unet", "plan", "item_sharding"))
-def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan: SamplePlan, item_sharding=None):
+#: How :func:`sample_batch_jit` runs its items: ``exact`` one after another (``lax.map``; each item is the
+#: single-item program, bit for bit), ``vmap`` all at once (one batched UNet call per step for all items:
+#: throughput, equal to the single runs within float32 rounding, see docs/devices-and-hosts.md#batch-mode-exact-or-vmap).
+BATCH_MODES = ("exact", "vmap")
+
+
+@functools.partial(jax.jit, static_argnames=("unet", "plan", "item_sharding", "mode"))
+def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan: SamplePlan, item_sharding=None,
+                     mode: str = "exact"):
     """Many items in one program: each argument but ``params`` has a leading item axis, and item i is
-    :func:`sample_jit` of its own (cond, uncond, key, fps, cfg), run one after another (``lax.map``)
-    so it is the single-item program, seed and all. ``item_sharding`` splits the items over a mesh
-    axis (``data``): each device runs its share (``shard_map``), params replicated."""
-    def items(p, c, u, k, f, s):  # one item after another: each is exactly the single-item program
-        return jax.lax.map(lambda a: _sample(unet, p, *a, plan=plan), (c, u, k, f, s))
+    :func:`sample_jit` of its own (cond, uncond, key, fps, cfg). ``mode`` (:data:`BATCH_MODES`): ``exact``
+    runs them one after another (``lax.map``) so each is the single-item program, seed and all; ``vmap``
+    batches them into every UNet call. ``item_sharding`` splits the items over a mesh axis (``data``):
+    each device runs its share (``shard_map``), params replicated."""
+    def one(p, a):
+        return _sample(unet, p, *a, plan=plan)
+
+    def items(p, c, u, k, f, s):
+        if mode == "vmap":
+            return jax.vmap(lambda *a: one(p, a))(c, u, k, f, s)
+        return jax.lax.map(lambda a: one(p, a), (c, u, k, f, s))
 
     if item_sharding is None:
         return items(params, conds, unconds, keys, fps, cfg_scale)
@@ -233,15 +246,27 @@ def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan
     return fn(params, conds, unconds, keys, fps, cfg_scale)
 
 
-def compiled_sampler(unet, plan: SamplePlan, args: tuple, progress: bool):
-    """The AOT-compiled :func:`sample_jit` for these static settings and argument shapes (cached)."""
+@dataclasses.dataclass(frozen=True)
+class Items:
+    """A batched program's static settings (:func:`sample_batch_jit`): the item sharding and the mode."""
+
+    sharding: Any = None
+    mode: str = "exact"
+
+
+def compiled_sampler(unet, plan: SamplePlan, args: tuple, progress: bool, items: Optional[Items] = None):
+    """The AOT-compiled :func:`sample_jit` (or, with ``items``, :func:`sample_batch_jit`) for these static
+    settings and argument shapes, through the compile cache (in memory, then on disk)."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    key = (unet, plan, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+    key = (unet, plan, items, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
     cache = runtime()
     if key not in cache.compiled:
         log(progress, "compiling the sampling loop (once per model, shape and setting)")
         t0 = time.time()
-        lowered = sample_jit.lower(unet, *args, plan=plan)
+        if items is None:
+            lowered = sample_jit.lower(unet, *args, plan=plan)
+        else:
+            lowered = sample_batch_jit.lower(unet, *args, plan=plan, item_sharding=items.sharding, mode=items.mode)
         # The loop holds the progress tick (a host callback), which JAX's persistent cache refuses;
         # compile_lowered keeps it on disk anyway and re-attaches this process's callback on load.
         program, loaded = compile_lowered(lowered)
