@@ -1,0 +1,161 @@
+"""How big each compiled sampling program is, where its operations come from, and what tracing, lowering
+and compiling it cost: the numbers behind "compile time dominates short runs" (issue 30).
+
+    python benchmarks/program_size.py --programs single,long,batch --json /tmp/size.jsonl
+    python benchmarks/program_size.py --checkpoint CKPT --frames 16 --programs single
+
+For every program (``single``: one plain video; ``long``: ``--long-video`` (default ``genl:8:4``) at
+``--long-frames``; ``batch``: ``--items`` videos in one exact-mode batch) it runs the user's own path
+(``generate_video`` / ``generate_batch``) up to the sampling stage, then, instead of sampling, traces,
+lowers and compiles that stage's program separately and reports:
+
+* ``trace_s``, ``lower_s``, ``compile_s``: wall seconds of each (a compile-cache hit still pays trace and
+  lower: it re-attaches this process's progress callback to the stored executable);
+* ``stablehlo_ops``: operations in the lowered StableHLO, and ``by_part``: how many come from each UNet
+  part (its Flax module path, level numbers dropped) or from outside the UNet (the sampler's own
+  arithmetic), read from the lowering's debug locations;
+* ``by_op``: the most frequent operation kinds; ``hlo_instructions``: instructions in the optimised HLO.
+
+The compile cache is off here (every program compiles). One JSON line per program.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT = "a red circle moves to the right"
+PROGRAMS = ("single", "long", "batch")
+_NOISE = {"while", "body", "cond", "closed_call", "checkpoint", "remat", "jvp", "pjit", "scan"}
+
+
+class _Measured(Exception):
+    """Raised by the replaced sampler stage once its program is measured (nothing is sampled)."""
+
+
+def _locations(text: str) -> dict:
+    """{#locN: its definition} of a StableHLO module printed with debug info."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^(#loc\d+) = loc\((.*)\)$", text, re.M)}
+
+
+def _name(ref: str, defs: dict, memo: dict, depth: int = 0) -> str:
+    """The name stack a location stands for (a call site takes its callee's name, a fused one its first)."""
+    if ref in memo:
+        return memo[ref]
+    d, out = defs.get(ref, ""), ""
+    m = re.match(r'^"([^"]*)"', d)
+    if m:
+        out = m.group(1)
+    elif depth < 64:
+        refs = re.findall(r"#loc\d+", d)
+        for r in refs:
+            out = _name(r, defs, memo, depth + 1)
+            if out:
+                break
+    memo[ref] = out
+    return out
+
+
+def part_of(name: str) -> str:
+    """The UNet part an operation's name stack is in (module path below the UNet, two levels, level
+    numbers dropped: ``up_res/temporal_conv``), or ``outside the UNet``."""
+    parts = [p for p in name.split("/") if p not in _NOISE]
+    root = next((i for i, p in enumerate(parts) if "UNet" in p), None)
+    if root is None:
+        return "outside the UNet"
+    return re.sub(r"_?\d+", "", "/".join(parts[root + 2:root + 4])) or re.sub(r"_?\d+", "", parts[root + 1])
+
+
+def measure_lowering(traced) -> dict:
+    """Lower and compile a ``jax.jit(...).trace(...)`` result; sizes and seconds (see the module docstring)."""
+    t0 = time.perf_counter()
+    lowered = traced.lower()
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    text = lowered.as_text(debug_info=True)
+    defs, memo = _locations(text), {}
+    parts, kinds = collections.Counter(), collections.Counter()
+    for m in re.finditer(r"= (stablehlo\.\w+)\b[^\n]*loc\((#loc\d+)\)\s*$", text, re.M):
+        kinds[m.group(1).split(".", 1)[1]] += 1
+        parts[part_of(_name(m.group(2), defs, memo))] += 1
+    hlo = compiled.as_text() or ""
+    return dict(lower_s=round(t1 - t0, 3), compile_s=round(t2 - t1, 3), stablehlo_ops=sum(kinds.values()),
+                hlo_instructions=sum(1 for ln in hlo.splitlines() if " = " in ln),
+                by_part=dict(parts.most_common(12)), by_op=dict(kinds.most_common(8)))
+
+
+def measure_program(program: str, a) -> dict:
+    """Run the user's path for ``program`` up to its sampling stage and measure that stage's program."""
+    from vstar_jax import pipeline as pl
+    from vstar_jax.generation import sampling
+
+    seen = {}
+
+    def stage(unet, plan, args, progress, items=None):
+        t0 = time.perf_counter()
+        if items is None:
+            traced = sampling.sample_jit.trace(unet, *args, plan=plan)
+        else:
+            traced = sampling.sample_batch_jit.trace(unet, *args, plan=plan, item_sharding=items.sharding,
+                                                     mode=items.mode)
+        seen.update(trace_s=round(time.perf_counter() - t0, 3), **measure_lowering(traced))
+        raise _Measured
+
+    pl._compiled_sampler = stage
+    common = dict(checkpoint=a.checkpoint, steps=a.steps, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if program == "batch":
+                pl.generate_batch([{"prompt": PROMPT, "seed": s} for s in range(a.items)], frames=a.frames,
+                                  out_dir=tmp, **common)
+            else:
+                long = program == "long"
+                pl.generate_video(PROMPT, frames=a.long_frames if long else a.frames,
+                                  long_video=a.long if long else None, out=os.path.join(tmp, "v.mp4"), **common)
+        except _Measured:
+            pass
+    return seen
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--programs", default=",".join(PROGRAMS), help=f"comma-separated, of {', '.join(PROGRAMS)}")
+    ap.add_argument("--checkpoint", help="checkpoint folder (default: the embedded demo model)")
+    ap.add_argument("--frames", type=int, default=8, help="frames of the single and batch programs (default 8)")
+    ap.add_argument("--long", default="genl:8:4", help="the long program's method (default genl:8:4)")
+    ap.add_argument("--long-frames", type=int, default=32, help="the long program's frames (default 32)")
+    ap.add_argument("--items", type=int, default=4, help="videos in the batch program (default 4)")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--json", help="also append the JSON lines here")
+    a = ap.parse_args(argv)
+    programs = [p.strip() for p in a.programs.split(",") if p.strip()]
+    bad = [p for p in programs if p not in PROGRAMS]
+    if bad:
+        print(f"error: unknown program(s) {', '.join(bad)} (known: {', '.join(PROGRAMS)})", file=sys.stderr)
+        return 2
+    os.environ["VSTAR_JAX_CACHE_DIR"] = "off"
+    sys.path[:0] = [REPO]
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    for program in programs:
+        row = dict(kind="program_size", program=program, checkpoint=a.checkpoint or "demo", steps=a.steps,
+                   frames=a.long_frames if program == "long" else a.frames,
+                   long_video=a.long if program == "long" else None, items=a.items if program == "batch" else 1,
+                   commit=commit, load_avg=round(os.getloadavg()[0], 2), **measure_program(program, a))
+        print(json.dumps(row), flush=True)
+        if a.json:
+            with open(a.json, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
