@@ -25,6 +25,14 @@ FLOP count is taken from the same call compiled with both off (a loop-free graph
 attention cores (spatial self, text cross, temporal), whole temporal and spatial transformer
 modules, GroupNorm, 3x3 conv and the temporal conv block, each beside its torch counterpart.
 
+--threads 1,all (issue 30: fair baselines) runs the whole measurement once per thread count, each in a
+fresh process where JAX and torch both get that many threads (XLA's CPU client: one intra-op thread and no
+multi-threaded Eigen for 1; its default, all cores, for ``all``; torch: ``torch.set_num_threads``), then prints
+a ``kind: "threads"`` summary per shape: each framework's median at each count, the ratio at matched counts,
+and each framework at its best count against the other at its best. Quote the matched ratio. Every row
+records the load average and the commit.
+    python benchmarks/unet_speed.py --config small --shape 2,4,16,32,32 --shape 2,4,64,32,32 --reps 5 --threads 1,all
+
 Prints one JSON line per measurement; --json also writes them all to a file.
 """
 from __future__ import annotations
@@ -144,9 +152,16 @@ def flops_of(jitted, *args) -> float:
     return float((ca or {}).get("flops", float("nan")))
 
 
+TORCH_THREADS = None  # --torch-threads: torch.set_num_threads before the baseline is built
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
 def torch_setup(dcfg, dtype, seed=0):
     import torch
     from diffusers import UNet3DConditionModel
+
+    if TORCH_THREADS is not None:
+        torch.set_num_threads(TORCH_THREADS)
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = torch.float16 if (dtype != "float32" and dev == "cuda") else torch.float32
@@ -385,7 +400,13 @@ def main(argv=None):
     ap.add_argument("--ops-only", action="store_true", help="only the per-op table, no whole call")
     ap.add_argument("--remat", action="store_true", help="UNet config remat=True")
     ap.add_argument("--json", help="also append results here (JSON lines, one per measurement as it is made)")
+    ap.add_argument("--threads", help="thread counts to match JAX and torch at, e.g. 1,all (one process each)")
+    ap.add_argument("--torch-threads", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.threads:
+        return thread_matched(a, argv if argv is not None else sys.argv[1:])
+    global TORCH_THREADS
+    TORCH_THREADS = a.torch_threads
     shapes = [tuple(int(v) for v in s.split(",")) for s in (a.shape or ["2,4,8,16,16"])]
     ns_old = None
     if a.baseline_rev or a.baseline_src:
@@ -403,7 +424,8 @@ def main(argv=None):
     for shape in shapes:
         base = dict(config=a.config, shape=list(shape), dtype=a.dtype, backend=a.backend,
                     device=f"{dev.platform}:{dev.device_kind}", cpus=os.cpu_count(),
-                    baseline=a.baseline_rev or a.baseline_src)
+                    baseline=a.baseline_rev or a.baseline_src, threads=a.torch_threads, commit=_commit(),
+                    load_avg=[round(v, 2) for v in os.getloadavg()])
         if not a.ops_only:
             r = dict(base, kind="call")
             r.update(bench_call(a, CONFIGS[a.config], shape, ns_new, ns_old))
@@ -411,6 +433,71 @@ def main(argv=None):
             emit(r)
         if a.ops or a.ops_only:
             bench_ops(a, CONFIGS[a.config], shape, ns_new, ns_old, emit=lambda row: emit(dict(base, kind="op", **row)))
+    return 0
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rev-parse",
+                           "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def thread_matched(a, argv) -> int:
+    """--threads: one child process per thread count (JAX and torch both at it), then the summary rows."""
+    counts = []
+    for v in a.threads.split(","):
+        v = v.strip()
+        if v == "all":
+            counts.append(os.cpu_count())
+        elif v.isdigit() and int(v) >= 1:
+            counts.append(int(v))
+        else:
+            print(f"error: --threads takes counts >= 1 or 'all', got {v!r}", file=sys.stderr)
+            return 2
+    rest, skip = [], False
+    for tok in argv:  # the child gets every option but --threads / --json
+        if skip:
+            skip = False
+            continue
+        if tok in ("--threads", "--json"):
+            skip = True
+            continue
+        if tok.startswith(("--threads=", "--json=")):
+            continue
+        rest.append(tok)
+    rows = []
+    for n in dict.fromkeys(counts):
+        env = dict(os.environ)
+        if n == 1:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), *rest, "--torch-threads", str(n)], env=env,
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            print(f"error: the {n}-thread run failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return 1
+        for ln in p.stdout.splitlines():
+            if ln.startswith("{"):
+                row = json.loads(ln)
+                rows.append(row)
+                print(ln, flush=True)
+    summaries = []
+    for shape in dict.fromkeys(tuple(r["shape"]) for r in rows if r.get("kind") == "call"):
+        calls = {r["threads"]: r for r in rows if r.get("kind") == "call" and tuple(r["shape"]) == shape}
+        if not all("torch_ms" in r for r in calls.values()):
+            continue
+        jax_ms = {n: r["jax_ms"] for n, r in calls.items()}
+        torch_ms = {n: r["torch_ms"] for n, r in calls.items()}
+        summaries.append(dict(
+            kind="threads", config=a.config, shape=list(shape), jax_ms=jax_ms, torch_ms=torch_ms,
+            matched_torch_over_jax={n: round(torch_ms[n] / jax_ms[n], 3) for n in jax_ms},
+            best_torch_over_best_jax=round(min(torch_ms.values()) / min(jax_ms.values()), 3),
+            best_jax_threads=min(jax_ms, key=jax_ms.get), best_torch_threads=min(torch_ms, key=torch_ms.get),
+            load_avg=[round(v, 2) for v in os.getloadavg()], commit=_commit()))
+    for row in summaries:
+        print(json.dumps(row), flush=True)
+    if a.json:
+        with open(a.json, "a") as fh:
+            for row in rows + summaries:
+                fh.write(json.dumps(row) + "\n")
     return 0
 
 
