@@ -1,13 +1,20 @@
 from setuptools import find_packages, setup
 
+SUBPACKAGES = ("configs", "checkpoints_convert")  # as in vstar_jax/_source_tree.py
+
 setup(
     name="vstar-jax",
     version="0.1.0",
     description="JAX/Flax training-free long text-to-video generation (VideoCrafter2/ModelScope, VSTAR TAR+VSP)",
     python_requires=">=3.11",  # jax, jaxlib, flax, orbax, numpy and scipy need 3.11
-    packages=find_packages(include=["vstar_jax", "vstar_jax.*", "checkpoints_convert", "checkpoints_convert.*", "configs", "configs.*"]),
+    # One top-level package, vstar_jax: the repository's configs/ and checkpoints_convert/ folders install as
+    # vstar_jax.configs and vstar_jax.checkpoints_convert (vstar_jax/_source_tree.py maps them the same way
+    # in a checkout on PYTHONPATH; tests/test_packaging.py checks both).
+    packages=find_packages(include=["vstar_jax", "vstar_jax.*"])
+    + [f"vstar_jax.{folder}{sub}" for folder in SUBPACKAGES for sub in ["", *("." + p for p in find_packages(folder))]],
+    package_dir={f"vstar_jax.{folder}": folder for folder in SUBPACKAGES},
     include_package_data=True,
-    package_data={"vstar_jax": ["assets/*", "assets/**/*"], "configs": ["*.py", "*.txt", "*.yaml"]},
+    package_data={"vstar_jax": ["assets/*", "assets/**/*"], "vstar_jax.configs": ["*.py", "*.txt", "*.yaml"]},
     # Lower bounds: the versions CI has run (`.ci/run` installs the newest; nothing older has been
     # tested), pinned in constraints-min.txt: `pip install -c constraints-min.txt -e ".[test]"` installs
     # exactly them. Raise both when CI moves on; lower one only after CI has run that version.

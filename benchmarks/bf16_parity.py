@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def main(argv=None) -> int:
     from unet_speed import CONFIGS  # noqa: PLC0415
 
-    from checkpoints_convert.unet import unet_config_from_diffusers  # noqa: PLC0415
+    from vstar_jax.checkpoints_convert.unet import unet_config_from_diffusers  # noqa: PLC0415
     from vstar_jax.models.unet3d import UNet3D  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

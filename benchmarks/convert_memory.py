@@ -40,8 +40,8 @@ def torch_shape(key, flax_shape, kind):
 def make_checkpoint(workdir):
     import torch
 
-    from checkpoints_convert.common import flatten
-    from checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
+    from vstar_jax.checkpoints_convert.common import flatten
+    from vstar_jax.checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
     from vstar_jax.models.unet3d import UNet3D, init_shapes
 
     cfg = unet_config_from_lvdm(VC2_UNET)
@@ -75,7 +75,7 @@ def main(argv=None):
     out = os.path.join(a.workdir, "converted")
     shutil.rmtree(out, ignore_errors=True)
     code = ("import resource, time, json, sys; t=time.time();"
-            "from checkpoints_convert.videocrafter2 import convert;"
+            "from vstar_jax.checkpoints_convert.videocrafter2 import convert;"
             f"convert({ckpt!r}, {os.path.join(a.workdir, 'inference_t2v_512_v2.0.yaml')!r}, {out!r}, components=['unet']);"
             "print(json.dumps({'seconds': time.time()-t, 'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))")
     r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

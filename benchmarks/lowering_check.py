@@ -72,7 +72,7 @@ def estimate(compile_it: bool = True, frames: int = 64, h: int = 40, w: int = 64
     """Per-device memory of the VideoCrafter2 UNet call at ``frames`` x (8h x 8w) on ``devices``."""
     import ml_collections  # noqa: PLC0415
 
-    from configs import unet_videocrafter2  # noqa: PLC0415
+    from vstar_jax.configs import unet_videocrafter2  # noqa: PLC0415
     from vstar_jax import lowering as L  # noqa: PLC0415
 
     cfg = unet_videocrafter2.get_config()

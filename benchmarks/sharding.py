@@ -67,7 +67,7 @@ def _model(shape):
     import jax
     import numpy as np
 
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
     from vstar_jax.models.unet3d import UNet3D
 
     model = UNet3D(unet_tiny.get_config())

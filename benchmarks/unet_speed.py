@@ -65,7 +65,7 @@ CONFIGS = {
                   up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"), norm_num_groups=32),
     "modelscope": {},  # UNet3DConditionModel() defaults = the real ModelScope config
 }
-OUR_PACKAGES = ("vstar_jax", "checkpoints_convert", "configs")
+OUR_PACKAGES = ("vstar_jax", "checkpoints_convert", "configs")  # the last two: older revisions' top-level names
 
 
 # ------------------------------------------------------------------ loading the old code beside the new
@@ -86,8 +86,7 @@ def load_baseline(src: str):
             UNet3D=unet.UNet3D, unet=unet,
             attention=importlib.import_module("vstar_jax.models.attention").attention,
             GroupNorm32=importlib.import_module("vstar_jax.models.layers").GroupNorm32,
-            config_from_diffusers=importlib.import_module("checkpoints_convert.unet").unet_config_from_diffusers,
-            convert_unet=importlib.import_module("checkpoints_convert.unet").convert_unet)
+            config_from_diffusers=_converter().unet_config_from_diffusers, convert_unet=_converter().convert_unet)
     finally:
         sys.path.remove(src)
         for k in _our_modules():
@@ -96,9 +95,18 @@ def load_baseline(src: str):
     return ns
 
 
+def _converter():
+    """The UNet converter module: vstar_jax.checkpoints_convert.unet, or checkpoints_convert.unet in a revision
+    from before the converters moved under the vstar_jax namespace."""
+    try:
+        return importlib.import_module("vstar_jax.checkpoints_convert.unet")
+    except ModuleNotFoundError:
+        return importlib.import_module("checkpoints_convert.unet")
+
+
 def current():
     unet = importlib.import_module("vstar_jax.models.unet3d")
-    conv = importlib.import_module("checkpoints_convert.unet")
+    conv = _converter()
     return argparse.Namespace(
         UNet3D=unet.UNet3D, unet=unet, attention=importlib.import_module("vstar_jax.models.attention").attention,
         GroupNorm32=importlib.import_module("vstar_jax.models.layers").GroupNorm32,

@@ -1,10 +1,11 @@
 """Checkpoint converters (``vstar-jax convert LAYOUT ...``) and the user's check (``vstar-jax verify``)."""
 
+_PKG = "vstar_jax.checkpoints_convert"
 LAYOUTS = {
-    "videocrafter2": ("checkpoints_convert.videocrafter2", "VideoCrafter2 model.ckpt + its inference YAML (lvdm)"),
-    "diffusers": ("checkpoints_convert.diffusers", "diffusers text-to-video folder (ModelScope UNet3DConditionModel)"),
-    "streamingt2v": ("checkpoints_convert.streamingt2v", "StreamingT2V streaming_t2v.ckpt (CAM + APM) + its ModelScope folder"),
-    "msvid2vid": ("checkpoints_convert.msvid2vid", "MS-Vid2Vid-XL UNet (StreamingT2V's refiner) + a ModelScope folder's VAE / text"),
+    "videocrafter2": (f"{_PKG}.videocrafter2", "VideoCrafter2 model.ckpt + its inference YAML (lvdm)"),
+    "diffusers": (f"{_PKG}.diffusers", "diffusers text-to-video folder (ModelScope UNet3DConditionModel)"),
+    "streamingt2v": (f"{_PKG}.streamingt2v", "StreamingT2V streaming_t2v.ckpt (CAM + APM) + its ModelScope folder"),
+    "msvid2vid": (f"{_PKG}.msvid2vid", "MS-Vid2Vid-XL UNet (StreamingT2V's refiner) + a ModelScope folder's VAE / text"),
 }
 
 

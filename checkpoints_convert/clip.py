@@ -5,10 +5,10 @@
 * OpenCLIP (``visual.*`` plus the text tower at the top level; ``proj`` is a (width, out) matrix).
 
 The vision tower goes to :class:`vstar_jax.models.clip_vision.CLIPVisionTransformer`, the text
-tower to :class:`vstar_jax.models.text.TextTransformer` through ``checkpoints_convert.text``.
+tower to :class:`vstar_jax.models.text.TextTransformer` through ``vstar_jax.checkpoints_convert.text``.
 Output params: {"clip_vision": ..., "clip_text": ...}; configs likewise.
 
-Command line: ``python -m checkpoints_convert.clip SRC OUT`` (SRC: a transformers CLIPModel folder,
+Command line: ``python -m vstar_jax.checkpoints_convert.clip SRC OUT`` (SRC: a transformers CLIPModel folder,
 or an OpenCLIP state dict file with ``--openclip``); writes a checkpoint with
 ``vstar_jax.io.checkpoint.save_checkpoint``.
 """
@@ -21,8 +21,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from checkpoints_convert.common import ConversionError, conv2d_kernel, linear_kernel, load_state_dict
-from checkpoints_convert.text import (
+from vstar_jax.checkpoints_convert.common import ConversionError, conv2d_kernel, linear_kernel, load_state_dict
+from vstar_jax.checkpoints_convert.text import (
     HF_IGNORE,
     MultiPlan,
     _ident,
@@ -158,7 +158,7 @@ def _hf_weights(folder: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m checkpoints_convert.clip",
+    parser = argparse.ArgumentParser(prog="python -m vstar_jax.checkpoints_convert.clip",
                                      description="Convert a CLIP checkpoint for the CLIP score.")
     parser.add_argument("src", help="transformers CLIPModel folder, or an OpenCLIP state dict (--openclip)")
     parser.add_argument("out", help="output checkpoint folder")

@@ -1,6 +1,7 @@
 """Convert a diffusers text-to-video model directory (ModelScope layout) into a vstar-jax checkpoint.
 
-    python -m checkpoints_convert.diffusers MODEL_DIR --out checkpoints/modelscope [--components unet,vae,text]
+    python -m vstar_jax.checkpoints_convert.diffusers MODEL_DIR --out checkpoints/modelscope \
+        [--components unet,vae,text]
 
 MODEL_DIR holds ``unet/`` (UNet3DConditionModel), ``vae/`` (AutoencoderKL),
 ``text_encoder/`` (CLIPTextModel), ``tokenizer/`` and ``scheduler/``; each
@@ -17,10 +18,11 @@ import sys
 from typing import Optional, Sequence
 
 
-from checkpoints_convert.common import DTYPES, convert_components, load_state_dict, run_cli
-from checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
-from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
-from checkpoints_convert.vae import add_temporal, parse_temporal_spec, convert_vae_diffusers, vae_config_from_diffusers
+from vstar_jax.checkpoints_convert.common import DTYPES, convert_components, load_state_dict, run_cli
+from vstar_jax.checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
+from vstar_jax.checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
+from vstar_jax.checkpoints_convert.vae import (add_temporal, convert_vae_diffusers, parse_temporal_spec,
+                                               vae_config_from_diffusers)
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 from vstar_jax.models.tokenizer import pad_token_id_from_hf
 

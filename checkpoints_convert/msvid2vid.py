@@ -6,7 +6,7 @@ The weights are the state dict of ``Vid2VidSDUNet`` (Picsart-AI-Research/Streami
 StreamingModelscope, ``t2v_enhanced/thirdparty/modelscope/models/multi_modal/video_to_video/``:
 ``modules/unet_v2v.py``; ``video_to_video_model.py`` loads it with ``load_state_dict(..., strict=True)``,
 unwrapping a ``state_dict`` entry), the file the MS-Vid2Vid-XL release names ``ckpt_unet``. Its keys
-are lvdm's (``checkpoints_convert.unet.plan_unet_msvid2vid``); the UNet's settings are the released
+are lvdm's (``vstar_jax.checkpoints_convert.unet.plan_unet_msvid2vid``); the UNet's settings are the released
 ``Vid2VidSDUNet()`` defaults (``configs/unet_msvid2vid.py``), or ``--unet-config`` (a JSON object of
 UNet config fields over them, for another width). Every key must be planned, every planned key present
 with the model's shape, or one error names them all.
@@ -27,10 +27,10 @@ from typing import Mapping, Optional
 
 import ml_collections
 
-from checkpoints_convert import diffusers as conv_diffusers
-from checkpoints_convert.common import DTYPES, cast_tree, load_state_dict, run_cli
-from checkpoints_convert.unet import convert_unet
-from configs import unet_msvid2vid
+from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
+from vstar_jax.checkpoints_convert.common import DTYPES, cast_tree, load_state_dict, run_cli
+from vstar_jax.checkpoints_convert.unet import convert_unet
+from vstar_jax.configs import unet_msvid2vid
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 from vstar_jax.models.unet_config import UNetConfig
 

@@ -1,6 +1,6 @@
 """torchvision ``raft_large`` state dict -> Flax params of ``vstar_jax.metrics.raft``.
 
-``python -m checkpoints_convert.raft raft_large_C_T_SKHT_V2-ff5fadd5.pth OUT`` writes a checkpoint
+``python -m vstar_jax.checkpoints_convert.raft raft_large_C_T_SKHT_V2-ff5fadd5.pth OUT`` writes a checkpoint
 (component ``raft``) that ``--flow raft:OUT`` / ``get_flow_model("raft:OUT")`` loads. The .pth
 file is torchvision's (it cannot be downloaded from here: bring it along).
 """
@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from checkpoints_convert.common import Plan, apply_plan, load_state_dict, p_conv
+from vstar_jax.checkpoints_convert.common import Plan, apply_plan, load_state_dict, p_conv
 from vstar_jax.io.checkpoint import save_checkpoint
 from vstar_jax.metrics.raft import raft_param_shapes
 
@@ -61,7 +61,7 @@ def convert_raft(sd: Mapping[str, np.ndarray]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m checkpoints_convert.raft",
+    parser = argparse.ArgumentParser(prog="python -m vstar_jax.checkpoints_convert.raft",
                                      description="Convert torchvision's raft_large weights for the flow metrics.")
     parser.add_argument("src", help="torchvision raft_large state dict (.pth or .safetensors)")
     parser.add_argument("out", help="output checkpoint folder")

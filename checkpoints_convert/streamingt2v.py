@@ -1,6 +1,6 @@
 """Convert the released StreamingT2V checkpoint (its UNet + CAM + APM) into UNet3D params.
 
-    python -m checkpoints_convert.streamingt2v streaming_t2v.ckpt --modelscope MODELSCOPE \
+    python -m vstar_jax.checkpoints_convert.streamingt2v streaming_t2v.ckpt --modelscope MODELSCOPE \
         --out checkpoints/streamingt2v [--openclip open_clip_pytorch_model.bin] [--trust-pickle]
 
 ``MODELSCOPE``: the diffusers ModelScope folder the model was trained on (its ``unet/config.json``, and
@@ -11,7 +11,7 @@ The checkpoint is the PyTorch Lightning state of ``t2v_enhanced/model/video_ldm.
 (Picsart-AI-Research/StreamingT2V, branch StreamingModelscope); the key names below were read there:
 
 * ``base_model.*``: the ModelScope ``UNet3DConditionModel`` (diffusers layout, the same key plan as
-  ``checkpoints_convert.unet.plan_unet_diffusers``), plus
+  ``vstar_jax.checkpoints_convert.unet.plan_unet_diffusers``), plus
   - CAM mergers ``base_model.cross_attention_merger_down_blocks.{i}.temporal_transformer.{norm, proj_in,
     attention.to_q/to_k/to_v, attention.to_out.0, proj_out}`` (one per skip connection) and
     ``base_model.cross_attention_merger_mid_block.temporal_transformer.*`` -> ``cam_merge_{i}`` /
@@ -53,12 +53,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from checkpoints_convert import diffusers as conv_diffusers
-from checkpoints_convert.clip import openclip_vision_config_from_state_dict, openclip_vision_plan
-from checkpoints_convert.common import (ConversionError, Plan, apply_plan, cast_tree, load_state_dict, p_conv, p_dense,
-                                        p_norm, run_cli)
-from checkpoints_convert.text import apply_multi_plan
-from checkpoints_convert.unet import plan_unet_diffusers, shape_hints, unet_config_from_diffusers
+from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
+from vstar_jax.checkpoints_convert.clip import openclip_vision_config_from_state_dict, openclip_vision_plan
+from vstar_jax.checkpoints_convert.common import (ConversionError, Plan, apply_plan, cast_tree, load_state_dict,
+                                                  p_conv, p_dense, p_norm, run_cli)
+from vstar_jax.checkpoints_convert.text import apply_multi_plan
+from vstar_jax.checkpoints_convert.unet import plan_unet_diffusers, shape_hints, unet_config_from_diffusers
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 from vstar_jax.models.clip_vision import vision_param_shapes
 from vstar_jax.models.streaming import StreamingUNet, apm_settings, cam_settings

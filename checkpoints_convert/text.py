@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
-from checkpoints_convert.common import ConversionError, flatten, linear_kernel, unflatten
+from vstar_jax.checkpoints_convert.common import ConversionError, flatten, linear_kernel, unflatten
 from vstar_jax.models.text import text_param_shapes
 
 FlaxPath = Tuple[str, ...]

@@ -12,8 +12,8 @@ from typing import Mapping, Optional
 
 import ml_collections
 
-from checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
-from configs import unet_modelscope, unet_videocrafter2
+from vstar_jax.checkpoints_convert.common import Plan, apply_plan, p_conv, p_dense, p_norm
+from vstar_jax.configs import unet_modelscope, unet_videocrafter2
 from vstar_jax.models.unet3d import (UNet3D, check_unet_config, init_shapes, unet_base_channels, unet_level_attention,
                                      unet_level_widths)
 

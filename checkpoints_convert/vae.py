@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from checkpoints_convert.common import Plan, apply_plan, flatten
+from vstar_jax.checkpoints_convert.common import Plan, apply_plan, flatten
 from vstar_jax.models.temporal_decoder import is_temporal_path, merge_params, with_temporal
 from vstar_jax.models.vae import init_temporal_params, vae_param_shapes
 

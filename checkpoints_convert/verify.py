@@ -32,13 +32,13 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from checkpoints_convert.clip import openclip_vision_plan
-from checkpoints_convert.common import TRANSFORMS, PrefixView, flatten, load_state_dict
-from checkpoints_convert.streamingt2v import IMAGE_PREFIXES, plan_streamingt2v
-from checkpoints_convert.text import openclip_plan, openclip_text_config_from_state_dict
-from checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
-from checkpoints_convert.vae import ldm_plan, vae_config_from_ldm
-from checkpoints_convert.videocrafter2 import PREFIXES, read_yaml
+from vstar_jax.checkpoints_convert.clip import openclip_vision_plan
+from vstar_jax.checkpoints_convert.common import TRANSFORMS, PrefixView, flatten, load_state_dict
+from vstar_jax.checkpoints_convert.streamingt2v import IMAGE_PREFIXES, plan_streamingt2v
+from vstar_jax.checkpoints_convert.text import openclip_plan, openclip_text_config_from_state_dict
+from vstar_jax.checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
+from vstar_jax.checkpoints_convert.vae import ldm_plan, vae_config_from_ldm
+from vstar_jax.checkpoints_convert.videocrafter2 import PREFIXES, read_yaml
 from vstar_jax.io.checkpoint import load_checkpoint, read_config
 from vstar_jax.models.clip_vision import CLIPVisionTransformer
 from vstar_jax.models.streaming import build_unet

@@ -1,6 +1,6 @@
 r"""Convert a VideoCrafter2 ``model.ckpt`` (+ its inference YAML) into a vstar-jax checkpoint.
 
-    python -m checkpoints_convert.videocrafter2 --ckpt model.ckpt \
+    python -m vstar_jax.checkpoints_convert.videocrafter2 --ckpt model.ckpt \
         --config inference_t2v_512_v2.0.yaml --out checkpoints/vc2 [--components unet,vae,text]
 
 Every requested component is converted and checked (missing, unexpected and
@@ -16,11 +16,11 @@ from typing import Mapping, Optional, Sequence
 
 import yaml
 
-from checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, convert_components, load_state_dict,
-                                        peak_rss_gib, run_cli)
-from checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
-from checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
-from checkpoints_convert.vae import add_temporal, parse_temporal_spec, convert_vae_ldm, vae_config_from_ldm
+from vstar_jax.checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, convert_components,
+                                                  load_state_dict, peak_rss_gib, run_cli)
+from vstar_jax.checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
+from vstar_jax.checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
+from vstar_jax.checkpoints_convert.vae import add_temporal, parse_temporal_spec, convert_vae_ldm, vae_config_from_ldm
 from vstar_jax.generation.request import number
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
 

@@ -16,7 +16,7 @@ learn; 27 with 32 trained to loss 0.2 but sampled noise; 27 with 64 is this conf
 """
 import ml_collections
 
-from configs import text_openclip_h14, unet_tiny
+from vstar_jax.configs import text_openclip_h14, unet_tiny
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,5 +1,5 @@
 """ModelScope T2V UNet (diffusers UNet3DConditionModel defaults), 1,411,233,860 parameters."""
-from configs import unet_videocrafter2
+from vstar_jax.configs import unet_videocrafter2
 
 
 def get_config():

@@ -9,7 +9,7 @@ and temporal transformers (Conv1d projections) everywhere, linear spatial projec
 convs pad (2, 1) and its Upsample crops one row top and bottom. The same blocks and key names as
 VideoCrafter2's lvdm UNet, so this is that config with the differences set.
 """
-from configs import unet_videocrafter2
+from vstar_jax.configs import unet_videocrafter2
 
 
 def get_config():

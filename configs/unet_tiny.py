@@ -1,5 +1,5 @@
 """The tiny random VideoCrafter2-layout UNet of ../shared/golden/videocrafter2 (README.json "unet")."""
-from configs import unet_videocrafter2
+from vstar_jax.configs import unet_videocrafter2
 
 
 def get_config():

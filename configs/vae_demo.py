@@ -3,7 +3,7 @@ at demo scale -- x4 spatial factor (32x32 frames -> 4 x 8 x 8 latents), 32/64/64
 per level, the mid attention kept. Trained by launch/train_demo_vae.py (docs/vidrd-decoder.md)."""
 import ml_collections
 
-from configs import vae_videocrafter2
+from vstar_jax.configs import vae_videocrafter2
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """The tiny LDM VAE of the golden vectors (`shared/golden/videocrafter2/README.json`, "vae")."""
 import ml_collections
 
-from configs import vae_videocrafter2
+from vstar_jax.configs import vae_videocrafter2
 
 
 def get_config() -> ml_collections.ConfigDict:

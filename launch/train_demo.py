@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from configs import demo_tiny  # noqa: E402
+from vstar_jax.configs import demo_tiny  # noqa: E402
 from vstar_jax.demo import model as demo_model  # noqa: E402
 from vstar_jax.demo import world  # noqa: E402
 from vstar_jax.diffusion.parameterization import check_prediction, min_snr_weight, target  # noqa: E402

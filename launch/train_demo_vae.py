@@ -28,7 +28,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from configs import vae_demo  # noqa: E402
+from vstar_jax.configs import vae_demo  # noqa: E402
 from launch.resumable import train_loop  # noqa: E402
 from launch.train_demo import apply_overrides  # noqa: E402
 from vstar_jax.demo import world  # noqa: E402

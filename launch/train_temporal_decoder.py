@@ -54,7 +54,7 @@ import optax  # noqa: E402
 
 from flax.traverse_util import flatten_dict  # noqa: E402
 
-from checkpoints_convert.vae import parse_temporal_spec  # noqa: E402
+from vstar_jax.checkpoints_convert.vae import parse_temporal_spec  # noqa: E402
 from launch.resumable import train_loop  # noqa: E402
 from launch.train_demo import apply_overrides  # noqa: E402
 from vstar_jax.errors import VstarError  # noqa: E402

@@ -148,8 +148,8 @@ def test_llm_failure_is_one_line(ckpt, tmp_path, monkeypatch, capsys):
 
 
 def test_forwarding(monkeypatch, capsys):
-    import checkpoints_convert.diffusers as conv_d
-    import checkpoints_convert.videocrafter2 as conv_v
+    import vstar_jax.checkpoints_convert.diffusers as conv_d
+    import vstar_jax.checkpoints_convert.videocrafter2 as conv_v
 
     calls = []
     monkeypatch.setattr(conv_v, "main", lambda argv: calls.append(("vc2", argv)) or 0)

@@ -7,8 +7,8 @@ transformers = pytest.importorskip("transformers")
 
 import jax.numpy as jnp  # noqa: E402
 
-from checkpoints_convert.clip import convert_hf_clip, convert_openclip  # noqa: E402
-from checkpoints_convert.common import ConversionError  # noqa: E402
+from vstar_jax.checkpoints_convert.clip import convert_hf_clip, convert_openclip  # noqa: E402
+from vstar_jax.checkpoints_convert.common import ConversionError  # noqa: E402
 from vstar_jax.metrics.clip_score import ClipScorer  # noqa: E402
 from vstar_jax.models.clip_vision import CLIPVisionTransformer, preprocess  # noqa: E402
 from vstar_jax.models.tokenizer import get_tokenizer  # noqa: E402
@@ -141,7 +141,7 @@ def test_conversion_errors_name_the_keys(hf):
 def test_convert_cli_checkpoint_and_metrics_cli(hf, tmp_path, capsys):
     import json
 
-    from checkpoints_convert.clip import main as convert_main
+    from vstar_jax.checkpoints_convert.clip import main as convert_main
     from vstar_jax.io.video import read_video, write_sidecar, write_video
     from vstar_jax.metrics.cli import main as metrics_main
 

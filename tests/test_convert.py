@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from checkpoints_convert import diffusers as conv_diffusers
-from checkpoints_convert import videocrafter2 as conv_vc2
-from checkpoints_convert.common import ConversionError
+from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
+from vstar_jax.checkpoints_convert import videocrafter2 as conv_vc2
+from vstar_jax.checkpoints_convert.common import ConversionError
 from conftest import load_golden
 from vstar_jax.io.checkpoint import load_checkpoint, read_config
 from vstar_jax.models.unet3d import UNet3D

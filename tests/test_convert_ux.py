@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import yaml
 
-from checkpoints_convert import videocrafter2 as conv_vc2
-from checkpoints_convert.common import ConversionError, ConversionErrors, PrefixView
-from checkpoints_convert.unet import convert_unet
-from configs import unet_tiny
+from vstar_jax.checkpoints_convert import videocrafter2 as conv_vc2
+from vstar_jax.checkpoints_convert.common import ConversionError, ConversionErrors, PrefixView
+from vstar_jax.checkpoints_convert.unet import convert_unet
+from vstar_jax.configs import unet_tiny
 from conftest import load_golden
 from vstar_jax import cli
 from vstar_jax.io.checkpoint import save_checkpoint

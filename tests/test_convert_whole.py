@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from checkpoints_convert import diffusers as conv_diffusers
-from checkpoints_convert import videocrafter2 as conv_vc2
+from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
+from vstar_jax.checkpoints_convert import videocrafter2 as conv_vc2
 from conftest import load_golden, rel_err
 from vstar_jax.io.checkpoint import load_checkpoint
 from vstar_jax.models.text import TextTransformer

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checkpoints_convert import diffusers as conv_diffusers
-from checkpoints_convert.unet import unet_config_from_diffusers, unet_config_from_lvdm
+from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
+from vstar_jax.checkpoints_convert.unet import unet_config_from_diffusers, unet_config_from_lvdm
 from conftest import rel_err
 from vstar_jax.io.checkpoint import load_checkpoint
 from vstar_jax.models.unet3d import UNet3D, unet_level_heads, unet_level_widths
@@ -162,7 +162,7 @@ def test_per_level_head_layouts_and_block_channels_equals_mult_form():
     outputs); a per-level head width list gives each level its own (floored) head count."""
     import ml_collections
 
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
     from vstar_jax.models.unet3d import init_shapes
 
     cfg = unet_tiny.get_config()  # model_channels 32 x channel_mult (1, 2), 8-wide heads

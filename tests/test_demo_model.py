@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo_tiny
+from vstar_jax.configs import demo_tiny
 from vstar_jax.demo import checker, model as dm, world
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -280,7 +280,7 @@ def test_a_converted_diffusers_unet_is_a_refiner(tmp_path):
     pytest.importorskip("transformers")
     from tiny_torch import modelscope_folder
 
-    from checkpoints_convert import diffusers as conv_diffusers
+    from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
     from vstar_jax.enhance import enhance_video
 
     model, ckpt = tmp_path / "model", tmp_path / "ckpt"

@@ -248,7 +248,7 @@ def test_the_reference_timesteps_and_the_legacy_rule():
 def test_unet_takes_one_timestep_per_frame():
     """(b, f) timesteps: each frame embedded with its own t (equal to running that t for all frames
     on that frame when the UNet has no temporal mixing of the embedding); equal t == the (b,) path."""
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
     from vstar_jax.models.unet3d import UNet3D
 
     cfg = unet_tiny.get_config()

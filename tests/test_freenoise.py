@@ -166,7 +166,7 @@ def test_one_window_is_plain_attention():
 def test_hook_reaches_every_temporal_attention_and_changes_the_unet():
     """The UNet passes the hook to every temporal transformer (init_attn included, as the reference)
     and to no spatial attention; the output changes, TAR composes."""
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
     from vstar_jax.models.unet3d import UNet3D
 
     cfg = unet_tiny.get_config()

@@ -14,9 +14,13 @@ and there must be fewer than ``MAX_LOCAL_IMPORTS`` of them in the project's code
 import ast
 import pathlib
 
+from vstar_jax._source_tree import SUBPACKAGES
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "vstar_jax"
-OWN_PACKAGES = ("vstar_jax", "checkpoints_convert", "configs", "launch")  # the project's own modules
+# {dotted package: its folder}: vstar_jax, and the repository's top-level folders installed under it
+FOLDERS = {PACKAGE: PACKAGE, **{f"{PACKAGE}.{folder}": folder for folder in SUBPACKAGES}}
+OWN_PACKAGES = ("vstar_jax", "launch")  # the project's own modules
 CODE_DIRS = ("vstar_jax", "checkpoints_convert", "configs", "launch")  # where local imports are counted
 MAX_LOCAL_IMPORTS = 15  # issue 25: fewer than this many function-local imports of the project's modules
 # function-local imports that are the design, not counted: (file, imported module)
@@ -28,11 +32,12 @@ ALLOWED_LOCAL = {
 def _modules() -> dict:
     """{dotted name: path} of every module of the package."""
     out = {}
-    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = path
+    for package, folder in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out.setdefault(".".join(parts), path)
     return out
 
 
@@ -101,6 +106,8 @@ def cycles(graph: dict) -> list:
 def test_the_graph_sees_top_level_function_local_and_from_imports():
     g = import_graph()
     assert "vstar_jax.models.layers" in g["vstar_jax.models.unet3d"]  # top level
+    assert "vstar_jax.checkpoints_convert.common" in g["vstar_jax.checkpoints_convert.unet"]  # the mapped folders
+    assert "vstar_jax.configs.unet_videocrafter2" in g["vstar_jax.configs.unet_tiny"]
     assert "vstar_jax.models.vae" in g["vstar_jax.generation.outputs"]  # inside a function
     assert "vstar_jax.pipeline" in g["vstar_jax.sweep"]  # from vstar_jax.pipeline import ... in a function
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
@@ -132,16 +139,18 @@ def local_imports(source: str, filename: str = "<src>") -> list:
 
 
 def _is_module(dotted: str) -> bool:
-    base = ROOT.joinpath(*dotted.split("."))
+    package = max((p for p in FOLDERS if dotted == p or dotted.startswith(p + ".")), key=len, default=None)
+    rest = dotted[len(package) + 1:].split(".") if package and dotted != package else []
+    base = ROOT.joinpath(FOLDERS[package], *rest) if package else ROOT.joinpath(*dotted.split("."))
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
 def test_the_local_import_count_sees_imports_inside_functions_only():
-    src = ("import vstar_jax.errors\nfrom configs import unet_tiny\n\n"
+    src = ("import vstar_jax.errors\nfrom vstar_jax.configs import unet_tiny\n\n"
            "def f():\n    import numpy\n    from vstar_jax import pipeline\n\n"
-           "    def g():\n        from checkpoints_convert.common import flatten, unflatten\n\n"
+           "    def g():\n        from vstar_jax.checkpoints_convert.common import flatten, unflatten\n\n"
            "class C:\n    def m(self):\n        import launch.train_demo\n        from . import x\n")
-    assert local_imports(src) == [(6, "vstar_jax.pipeline"), (9, "checkpoints_convert.common"),
+    assert local_imports(src) == [(6, "vstar_jax.pipeline"), (9, "vstar_jax.checkpoints_convert.common"),
                                   (13, "launch.train_demo"), (14, ".")]
 
 

@@ -56,7 +56,7 @@ def test_remat_keeps_parameter_tree_and_function():
     """remat: the UNet's parameter tree is unchanged (eval_shape, no compile), and each rematerialised
     block (TemporalTransformer with a TAR-shaped static transform, ResBlock) has the same value and
     gradients as the plain block. Block-level so the test stays cheap on CPU."""
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
     from vstar_jax.models import unet3d
 
     cfg = unet_tiny.get_config()
@@ -153,7 +153,7 @@ def test_chunked_transformer_blocks_are_the_plain_blocks(monkeypatch):
 def test_chunked_unet_is_the_plain_unet(monkeypatch):
     """The whole tiny UNet with chunking forced at every level equals the unchunked UNet (slow: two
     UNet compiles)."""
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
     from vstar_jax.models import unet3d
 
     if jax.default_backend() != "cpu":

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checkpoints_convert import msvid2vid as conv_v2v
-from checkpoints_convert.unet import plan_unet_lvdm, plan_unet_msvid2vid
-from configs import unet_msvid2vid
+from vstar_jax.checkpoints_convert import msvid2vid as conv_v2v
+from vstar_jax.checkpoints_convert.unet import plan_unet_lvdm, plan_unet_msvid2vid
+from vstar_jax.configs import unet_msvid2vid
 from tiny_torch import modelscope_folder
 from vstar_jax.diffusion import schedules as S
 from vstar_jax.generation.model import ModelInfo, diffusion_settings

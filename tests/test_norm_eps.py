@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs import unet_tiny, vae_tiny
+from vstar_jax.configs import unet_tiny, vae_tiny
 from vstar_jax.models.layers import GroupNorm32
 
 # the last name of a GroupNorm's path -> the reference epsilon (UNet)

@@ -52,8 +52,8 @@ def test_unknown_prediction_is_a_clear_error():
 def test_converters_record_the_checkpoints_parameterization(tmp_path):
     import json
 
-    from checkpoints_convert import diffusers as conv_diffusers
-    from checkpoints_convert import videocrafter2 as conv_vc2
+    from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
+    from vstar_jax.checkpoints_convert import videocrafter2 as conv_vc2
 
     assert conv_vc2.diffusion_config({})["prediction"] == "eps"  # VideoCrafter2's YAML has none: eps
     assert conv_vc2.diffusion_config({"parameterization": "v"})["prediction"] == "v"

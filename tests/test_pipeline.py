@@ -248,7 +248,7 @@ def demo_asset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runtime(), "pipelines", {})
     if not (dm.ASSET_DIR / dm.PARAMS_FILE).exists():
-        from configs import demo_tiny
+        from vstar_jax.configs import demo_tiny
         from tiny_checkpoint import _random_like
         from vstar_jax.models.text import text_param_shapes
         from vstar_jax.models.unet3d import UNet3D, init_shapes

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from checkpoints_convert.common import ConversionError, flatten
-from checkpoints_convert.raft import convert_raft, raft_plan
+from vstar_jax.checkpoints_convert.common import ConversionError, flatten
+from vstar_jax.checkpoints_convert.raft import convert_raft, raft_plan
 from raft_golden import GOLDEN, ITERS, inputs, synthetic_state_dict
 from vstar_jax.metrics import raft as R
 from vstar_jax.metrics.flow import get_flow_model

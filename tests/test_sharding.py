@@ -28,7 +28,7 @@ def test_rules_to_specs():
 SCRIPT = textwrap.dedent("""
     import re
     import jax, jax.numpy as jnp, numpy as np
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
     from vstar_jax.models.unet3d import UNet3D
     from vstar_jax.parallel.sharding import (make_mesh, named, shard_params, LATENT_AXES, CONTEXT_AXES,
                                              activation_layout)

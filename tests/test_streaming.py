@@ -1,5 +1,5 @@
 """StreamingT2V's CAM and APM (vstar_jax.models.streaming), their conversion from the released key layout
-(checkpoints_convert.streamingt2v) and the ``streaming:F:C`` strategy (vstar_jax.longvideo.streaming).
+(vstar_jax.checkpoints_convert.streamingt2v) and the ``streaming:F:C`` strategy (vstar_jax.longvideo.streaming).
 
 Parity: each module against a small PyTorch implementation written here from the reference's formulas
 (Picsart-AI-Research/StreamingT2V, branch StreamingModelscope, files named in the module docstring),
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checkpoints_convert.common import conv1d_kernel, conv2d_kernel, linear_kernel
+from vstar_jax.checkpoints_convert.common import conv1d_kernel, conv2d_kernel, linear_kernel
 from vstar_jax.diffusion.sampler import Denoiser
 from vstar_jax.errors import VstarError
 from vstar_jax.models import streaming as ST
@@ -163,7 +163,7 @@ def test_cam_merger_and_apm_match_torch():
 # ------------------------------------------------------------- the UNet with CAM + APM
 def tiny_base():
     """The tiny UNet in ModelScope's form (no fps embedding), the base StreamingT2V builds on."""
-    from configs import unet_tiny
+    from vstar_jax.configs import unet_tiny
 
     c = unet_tiny.get_config()
     c.fps_cond = False
@@ -182,7 +182,7 @@ def _random_params(cfg, seed=0):
     zero-initialised leaves (CAM's conv_out and proj_out, APM's alpha) left at zero."""
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    from checkpoints_convert.streamingt2v import expected_shapes
+    from vstar_jax.checkpoints_convert.streamingt2v import expected_shapes
 
     rng = np.random.default_rng(seed)
     flat = flatten_dict(expected_shapes(cfg))
@@ -255,7 +255,7 @@ def _source_state_dict(cfg, seed=0):
     """A StreamingT2V-layout state dict for cfg: every planned key with the source shape (inverse transforms)."""
     from flax.traverse_util import flatten_dict
 
-    from checkpoints_convert.streamingt2v import expected_shapes, plan_streamingt2v
+    from vstar_jax.checkpoints_convert.streamingt2v import expected_shapes, plan_streamingt2v
 
     exp = flatten_dict(expected_shapes(cfg))
     rng = np.random.default_rng(seed)
@@ -270,8 +270,8 @@ def _source_state_dict(cfg, seed=0):
 
 
 def test_streamingt2v_conversion_and_its_key_report():
-    from checkpoints_convert.common import ConversionError
-    from checkpoints_convert.streamingt2v import convert_streamingt2v_unet
+    from vstar_jax.checkpoints_convert.common import ConversionError
+    from vstar_jax.checkpoints_convert.streamingt2v import convert_streamingt2v_unet
 
     cfg = tiny_cfg()
     sd = _source_state_dict(cfg)

@@ -51,8 +51,8 @@ def _save_ckpt(path, sd):
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     """(converted checkpoint dir, torch VAE, torch vision tower, ckpt state dict, workdir)."""
-    from checkpoints_convert.streamingt2v import with_streaming
-    from checkpoints_convert.unet import unet_config_from_diffusers
+    from vstar_jax.checkpoints_convert.streamingt2v import with_streaming
+    from vstar_jax.checkpoints_convert.unet import unet_config_from_diffusers
     from vstar_jax.cli import main
 
     root = tmp_path_factory.mktemp("released")

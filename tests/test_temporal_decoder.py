@@ -9,10 +9,10 @@ import pytest
 from flax.traverse_util import flatten_dict
 from flax.traverse_util import unflatten_dict
 
-from checkpoints_convert.common import PrefixView
-from checkpoints_convert.vae import (add_temporal, convert_vae_diffusers, convert_vae_ldm, ldm_key_to_diffusers,
-                                     ldm_plan, parse_temporal_spec)
-from configs import vae_tiny
+from vstar_jax.checkpoints_convert.common import PrefixView
+from vstar_jax.checkpoints_convert.vae import (add_temporal, convert_vae_diffusers, convert_vae_ldm,
+                                               ldm_key_to_diffusers, ldm_plan, parse_temporal_spec)
+from vstar_jax.configs import vae_tiny
 from conftest import load_golden
 from vstar_jax.generation.outputs import decode_batches
 from vstar_jax.io.checkpoint import load_checkpoint, save_checkpoint

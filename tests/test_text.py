@@ -10,9 +10,9 @@ import jax
 import ml_collections
 
 from conftest import load_golden, rel_err
-from configs import text_openclip_h14
-from checkpoints_convert.common import ConversionError, PrefixView
-from checkpoints_convert.text import (
+from vstar_jax.configs import text_openclip_h14
+from vstar_jax.checkpoints_convert.common import ConversionError, PrefixView
+from vstar_jax.checkpoints_convert.text import (
     convert_hf_clip_text,
     convert_openclip_text,
     hf_clip_text_config,

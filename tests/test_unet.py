@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checkpoints_convert.common import ConversionError, PrefixView, load_state_dict
-from checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
-from configs import unet_modelscope, unet_tiny, unet_videocrafter2
+from vstar_jax.checkpoints_convert.common import ConversionError, PrefixView, load_state_dict
+from vstar_jax.checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
+from vstar_jax.configs import unet_modelscope, unet_tiny, unet_videocrafter2
 from conftest import GOLDEN, load_golden, rel_err
 from vstar_jax.models.unet3d import UNet3D, count_params, init_shapes
 from vstar_jax.tar_vsp.tar import TARConfig
@@ -95,7 +95,7 @@ def test_converter_names_missing_unexpected_and_misshaped_keys(golden_unet):
 def test_converter_maps_relative_position_tables(golden_unet):
     """lvdm use_relative_position: the converter takes every attn1/attn2 k/v table of the temporal
     transformers (and init_attn) as is, and names them when a checkpoint lacks them."""
-    from checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
+    from vstar_jax.checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
 
     load_golden("videocrafter2/unet_tiny.safetensors")
     sd = dict(PrefixView(load_state_dict(str(GOLDEN / "videocrafter2/unet_tiny.safetensors")),

@@ -19,7 +19,7 @@ import ml_collections
 import pytest
 from flax.traverse_util import flatten_dict
 
-from configs import demo_tiny, unet_modelscope, unet_tiny, unet_videocrafter2
+from vstar_jax.configs import demo_tiny, unet_modelscope, unet_tiny, unet_videocrafter2
 from vstar_jax.errors import VstarError
 from vstar_jax.models.streaming import StreamingUNet, build_unet
 from vstar_jax.models.unet3d import UNet3D
@@ -30,7 +30,7 @@ ASSETS = pathlib.Path(__file__).resolve().parents[1] / "vstar_jax" / "assets" / 
 
 
 def _modelscope_tiny():
-    from checkpoints_convert.unet import unet_config_from_diffusers
+    from vstar_jax.checkpoints_convert.unet import unet_config_from_diffusers
 
     return unet_config_from_diffusers(dict(
         block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, cross_attention_dim=32,

@@ -5,9 +5,9 @@ import pytest
 import jax
 
 from conftest import load_golden, rel_err
-from configs import vae_tiny, vae_videocrafter2
-from checkpoints_convert.common import ConversionError, PrefixView
-from checkpoints_convert.vae import (
+from vstar_jax.configs import vae_tiny, vae_videocrafter2
+from vstar_jax.checkpoints_convert.common import ConversionError, PrefixView
+from vstar_jax.checkpoints_convert.vae import (
     convert_vae_diffusers,
     convert_vae_ldm,
     vae_config_from_diffusers,

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from flax.traverse_util import flatten_dict
 
-from checkpoints_convert import diffusers as conv_diffusers
-from checkpoints_convert import videocrafter2 as conv_vc2
-from checkpoints_convert import verify as ver
+from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
+from vstar_jax.checkpoints_convert import videocrafter2 as conv_vc2
+from vstar_jax.checkpoints_convert import verify as ver
 from conftest import load_golden
 from vstar_jax import cli
 from vstar_jax.io.checkpoint import load_checkpoint, read_config, save_checkpoint

@@ -13,8 +13,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from checkpoints_convert.text import openclip_text_config
-from configs import unet_tiny, vae_tiny
+from vstar_jax.checkpoints_convert.text import openclip_text_config
+from vstar_jax.configs import unet_tiny, vae_tiny
 from vstar_jax.io.checkpoint import save_checkpoint
 from vstar_jax.models.text import text_param_shapes
 from vstar_jax.models.unet3d import UNet3D, init_shapes

@@ -27,6 +27,10 @@ start JAX.
 """
 from __future__ import annotations
 
+from vstar_jax import _source_tree
+
+_source_tree.install()  # vstar_jax.configs and vstar_jax.checkpoints_convert from a source checkout too
+
 __all__ = ["FramesDiffer", "GenerationOptions", "GenerationResult", "Pipeline", "VstarError", "enhance_video",
            "generate_batch", "generate_video", "load_pipeline", "load_sidecar", "regenerate"]
 _ENHANCE = ("enhance_video",)  # from vstar_jax.enhance; the rest from vstar_jax.pipeline

@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from checkpoints_convert import convert_help
+from vstar_jax.checkpoints_convert import convert_help
 from vstar_jax.compile_cache import enable_compile_cache
 from vstar_jax.validate import number  # jax-free: ``--help`` still does not start JAX
 
@@ -34,13 +34,13 @@ FORWARD = {
     "sweep": ("vstar_jax.sweep", "main"),
     "report": ("vstar_jax.report", "main"),
     "metrics": ("vstar_jax.metrics.cli", "main"),
-    "verify": ("checkpoints_convert.verify", "main"),
+    "verify": ("vstar_jax.checkpoints_convert.verify", "main"),
 }
 CONVERTERS = {
-    "videocrafter2": ("checkpoints_convert.videocrafter2", "main"),
-    "diffusers": ("checkpoints_convert.diffusers", "main"),
-    "streamingt2v": ("checkpoints_convert.streamingt2v", "main"),
-    "msvid2vid": ("checkpoints_convert.msvid2vid", "main"),
+    "videocrafter2": ("vstar_jax.checkpoints_convert.videocrafter2", "main"),
+    "diffusers": ("vstar_jax.checkpoints_convert.diffusers", "main"),
+    "streamingt2v": ("vstar_jax.checkpoints_convert.streamingt2v", "main"),
+    "msvid2vid": ("vstar_jax.checkpoints_convert.msvid2vid", "main"),
 }
 SYNOPSIS_FILE_SUFFIXES = (".json", ".yaml", ".yml", ".txt")
 MAX_MEMORY_GIB = 1_000_000  # about 1 PiB: above any machine (0 = no check)

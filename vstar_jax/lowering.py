@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
-from configs import unet_tiny
+from vstar_jax.configs import unet_tiny
 from vstar_jax.errors import VstarError
 from vstar_jax.generation import sampling as S
 from vstar_jax.jax_private import private_jax, warn_once

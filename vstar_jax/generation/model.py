@@ -276,8 +276,9 @@ def _streaming_unmet(config: Mapping, vae_factor: int) -> tuple:
     if (pixels or enc == "openclip") and _is_pixel(config):
         out.append("no VAE (its CAM / APM read decoded frames)")
     if enc == "openclip" and "image_encoder" not in config:
-        out.append("no OpenCLIP image encoder for APM (component 'image_encoder': checkpoints_convert.streamingt2v "
-                   "takes it from the checkpoint's image_encoder.* or --openclip FILE)")
+        out.append("no OpenCLIP image encoder for APM (component 'image_encoder': "
+                   "vstar_jax.checkpoints_convert.streamingt2v takes it from the checkpoint's image_encoder.* "
+                   "or --openclip FILE)")
     if pixels and not _is_pixel(config):
         cam_factor = 2 ** (len(cam["embed_channels"]) - 1)
         if cam_factor != vae_factor:

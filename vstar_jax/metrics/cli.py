@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vstar-jax metrics", description="Video metrics (OFS, MAWE, SCuts, CLIP).")
     parser.add_argument("videos", nargs="+", help="mp4 or gif files")
     parser.add_argument("--prompt", default=None, help="prompt for the CLIP score (default: the sidecar's)")
-    parser.add_argument("--clip", default=None, help="CLIP checkpoint from checkpoints_convert.clip")
+    parser.add_argument("--clip", default=None, help="CLIP checkpoint from vstar_jax.checkpoints_convert.clip")
     parser.add_argument("--flow", default="dis", help="flow model (dis, dis-fast, dis-ultrafast, ...)")
     parser.add_argument("--mawe-size", type=int, default=720,
                         help=f"square size for warp error/MAWE (0 = as is; at most {MAX_MAWE_SIZE})")

@@ -3,7 +3,7 @@
 score = mean over frames of 100 * cos(image embedding of the frame, text embedding of the prompt)
 (CLIPSIM; no clamping at zero). The image tower is ``vstar_jax.models.clip_vision``, the text
 tower ``vstar_jax.models.text`` (its projected end-token output); weights come from a
-transformers ``CLIPModel`` or an OpenCLIP checkpoint via ``checkpoints_convert.clip``.
+transformers ``CLIPModel`` or an OpenCLIP checkpoint via ``vstar_jax.checkpoints_convert.clip``.
 """
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ class ClipScorer:
 
     @classmethod
     def from_converted(cls, params: dict, configs: dict, **kw) -> "ClipScorer":
-        """From ``checkpoints_convert.clip`` output: params/configs keyed clip_vision, clip_text."""
+        """From ``vstar_jax.checkpoints_convert.clip`` output: params/configs keyed clip_vision, clip_text."""
         cfg = {k: configs[k] if isinstance(configs[k], ml_collections.ConfigDict)
                else ml_collections.ConfigDict(dict(configs[k])) for k in ("clip_vision", "clip_text")}
         return cls(cfg["clip_vision"], params["clip_vision"], cfg["clip_text"], params["clip_text"], **kw)
 
     @classmethod
     def load(cls, path: str, **kw) -> "ClipScorer":
-        """From a checkpoint written by ``python -m checkpoints_convert.clip``."""
+        """From a checkpoint written by ``python -m vstar_jax.checkpoints_convert.clip``."""
         params, config = load_checkpoint(path)
         if "clip_vision" not in params or "clip_text" not in params:
             raise ValueError(f"{path} is not a CLIP checkpoint (needs clip_vision and clip_text)")

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from checkpoints_convert.common import load_state_dict
+from vstar_jax.checkpoints_convert.common import load_state_dict
 from vstar_jax.io.checkpoint import load_checkpoint
 from vstar_jax.metrics.raft import raft_flow_fn
 from vstar_jax.runtime import runtime
@@ -98,7 +98,7 @@ DEFAULT_FLOW_MODEL = "dis"
 
 
 def raft_flow_model(path: str, iters: int = 12) -> FlowModel:
-    """RAFT-large from a checkpoint folder written by ``checkpoints_convert.raft`` or from
+    """RAFT-large from a checkpoint folder written by ``vstar_jax.checkpoints_convert.raft`` or from
     torchvision's ``raft_large`` state dict file (.pth / .safetensors, converted on the fly)."""
     import os
 
@@ -108,9 +108,9 @@ def raft_flow_model(path: str, iters: int = 12) -> FlowModel:
         if os.path.isdir(path):
             params = load_checkpoint(path, components=["raft"])[0]["raft"]
         elif os.path.isfile(path):  # torchvision's file (torch for a .pth), converted on the fly
-            # deferred: checkpoints_convert.raft imports vstar_jax.metrics.raft, and so this package, whose
+            # deferred: vstar_jax.checkpoints_convert.raft imports vstar_jax.metrics.raft, and so this package, whose
             # __init__ imports this module (the cycle goes once the RAFT model moves to vstar_jax.models)
-            from checkpoints_convert.raft import convert_raft  # noqa: PLC0415
+            from vstar_jax.checkpoints_convert.raft import convert_raft  # noqa: PLC0415
 
             params = convert_raft(load_state_dict(path))
         else:

@@ -1,5 +1,5 @@
 """RAFT (large) optical flow in JAX/Flax: torchvision's ``raft_large``, the model StreamingT2V's
-``mawe.py`` uses, for weights converted from torchvision's state dict (``checkpoints_convert.raft``).
+``mawe.py`` uses, for weights converted from torchvision's state dict (``vstar_jax.checkpoints_convert.raft``).
 
 Feature encoder (instance norm) on both frames, context encoder (frozen batch norm) on the first,
 all-pairs correlation volume / sqrt(256) pooled into 4 levels, 12 updates of a separable ConvGRU

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import yaml
 
-import configs  # the project's configs package (installed with vstar_jax): the prompt template's folder
+from vstar_jax import configs  # the project's configs package (the repository's configs/): the template's folder
 
 ENV_URL, ENV_MODEL, ENV_KEY = "VSTAR_LLM_URL", "VSTAR_LLM_MODEL", "VSTAR_LLM_API_KEY"
 DEFAULT_TEMPLATE = "synopsis_prompt.txt"
