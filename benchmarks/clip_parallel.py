@@ -102,9 +102,13 @@ def _frames_for(method: str, frames: int) -> int:
     return _valid_frames(METHODS[method], frames)
 
 
-def _checkpoint(model: str):
+def _checkpoint(model: str, written=None):
+    """None for the embedded demo model; the tiny random checkpoint (``written``: one the parent wrote for
+    every worker, as each process of a multi-process run would otherwise write its own, collectively)."""
     if model == "demo":
-        return None  # the embedded demo model
+        return None
+    if written:
+        return written
     from tiny_checkpoint import shared_tiny_checkpoint  # noqa: PLC0415
 
     return shared_tiny_checkpoint()
@@ -170,7 +174,7 @@ def worker(args) -> None:
     mesh = make_mesh(_mesh_axes(args.mesh)) if args.num_processes > 1 else None
     model, method = args.models[0], args.methods[0]
     frames = _frames_for(method, args.frames[0])
-    kw = dict(checkpoint=_checkpoint(model), frames=frames, steps=args.steps, seed=0, long_video=METHODS[method],
+    kw = dict(checkpoint=_checkpoint(model, args.checkpoint), frames=frames, steps=args.steps, seed=0, long_video=METHODS[method],
               mesh=mesh, progress=False, keep_video=False)
     pl.generate_video(PROMPT, **kw)  # compiles
     res = pl.generate_video(PROMPT, **kw)
@@ -223,6 +227,7 @@ def timed_point(args, model: str, method: str, frames: int, processes: int) -> d
     for i in range(processes):
         cmd = [sys.executable, __file__, "--worker", "--models", model, "--methods", method, "--frames", str(frames),
                "--steps", str(args.steps), "--mesh", args.mesh, "--coordinator", f"127.0.0.1:{port}",
+               "--checkpoint", args.checkpoint or "",
                "--num-processes", str(processes), "--process-id", str(i)]
         procs.append(subprocess.Popen(["taskset", "-c", str(cores[i % len(cores)])] + cmd, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env))
@@ -265,6 +270,7 @@ def parse_args(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--comm-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--coordinator", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", default="", help=argparse.SUPPRESS)
     p.add_argument("--num-processes", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -312,6 +318,10 @@ def main(argv=None) -> int:
         return r.returncode
     rows = []
     points = [(m, meth, f) for m in args.models for meth in args.methods for f in args.frames]
+    if "tiny" in args.models:  # written once here: the workers of a multi-process run read the same files
+        from tiny_checkpoint import shared_tiny_checkpoint  # noqa: PLC0415
+
+        args.checkpoint = shared_tiny_checkpoint()
     for model, method, want in tqdm(points, desc="points", file=sys.stderr):
         base = timed_point(args, model, method, want, 1)
         _emit(dict(base, speedup=1.0 if "error" not in base else None), args.json)

@@ -28,13 +28,12 @@ UNET_SCRIPT = OPS + textwrap.dedent("""
     import jax
     sys.path.insert(0, "tests")
     from tiny_checkpoint import tiny_configs, tiny_params
-    from configs import unet_tiny
     from vstar_jax.longvideo import FreeNoise
     from vstar_jax.models.unet3d import UNet3D
     from vstar_jax.parallel.sharding import activation_layout, make_mesh, named, LATENT_AXES, FRAME_CONTEXT_AXES
     from vstar_jax.tar_vsp.tar import parse_tar
     assert len(jax.devices()) == 8
-    model = UNet3D(unet_tiny.get_config())
+    model = UNet3D(tiny_configs()["unet"])  # the tiny golden UNet (configs' unet_tiny) as a plain dict
     rng = np.random.default_rng(0)
     F = 16
     x = rng.standard_normal((2, 4, F, 8, 8)).astype(np.float32)
