@@ -76,22 +76,26 @@ def program_bytes(hlo: str) -> int:
     computation's collectives (:func:`collective_bytes`) times how often it runs (a while body its loop's
     ``known_trip_count`` times its caller's count; a call, fusion or branch once per caller run)."""
     comps = _computations(hlo)
-    runs = {"ENTRY": 1}
-    order = ["ENTRY"]
-    for name in order:  # callers before callees: HLO calls form a tree (a DAG at most), walked breadth-first
-        for line in comps.get(name, "").splitlines():
-            trips = 1
+    sites: dict = {}  # callee -> [(caller, times per caller run)]
+    for name, text in comps.items():
+        for line in text.splitlines():
             m = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
-            if m and " while(" in line:
-                trips = int(m.group(1))
-            callees = [(kind == "body", c) for kind, c in re.findall(r"(body|condition|calls|to_apply)=%([\w.\-]+)", line)]
+            trips = int(m.group(1)) if m and " while(" in line else 1
+            called = [(c, trips if kind == "body" else 1)
+                      for kind, c in re.findall(r"(body|condition|calls|to_apply)=%([\w.\-]+)", line)]
             for group in re.findall(r"(?:branch_computations|called_computations)=\{([^}]*)\}", line):
-                callees += [(False, c) for c in re.findall(r"%([\w.\-]+)", group)]
-            for is_body, callee in callees:
-                runs[callee] = runs.get(callee, 0) + runs[name] * (trips if is_body else 1)
-                if callee not in order:
-                    order.append(callee)
-    return int(sum(runs.get(name, 0) * sum(b for _, b in collective_bytes(text).values())
+                called += [(c, 1) for c in re.findall(r"%([\w.\-]+)", group)]
+            for callee, times in called:
+                sites.setdefault(callee, []).append((name, times))
+    runs: dict = {"ENTRY": 1}
+
+    def count(name: str) -> int:  # HLO calls form a DAG: each computation's runs from all its call sites
+        if name not in runs:
+            runs[name] = 0  # (no cycles in HLO; guards a malformed text)
+            runs[name] = sum(count(caller) * times for caller, times in sites.get(name, []))
+        return runs[name]
+
+    return int(sum(count(name) * sum(b for _, b in collective_bytes(text).values())
                    for name, text in comps.items()))
 
 
@@ -139,9 +143,11 @@ def compiled_program(model: str, method: str, frames: int, steps: int, mesh):
 
 
 def _steps_of(method: str, steps: int) -> int:
+    """The DDIM steps a point runs: ``steps``, or the method's own when it fixes them (FIFO: window x
+    partitions)."""
     from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
 
-    return parse_strategy(METHODS[method]).steps_for(steps) or steps
+    return parse_strategy(METHODS[method]).steps_for(None) or steps
 
 
 def comm_points(args) -> None:
@@ -152,10 +158,9 @@ def comm_points(args) -> None:
         for method in args.methods:
             for want in args.frames:
                 frames = _frames_for(method, want)
+                steps = _steps_of(method, args.steps)
                 for layout in args.layouts:
-                    mesh = _mesh_axes(layout)
-                    hlo = compiled_program(model, method, frames, args.steps, mesh).as_text()
-                    steps = _steps_of(method, args.steps)
+                    hlo = compiled_program(model, method, frames, steps, _mesh_axes(layout)).as_text()
                     _emit({"model": model, "method": method, "spec": METHODS[method], "frames": frames,
                            "processes": 1, "devices": len(jax.devices()), "mesh": layout, "steps": steps,
                            "s_per_step": None, "speedup": None,
@@ -174,8 +179,8 @@ def worker(args) -> None:
     mesh = make_mesh(_mesh_axes(args.mesh)) if args.num_processes > 1 else None
     model, method = args.models[0], args.methods[0]
     frames = _frames_for(method, args.frames[0])
-    kw = dict(checkpoint=_checkpoint(model, args.checkpoint), frames=frames, steps=args.steps, seed=0, long_video=METHODS[method],
-              mesh=mesh, progress=False, keep_video=False)
+    kw = dict(checkpoint=_checkpoint(model, args.checkpoint), frames=frames, steps=_steps_of(method, args.steps),
+              seed=0, long_video=METHODS[method], mesh=mesh, progress=False, keep_video=False)
     pl.generate_video(PROMPT, **kw)  # compiles
     res = pl.generate_video(PROMPT, **kw)
     steps = int(res.sidecar["steps"])
@@ -260,7 +265,7 @@ def parse_args(argv=None):
     p.add_argument("--frames", default="64,256", help="comma-separated video lengths (each method's nearest valid)")
     p.add_argument("--models", "--model", default="demo", help="demo (the embedded model) and/or tiny")
     p.add_argument("--processes", default="2", help="comma-separated process counts to time against 1 process")
-    p.add_argument("--steps", type=int, default=4, help="DDIM steps (default 4; FIFO fixes its own)")
+    p.add_argument("--steps", type=int, default=4, help="DDIM steps (default 4; FIFO: its own)")
     p.add_argument("--mesh", default="frames=-1", help="mesh over the processes' devices (default frames=-1)")
     p.add_argument("--comm", action="store_true", help="bytes per step on --devices simulated devices, no timing")
     p.add_argument("--devices", type=int, default=8, help="--comm: simulated CPU devices (default 8)")
