@@ -292,7 +292,10 @@ _REMAT_BLOCKS = (nn.remat(ResBlock), nn.remat(SpatialTransformer), nn.remat(Temp
 class UNetExtras:
     """The optional extras of one UNet call. ``hooks``: temporal-attention hooks, each with optional
     methods ``logit_transform(level, step_index)`` (TAR: every temporal transformer but ``init_attn``)
-    and ``attend(attention) -> attention`` (FreeNoise's windows: every temporal transformer);
+    and ``attend(attention) -> attention`` (FreeNoise's windows: every temporal transformer), and
+    ``frames_on_mesh(layout, batch, frames) -> bool``: on a mesh, keep the temporal transformers' frames
+    split as the spatial rows are (no switch to the pixels split), the hook's ``attend(attention, layout)``
+    computing its attention there (FreeNoise's halo exchange);
     ``step_index``: the DDIM loop index they read; ``capture``: sow the temporal attention maps
     (``intermediates``); ``layout``: where the activations lie on a device mesh
     (``vstar_jax.parallel.sharding.ActivationLayout``): spatial layers with the (batch x frame) rows
@@ -357,12 +360,18 @@ def _temporal(cfg: UNetConfig, call: UNetCall, h, heads: int, head_dim: int, lev
     ex = call.extras
     transform = _logit_transform(ex.hooks, level, ex.step_index) if regularize else None
     # (b, f, 1, h*w, c): a free view in which every frame is local and the pixels split (the layout switch
-    # from the spatial rows is one all-to-all each way on a mesh)
-    y = ex.switch(h.reshape(call.batch, call.frames, 1, -1, h.shape[-1]), True)
+    # from the spatial rows is one all-to-all each way on a mesh), or, when a hook computes its attention
+    # where the frames lie (FreeNoise's halos), the rows' frame split kept
+    keep = ex.layout is not None and any(getattr(hk, "frames_on_mesh", lambda *_: False)(ex.layout, call.batch,
+                                                                                          call.frames)
+                                         for hk in ex.hooks)
+    y = h.reshape(call.batch, call.frames, 1, -1, h.shape[-1])
+    y = ex.layout.constrain(y, ("batch", "frames", None, None, "channels")) if keep else ex.switch(y, True)
     out = _blocks(cfg.remat)[2](heads, head_dim, cfg.transformer_depth, cfg.compute_dtype, cfg.weight_dtype,
                                 cfg.attention_backend, cfg.transformer_norm_groups, cfg.relative_position,
-                                chunked=ex.layout is None, name=name)(y, transform, ex.capture, _attend(ex.hooks))
-    return ex.rows(ex.switch(out, False).reshape(h.shape))
+                                chunked=ex.layout is None, name=name)(y, transform, ex.capture,
+                                                                      _attend(ex.hooks, ex.layout if keep else None))
+    return ex.rows((out if keep else ex.switch(out, False)).reshape(h.shape))
 
 
 def _spatial(cfg: UNetConfig, call: UNetCall, h, level: int, name: str):
@@ -569,13 +578,15 @@ def _logit_transform(hooks: tuple, level: int, step_index):
     return chained
 
 
-def _attend(hooks: tuple):
-    """The attention function wrapped by the hooks that replace how self-attention is computed."""
+def _attend(hooks: tuple, layout=None):
+    """The attention function wrapped by the hooks that replace how self-attention is computed; ``layout``:
+    the frames stay split on it, and the hooks that asked for that (``frames_on_mesh``) are given it."""
     fn = None
     for h in hooks:
         wrap = getattr(h, "attend", None)
         if wrap is not None:
-            fn = wrap(fn or attention)
+            on_mesh = layout is not None and hasattr(h, "frames_on_mesh")
+            fn = wrap(fn or attention, layout) if on_mesh else wrap(fn or attention)
     return fn
 
 

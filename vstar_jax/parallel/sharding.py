@@ -129,7 +129,8 @@ def params_sharding_rule(mesh: Mesh, axis: str = "model"):
     return lambda path, shape: param_sharding(shape, mesh, axis)
 
 
-def _axis_size(mesh: Mesh, axis) -> int:
+def axis_size(mesh: Mesh, axis) -> int:
+    """Devices along a mesh axis or a tuple of axes (a rule's value)."""
     return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
 
 
@@ -148,7 +149,7 @@ class ActivationLayout:
 
     def spec(self, shape: Sequence[int], logical: Sequence[Optional[str]]) -> PartitionSpec:
         spec = logical_to_spec(logical, self.rules, self.mesh)
-        return PartitionSpec(*(a if a is None or size % _axis_size(self.mesh, a) == 0 else None
+        return PartitionSpec(*(a if a is None or size % axis_size(self.mesh, a) == 0 else None
                                for size, a in zip(shape, spec)))
 
     def constrain(self, x, logical: Sequence[Optional[str]]):
