@@ -7,7 +7,10 @@ is applied to eps, which per frame is the same as blending x0 (x0 is an elementw
 x and eps) and keeps the update's eps consistent with the blended x0. Offsets:
 ``randint(fold_in(key, OFFSET_FOLD), (n_steps, n_chunks), 0, O)`` with chunk 0's offset 0; DDIM
 noise as in ``single``. Needs (N - O) % (F - O) == 0. With N == F it is ``single``
-bit for bit.
+bit for bit. The chunks of a step all read x_t: D of them (``Denoiser.windows``, the mesh's ``windows``
+axis) run as one batched UNet call, then the owner map is written chunk by chunk in chunk order (it is
+order-dependent), so any D gives the serial owner map; the last group is padded with masked chunks
+(offset F: they write nothing).
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vstar_jax.diffusion.sampler import SampleOutput, ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import SampleOutput, as_denoiser, ddim_step, guided_eps_windows
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -37,24 +41,31 @@ def owner_write(full, chunk, start, offset):
 
 
 def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window,
-           guided, use_noise, return_x0, capture):
+           guided, use_noise, return_x0, capture, group=1):
+    index, real = W.window_groups(len(starts), group)
+    g_starts, g_real = jnp.asarray(np.asarray(starts)[index]), jnp.asarray(real)
+    g_offsets = offsets[:, index]  # (steps, K, D)
+
     def step(x, xs):
-        co, i, k, r = xs
+        co, i, k, r = xs  # r: (K, D) this step's offsets by group
 
-        def one_chunk(eps_full, sr):
-            s, off = sr
-            xw, ctx = W.window_view(x, context, s, window)
-            eps, aux = guided_eps(model_fn, xw, co["timesteps"], ctx, i, cfg_scale,
-                                  guided=guided, capture=capture)
-            return owner_write(eps_full, eps, s, off), aux  # frames before s + r keep chunk k-1's
+        def one_group(eps_full, sr):  # D chunks, one batched UNet call; the owner map in chunk order
+            ss, off, m = sr
+            views = [W.window_view(x, context, ss[j], window) for j in range(group)]
+            xw, ctx = jnp.stack([v[0] for v in views]), jnp.stack([v[1] for v in views])
+            eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
+                                          cfg_scale, guided=guided, capture=capture)
+            for j in range(group):  # frames before s + r keep chunk k-1's; a padded slot writes nothing
+                eps_full = owner_write(eps_full, eps[j], ss[j], jnp.where(m[j], off[j], window))
+            return eps_full, aux
 
-        eps_full, aux = jax.lax.scan(one_chunk, jnp.zeros_like(x), (starts, r))
+        eps_full, aux = jax.lax.scan(one_group, jnp.zeros_like(x), (g_starts, r, g_real))
         noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
         x_prev, x0 = ddim_step(x, eps_full, co, noise)
         return x_prev, (x0 if return_x0 else None, aux)
 
     n = coeffs["timesteps"].shape[0]
-    xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys, offsets)
+    xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys, g_offsets)
     x, (x0s, aux) = jax.lax.scan(step, x_T.astype(jnp.float32), xs)
     return x, x0s, aux
 
@@ -92,7 +103,7 @@ class Blend(Strategy):
             starts = W.chunk_starts(int(frames), self.window, self.overlap)
         except ValueError as e:
             raise VstarError(str(e)) from None
-        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} chunks")
+        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} chunks", len(starts), int(steps))
 
     def rng_rule(self) -> str:
         return f"offsets=randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(steps,chunks),0,overlap) with chunk 0's set to 0"
@@ -111,5 +122,6 @@ class Blend(Strategy):
         n_steps = inputs.coeffs["timesteps"].shape[0]
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
         return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
-                      jnp.asarray(starts), offsets, window=self.window, guided=inputs.guided,
-                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture)
+                      starts, offsets, window=self.window, guided=inputs.guided,
+                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
+                      group=1 if capture else as_denoiser(model_fn).windows)

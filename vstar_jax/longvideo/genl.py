@@ -3,9 +3,13 @@
 At every DDIM step each window takes its own guided DDIM step; x_{t-1} of a frame is the
 uniform average over the windows covering it. The step noise is drawn once for the long latent
 (step i: ``normal(split(key, n)[i], x.shape)``) so averaging keeps unit variance; the average is
-taken before adding it. One ``lax.scan`` over steps, an inner ``lax.scan`` over window starts
-(``lax.dynamic_slice``), so the traced program holds one UNet call whatever N is. With N == F it
-is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
+taken before adding it. One ``lax.scan`` over steps, an inner ``lax.scan`` over groups of D windows
+(``lax.dynamic_slice``), so the traced program holds one UNet call whatever N is. Every window of a
+step reads x_t, so the windows are independent: a group is ONE batched UNet call of D windows (D =
+``Denoiser.windows``, the size of the mesh axis the ``windows`` rule names: each device a window;
+:func:`~.windows.window_groups` pads the last group with masked windows), and their x_{t-1} are summed in
+window order, so any D gives the serial sums (the batched UNet call itself may round differently,
+~1e-7). With N == F it is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
 """
 from __future__ import annotations
 
@@ -15,30 +19,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import as_denoiser, ddim_step, guided_eps_windows
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
 
 
 def _genl(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, counts, *, window,
-          guided, use_noise, return_x0, capture):
+          guided, use_noise, return_x0, capture, group=1):
+    index, real = W.window_groups(len(starts), group)
+    g_starts, g_real = jnp.asarray(np.asarray(starts)[index]), jnp.asarray(real)
+
     def step(x, xs):
         co, i, k = xs
 
-        def one_window(acc, s):
-            xw, ctx = W.window_view(x, context, s, window)
-            eps, aux = guided_eps(model_fn, xw, co["timesteps"], ctx, i, cfg_scale,
-                                  guided=guided, capture=capture)
+        def one_group(acc, sm):  # D windows, one batched UNet call; their sums in window order
+            ss, m = sm
+            views = [W.window_view(x, context, ss[j], window) for j in range(group)]
+            xw, ctx = jnp.stack([v[0] for v in views]), jnp.stack([v[1] for v in views])
+            eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
+                                          cfg_scale, guided=guided, capture=capture)
             x_prev, x0 = ddim_step(xw, eps, co, None)
             acc_x, acc_x0 = acc
-            acc_x = W.add_frames(acc_x, x_prev, s)
-            if return_x0:
-                acc_x0 = W.add_frames(acc_x0, x0, s)
+            for j in range(group):  # a padded slot adds 0
+                acc_x = W.add_frames(acc_x, jnp.where(m[j], x_prev[j], 0.0), ss[j])
+                if return_x0:
+                    acc_x0 = W.add_frames(acc_x0, jnp.where(m[j], x0[j], 0.0), ss[j])
             return (acc_x, acc_x0), aux
 
         zeros = jnp.zeros_like(x)
-        (sum_x, sum_x0), aux = jax.lax.scan(one_window, (zeros, zeros if return_x0 else None), starts)
+        (sum_x, sum_x0), aux = jax.lax.scan(one_group, (zeros, zeros if return_x0 else None), (g_starts, g_real))
         w = counts[None, None, :, None, None]
         x_prev = sum_x / w
         if use_noise:
@@ -71,11 +81,12 @@ class GenL(Strategy):
             starts = W.sliding_starts(int(frames), self.window, self.stride)
         except ValueError as e:
             raise VstarError(str(e)) from None
-        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} windows")
+        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} windows", len(starts), int(steps))
 
     def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.sliding_starts(inputs.frames, self.window, self.stride)
         counts = W.coverage(inputs.frames, self.window, starts).astype(np.float32)
         return _genl(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
-                     jnp.asarray(starts), jnp.asarray(counts), window=self.window, guided=inputs.guided,
-                     use_noise=inputs.use_noise, return_x0=return_x0, capture=capture)
+                     starts, jnp.asarray(counts), window=self.window, guided=inputs.guided,
+                     use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
+                     group=1 if capture else as_denoiser(model_fn).windows)

@@ -86,6 +86,19 @@ def coverage(frames: int, window: int, starts) -> np.ndarray:
     return counts
 
 
+def window_groups(n_windows: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of one step in groups of ``group`` (D), one batched UNet call each:
+    ``(index (K, D) int32, real (K, D) bool)`` with K = ceil(n / D). Slot j of group g is window
+    g D + j, so the groups in order, each in slot order, visit the windows in their serial order (sums
+    and order-dependent writes come out as the serial loop's); the slots past the last window repeat it
+    and are masked (``real`` False: they contribute nothing). D = 1 is the serial loop."""
+    n = _int("windows", n_windows, 1)
+    d = _int("group", group, 1)
+    k = -(-n // d)
+    slots = np.arange(k * d, dtype=np.int32).reshape(k, d)
+    return np.minimum(slots, n - 1).astype(np.int32), slots < n
+
+
 # ---------------------------------------------------------------- traced window views (jax)
 def slice_frames(a, start, size: int, axis: int):
     """``a[..., start:start + size, ...]`` along ``axis`` with a traced start."""
