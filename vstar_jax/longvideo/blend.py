@@ -51,8 +51,7 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
 
         def one_group(eps_full, sr):  # D chunks, one batched UNet call; the owner map in chunk order
             ss, off, m = sr
-            views = [W.window_view(x, context, ss[j], window) for j in range(group)]
-            xw, ctx = jnp.stack([v[0] for v in views]), jnp.stack([v[1] for v in views])
+            xw, ctx = W.stack_windows(x, context, ss, window)
             eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
                                           cfg_scale, guided=guided, capture=capture)
             for j in range(group):  # frames before s + r keep chunk k-1's; a padded slot writes nothing

@@ -204,14 +204,13 @@ class FIFO(Strategy):
 
             def one_group(q_new, sw):  # D windows, one batched UNet call; each writes its own frames
                 ss, wis, m = sw
-                parts = [window_inputs(ss[j], wis[j]) for j in range(group)]
-                xw, idx, ctx = (jnp.stack([p[n] for p in parts]) for n in range(3))
+                xw, idx, ctx, noise = jax.vmap(window_inputs)(ss, wis)
                 eps, _ = guided_eps_windows(model_fn, xw, ref["timesteps"][idx], ctx, L - 1 - idx[:, f // 2],
                                             inputs.cfg_scale, guided=inputs.guided)
+                co_f = {k: v[idx][:, None, None, :, None, None] for k, v in ref.items() if k != "timesteps"}
+                x_prev, _ = ddim_step(xw, eps, co_f, noise)
                 for j in range(group):
-                    co_f = {k: v[idx[j]][:, None, None] for k, v in ref.items() if k != "timesteps"}
-                    x_prev, _ = ddim_step(xw[j], eps[j], co_f, parts[j][3])
-                    keep = W.slice_frames(x_prev, write_from, f - write_from, 2)
+                    keep = W.slice_frames(x_prev[j], write_from, f - write_from, 2)
                     at = ss[j] + write_from
                     keep = jnp.where(m[j], keep, W.slice_frames(q_new, at, f - write_from, 2))  # padded: no-op
                     q_new = jax.lax.dynamic_update_slice_in_dim(q_new, keep, at, axis=2)

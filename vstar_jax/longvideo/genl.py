@@ -35,8 +35,7 @@ def _genl(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, counts, *, wi
 
         def one_group(acc, sm):  # D windows, one batched UNet call; their sums in window order
             ss, m = sm
-            views = [W.window_view(x, context, ss[j], window) for j in range(group)]
-            xw, ctx = jnp.stack([v[0] for v in views]), jnp.stack([v[1] for v in views])
+            xw, ctx = W.stack_windows(x, context, ss, window)
             eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
                                           cfg_scale, guided=guided, capture=capture)
             x_prev, x0 = ddim_step(xw, eps, co, None)

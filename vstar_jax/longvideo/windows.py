@@ -114,6 +114,20 @@ def window_view(x, context, start, window: int):
     return xw, ctx
 
 
+def stack_windows(x, context, starts, window: int):
+    """D windows of one step stacked for one batched UNet call: (D, b, c, F, h, w) latents and (D, ...)
+    contexts at ``starts`` (D,) (a gather: on a mesh each device takes its own windows' frames from the
+    replicated latent, where a stack of slices is laid out by all-to-all)."""
+    import jax  # noqa: PLC0415
+
+    xw = jax.vmap(lambda s: slice_frames(x, s, window, 2))(starts)
+    if context.ndim == 4:
+        return xw, jax.vmap(lambda s: slice_frames(context, s, window, 1))(starts)
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    return xw, jnp.broadcast_to(context, (starts.shape[0],) + context.shape)
+
+
 def add_frames(acc, value, start):
     """acc[:, :, start:start+F] += value (traced start)."""
     import jax  # noqa: PLC0415
