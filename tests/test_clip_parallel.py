@@ -93,16 +93,17 @@ MESH_SCRIPT = textwrap.dedent("""
     ckpt = write_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "ck"))
     base = dict(checkpoint=ckpt, steps=2, seed=1, progress=False, tar="L0:1", synopsis=("a red circle", "a blue square"))
     cases = {"genl": dict(frames=16, long_video="genl:4:2"), "blend": dict(frames=16, long_video="blend:4:2"),
-             "fifo": dict(frames=8, long_video="fifo:4:2", steps=8)}
+             "fifo": dict(frames=8, long_video="fifo:4:2", steps=8, tar="L0:1@3")}  # TAR on at some windows only
     meshes = [{"data": 8}, {"data": 2, "frames": 4}]
-    full = sys.argv[1] == "full"
+    which = sys.argv[1]
+    full = which != "ci"
     out = tempfile.mkdtemp()
 
     def program():
         return list(runtime().compiled.values())[-1].as_text()
 
     for name, extra in cases.items():
-        if not full and name != "genl":
+        if (not full and name != "genl") or (which not in ("ci", "full") and name not in which.split(",")):
             continue
         kw = dict(base, **extra)
         one = pl.generate_video("a red circle", **kw).latents
@@ -194,7 +195,7 @@ def test_two_processes_run_genl_windows_over_data(tmp_path):
     for p, (so, se) in zip(procs, outs):
         assert p.returncode == 0, se[-3000:]
     assert sorted(p.name for p in out.parent.iterdir()) == ["long.json", "long.latents.npy", "long.mp4"]
-    assert "15 windows a step in 8 UNet call(s) of 2 window(s)" in (tmp_path / "logs" / "process-1.log").read_text()
+    assert "15 windows a step in 8 UNet call(s) of 2 window(s)" in (tmp_path / "logs" / "process-0.log").read_text()
     got = np.load(out.parent / "long.latents.npy")
     want = pl.generate_video("a red circle", checkpoint=ckpt, frames=32, steps=2, seed=3, long_video="genl:4:2",
                              progress=False).latents
@@ -202,3 +203,20 @@ def test_two_processes_run_genl_windows_over_data(tmp_path):
     assert err < 1e-5, err
     sc = json.loads((out.parent / "long.json").read_text())
     assert sc["mesh"] == {"data": 2} and sc["device_plan"]["windows_per_call"] == 2
+
+
+def test_tar_gate_takes_one_step_per_row():
+    """A batched call of windows at different steps (FIFO) gates TAR per UNet row: the logits' leading axis
+    is rows x pixels, row-major; each row's block equals the scalar gate of its own step."""
+    from vstar_jax.tar_vsp.tar import TARConfig, make_transform
+
+    tar = TARConfig(((0, 2.0, 0.5),), until_time=3)
+    rows, pixels, frames = 3, 4, 5
+    logits = jax.random.normal(jax.random.key(0), (rows * pixels, 2, frames, frames))
+    steps = jnp.asarray([5, 1, 3])
+    got = make_transform(tar, 0, steps)(logits).reshape(rows, pixels, 2, frames, frames)
+    blocks = logits.reshape(rows, pixels, 2, frames, frames)
+    for r in range(rows):
+        want = make_transform(tar, 0, steps[r])(blocks[r])
+        np.testing.assert_array_equal(got[r], want)
+    assert not np.array_equal(got[0], make_transform(tar, 0, 1)(blocks[0]))  # the gates differ
