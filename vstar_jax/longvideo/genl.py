@@ -7,9 +7,11 @@ taken before adding it. One ``lax.scan`` over steps, an inner ``lax.scan`` over 
 (``lax.dynamic_slice``), so the traced program holds one UNet call whatever N is. Every window of a
 step reads x_t, so the windows are independent: a group is ONE batched UNet call of D windows (D =
 ``Denoiser.windows``, the size of the mesh axis the ``windows`` rule names: each device a window;
-:func:`~.windows.window_groups` pads the last group with masked windows), and their x_{t-1} are summed in
-window order, so any D gives the serial sums (the batched UNet call itself may round differently,
-~1e-7). With N == F it is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
+:func:`~.windows.window_groups` pads the last group with masked windows). Each window slot keeps its own
+partial sum of x_{t-1} over the video (:func:`~.windows.add_windows`: on a mesh a device adds its own
+windows locally) and the D slots are summed once a step, the only communication of the average (one
+all-reduce of the latent); D = 1 is the serial loop's sums, D > 1 adds the same terms in another order
+(<= 1e-6). With N == F it is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
 """
 from __future__ import annotations
 
@@ -33,21 +35,22 @@ def _genl(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, counts, *, wi
     def step(x, xs):
         co, i, k = xs
 
-        def one_group(acc, sm):  # D windows, one batched UNet call; their sums in window order
+        def one_group(acc, sm):  # D windows, one batched UNet call; each slot adds into its own partial sum
             ss, m = sm
             xw, ctx = W.stack_windows(x, context, ss, window)
             eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
                                           cfg_scale, guided=guided, capture=capture)
             x_prev, x0 = ddim_step(xw, eps, co, None)
             acc_x, acc_x0 = acc
-            for j in range(group):  # a padded slot adds 0
-                acc_x = W.add_frames(acc_x, jnp.where(m[j], x_prev[j], 0.0), ss[j])
-                if return_x0:
-                    acc_x0 = W.add_frames(acc_x0, jnp.where(m[j], x0[j], 0.0), ss[j])
+            acc_x = W.add_windows(acc_x, x_prev, ss, m)
+            if return_x0:
+                acc_x0 = W.add_windows(acc_x0, x0, ss, m)
             return (acc_x, acc_x0), aux
 
-        zeros = jnp.zeros_like(x)
+        zeros = jnp.zeros((group,) + x.shape, x.dtype)  # one partial sum per window slot (a device's own)
         (sum_x, sum_x0), aux = jax.lax.scan(one_group, (zeros, zeros if return_x0 else None), (g_starts, g_real))
+        sum_x = sum_x.sum(axis=0)  # on a mesh: one all-reduce of the latent a step
+        sum_x0 = sum_x0.sum(axis=0) if return_x0 else None
         w = counts[None, None, :, None, None]
         x_prev = sum_x / w
         if use_noise:

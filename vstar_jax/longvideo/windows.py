@@ -128,6 +128,19 @@ def stack_windows(x, context, starts, window: int):
     return xw, jnp.broadcast_to(context, (starts.shape[0],) + context.shape)
 
 
+def add_windows(acc, values, starts, real):
+    """acc[j, :, :, s_j:s_j+F] += values[j] for each window slot j (a masked slot adds nothing): acc (D, b,
+    c, N, h, w) holds one partial sum per slot, so on a mesh each device adds its own windows locally and
+    the slots are summed once a step (D = 1: the serial loop's sums)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    def one(a, v, s, m):
+        return add_frames(a, jnp.where(m, v, 0.0), s)
+
+    return jax.vmap(one)(acc, values, starts, real)
+
+
 def add_frames(acc, value, start):
     """acc[:, :, start:start+F] += value (traced start)."""
     import jax  # noqa: PLC0415
