@@ -21,8 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from vstar_jax.diffusion.parameterization import to_eps
 from vstar_jax.diffusion.sampler import Denoiser
-from vstar_jax.parallel.sharding import (CONTEXT_AXES, DEFAULT_RULES, FRAME_CONTEXT_AXES, LATENT_AXES, activation_layout,
-                                         named)
+from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +63,6 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             if layout is not None:  # the same devices re-gridded for the rows (see activation_layout)
                 rows = named(layout.mesh, LATENT_AXES, layout.rules)
             x = jax.lax.with_sharding_constraint(x, rows)
-            if spec.windows > 1 and layout is not None:  # D windows' contexts: each device slices its own rows
-                # (left free, XLA builds the stacked windows' per-frame contexts by all-to-all)
-                ctx = jax.lax.with_sharding_constraint(
-                    ctx, named(layout.mesh, FRAME_CONTEXT_AXES if ctx.ndim == 4 else CONTEXT_AXES, layout.rules))
         p = params
         if rows is not None and rows.mesh.shape.get("model", 1) > 1:
             # FSDP: weights are stored split over "model" and gathered whole for the call (ZeRO-3); left
