@@ -59,6 +59,48 @@ def collective_bytes(hlo: str) -> dict:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def executed_collective_bytes(hlo: str) -> dict:
+    """:func:`collective_bytes` as the program runs: each computation's collectives times how often it
+    runs, a while loop's body ``known_trip_count`` times (the step loop, a long video's loop over window
+    groups), a called or conditional computation once. {op: (count, bytes per device)} executed; divide
+    by the steps for bytes per step. A loop without a known trip count counts once."""
+    comps, name, lines = {}, None, []
+    for line in hlo.splitlines():
+        m = re.match(r"(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+        if m and not line.startswith(" "):
+            name, lines = m.group(1), []
+            if line.startswith("ENTRY"):
+                comps["__entry__"] = name
+        elif line.startswith("}") and name is not None:
+            comps[name] = "\n".join(lines)
+            name = None
+        elif name is not None:
+            lines.append(line)
+    memo: dict = {}
+
+    def total(comp: str) -> dict:
+        if comp in memo:
+            return memo[comp]
+        text = comps.get(comp, "")
+        out = {k: list(v) for k, v in collective_bytes(text).items()}
+        for line in text.splitlines():
+            trips = 1
+            called = re.findall(r"(?:body|to_apply|true_computation|false_computation|branch_computations=\{[^}]*)"
+                                r"=%([\w.\-]+)", line) if (" while(" in line or " call(" in line
+                                                            or " conditional(" in line) else []
+            if " while(" in line:
+                t = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                trips = int(t.group(1)) if t else 1
+            for c in called:
+                for k, (n, b) in total(c).items():
+                    out[k][0] += trips * n
+                    out[k][1] += trips * b
+        memo[comp] = {k: tuple(v) for k, v in out.items()}
+        return memo[comp]
+
+    return total(comps.get("__entry__", ""))
+
+
 def _parse_mesh(spec: str) -> dict:
     return {k: int(v) for k, v in (p.split("=") for p in spec.split(","))}
 

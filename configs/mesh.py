@@ -4,7 +4,8 @@
 items, ``frames`` the frames the UNet sees, ``model`` the UNet's kernels (FSDP: stored split, gathered
 for each call). ``rules``: (logical axis, mesh axis or axes or None) pairs, read by
 ``vstar_jax.parallel.sharding``: the latents are (batch, channels, frames, height, width); inside the
-UNet the spatial layers see ``rows`` (batch x frames merged) and the temporal layers ``pixels``.
+UNet the spatial layers see ``rows`` (batch x frames merged) and the temporal layers ``pixels``;
+``windows``: the long-video windows of one step run together, D per UNet call (default: ``data``).
 Copy this file to change either; ``--mesh data=2,frames=4`` sets the axes alone.
 """
 import ml_collections

@@ -135,7 +135,7 @@ def generate_parser() -> argparse.ArgumentParser:
                    help="record the temporal attention maps and plot them (VSTAR Fig. 4)")
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
     p.add_argument("--mesh", metavar="AXES",
-                   help="spread the UNet's work over devices: data=2 (CFG rows), frames=4 (the frames it sees), "
+                   help="spread the UNet's work over devices: data=2 (CFG rows; long videos: windows), frames=4 (the frames it sees), "
                         "model=2 (FSDP params); e.g. data=2,frames=4; or a mesh config file (configs/mesh.py: "
                         "axes and logical-axis rules)")
     p.add_argument("--long-video", metavar="METHOD[:ARGS]",
@@ -144,7 +144,10 @@ def generate_parser() -> argparse.ArgumentParser:
                         "freenoise:16:4 (FreeNoise, window 16 stride 4), fifo:16:4 (FIFO-Diffusion, window 16, "
                         "4 partitions = 64 DDIM steps), vidrd:16:8 (Reuse and Diffuse, overlap 8), streaming:16:8 "
                         "(StreamingT2V's CAM + APM: chunks of 16 on the last 8; needs a checkpoint with them); settings "
-                        "by name too, e.g. vidrd:window=16,overlap=8,pns_alpha=0.5 (default: one pass)")
+                        "by name too, e.g. vidrd:window=16,overlap=8,pns_alpha=0.5 (default: one pass). On a --mesh, "
+                        "genl, blend and fifo run D windows of a step as one UNet call (D = the mesh axis the "
+                        "'windows' rule names, data by default); streaming and vidrd are autoregressive over "
+                        "chunks and run them serially")
     p.add_argument("--attention-backend", default="auto", metavar="NAME",
                    help="the UNet's attention: auto (default: cuDNN's fused kernel on a GPU in bf16/fp16 and the Pallas "
                         "Triton kernel for its float32 self-attention, the Pallas flash kernel on a TPU, XLA "
@@ -236,7 +239,8 @@ def _max_memory_arg(gib: Optional[float]):
 
 
 # flags --from-sidecar applies; every other one is the sidecar's to say
-SIDECAR_APPLIES = ("from_sidecar", "out", "checkpoint", "gif", "quiet", "attention_png", "overwrite", "max_memory")
+SIDECAR_APPLIES = ("from_sidecar", "out", "checkpoint", "gif", "quiet", "attention_png", "overwrite", "max_memory",
+                   "mesh")
 
 
 def _given_flags(parser: argparse.ArgumentParser, a, argv: Sequence[str]) -> list[str]:
@@ -272,13 +276,14 @@ def generate_main(argv: Sequence[str]) -> int:
         if ignored:
             raise UsageError(f"--from-sidecar takes its settings from the sidecar; it would ignore "
                              f"{', '.join(ignored)} (it applies only --out, --checkpoint, --gif, --attention-png, "
-                             f"--overwrite, --max-memory and --quiet)")
+                             f"--overwrite, --max-memory, --mesh and --quiet)")
         sc = pl.load_sidecar(a.from_sidecar)  # its fields are checked before any compute
         out = a.out or _regen_output(a.from_sidecar, sc, pl.VIDEO_SUFFIXES)
         try:
             res = pl.regenerate(a.from_sidecar, out=out, checkpoint=a.checkpoint, gif=a.gif,
                                 attention_png=a.attention_png, progress=progress, verify=pl.regenerates_exactly(sc),
-                                keep_video=False, overwrite=a.overwrite, max_memory=max_memory)
+                                keep_video=False, overwrite=a.overwrite, max_memory=max_memory,
+                                mesh=_mesh_arg(a.mesh))
         except pl.FramesDiffer as e:  # computed, but not the recorded frames: nothing kept
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
             return 1

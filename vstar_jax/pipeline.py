@@ -47,8 +47,9 @@ from vstar_jax.generation.outputs import (SIDECAR_ARGS, SIDECAR_FORMAT, VIDEO_SU
                                           sidecar_kwargs, write_attention)
 from vstar_jax.generation.request import GenerationRequest, check_states, make_request, number
 from vstar_jax.generation.sampling import (SamplePlan, SamplingInterrupted, capture_maps, compiled_sampler,  # noqa: F401
-                                           log, memory_for, plan_for, plan_params, resolve_mesh, resolve_rules,
-                                           row_sharding, run_sampler, BATCH_MODES, Items, sampler_args, check_finite,
+                                           describe_device_plan, device_plan, log, memory_for, plan_for, plan_params,
+                                           resolve_mesh, resolve_rules, row_sharding, run_sampler, BATCH_MODES, Items,
+                                           sampler_args, check_finite,
                                            reset_finite_check)
 from vstar_jax.io.atomic import Staging
 from vstar_jax.io.video import sidecar_path, sidecar_text
@@ -84,7 +85,7 @@ def sample_latents(pipe: Pipeline, plan: SamplePlan, request: GenerationRequest,
         mesh = plan.row_sharding.mesh
         args = (shard_params(params, mesh),) + tuple(replicate(a, mesh) for a in args[1:])
     run = _compiled_sampler(pipe.unet, plan, args, progress)
-    calls = request.strategy.check(request.frames, request.ddim_steps).calls
+    calls = request.strategy.check(request.frames, request.ddim_steps).calls_for(plan.windows)
     latents, aux, seconds = run_sampler(run, args, total_calls=calls, progress=progress,
                                         unit="step" if request.strategy.name == "single" else "call")
     if not getattr(latents, "is_fully_addressable", True):  # a mesh over several hosts: every process gets all
@@ -146,6 +147,9 @@ def _generate(prompt: str, o: GenerationOptions, *, expect_sha256: Optional[str]
     rules = resolve_rules(o.mesh) if o.mesh is not None else None
     mesh = resolve_mesh(o.mesh)
     rows = row_sharding(mesh, splan.unet_frames, rules=rules)
+    dplan = device_plan(mesh, rules, splan, request.strategy, capture=request.capture)
+    if dplan["windows_per_call"] > 1:  # the UNet's rows are D windows x 2 CFG rows
+        rows = row_sharding(mesh, splan.unet_frames, rows=2 * dplan["windows_per_call"], rules=rules)
     paths = check_outputs(o.out, o.gif, o.attention_png, o.overwrite,  # creates the output folder: after the checks
                           save_fps=request.save_fps)
     progress = o.progress
@@ -159,7 +163,8 @@ def _generate(prompt: str, o: GenerationOptions, *, expect_sha256: Optional[str]
         _log(progress, f"loading {'the embedded demo model' if o.checkpoint is None else o.checkpoint}")
         pipe = load_pipeline(o.checkpoint)
     pipe = pipe.with_unet_settings(attention_backend=request.attention_backend)
-    plan = plan_for(request, info.latent_channels, rows, rules, memory_for(pipe, request))
+    plan = plan_for(request, info.latent_channels, rows, rules, memory_for(pipe, request),
+                    windows=dplan["windows_per_call"])
 
     # ---- encode ----------------------------------------------------------------------------
     _log(progress, "encoding the prompt" + (f" and {len(request.synopsis)} synopsis states" if request.synopsis else ""))
@@ -171,6 +176,8 @@ def _generate(prompt: str, o: GenerationOptions, *, expect_sha256: Optional[str]
     _log(progress, f"sampling {request.frames} frames at {h}x{w} latents, {request.steps} DDIM steps "
                    f"(cfg {request.cfg}, eta {request.eta}, seed {request.seed}{', TAR' if request.tar else ''}"
                    f"{', VSP' if request.synopsis else ''}{f', {st.spec()}: {splan.note}' if st.name != 'single' else ''})")
+    if mesh is not None or dplan["serial"]:
+        _log(progress, describe_device_plan(dplan))
     latents, aux, t_sample = sample_latents(pipe, plan, request, cond, uncond, progress=progress)
 
     # ---- decode + write (streamed; every file temporary until all are complete) ---------------
@@ -182,7 +189,8 @@ def _generate(prompt: str, o: GenerationOptions, *, expect_sha256: Optional[str]
         sidecar = build_sidecar(
             request, checkpoint=pipe.source, video_size=size, latent_shape=plan.latent_shape,
             vae_factor=info.vae_factor, frames_sha256=digest,
-            mesh=dict(mesh.shape) if rows is not None else None, paths=paths,
+            mesh=dict(mesh.shape) if rows is not None else None, device_plan=dplan if rows is not None else None,
+            paths=paths,
             scale_factor=pipe.diffusion["scale_factor"],
             timing={"sample": round(t_sample, 3), "decode": round(t_decode, 3), "total": round(time.time() - t_start, 3)})
         result = GenerationResult(video, sidecar, None, latents, attention)
@@ -412,14 +420,15 @@ def regenerates_exactly(sidecar: dict) -> bool:
 
 def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: bool = False, attention_png=None,
                progress: bool = True, verify: bool = True, keep_video: bool = True, overwrite: bool = True,
-               max_memory=None) -> GenerationResult:
+               max_memory=None, mesh=None) -> GenerationResult:
     """Reproduce a video from its sidecar (its synopsis is reused, no LLM is asked).
 
     ``checkpoint`` overrides the recorded path. The sidecar's fields are checked before any
     compute. With ``verify`` (and a sidecar :func:`regenerates_exactly` allows), a frame hash different
     from the recorded one raises
     :class:`~vstar_jax.generation.outputs.FramesDiffer` (a VstarError) and no file is kept (another
-    backend or version may differ, or the sidecar was edited).
+    backend or version may differ, or the sidecar was edited). ``mesh``: run on this mesh (as
+    ``generate_video``'s); the recorded one (the sidecar's ``mesh``) reproduces a run on a mesh bit for bit.
     """
     sc = load_sidecar(sidecar_path)
     verify = verify and regenerates_exactly(sc)
@@ -430,7 +439,7 @@ def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: b
     options = GenerationOptions(
         pipeline=pipeline, out=out, gif=gif, attention_png=attention_png, record_attention=bool(sc.get("attention")),
         progress=progress, synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, overwrite=overwrite,
-        max_memory=max_memory, **kw)
+        max_memory=max_memory, mesh=mesh, **kw)
     res = _generate(sc["prompt"], options, expect_sha256=sc.get("frames_sha256") if verify else None)
     if verify and sc.get("frames_sha256") and res.sidecar["frames_sha256"] != sc["frames_sha256"]:
         raise FramesDiffer(f"regenerated frames differ from {sidecar_path} (recorded on "

@@ -48,12 +48,15 @@ class Denoiser:
     latent (bound to their params by the sampling stage; None for every other model). ``clip_x0``:
     alphas_cumprod of the schedule when the guided eps is replaced by one whose implied x0 is clipped
     to [-1, 1] (:func:`~vstar_jax.diffusion.parameterization.clip_eps`; the demo model's option), else None.
+    ``windows``: D, how many independent windows of a long-video step one call takes
+    (:func:`guided_eps_windows`; the size of the mesh axis the ``windows`` rule names, 1 on one device).
     """
 
     fn: Callable
     cam_input: Optional[Callable] = None
     anchor_pair: Optional[Callable] = None
     clip_x0: Any = None
+    windows: int = 1
 
     def __call__(self, x, t, ctx, i, **extra):
         return self.fn(x, t, ctx, i, **extra)
@@ -164,6 +167,38 @@ def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guide
     if den.clip_x0 is not None:
         eps = clip_eps(eps, x, tt[:b], den.clip_x0)
     return eps, aux
+
+
+def guided_eps_windows(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
+                       capture: bool = False):
+    """:func:`guided_eps` of D windows in ONE model call (the windows stacked into the batch): ``x`` (D, b,
+    c, F, h, w); ``t`` per window, (D,) or (D, F); ``context`` each window's [uncond; cond] rows, (D, rows,
+    ...); ``step_index`` a scalar or one per window (D,). The rows are window-major, [u_0; c_0; u_1; c_1;
+    ...], so a device holding a window's rows holds both its CFG halves and the guidance is local. Returns
+    ``(eps (D, b, c, F, h, w), aux)``; D = 1 is :func:`guided_eps` itself (the serial path's graph)."""
+    d = x.shape[0]
+    if d == 1:
+        si = step_index if jnp.ndim(step_index) == 0 else step_index[0]
+        eps, aux = guided_eps(model_fn, x[0], t[0], context[0], si, cfg_scale, guided=guided, capture=capture)
+        return eps[None], aux
+    if capture:
+        raise ValueError("attention maps are recorded one window per UNet call (D = 1)")
+    den = as_denoiser(model_fn)
+    b, r = x.shape[1], (2 if guided else 1)
+    t = jnp.asarray(t, jnp.int32)
+    tt = jnp.broadcast_to(t[:, None], (d, r * b) + t.shape[1:])
+    x_in = jnp.broadcast_to(x[:, None], (d, r) + x.shape[1:]).reshape((d * r * b,) + x.shape[2:])
+    ctx = context.reshape((d * context.shape[1],) + context.shape[2:])
+    si = step_index if jnp.ndim(step_index) == 0 else jnp.repeat(jnp.asarray(step_index, jnp.int32), r * b)
+    eps = den.fn(x_in, tt.reshape((d * r * b,) + t.shape[1:]), ctx, si).astype(jnp.float32)
+    eps = eps.reshape((d, r, b) + eps.shape[1:])
+    eps = cfg_combine(eps[:, 0], eps[:, 1], cfg_scale) if guided else eps[:, 0]
+    if den.clip_x0 is not None:
+        def flat(a):
+            return a.reshape((d * b,) + a.shape[2:])
+
+        eps = clip_eps(flat(eps), flat(x), flat(tt[:, :b]), den.clip_x0).reshape(eps.shape)
+    return eps, None
 
 
 def ddim_loop(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided: bool, use_noise: bool,

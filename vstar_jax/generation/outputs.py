@@ -316,7 +316,7 @@ RNG_RULE = "key=jax.random.key(seed); k_x,k_steps=split(key); x_T=normal(k_x); n
 
 
 def build_sidecar(request, *, checkpoint: str, video_size, latent_shape, vae_factor: int, frames_sha256: str,
-                  mesh, paths: dict, timing: dict, scale_factor) -> dict:
+                  mesh, paths: dict, timing: dict, scale_factor, device_plan=None) -> dict:
     """The sidecar of one video: every setting of the request, what ran it, and the frame hash."""
     strategy = request.strategy
     rule = RNG_RULE + ("; " + strategy.rng_rule() if strategy.rng_rule() else "")
@@ -350,6 +350,7 @@ def build_sidecar(request, *, checkpoint: str, video_size, latent_shape, vae_fac
         "rng": {"impl": str(jax.config.jax_default_prng_impl), "rule": rule},
         "frames_sha256": frames_sha256,
         "mesh": mesh,
+        "device_plan": device_plan,  # how the mesh's devices split a step (generation.sampling.device_plan)
         "long_video": request.long_video.to_dict() if request.long_video is not None else None,
         "outputs": {k: (str(v) if v is not None else None) for k, v in paths.items()},
         "versions": versions(),

@@ -36,7 +36,7 @@ from vstar_jax.errors import VstarError
 from vstar_jax.jax_private import private_jax, warn_once
 from vstar_jax.longvideo import parse_strategy
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
-from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, make_mesh, named
+from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, make_mesh, named, window_group
 from vstar_jax.runtime import runtime
 from vstar_jax.tar_vsp.analysis import flatten_maps
 
@@ -63,6 +63,7 @@ class SamplePlan:
     rules: Any = None  # logical-axis rules of the activations on the mesh (None: the default table)
     memory: Any = None  # StreamingT2V's StreamingMemory (then params = (unet params, its params)), or None
     clip_x0: bool = False  # guided eps with its implied x0 clipped to [-1, 1] (the demo model's option)
+    windows: int = 1  # D: independent long-video windows per UNet call (device_plan; the mesh's windows axis)
 
     def schedule(self):
         return make_schedule(self.flavor, self.steps, self.eta, **dict(self.schedule_kwargs))
@@ -75,15 +76,49 @@ class SamplePlan:
         hooks = ((self.tar,) if self.tar is not None else ())
         if self.strategy is not None:
             hooks = hooks + tuple(self.strategy.attention_hooks(self.latent_shape[2]))
-        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding, self.rules, self.clip_x0)
+        return DenoiserSpec(self.prediction, hooks, self.capture, self.row_sharding, self.rules, self.clip_x0,
+                            self.windows)
 
 
-def plan_for(request, latent_channels: int, row_sharding=None, rules=None, memory=None) -> SamplePlan:
+def plan_for(request, latent_channels: int, row_sharding=None, rules=None, memory=None, windows: int = 1) -> SamplePlan:
     """The compiled loop's plan of a validated :class:`~vstar_jax.generation.request.GenerationRequest`."""
     h, w = request.latent_hw
     return SamplePlan(request.flavor, request.steps, request.eta, request.schedule_kwargs,
                       (1, int(latent_channels), request.frames, h, w), request.tar, request.capture, row_sharding,
-                      request.strategy, request.prediction, rules, memory)
+                      request.strategy, request.prediction, rules, memory, windows=int(windows))
+
+
+def device_plan(mesh, rules, splan, strategy, *, capture: bool = False) -> dict:
+    """How the devices split one long-video step, from the mesh and the method (printed before compute and
+    recorded in the sidecar as ``device_plan``): ``windows_per_call`` D (the size of the mesh axis the
+    ``windows`` rule names) independent windows stacked into one UNet call, ``window_groups`` calls per
+    step of which the last holds ``padded`` masked windows; each call's 2 D CFG rows over ``row_devices``
+    devices and each window's frames over ``frame_devices`` (``activation_layout``). ``serial``: why a
+    method's windows run one per call (``Strategy.SERIAL``: StreamingT2V, VidRD are autoregressive over
+    chunks), else "". A run that records attention maps takes one window per call too."""
+    n = math.prod(mesh.shape.get(a, 1) for a in ("data", "frames")) if mesh is not None else 1
+    total = int(splan.group_windows)
+    d = window_group(mesh, rules) if total and not capture else 1
+    groups = splan.groups(d) if total else 0
+    layout = activation_layout(mesh, 2 * d, splan.unet_frames, rules or DEFAULT_RULES) if mesh is not None else None
+    gb, gf = ((layout.mesh.shape["data"], layout.mesh.shape["frames"]) if layout is not None else (1, 1))
+    return {"method": strategy.name, "devices": n, "windows_per_call": d, "window_groups": groups,
+            "padded": groups * d - total if total else 0, "windows": total, "row_devices": gb, "frame_devices": gf,
+            "serial": strategy.SERIAL, "capture": bool(capture)}
+
+
+def describe_device_plan(p: dict) -> str:
+    """The plan line printed before compute (see :func:`device_plan`)."""
+    if p["serial"]:
+        head = f"{p['method']} runs its chunks serially, one per UNet call ({p['serial']})"
+    elif p["windows"]:
+        head = (f"{p['windows']} windows a step in {p['window_groups']} UNet call(s) of {p['windows_per_call']} "
+                f"window(s)" + (f", the last padded with {p['padded']} masked window(s)" if p["padded"] else "")
+                + (" (attention maps are recorded one window per call)" if p["capture"] else ""))
+    else:
+        head = "one UNet call a step"
+    return (f"device plan: {head}; {p['devices']} device(s): the call's {2 * p['windows_per_call']} CFG rows over "
+            f"{p['row_devices']}, each window's frames over {p['frame_devices']}")
 
 
 def memory_for(pipe, request):

@@ -64,11 +64,26 @@ class SampleInputs(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What a strategy will do for a length: the frames the UNet sees per call, and how many
-    (CFG-batched) UNet calls the whole loop makes (the progress bar counts them)."""
+    (CFG-batched) UNet calls the whole loop makes one window per call (the progress bar counts them:
+    :meth:`calls_for` with D windows per call)."""
 
     unet_frames: int
     calls: int
     note: str = ""
+    #: windows of one step (FIFO: one queue iteration) that do not depend on each other, so D of them run
+    #: as one batched UNet call (the ``windows`` mesh axis); 0: the method's calls run serially
+    group_windows: int = 0
+    group_steps: int = 0  # how many steps (iterations) have those windows
+
+    def groups(self, d: int) -> int:
+        """UNet calls per step with D windows per call (ceil(windows / D); the last group padded)."""
+        return -(-self.group_windows // max(1, int(d))) if self.group_windows else 0
+
+    def calls_for(self, d: int) -> int:
+        """The loop's UNet calls with D windows per call (:attr:`calls` when D = 1 or serial)."""
+        if not self.group_windows:
+            return self.calls
+        return self.calls - self.group_steps * (self.group_windows - self.groups(d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +94,9 @@ class Strategy:
     POSITIONAL: ClassVar[tuple] = ()
     #: strategies whose UNet calls take one timestep per frame (the UNet supports it by shape)
     per_frame_timesteps: ClassVar[bool] = False
+    #: why the method's UNet calls must run one after another (autoregressive over chunks), or ""; the
+    #: device plan prints it (:func:`vstar_jax.generation.sampling.device_plan`)
+    SERIAL: ClassVar[str] = ""
     #: settings a sidecar written before a field existed ran with (:func:`sidecar_settings` fills them in)
     SIDECAR_LEGACY: ClassVar[dict] = {}
 

@@ -7,7 +7,11 @@ is applied to eps, which per frame is the same as blending x0 (x0 is an elementw
 x and eps) and keeps the update's eps consistent with the blended x0. Offsets:
 ``randint(fold_in(key, OFFSET_FOLD), (n_steps, n_chunks), 0, O)`` with chunk 0's offset 0; DDIM
 noise as in ``single``. Needs (N - O) % (F - O) == 0. With N == F it is ``single``
-bit for bit.
+bit for bit. The chunks of a step all read x_t: D of them (``Denoiser.windows``, the mesh's ``windows``
+axis) run as one batched UNet call. The owner map, order-dependent as the reference writes it, is
+computed in closed form (:func:`owner_map`: the last chunk that writes a frame), each chunk adds only the
+frames it owns to its slot's partial sum, and the slots are summed once a step: one owner per frame, so
+the sum is the serial selection exactly, for any D; the last group is padded with masked chunks.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vstar_jax.diffusion.sampler import SampleOutput, ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import SampleOutput, as_denoiser, ddim_step, guided_eps_windows
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -36,19 +41,44 @@ def owner_write(full, chunk, start, offset):
     return jax.lax.dynamic_update_slice_in_dim(full, new, start, axis=2)
 
 
+def owner_map(starts, offsets, window: int, frames: int):
+    """The randomized-blending owner map of one step: (frames,) int32, the chunk whose prediction each frame
+    takes. Chunk k covers ``[s_k, s_k + F)`` and writes its frames from ``s_k + r_k`` on, the chunks in order
+    (frames before ``s_k + r_k`` keep chunk k-1's), so a frame's owner is the last chunk that writes it:
+    max{k : s_k + r_k <= j < s_k + F} (StreamingT2V ``diffusion_sdedit.py``, ``model_fn`` of
+    ``GaussianDiffusion_SDEdit.sample``). With chunk 0's offset 0 every frame has one. The closed form of
+    :func:`owner_write` applied chunk by chunk (which the enhancer's serial loop does)."""
+    j = jnp.arange(frames, dtype=jnp.int32)[None, :]
+    s = jnp.asarray(starts, jnp.int32)[:, None]
+    writes = (j >= s + jnp.asarray(offsets, jnp.int32)[:, None]) & (j < s + window)
+    k = jnp.arange(s.shape[0], dtype=jnp.int32)[:, None]
+    return jnp.max(jnp.where(writes, k, -1), axis=0)
+
+
 def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window,
-           guided, use_noise, return_x0, capture):
+           guided, use_noise, return_x0, capture, group=1):
+    index, real = W.window_groups(len(starts), group)
+    g_starts, g_real = jnp.asarray(np.asarray(starts)[index]), jnp.asarray(real)
+
+    frames = x_T.shape[2]
+    g_index = jnp.asarray(index)
+
     def step(x, xs):
-        co, i, k, r = xs
+        co, i, k, r = xs  # r: (n_chunks,) this step's offsets
+        owner = owner_map(starts, r, window, frames)
 
-        def one_chunk(eps_full, sr):
-            s, off = sr
-            xw, ctx = W.window_view(x, context, s, window)
-            eps, aux = guided_eps(model_fn, xw, co["timesteps"], ctx, i, cfg_scale,
-                                  guided=guided, capture=capture)
-            return owner_write(eps_full, eps, s, off), aux  # frames before s + r keep chunk k-1's
+        def one_group(acc, sm):  # D chunks, one batched UNet call; each adds the frames it owns
+            ss, ids, m = sm
+            xw, ctx = W.stack_windows(x, context, ss, window)
+            eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
+                                          cfg_scale, guided=guided, capture=capture)
+            owns = jax.vmap(lambda s, c: W.slice_frames(owner, s, window, 0) == c)(ss, ids)  # (D, F)
+            eps = jnp.where(owns[:, None, None, :, None, None], eps, 0.0)  # one owner per frame: exact sums
+            return W.add_windows(acc, eps, ss, m), aux
 
-        eps_full, aux = jax.lax.scan(one_chunk, jnp.zeros_like(x), (starts, r))
+        zeros = jnp.zeros((group,) + x.shape, x.dtype)  # one partial sum per slot (a device's own chunks)
+        eps_full, aux = jax.lax.scan(one_group, zeros, (g_starts, g_index, g_real))
+        eps_full = eps_full.sum(axis=0)  # on a mesh: one all-reduce of the latent a step
         noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
         x_prev, x0 = ddim_step(x, eps_full, co, noise)
         return x_prev, (x0 if return_x0 else None, aux)
@@ -92,7 +122,7 @@ class Blend(Strategy):
             starts = W.chunk_starts(int(frames), self.window, self.overlap)
         except ValueError as e:
             raise VstarError(str(e)) from None
-        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} chunks")
+        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} chunks", len(starts), int(steps))
 
     def rng_rule(self) -> str:
         return f"offsets=randint(fold_in(k_steps,{OFFSET_FOLD:#x}),(steps,chunks),0,overlap) with chunk 0's set to 0"
@@ -111,5 +141,6 @@ class Blend(Strategy):
         n_steps = inputs.coeffs["timesteps"].shape[0]
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
         return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
-                      jnp.asarray(starts), offsets, window=self.window, guided=inputs.guided,
-                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture)
+                      starts, offsets, window=self.window, guided=inputs.guided,
+                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
+                      group=1 if capture else as_denoiser(model_fn).windows)

@@ -39,8 +39,18 @@ new ones.
 
 TAR's step gate uses the loop index of each window's middle frame. FIFO cannot reproduce plain
 DDIM for any N (its frames are never denoised together at one noise level after the base clip).
-The iterations are one ``lax.scan``, the windows of one iteration an inner ``lax.scan``; memory
-holds the queue (n F + F/2 frames) and the output latents, whatever N is.
+The iterations are one ``lax.scan``, the windows of one iteration an inner ``lax.scan`` over groups of
+D windows; memory holds the queue (n F + F/2 frames) and the output latents, whatever N is.
+
+**The windows of one iteration are independent** (FIFO's "parallel inference over partitions"), checked
+against the reference's order (``fifo_ddim_sampling`` in ``scripts/evaluation/funcs.py``): its inner loop
+visits ``rank`` in *reversed* order, window ``rank`` reads queue positions ``[rank F/2, rank F/2 + F)``
+and writes back ``[rank F/2 + F/2, rank F/2 + F)`` (lookahead; without it ``[rank F, rank F + F)`` both).
+The windows that ran before it in the iteration (higher ranks) wrote only positions at or after
+``(rank + 2) F/2``, past its last read; without lookahead the windows are disjoint. So every window reads
+the queue as the iteration found it, and the written ranges are disjoint: D windows (``Denoiser.windows``,
+the mesh's ``windows`` axis) run as one batched UNet call, each with its own timesteps and TAR gate,
+with or without lookahead; the last group is padded with masked windows (they write nothing).
 """
 from __future__ import annotations
 
@@ -51,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import ddim_loop, ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import as_denoiser, ddim_loop, ddim_step, guided_eps_windows
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -140,7 +150,8 @@ class FIFO(Strategy):
         iters = int(frames) + self.queue_steps - self.window
         per_iter = 2 * self.partitions if self.lookahead else self.partitions
         return Plan(self.window, self.queue_steps + iters * per_iter,
-                    f"queue of {self.queue_steps}{f' + {self.window // 2} lookahead' if self.lookahead else ''}")
+                    f"queue of {self.queue_steps}{f' + {self.window // 2} lookahead' if self.lookahead else ''}",
+                    per_iter, iters)
 
     def noise_shape(self, shape: tuple) -> tuple:
         b, c, _, h, w = shape
@@ -172,29 +183,40 @@ class FIFO(Strategy):
         index = jnp.asarray(index)
         k_iter = jax.random.fold_in(inputs.key, ITER_FOLD)
 
+        group = as_denoiser(model_fn).windows
+        g_index, g_real = W.window_groups(len(starts), group)
+        g_starts, g_wi, g_real = jnp.asarray(starts[g_index]), jnp.asarray(g_index), jnp.asarray(g_real)
+
         def one_iteration(q, it):
             k_new, k_step = jax.random.split(jax.random.fold_in(k_iter, it))
 
-            def one_window(q_new, sw):
-                s, wi = sw
-                xw = W.slice_frames(q, s, f, 2)
+            def window_inputs(s, wi):  # window wi at queue position s: its frames, levels, context, noise
+                xw = W.slice_frames(q, s, f, 2)  # every window reads the queue as the iteration found it
                 idx = W.slice_frames(index, s, f, 0)
-                co_f = {k: v[idx][:, None, None] for k, v in ref.items() if k != "timesteps"}
-                t = ref["timesteps"][idx]
                 if per_frame_ctx:  # queue position p holds output frame it + p - prefix - (L - F)
                     frames = jnp.clip(it + s + jnp.arange(f) - prefix - (L - f), 0, N - 1)
                     ctx = jnp.take(inputs.context, frames, axis=1)
                 else:
                     ctx = inputs.context
-                step_index = L - 1 - idx[f // 2]
-                eps, _ = guided_eps(model_fn, xw, t, ctx, step_index, inputs.cfg_scale, guided=inputs.guided)
                 noise = (jax.random.normal(jax.random.fold_in(k_step, wi), xw.shape, jnp.float32)
                          if inputs.use_noise else None)
-                x_prev, _ = ddim_step(xw, eps, co_f, noise)
-                keep = W.slice_frames(x_prev, write_from, f - write_from, 2)
-                return jax.lax.dynamic_update_slice_in_dim(q_new, keep, s + write_from, axis=2), None
+                return xw, idx, ctx, noise
 
-            q, _ = jax.lax.scan(one_window, q, (jnp.asarray(starts), jnp.arange(len(starts), dtype=jnp.int32)))
+            def one_group(q_new, sw):  # D windows, one batched UNet call; each writes its own frames
+                ss, wis, m = sw
+                xw, idx, ctx, noise = jax.vmap(window_inputs)(ss, wis)
+                eps, _ = guided_eps_windows(model_fn, xw, ref["timesteps"][idx], ctx, L - 1 - idx[:, f // 2],
+                                            inputs.cfg_scale, guided=inputs.guided)
+                co_f = {k: v[idx][:, None, None, :, None, None] for k, v in ref.items() if k != "timesteps"}
+                x_prev, _ = ddim_step(xw, eps, co_f, noise)
+                for j in range(group):
+                    keep = W.slice_frames(x_prev[j], write_from, f - write_from, 2)
+                    at = ss[j] + write_from
+                    keep = jnp.where(m[j], keep, W.slice_frames(q_new, at, f - write_from, 2))  # padded: no-op
+                    q_new = jax.lax.dynamic_update_slice_in_dim(q_new, keep, at, axis=2)
+                return q_new, None
+
+            q, _ = jax.lax.scan(one_group, q, (g_starts, g_wi, g_real))
             out = q[:, :, prefix]
             fresh = jax.random.normal(k_new, (b, c, 1, h, w), jnp.float32)
             q = jnp.concatenate([q[:, :, 1:], fresh], axis=2)

@@ -3,9 +3,15 @@
 At every DDIM step each window takes its own guided DDIM step; x_{t-1} of a frame is the
 uniform average over the windows covering it. The step noise is drawn once for the long latent
 (step i: ``normal(split(key, n)[i], x.shape)``) so averaging keeps unit variance; the average is
-taken before adding it. One ``lax.scan`` over steps, an inner ``lax.scan`` over window starts
-(``lax.dynamic_slice``), so the traced program holds one UNet call whatever N is. With N == F it
-is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
+taken before adding it. One ``lax.scan`` over steps, an inner ``lax.scan`` over groups of D windows
+(``lax.dynamic_slice``), so the traced program holds one UNet call whatever N is. Every window of a
+step reads x_t, so the windows are independent: a group is ONE batched UNet call of D windows (D =
+``Denoiser.windows``, the size of the mesh axis the ``windows`` rule names: each device a window;
+:func:`~.windows.window_groups` pads the last group with masked windows). Each window slot keeps its own
+partial sum of x_{t-1} over the video (:func:`~.windows.add_windows`: on a mesh a device adds its own
+windows locally) and the D slots are summed once a step, the only communication of the average (one
+all-reduce of the latent); D = 1 is the serial loop's sums, D > 1 adds the same terms in another order
+(<= 1e-6). With N == F it is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
 """
 from __future__ import annotations
 
@@ -15,30 +21,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import ddim_step, guided_eps
+from vstar_jax.diffusion.sampler import as_denoiser, ddim_step, guided_eps_windows
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
 
 
 def _genl(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, counts, *, window,
-          guided, use_noise, return_x0, capture):
+          guided, use_noise, return_x0, capture, group=1):
+    index, real = W.window_groups(len(starts), group)
+    g_starts, g_real = jnp.asarray(np.asarray(starts)[index]), jnp.asarray(real)
+
     def step(x, xs):
         co, i, k = xs
 
-        def one_window(acc, s):
-            xw, ctx = W.window_view(x, context, s, window)
-            eps, aux = guided_eps(model_fn, xw, co["timesteps"], ctx, i, cfg_scale,
-                                  guided=guided, capture=capture)
+        def one_group(acc, sm):  # D windows, one batched UNet call; each slot adds into its own partial sum
+            ss, m = sm
+            xw, ctx = W.stack_windows(x, context, ss, window)
+            eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
+                                          cfg_scale, guided=guided, capture=capture)
             x_prev, x0 = ddim_step(xw, eps, co, None)
             acc_x, acc_x0 = acc
-            acc_x = W.add_frames(acc_x, x_prev, s)
+            acc_x = W.add_windows(acc_x, x_prev, ss, m)
             if return_x0:
-                acc_x0 = W.add_frames(acc_x0, x0, s)
+                acc_x0 = W.add_windows(acc_x0, x0, ss, m)
             return (acc_x, acc_x0), aux
 
-        zeros = jnp.zeros_like(x)
-        (sum_x, sum_x0), aux = jax.lax.scan(one_window, (zeros, zeros if return_x0 else None), starts)
+        zeros = jnp.zeros((group,) + x.shape, x.dtype)  # one partial sum per window slot (a device's own)
+        (sum_x, sum_x0), aux = jax.lax.scan(one_group, (zeros, zeros if return_x0 else None), (g_starts, g_real))
+        sum_x = sum_x.sum(axis=0)  # on a mesh: one all-reduce of the latent a step
+        sum_x0 = sum_x0.sum(axis=0) if return_x0 else None
         w = counts[None, None, :, None, None]
         x_prev = sum_x / w
         if use_noise:
@@ -71,11 +83,12 @@ class GenL(Strategy):
             starts = W.sliding_starts(int(frames), self.window, self.stride)
         except ValueError as e:
             raise VstarError(str(e)) from None
-        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} windows")
+        return Plan(self.window, len(starts) * int(steps), f"{len(starts)} windows", len(starts), int(steps))
 
     def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.sliding_starts(inputs.frames, self.window, self.stride)
         counts = W.coverage(inputs.frames, self.window, starts).astype(np.float32)
         return _genl(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
-                     jnp.asarray(starts), jnp.asarray(counts), window=self.window, guided=inputs.guided,
-                     use_noise=inputs.use_noise, return_x0=return_x0, capture=capture)
+                     starts, jnp.asarray(counts), window=self.window, guided=inputs.guided,
+                     use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
+                     group=1 if capture else as_denoiser(model_fn).windows)

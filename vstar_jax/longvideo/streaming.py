@@ -122,6 +122,7 @@ class Streaming(Strategy):
     ``unet.apm`` (``cond`` == its CAM frames)."""
 
     name = "streaming"
+    SERIAL = "each chunk is conditioned on the previous chunk's last frames (CAM) and the first chunk (APM)"
     POSITIONAL = ("window", "cond")
     window: int = 16
     cond: int = 8

@@ -74,6 +74,7 @@ class VidRD(Strategy):
     """Reuse and Diffuse: clips of ``window`` frames reusing the previous clip's last ``overlap``."""
 
     name = "vidrd"
+    SERIAL = "each clip starts from the previous clip's latents (autoregressive)"
     POSITIONAL = ("window", "overlap")
     window: int = 16
     overlap: int = 8

@@ -86,6 +86,19 @@ def coverage(frames: int, window: int, starts) -> np.ndarray:
     return counts
 
 
+def window_groups(n_windows: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of one step in groups of ``group`` (D), one batched UNet call each:
+    ``(index (K, D) int32, real (K, D) bool)`` with K = ceil(n / D). Slot j of group g is window
+    g D + j, so the groups in order, each in slot order, visit the windows in their serial order (sums
+    and order-dependent writes come out as the serial loop's); the slots past the last window repeat it
+    and are masked (``real`` False: they contribute nothing). D = 1 is the serial loop."""
+    n = _int("windows", n_windows, 1)
+    d = _int("group", group, 1)
+    k = -(-n // d)
+    slots = np.arange(k * d, dtype=np.int32).reshape(k, d)
+    return np.minimum(slots, n - 1).astype(np.int32), slots < n
+
+
 # ---------------------------------------------------------------- traced window views (jax)
 def slice_frames(a, start, size: int, axis: int):
     """``a[..., start:start + size, ...]`` along ``axis`` with a traced start."""
@@ -99,6 +112,33 @@ def window_view(x, context, start, window: int):
     xw = slice_frames(x, start, window, 2)
     ctx = slice_frames(context, start, window, 1) if context.ndim == 4 else context
     return xw, ctx
+
+
+def stack_windows(x, context, starts, window: int):
+    """D windows of one step stacked for one batched UNet call: (D, b, c, F, h, w) latents and (D, ...)
+    contexts at ``starts`` (D,) (a gather: on a mesh each device takes its own windows' frames from the
+    replicated latent, where a stack of slices is laid out by all-to-all)."""
+    import jax  # noqa: PLC0415
+
+    xw = jax.vmap(lambda s: slice_frames(x, s, window, 2))(starts)
+    if context.ndim == 4:
+        return xw, jax.vmap(lambda s: slice_frames(context, s, window, 1))(starts)
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    return xw, jnp.broadcast_to(context, (starts.shape[0],) + context.shape)
+
+
+def add_windows(acc, values, starts, real):
+    """acc[j, :, :, s_j:s_j+F] += values[j] for each window slot j (a masked slot adds nothing): acc (D, b,
+    c, N, h, w) holds one partial sum per slot, so on a mesh each device adds its own windows locally and
+    the slots are summed once a step (D = 1: the serial loop's sums)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    def one(a, v, s, m):
+        return add_frames(a, jnp.where(m, v, 0.0), s)
+
+    return jax.vmap(one)(acc, values, starts, real)
 
 
 def add_frames(acc, value, start):

@@ -34,6 +34,7 @@ class DenoiserSpec:
     latent_sharding: Any = None  # NamedSharding the (2b, c, F, h, w) rows are constrained to, or None
     rules: Any = None  # logical-axis rules of the UNet's activations (None: sharding.DEFAULT_RULES)
     clip_x0: bool = False  # guided eps replaced so its implied x0 lies in [-1, 1] (the demo model's option)
+    windows: int = 1  # D: independent long-video windows per call (Denoiser.windows; the mesh's windows axis)
 
 
 def attention_rows(inter, batch: int):
@@ -84,4 +85,4 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             jax.debug.callback(on_call, i, jnp.isfinite(eps).all())
         return (eps, aux) if spec.capture else eps
 
-    return Denoiser(model_fn, cam_input, anchor_pair, ac if spec.clip_x0 else None)
+    return Denoiser(model_fn, cam_input, anchor_pair, ac if spec.clip_x0 else None, spec.windows)

@@ -35,6 +35,9 @@ FRAME_CONTEXT_AXES = ("batch", "frames", "tokens", "embed")
 DEFAULT_RULES: Rules = (
     ("batch", "data"),
     ("frames", "frames"),
+    # the windows of one long-video step that do not depend on each other (Gen-L, blend, FIFO) run as one
+    # batched UNet call of D windows, D = the size of this axis (window_group)
+    ("windows", "data"),
     # inside the UNet (ActivationLayout): spatial layers see (b*f, h, w, c) rows, split over both;
     # temporal layers see (b, f, h*w, c) with every frame local and the pixels split instead
     ("rows", ("data", "frames")),
@@ -127,6 +130,16 @@ def params_sharding_rule(mesh: Mesh, axis: str = "model"):
     """``(path, shape) -> Sharding`` for ``vstar_jax.io.checkpoint.load_checkpoint``: restore
     each array straight into its place on the mesh."""
     return lambda path, shape: param_sharding(shape, mesh, axis)
+
+
+def window_group(mesh: Optional[Mesh], rules: Optional[Rules] = None) -> int:
+    """D: how many independent windows of a long-video step one UNet call takes, the size of the mesh
+    axes the ``windows`` rule names (1 without a mesh, or when the rule names none of its axes)."""
+    if mesh is None:
+        return 1
+    want = dict(rules or DEFAULT_RULES).get("windows")
+    axes = (want,) if isinstance(want, str) else tuple(want or ())
+    return math.prod(mesh.shape.get(a, 1) for a in axes)
 
 
 def axis_size(mesh: Mesh, axis) -> int:

@@ -183,7 +183,7 @@ def make_transform(tar: Optional[TARConfig], level: int, step_index):
     """The logit transform for one temporal attention at ``level``, or None.
 
     ``step_index`` may be a traced scalar (inside the sampler's scan): the gate
-    is then a ``jnp.where``, so one compiled loop serves every step.
+    is then a ``jnp.where``, so one compiled loop serves every step; or one per UNet row (rows,).
     """
     if tar is None or step_index is None:
         return None
@@ -194,6 +194,9 @@ def make_transform(tar: Optional[TARConfig], level: int, step_index):
 
     def transform(logits):
         active = jnp.asarray(step_index) <= tar.until_time
+        if active.ndim == 1:  # one step per UNet row (a batched call of long-video windows at different
+            # steps, FIFO): the logits' leading axis is rows x pixels, row-major
+            active = jnp.repeat(active, logits.shape[0] // active.shape[0]).reshape((-1,) + (1,) * (logits.ndim - 1))
         return jnp.where(active, tar_logits(logits, sigma, scale), logits)
 
     return transform
