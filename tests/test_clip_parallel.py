@@ -3,7 +3,6 @@ blend's chunks, the windows of one FIFO iteration) in ONE batched UNet call, D =
 ``windows`` rule names. Here: the grouping on one device equals the serial loop, the plan and its line,
 and on 8 simulated devices (one subprocess) the pipeline on data 8 / data 2 x frames 4 equals one device,
 with one UNet body per group in the compiled program."""
-import os
 import textwrap
 
 import jax
@@ -177,10 +176,9 @@ def test_two_processes_run_genl_windows_over_data(tmp_path):
     data 2: 2 windows per UNet call, one on each process; latents within 1e-5 of one process, the video and
     sidecar written once (by process 0), the device plan recorded."""
     import json
-    import subprocess
     import sys
 
-    from test_multihost import LAUNCH, _env, _free_port
+    from test_multihost import LAUNCH, _free_port, launch_two
     from tiny_checkpoint import shared_tiny_checkpoint
     from vstar_jax import pipeline as pl
 
@@ -189,11 +187,7 @@ def test_two_processes_run_genl_windows_over_data(tmp_path):
     common = [sys.executable, LAUNCH, "a red circle", "--checkpoint", ckpt, "--frames", "32", "--steps", "2",
               "--seeds", "3", "--long-video", "genl:4:2", "--mesh", "data=2", "--out", str(out), "--save-latents",
               "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--log-dir", str(tmp_path / "logs")]
-    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env()) for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (so, se) in zip(procs, outs):
-        assert p.returncode == 0, se[-3000:]
+    launch_two(common)
     assert sorted(p.name for p in out.parent.iterdir()) == ["long.json", "long.latents.npy", "long.mp4"]
     assert "15 windows a step in 8 UNet call(s) of 2 window(s)" in (tmp_path / "logs" / "process-0.log").read_text()
     got = np.load(out.parent / "long.latents.npy")

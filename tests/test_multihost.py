@@ -53,6 +53,18 @@ def test_unreachable_coordinator_is_one_line(tmp_path):
     assert len(err) == 1 and "cannot be reached after 2 s" in err[0], r.stderr
 
 
+def launch_two(common: list, log=None) -> list:
+    """Run the launcher command ``common`` as processes 0 and 1 of a 2-process job; their (stdout, stderr),
+    after asserting both exited 0 (generous timeout: two compiles on a loaded 2-core machine). ``log``: a
+    process log whose tail a failure shows too."""
+    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=_env()) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-3000:] + (log.read_text()[-3000:] if log is not None and log.exists() else "")
+    return outs
+
+
 @pytest.mark.filterwarnings("ignore:os.fork")
 def test_two_processes_one_global_mesh_equal_one_process(tmp_path):
     sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -65,11 +77,7 @@ def test_two_processes_one_global_mesh_equal_one_process(tmp_path):
     common = [sys.executable, LAUNCH, "a red circle", "--checkpoint", ckpt, "--frames", "4", "--steps", "2",
               "--seeds", "3", "--tar", "L0:1", "--mesh", "frames=2", "--out", str(out), "--save-latents",
               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--log-dir", str(tmp_path / "logs")]
-    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env()) for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (so, se) in zip(procs, outs):
-        assert p.returncode == 0, se[-3000:]
+    outs = launch_two(common)
     logs = sorted(os.listdir(tmp_path / "logs"))
     assert logs == ["process-0.log", "process-1.log"]
     assert "2 devices in all, 1 here" in (tmp_path / "logs" / "process-1.log").read_text()
@@ -103,11 +111,7 @@ def test_two_processes_split_a_batch_over_data(tmp_path):
               "--seeds", "3,4", "--tar", "L0:1", "--mesh", "data=2", "--batch", "--out-dir", str(out),
               "--save-latents", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
               "--log-dir", str(tmp_path / "logs")]
-    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env()) for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (so, se) in zip(procs, outs):
-        assert p.returncode == 0, se[-3000:] + (tmp_path / "logs" / "process-1.log").read_text()[-2000:]
+    launch_two(common, log=tmp_path / "logs" / "process-1.log")
     assert "2 items in one call" in (tmp_path / "logs" / "process-1.log").read_text()
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"a-red-circle-{s}{ext}" for s in (3, 4) for ext in (".json", ".latents.npy", ".mp4"))
@@ -156,11 +160,7 @@ def test_two_processes_share_one_sweep_each_run_once_equal_to_one_process(tmp_pa
     out = tmp_path / "sweep"
     common = [sys.executable, SWEEP_LAUNCH, str(config_path), "--out", str(out), "--set", "batch=2",
               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--log-dir", str(tmp_path / "logs")]
-    procs = [subprocess.Popen(common + ["--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env()) for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (so, se) in zip(procs, outs):
-        assert p.returncode == 0, se[-3000:] + (tmp_path / "logs" / "process-1.log").read_text()[-3000:]
+    outs = launch_two(common, log=tmp_path / "logs" / "process-1.log")
     assert "4 runs in" in outs[0][0] and "0 failed" in outs[0][0], outs[0][0]
     rows = {r["run_id"]: r for r in sweep.read_table(str(out))}
     assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"ok"}
