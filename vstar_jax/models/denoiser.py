@@ -82,7 +82,9 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             eps = jax.lax.with_sharding_constraint(eps, rows)
         if on_call is not None:
             # the probe: whether this call's output is finite (one reduction; the first non-finite step is named)
-            jax.debug.callback(on_call, i, jnp.isfinite(eps).all())
+            # a scalar step (FIFO's batched windows carry one step per row): a sharded vector would be
+            # gathered to one device for the host at every call
+            jax.debug.callback(on_call, jnp.min(jnp.asarray(i)), jnp.isfinite(eps).all())
         return (eps, aux) if spec.capture else eps
 
     return Denoiser(model_fn, cam_input, anchor_pair, ac if spec.clip_x0 else None, spec.windows)
