@@ -76,6 +76,10 @@ SCRIPT = textwrap.dedent("""
                                                            seed=it["seed"], progress=False).latents)
                for it, r in zip(items, res))
     print("SAME", same, "MESH", res[0].sidecar["mesh"])
+    fast = pl.generate_batch(items, checkpoint=ck, frames=4, steps=2, mesh={"data": 4}, batch_mode="vmap",
+                             progress=False)  # vmap inside each device's share
+    print("VMAP_CLOSE", all(np.abs(f.latents - r.latents).max() <= 1e-5 * np.abs(r.latents).max()
+                            for f, r in zip(fast, res)), fast[0].sidecar["batch_mode"])
     try:
         pl.generate_batch(items[:3], checkpoint=ck, frames=4, steps=2, mesh={"data": 4}, progress=False)
     except ValueError as e:
@@ -87,6 +91,7 @@ SCRIPT = textwrap.dedent("""
 def test_items_split_over_the_data_axis_of_4_devices():
     r = run_on_host_devices(SCRIPT, 4, timeout=900)
     assert "SAME True MESH {'data': 4}" in r.stdout, r.stdout
+    assert "VMAP_CLOSE True vmap" in r.stdout, r.stdout
     assert "3 items do not split over the mesh's data axis of size 4" in r.stdout
 
 
