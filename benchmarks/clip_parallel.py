@@ -100,10 +100,16 @@ def program_bytes(hlo: str) -> int:
 
 
 # ------------------------------------------------------------------------------ one point
+def _spec(method: str) -> str:
+    """A method's long-video spec: its default (``fifo`` -> ``fifo:8:1``), or a full spec given as the
+    method (``fifo:8:4``: FIFO with 4 latent partitions)."""
+    return method if ":" in method else METHODS[method]
+
+
 def _frames_for(method: str, frames: int) -> int:
     from benchmarks.long_video import _valid_frames  # noqa: PLC0415  (imports JAX)
 
-    return _valid_frames(METHODS[method], frames)
+    return _valid_frames(_spec(method), frames)
 
 
 def _checkpoint(model: str, written=None):
@@ -134,7 +140,7 @@ def compiled_program(model: str, method: str, frames: int, steps: int, mesh):
     pl._compiled_sampler = grab
     try:
         pl.generate_video(PROMPT, checkpoint=_checkpoint(model), frames=frames, steps=steps, seed=0,
-                          long_video=METHODS[method], mesh=mesh, progress=False)
+                          long_video=_spec(method), mesh=mesh, progress=False)
     except _Compiled as e:
         return e.args[0]
     finally:
@@ -147,7 +153,7 @@ def _steps_of(method: str, steps: int) -> int:
     partitions)."""
     from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
 
-    return parse_strategy(METHODS[method]).steps_for(None) or steps
+    return parse_strategy(_spec(method)).steps_for(None) or steps
 
 
 def comm_points(args) -> None:
@@ -161,7 +167,7 @@ def comm_points(args) -> None:
                 steps = _steps_of(method, args.steps)
                 for layout in args.layouts:
                     hlo = compiled_program(model, method, frames, steps, _mesh_axes(layout)).as_text()
-                    _emit({"model": model, "method": method, "spec": METHODS[method], "frames": frames,
+                    _emit({"model": model, "method": method, "spec": _spec(method), "frames": frames,
                            "processes": 1, "devices": len(jax.devices()), "mesh": layout, "steps": steps,
                            "s_per_step": None, "speedup": None,
                            "comm_bytes_per_step": round(program_bytes(hlo) / steps)}, args.json)
@@ -180,13 +186,13 @@ def worker(args) -> None:
     model, method = args.models[0], args.methods[0]
     frames = _frames_for(method, args.frames[0])
     kw = dict(checkpoint=_checkpoint(model, args.checkpoint), frames=frames, steps=_steps_of(method, args.steps),
-              seed=0, long_video=METHODS[method], mesh=mesh, progress=False, keep_video=False)
+              seed=0, long_video=_spec(method), mesh=mesh, progress=False, keep_video=False)
     pl.generate_video(PROMPT, **kw)  # compiles
     res = pl.generate_video(PROMPT, **kw)
     steps = int(res.sidecar["steps"])
     hlo = list(runtime().compiled.values())[-1].as_text()
     if info["process_index"] == 0:
-        print(json.dumps({"model": model, "method": method, "spec": METHODS[method], "frames": frames,
+        print(json.dumps({"model": model, "method": method, "spec": _spec(method), "frames": frames,
                           "processes": args.num_processes, "devices": info["devices"],
                           "mesh": args.mesh if mesh is not None else None, "steps": steps,
                           "s_per_step": res.sidecar["timing_s"]["sample"] / steps,
@@ -261,7 +267,7 @@ def table(rows) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--methods", default=",".join(PARALLEL_METHODS), help="comma-separated (genl,blend,freenoise,fifo)")
+    p.add_argument("--methods", default=",".join(PARALLEL_METHODS), help="comma-separated (genl,blend,freenoise,fifo), or full specs (fifo:8:4)")
     p.add_argument("--frames", default="64,256", help="comma-separated video lengths (each method's nearest valid)")
     p.add_argument("--models", "--model", default="demo", help="demo (the embedded model) and/or tiny")
     p.add_argument("--processes", default="2", help="comma-separated process counts to time against 1 process")
@@ -280,7 +286,7 @@ def parse_args(argv=None):
     p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in PARALLEL_METHODS]
+    unknown = [m for m in args.methods if m.split(":")[0] not in PARALLEL_METHODS]
     if unknown or not args.methods:
         raise ValueError(f"--methods takes {', '.join(PARALLEL_METHODS)}; got {unknown or 'none'}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
