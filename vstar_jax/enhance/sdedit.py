@@ -45,7 +45,7 @@ from vstar_jax.diffusion.schedules import DDIMSchedule
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import SampleInputs
-from vstar_jax.longvideo.blend import Blend, blend_offsets, owner_write
+from vstar_jax.longvideo.blend import Blend, blend_offsets, owner_map
 from vstar_jax.longvideo.single import Single
 
 RNG_RULE = ("k_x,k_steps=split(key(seed)); shared noise: x_T'=sdedit(z0,normal(k_x,(b,c,N,h,w))), "
@@ -136,13 +136,9 @@ def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps,
     offsets = (blend_offsets(k_steps, 1, len(starts), overlap)[0] if blend
                else jnp.zeros((len(starts),), jnp.int32))
 
-    def merge(full, xs):
-        chunk, s, off = xs
-        return owner_write(full, chunk, s, off), None
-
-    b, c, _, h, w = x_start.shape[1:]
-    out, _ = jax.lax.scan(merge, jnp.zeros((b, c, frames, h, w), jnp.float32), (chunks, jnp.asarray(starts), offsets))
-    return out
+    owner = owner_map(starts, offsets, window, frames)  # (frames,): the chunk each frame is taken from
+    local = jnp.arange(frames, dtype=jnp.int32) - jnp.asarray(starts, jnp.int32)[owner]
+    return jnp.moveaxis(chunks[owner, :, :, local], 0, 2)  # (N, b, c, h, w) -> (b, c, N, h, w)
 
 
 def enhance_loop(model_fn, z0, context, coeffs: dict, cfg_scale, key, *, window: int, overlap: int,

@@ -29,25 +29,13 @@ from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, reg
 OFFSET_FOLD = 0x626C6E64  # fold_in constant of the blending offsets' key ("blnd")
 
 
-def owner_write(full, chunk, start, offset):
-    """The randomized-blending owner map, one chunk: ``full[:, :, start:start + F]`` takes ``chunk``'s
-    frames from ``offset`` on; the frames before ``start + offset`` keep what ``full`` holds there (the
-    previous chunk's). Chunks written in order with chunk 0's offset 0 give every frame one owner
-    (StreamingT2V ``diffusion_sdedit.py``, ``model_fn`` of ``GaussianDiffusion_SDEdit.sample``)."""
-    window = chunk.shape[2]
-    frame_idx = jnp.arange(window, dtype=jnp.int32)[None, None, :, None, None]
-    old = W.slice_frames(full, start, window, 2)
-    new = jnp.where(frame_idx >= offset, chunk, old)
-    return jax.lax.dynamic_update_slice_in_dim(full, new, start, axis=2)
-
-
 def owner_map(starts, offsets, window: int, frames: int):
     """The randomized-blending owner map of one step: (frames,) int32, the chunk whose prediction each frame
     takes. Chunk k covers ``[s_k, s_k + F)`` and writes its frames from ``s_k + r_k`` on, the chunks in order
     (frames before ``s_k + r_k`` keep chunk k-1's), so a frame's owner is the last chunk that writes it:
     max{k : s_k + r_k <= j < s_k + F} (StreamingT2V ``diffusion_sdedit.py``, ``model_fn`` of
-    ``GaussianDiffusion_SDEdit.sample``). With chunk 0's offset 0 every frame has one. The closed form of
-    :func:`owner_write` applied chunk by chunk (which the enhancer's serial loop does)."""
+    ``GaussianDiffusion_SDEdit.sample``). With chunk 0's offset 0 every frame has one. The blend loop and
+    the enhancer's merge of independently denoised chunks both take it from here."""
     j = jnp.arange(frames, dtype=jnp.int32)[None, :]
     s = jnp.asarray(starts, jnp.int32)[:, None]
     writes = (j >= s + jnp.asarray(offsets, jnp.int32)[:, None]) & (j < s + window)
