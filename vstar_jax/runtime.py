@@ -12,6 +12,8 @@ recompiling programs. Its parts, and who fills them:
   ``"demo"`` and at most one checkpoint, by (path, config mtime).
 * ``models``: other loaded models by (kind, name): RAFT flow models (``metrics.flow``), CLIP scorers
   (``sweep``).
+* ``said``: one-time notices already printed, by key (FreeNoise's fallback line when its frames do not
+  split over a mesh: ``longvideo.freenoise``).
 * ``progress``: the running loop's :class:`Progress` (the bar its host callback advances, the Ctrl-C
   flag and wake-up pipe, the first non-finite step); reset before every run by ``run_sampler``.
 """
@@ -40,6 +42,7 @@ class Runtime:
     compiled: dict = dataclasses.field(default_factory=dict)
     pipelines: dict = dataclasses.field(default_factory=dict)
     models: dict = dataclasses.field(default_factory=dict)
+    said: set = dataclasses.field(default_factory=set)
     progress: Progress = dataclasses.field(default_factory=Progress)
 
     def remember_compiled(self, key, program) -> None:
@@ -62,4 +65,5 @@ def reset() -> None:
     _RUNTIME.compiled.clear()
     _RUNTIME.pipelines.clear()
     _RUNTIME.models.clear()
+    _RUNTIME.said.clear()
     _RUNTIME.progress = Progress()

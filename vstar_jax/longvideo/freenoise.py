@@ -44,6 +44,7 @@ from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, reg
 from vstar_jax.longvideo.single import Single
 from vstar_jax.models.attention import rows_on_mesh
 from vstar_jax.parallel.sharding import axis_size
+from vstar_jax.runtime import runtime
 
 SHUFFLE_FOLD = 0x66726E73  # fold_in constant of the rescheduling shuffles ("frns")
 
@@ -121,9 +122,9 @@ class FreeNoise(Strategy):
         local = frames // devices
         if local % self.stride == 0 and local >= self.window - self.stride:
             return True
-        said = (self, frames, devices)
-        if said not in _SAID:
-            _SAID.add(said)
+        said, seen = ("freenoise-split", self, frames, devices), runtime().said
+        if said not in seen:
+            seen.add(said)
             print(f"[vstar-jax] {self.spec()} on {frames} frames over {devices} frame devices runs its temporal "
                   f"attention with every frame on each device (all-to-all): the halo split needs each device's "
                   f"frames (N / {devices}) to be a multiple of {self.stride} and at least {self.window - self.stride}"
@@ -164,9 +165,6 @@ class FreeNoise(Strategy):
 
     def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
         return Single().run(model_fn, inputs, capture=capture)
-
-
-_SAID: set = set()  # (strategy, frames, devices) whose fallback line was printed (once per process)
 
 
 def _frame_split(layout, batch: int, frames: int):
