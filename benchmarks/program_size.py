@@ -109,7 +109,7 @@ def measure_program(program: str, a) -> dict:
         seen.update(trace_s=round(time.perf_counter() - t0, 3), **measure_lowering(traced))
         raise _Measured
 
-    pl._compiled_sampler = stage
+    real, pl._compiled_sampler = pl._compiled_sampler, stage  # the pipeline's sampler stage, measured not run
     common = dict(checkpoint=a.checkpoint, steps=a.steps, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -122,6 +122,8 @@ def measure_program(program: str, a) -> dict:
                                   long_video=a.long if long else None, out=os.path.join(tmp, "v.mp4"), **common)
         except _Measured:
             pass
+        finally:
+            pl._compiled_sampler = real
     return seen
 
 

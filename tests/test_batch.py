@@ -149,6 +149,15 @@ def test_vmap_mode_batches_items_within_rounding_and_says_so(exact_batch, tmp_pa
         pl.generate_batch(ITEMS[:1], checkpoint=ck, batch_mode="fast", progress=False, **BATCH)
     assert main(["generate", "a red ball", "--batch-mode", "vmap", "--checkpoint", ck, "--quiet"]) == 2
     assert "--batch-mode is for several videos" in capsys.readouterr().err
+    # the jax-free CLI spells the modes out: they and its default are the API's
+    import inspect
+
+    from vstar_jax.cli import generate_parser
+    from vstar_jax.generation.sampling import BATCH_MODES
+
+    flag = next(a for a in generate_parser()._actions if a.dest == "batch_mode")
+    assert tuple(flag.choices) == BATCH_MODES
+    assert flag.default == inspect.signature(pl.generate_batch).parameters["batch_mode"].default
 
 
 def test_batched_program_goes_through_the_disk_compile_cache(exact_batch, tmp_path, monkeypatch, capsys):

@@ -103,7 +103,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", metavar="PATH",
                    help="one prompt a line (# comments): one video per prompt (and seed), many per compiled call")
     p.add_argument("--out-dir", metavar="DIR", help="folder for several videos (default outputs/)")
-    p.add_argument("--batch-mode", choices=("exact", "vmap"), default="exact",
+    p.add_argument("--batch-mode", choices=("exact", "vmap"), default="exact",  # generation.sampling.BATCH_MODES
                    help="several videos: 'exact' runs the items of a call one after another, each bit for bit its "
                         "single run (default); 'vmap' batches them into every UNet call, more videos a minute, each "
                         "equal to its single run within float32 rounding")
@@ -135,7 +135,8 @@ def generate_parser() -> argparse.ArgumentParser:
                    help="record the temporal attention maps and plot them (VSTAR Fig. 4)")
     p.add_argument("--from-sidecar", metavar="JSON", help="regenerate the video a sidecar describes")
     p.add_argument("--mesh", metavar="AXES",
-                   help="spread the UNet's work over devices: data=2 (CFG rows; long videos: windows), frames=4 (the frames it sees), "
+                   help="spread the UNet's work over devices: data=2 (CFG rows; long videos: windows), frames=4 "
+                        "(the frames it sees), "
                         "model=2 (FSDP params); e.g. data=2,frames=4; or a mesh config file (configs/mesh.py: "
                         "axes and logical-axis rules)")
     p.add_argument("--long-video", metavar="METHOD[:ARGS]",

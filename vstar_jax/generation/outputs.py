@@ -401,7 +401,8 @@ SIDECAR_SCHEMA = {
     "synopsis": ((list, type(None)), False), "synopsis_source": ((dict, type(None)), False),
     "vsp_mode": ((str,), False), "frame_batch": ((int,), False), "long_video": ((dict, type(None)), False),
     "checkpoint": ((str, type(None)), False), "frames_sha256": ((str, type(None)), False),
-    "attention": ((bool,), False), "outputs": ((dict, type(None)), False), "attention_backend": ((str,), False), "batch_mode": ((str,), False),
+    "attention": ((bool,), False), "outputs": ((dict, type(None)), False), "attention_backend": ((str,), False),
+    "batch_mode": ((str,), False),
 }
 
 

@@ -252,7 +252,7 @@ sample_jit = jax.jit(_sample, static_argnames=("unet", "plan"))
 
 #: How :func:`sample_batch_jit` runs its items: ``exact`` one after another (``lax.map``; each item is the
 #: single-item program, bit for bit), ``vmap`` all at once (one batched UNet call per step for all items:
-#: throughput, equal to the single runs within float32 rounding, see docs/devices-and-hosts.md#batch-mode-exact-or-vmap).
+#: throughput, equal to the single runs within float32 rounding; docs/devices-and-hosts.md, "Batch mode").
 BATCH_MODES = ("exact", "vmap")
 
 
