@@ -49,6 +49,7 @@ for _p in (str(ROOT), str(ROOT / "tests")):
 
 from benchmarks.long_video import METHODS  # noqa: E402  (one table of the methods' specs)
 from benchmarks.sharding import collective_bytes  # noqa: E402  (one HLO collective counter)
+from vstar_jax.io.atomic import append_text  # noqa: E402
 
 PARALLEL_METHODS = ("genl", "blend", "freenoise", "fifo")
 ONE_CORE = "--xla_cpu_multi_thread_eigen=false"  # XLA CPU: no intra-op thread pool
@@ -219,8 +220,7 @@ def _mesh_axes(spec: str) -> dict:
 def _emit(row: dict, path) -> None:
     print(json.dumps(row), flush=True)
     if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(path, json.dumps(row) + "\n")
 
 
 def _cores() -> int:

@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from vstar_jax.io.atomic import append_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red ball rolls to the right"
 PROGRAMS = ("single", "long", "batch-exact", "batch-vmap", "loop")
@@ -146,8 +148,7 @@ def main(argv=None) -> int:
                            loaded_from_cache=second["sampler_from_cache"], process1=first, process2=second)
                 print(json.dumps(row), flush=True)
                 if a.json:
-                    with open(a.json, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                    append_text(a.json, json.dumps(row) + "\n")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

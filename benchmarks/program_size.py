@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from vstar_jax.io.atomic import append_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red circle moves to the right"
 PROGRAMS = ("single", "long", "batch")
@@ -154,8 +156,7 @@ def main(argv=None) -> int:
                    commit=commit, load_avg=round(os.getloadavg()[0], 2), **measure_program(program, a))
         print(json.dumps(row), flush=True)
         if a.json:
-            with open(a.json, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_text(a.json, json.dumps(row) + "\n")
     return 0
 
 

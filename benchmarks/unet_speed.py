@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.io.atomic import append_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -426,8 +428,7 @@ def main(argv=None):
     def emit(row):  # each row as soon as it exists (a run stopped by a timeout keeps what it measured)
         out.append(row)
         if a.json:
-            with open(a.json, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_text(a.json, json.dumps(row) + "\n")
 
     for shape in shapes:
         base = dict(config=a.config, shape=list(shape), dtype=a.dtype, backend=a.backend,
@@ -503,9 +504,7 @@ def thread_matched(a, argv) -> int:
     for row in summaries:
         print(json.dumps(row), flush=True)
     if a.json:
-        with open(a.json, "a") as fh:
-            for row in rows + summaries:
-                fh.write(json.dumps(row) + "\n")
+        append_text(a.json, "".join(json.dumps(row) + "\n" for row in rows + summaries))
     return 0
 
 

@@ -332,3 +332,18 @@ def test_atomic_helpers_keep_the_old_file_on_any_failure(tmp_path):
             raise RuntimeError("conversion failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
     assert len(atomic.temp_path(tmp_path / ("x" * 250 + ".mp4")).name) < 32
+
+
+def test_append_text_adds_whole_lines_or_nothing(tmp_path):
+    """A benchmark's JSON-lines log: each append lands whole, and a full disk leaves the log as it was."""
+    log = tmp_path / "small" / "rows.jsonl"
+    _mount_tmpfs(log.parent, "16k")
+    try:
+        atomic.append_text(log, "1\n")
+        atomic.append_text(log, "2\n")
+        assert log.read_text() == "1\n2\n"
+        with pytest.raises(atomic.WriteError, match="no space left on device"):
+            atomic.append_text(log, "x" * 64_000 + "\n")
+        assert log.read_text() == "1\n2\n" and sorted(p.name for p in log.parent.iterdir()) == ["rows.jsonl"]
+    finally:
+        subprocess.run(["umount", str(log.parent)], capture_output=True)

@@ -200,6 +200,17 @@ def write_text(final, text: str, encoding: str = "utf-8") -> pathlib.Path:
     return write_bytes(final, text.encode(encoding))
 
 
+def append_text(final, text: str, encoding: str = "utf-8") -> pathlib.Path:
+    """``final`` with ``text`` added at its end, atomically: the old content and the new are written to a
+    temporary file that replaces ``final`` (for small logs, e.g. a benchmark's JSON lines: a failed write
+    leaves the file as it was, never a torn last line)."""
+    try:
+        old = pathlib.Path(final).read_bytes()
+    except FileNotFoundError:
+        old = b""
+    return write_bytes(final, old + text.encode(encoding))
+
+
 @contextlib.contextmanager
 def atomic_dir(final, *, what: str = "") -> Iterator[pathlib.Path]:
     """Yield a new temporary directory beside ``final``; when the block ends without an exception it
