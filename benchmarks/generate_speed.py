@@ -113,9 +113,11 @@ def main(argv=None) -> int:
         return child(a)
     programs = [p.strip() for p in a.programs.split(",") if p.strip()]
     bad = [p for p in programs if p not in PROGRAMS]
-    if bad or a.items < 1:
+    sizes = {"--items": a.items, "--steps": a.steps, **{"--frames": f for f in (a.frames or [16])}}
+    wrong = [f"{k} {v}" for k, v in sizes.items() if not 1 <= v <= 100_000]
+    if bad or wrong:
         print(f"error: unknown program(s) {', '.join(bad)} (known: {', '.join(PROGRAMS)})" if bad
-              else "error: --items must be >= 1", file=sys.stderr)
+              else f"error: {', '.join(wrong)} out of range (1 to 100000)", file=sys.stderr)
         return 2
     sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
     root = tempfile.mkdtemp(prefix="vstar-genspeed-")

@@ -145,6 +145,11 @@ def main(argv=None) -> int:
     if bad:
         print(f"error: unknown program(s) {', '.join(bad)} (known: {', '.join(PROGRAMS)})", file=sys.stderr)
         return 2
+    sizes = {"--frames": a.frames, "--long-frames": a.long_frames, "--items": a.items, "--steps": a.steps}
+    wrong = [f"{k} {v}" for k, v in sizes.items() if not 1 <= v <= 100_000]
+    if wrong:
+        print(f"error: {', '.join(wrong)} out of range (1 to 100000)", file=sys.stderr)
+        return 2
     os.environ["VSTAR_JAX_CACHE_DIR"] = "off"
     sys.path[:0] = [REPO]
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
