@@ -113,8 +113,8 @@ def main(argv=None) -> int:
         return child(a)
     programs = [p.strip() for p in a.programs.split(",") if p.strip()]
     bad = [p for p in programs if p not in PROGRAMS]
-    sizes = {"--items": a.items, "--steps": a.steps, **{"--frames": f for f in (a.frames or [16])}}
-    wrong = [f"{k} {v}" for k, v in sizes.items() if not 1 <= v <= 100_000]
+    sizes = [("--items", a.items), ("--steps", a.steps)] + [("--frames", f) for f in (a.frames or [16])]
+    wrong = [f"{k} {v}" for k, v in sizes if not 1 <= v <= 100_000]
     if bad or wrong:
         print(f"error: unknown program(s) {', '.join(bad)} (known: {', '.join(PROGRAMS)})" if bad
               else f"error: {', '.join(wrong)} out of range (1 to 100000)", file=sys.stderr)
