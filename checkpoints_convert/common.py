@@ -417,3 +417,14 @@ def run_cli(convert_call: Callable[[], object]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_safety_flags(ap, *, trust_pickle: bool = True) -> None:
+    """The converters' shared flags, said once: ``--overwrite`` (what it may replace) and, for torch pickles,
+    ``--trust-pickle``."""
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a previous vstar-jax checkpoint at --out (never another folder, never the source)")
+    if trust_pickle:
+        ap.add_argument("--trust-pickle", action="store_true",
+                        help="allow a full torch unpickle of the checkpoint (non-tensor objects: only for files "
+                             "you trust)")

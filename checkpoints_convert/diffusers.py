@@ -18,7 +18,8 @@ import sys
 from typing import Optional, Sequence
 
 
-from vstar_jax.checkpoints_convert.common import DTYPES, convert_components, load_state_dict, run_cli
+from vstar_jax.checkpoints_convert.common import (DTYPES, add_safety_flags, convert_components, load_state_dict,
+                                                  run_cli)
 from vstar_jax.checkpoints_convert.text import convert_hf_clip_text, hf_clip_text_config
 from vstar_jax.checkpoints_convert.unet import convert_unet, unet_config_from_diffusers
 from vstar_jax.checkpoints_convert.vae import (add_temporal, convert_vae_diffusers, parse_temporal_spec,
@@ -147,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vae-temporal", default=None, metavar="conv,attention[:W]",
                     help="add VidRD's temporal decoder layers to the VAE, zero-initialised (docs/vidrd-decoder.md)")
     ap.add_argument("--dtype", choices=DTYPES, default=None, help="store weights in this dtype (default float32)")
-    ap.add_argument("--overwrite", action="store_true", help="replace a previous vstar-jax checkpoint at --out (never another folder, "
-                                                                  "never the source)")
+    add_safety_flags(ap, trust_pickle=False)
     return ap
 
 

@@ -28,7 +28,7 @@ from typing import Mapping, Optional
 import ml_collections
 
 from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
-from vstar_jax.checkpoints_convert.common import DTYPES, cast_tree, load_state_dict, run_cli
+from vstar_jax.checkpoints_convert.common import DTYPES, add_safety_flags, cast_tree, load_state_dict, run_cli
 from vstar_jax.checkpoints_convert.unet import convert_unet
 from vstar_jax.configs import unet_msvid2vid
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
@@ -100,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(default: write the UNet only)")
     ap.add_argument("--unet-config", default=None, help="JSON object of UNet config fields over the released ones")
     ap.add_argument("--dtype", choices=DTYPES, default=None, help="store weights in this dtype (default float32)")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace a previous vstar-jax checkpoint at --out (never another folder, never the source)")
-    ap.add_argument("--trust-pickle", action="store_true", help="allow a full torch unpickle of the checkpoint")
+    add_safety_flags(ap)
     return ap
 
 

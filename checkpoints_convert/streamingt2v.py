@@ -55,8 +55,8 @@ import numpy as np
 
 from vstar_jax.checkpoints_convert import diffusers as conv_diffusers
 from vstar_jax.checkpoints_convert.clip import openclip_vision_config_from_state_dict, openclip_vision_plan
-from vstar_jax.checkpoints_convert.common import (ConversionError, Plan, apply_plan, cast_tree, load_state_dict,
-                                                  p_conv, p_dense, p_norm, run_cli)
+from vstar_jax.checkpoints_convert.common import (ConversionError, Plan, add_safety_flags, apply_plan, cast_tree,
+                                                  load_state_dict, p_conv, p_dense, p_norm, run_cli)
 from vstar_jax.checkpoints_convert.text import apply_multi_plan
 from vstar_jax.checkpoints_convert.unet import plan_unet_diffusers, shape_hints, unet_config_from_diffusers
 from vstar_jax.io.checkpoint import check_checkpoint_out, save_checkpoint
@@ -269,9 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cam-head-dim", type=int, default=64, help="CAM attention's head size (released: 64)")
     ap.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace a previous vstar-jax checkpoint at --out (never another folder, never the source)")
-    ap.add_argument("--trust-pickle", action="store_true", help="allow a full torch unpickle of the checkpoint")
+    add_safety_flags(ap)
     return ap
 
 

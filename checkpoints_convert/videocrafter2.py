@@ -16,8 +16,8 @@ from typing import Mapping, Optional, Sequence
 
 import yaml
 
-from vstar_jax.checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, convert_components,
-                                                  load_state_dict, peak_rss_gib, run_cli)
+from vstar_jax.checkpoints_convert.common import (DTYPES, ConversionError, PrefixView, add_safety_flags,
+                                                  convert_components, load_state_dict, peak_rss_gib, run_cli)
 from vstar_jax.checkpoints_convert.text import convert_openclip_text, openclip_text_config_from_state_dict
 from vstar_jax.checkpoints_convert.unet import convert_unet, unet_config_from_lvdm
 from vstar_jax.checkpoints_convert.vae import add_temporal, parse_temporal_spec, convert_vae_ldm, vae_config_from_ldm
@@ -143,9 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--components", default="unet,vae,text", help="comma list of unet,vae,text")
     ap.add_argument("--dtype", choices=DTYPES, default=None,
                     help="store weights in this dtype (default float32)")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace a previous vstar-jax checkpoint at --out (never another folder, never the source)")
-    ap.add_argument("--trust-pickle", action="store_true", help="allow non-tensor objects in a torch pickle")
+    add_safety_flags(ap)
     ap.add_argument("--vae-temporal", default=None, metavar="conv,attention[:W]",
                     help="add VidRD's temporal decoder layers to the VAE, zero-initialised (the image decoder until "
                          "fine-tuned with launch/train_temporal_decoder.py; docs/vidrd-decoder.md)")
