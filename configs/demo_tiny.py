@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     u.text_frame_cond = True     # UNet3D option outside VideoCrafter2: MLP(mean text feature, frame position)
                                  # added to the ResBlocks' embedding (demo_options.TextFrameEmbed); without it the
                                  # model never bound direction words to the layout (10% over 50 prompts)
+    u.frame_clock = "normalised"  # the clock those options read (demo_options.frame_clock): t = i / (f - 1), so
+                                  # any length replays the trained motion once; demo_vc clips it instead
+    u.trained_frames = 0          # the clipped clock's length (unused by "normalised")
     u.norm_groups = 8
     c.unet = u
 

@@ -1,4 +1,4 @@
-"""Train the embedded demo model (configs/demo_tiny.py) on the procedural world.
+"""Train the embedded demo model (configs/demo_tiny.py, or demo_vc: configs/demo_vc.py) on the procedural world.
 
     python launch/train_demo.py --out /work/demo_ckpt --steps 6000 \
         [--set train.batch=8 --set unet.model_channels=32 ...] [--init-from OTHER_RUN] \
@@ -37,12 +37,14 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from vstar_jax.configs import demo_tiny  # noqa: E402
+from vstar_jax.configs import demo_tiny, demo_vc  # noqa: E402
 from vstar_jax.demo import model as demo_model  # noqa: E402
 from vstar_jax.demo import world  # noqa: E402
 from vstar_jax.diffusion.parameterization import check_prediction, min_snr_weight, target  # noqa: E402
 from vstar_jax.diffusion.schedules import make_alphas_cumprod  # noqa: E402
 from vstar_jax.models.tokenizer import get_tokenizer  # noqa: E402
+
+CONFIGS = {"demo_tiny": demo_tiny, "demo_vc": demo_vc}  # --config
 
 
 def apply_overrides(config, overrides):
@@ -368,7 +370,8 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
                 record["total_wall_s"] = round(meta["wall_s"] + sum(r.get("wall_s") or 0 for r in record["lineage"]), 1)
             use_ema = float(tr.get("ema", 0.0)) > 0
             record["weights"] = f"EMA (decay {tr.ema})" if use_ema else "last step"
-            demo_model.save_demo_model(export, ema if use_ema else params, config, record)
+            demo_model.save_demo_model(export, ema if use_ema else params, config, record,
+                                       dtype=str(config.get("export_dtype", "float32")))
             print(json.dumps({"event": "exported", "dir": str(export), "step": step}), flush=True)
     finally:
         for s, h in old_handlers.items():
@@ -380,6 +383,9 @@ def train(config, out: pathlib.Path, *, export: pathlib.Path | None = None, expo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="orbax checkpoint directory (resumed if it exists)")
+    ap.add_argument("--config", choices=tuple(CONFIGS), default="demo_tiny",
+                    help="the model and training settings: demo_tiny (the default demo model) or demo_vc (its "
+                         "trained-length sibling; configs/demo_vc.py)")
     ap.add_argument("--steps", type=int, default=None, help="total training steps (config train.steps)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. train.batch=8 (repeatable)")
@@ -389,7 +395,7 @@ def main(argv=None) -> int:
                     help="start from the params of another run's checkpoint directory (fresh optimizer)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    config = apply_overrides(demo_tiny.get_config(), args.set)
+    config = apply_overrides(CONFIGS[args.config].get_config(), args.set)
     if args.steps is not None:
         config.train.steps = args.steps
     if args.export_only and not args.export:

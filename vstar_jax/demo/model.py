@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vstar_jax.demo import ASSET_DIR, world
+from vstar_jax.demo import ASSET_DIR, DEMO_VC_DIR, world
 from vstar_jax.demo.streaming import load_streaming, with_streaming
 from vstar_jax.diffusion.parameterization import clip_eps  # noqa: F401  (re-exported: the demo's x0 clipping)
 from vstar_jax.generation import builtin
-from vstar_jax.generation.builtin import DEMO_SOURCE
 from vstar_jax.generation.model import Pipeline, diffusion_settings
 from vstar_jax.generation.request import schedule_kwargs
 from vstar_jax.generation.sampling import SamplePlan, sample_jit
@@ -36,6 +35,8 @@ from vstar_jax.io.atomic import atomic_path, write_text
 from vstar_jax.models.streaming import build_unet, merge_params
 from vstar_jax.models.text import TextTransformer
 from vstar_jax.models.tokenizer import get_tokenizer
+from vstar_jax.longvideo.base import parse_strategy
+from vstar_jax.tar_vsp.analysis import flatten_maps
 from vstar_jax.tar_vsp.vsp import per_frame_embeddings
 from vstar_jax.trees import flatten, json_default, unflatten
 
@@ -144,8 +145,13 @@ def expand_embedding(rows: np.ndarray, ids: np.ndarray, vocab_size: int) -> np.n
 
 # ----------------------------------------------------------------------------- save / load
 
-def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None) -> pathlib.Path:
-    """Write the shipped form of ``params`` ({'unet', 'text'}) + config + training record."""
+def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None, dtype: str = "float32"
+                    ) -> pathlib.Path:
+    """Write the shipped form of ``params`` ({'unet', 'text'}) + config + training record. ``dtype``:
+    the stored weights' type, float32 or float16 (half the bytes: demo_vc ships so, to keep the package
+    within 30 MB; the loader turns them back into float32, so the model is the rounded weights)."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"demo model weights are stored as float32 or float16, not {dtype!r}")
     from safetensors.numpy import save_file
 
     out = pathlib.Path(out_dir)
@@ -153,13 +159,13 @@ def save_demo_model(out_dir, params: dict, config, record: Optional[dict] = None
     flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(params)).items()}
     ids = world_token_ids()
     flat[EMBED_KEY] = compact_embedding(flat[EMBED_KEY], ids)
-    tensors = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in flat.items()}
+    tensors = {"/".join(k): np.ascontiguousarray(v, dtype) for k, v in flat.items()}
     tensors[IDS_KEY] = ids
     with atomic_path(out / PARAMS_FILE) as tmp:
         save_file(tensors, str(tmp))
         tmp.chmod(0o644)
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    meta = {"config": cfg, "record": record or {},
+    meta = {"config": cfg, "record": record or {}, "stored_dtype": dtype,
             "embedding": {"kept_ids": int(ids.size), "vocab_size": int(config.text.vocab_size),
                           "other_rows": "zero"}}
     write_text(out / CONFIG_FILE, json.dumps(meta, indent=1, default=json_default))
@@ -187,6 +193,7 @@ class DemoModel:
     config: ml_collections.ConfigDict
     record: dict
     path: Optional[str] = None
+    name: str = builtin.DEFAULT  # the built-in it is (its sidecars' source), or the default for a folder
 
     @property
     def frames(self) -> int:
@@ -207,15 +214,30 @@ class DemoModel:
         return self.text.apply({"params": self.text_params}, tokens)
 
 
+def asset_folder(path=None) -> tuple[pathlib.Path, Optional[str]]:
+    """(folder, built-in name) of a demo model argument: None / ``demo`` the shipped default
+    (``vstar_jax/assets/demo_model``), ``demo_vc`` (or ``builtin:demo_vc``) its trained-length sibling,
+    anything else a folder (name None)."""
+    name = builtin.named(path)
+    if name is None:
+        return pathlib.Path(path), None
+    folders = {builtin.DEFAULT: ASSET_DIR, "demo_vc": DEMO_VC_DIR}
+    if name not in folders:
+        raise ValueError(f"no built-in demo model named {name!r} (built-ins: {', '.join(folders)})")
+    return folders[name], name
+
+
 def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
-    """Load the shipped demo model (``vstar_jax/assets/demo_model``) or one exported elsewhere.
+    """Load a shipped demo model (None / ``demo``: ``vstar_jax/assets/demo_model``; ``demo_vc``) or one
+    exported elsewhere (a folder).
 
     ``streaming``: also load StreamingT2V's CAM / APM (``streaming.safetensors`` next to the model, from
     ``launch/train_streaming.py``) when present: the UNet config gains ``cam`` / ``apm`` and the params
-    their tensors; the base model's outputs are unchanged (the modules act only when fed)."""
+    their tensors; the base model's outputs are unchanged (the modules act only when fed). Weights stored
+    in float16 (``save_demo_model(..., dtype="float16")``, demo_vc) load as float32."""
     from safetensors.numpy import load_file
 
-    folder = pathlib.Path(path) if path is not None else ASSET_DIR
+    folder, name = asset_folder(path)
     pf, cf = folder / PARAMS_FILE, folder / CONFIG_FILE
     if not pf.exists() or not cf.exists():
         raise ValueError(f"no demo model at {folder} (needs {PARAMS_FILE} and {CONFIG_FILE})")
@@ -223,6 +245,7 @@ def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
     config = ml_collections.ConfigDict(_tuplify(meta["config"]))
     tensors = load_file(str(pf))
     ids = tensors.pop(IDS_KEY)
+    tensors = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in tensors.items()}
     flat = {tuple(k.split("/")): v for k, v in tensors.items()}
     flat[EMBED_KEY] = expand_embedding(flat[EMBED_KEY], ids, config.text.vocab_size)
     params = jax.tree_util.tree_map(jnp.asarray, unflatten(flat))
@@ -235,7 +258,7 @@ def load_demo_model(path=None, streaming: bool = True) -> DemoModel:
     unet, text = build_modules(config)
     tok = get_tokenizer(int(config.text.get("pad_token_id", 0)), int(config.text.context_length))
     return DemoModel(unet, params["unet"], text, params["text"], tok, config, meta.get("record", {}),
-                     str(folder))
+                     str(folder), name or builtin.DEFAULT)
 
 
 def pipeline_from_demo(model) -> Pipeline:
@@ -244,16 +267,17 @@ def pipeline_from_demo(model) -> Pipeline:
     if isinstance(model, Pipeline):
         return model
     params = {"unet": model.unet_params, "text": model.text_params}
-    return Pipeline.from_params(params, model.config, DEMO_SOURCE,
+    return Pipeline.from_params(params, model.config, builtin.source(model.name),
                                 decoder=lambda z: np.asarray(model.decode(z)))
 
 
-def load_demo_pipeline() -> Pipeline:
-    """The shipped demo model as a generation pipeline: the loader of the built-in ``demo``."""
-    return pipeline_from_demo(load_demo_model())
+def load_demo_pipeline(name: str = builtin.DEFAULT) -> Pipeline:
+    """A shipped demo model as a generation pipeline: the loader of the built-ins ``demo`` and ``demo_vc``."""
+    return pipeline_from_demo(load_demo_model(name))
 
 
 builtin.register(builtin.DEFAULT, load_demo_pipeline)
+builtin.register("demo_vc", lambda: load_demo_pipeline("demo_vc"))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -279,10 +303,14 @@ def sample(model: DemoModel, prompt: str, *, frames: Optional[int] = None, seed:
 def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[int] = None, seed: int = 0,
                  steps: int = 25, cfg: Optional[float] = None, eta: float = 1.0, tar=None,
                  synopses: Optional[Sequence[Sequence[str]]] = None, vsp_mode: str = "linear",
-                 clip_x0: Optional[bool] = None) -> np.ndarray:
+                 clip_x0: Optional[bool] = None, strategy=None, capture: bool = False):
     """One video per prompt, in one batch: uint8 (len(prompts), F, H, W, 3). ``synopses``: one list of
     state prompts per prompt (all of the same length), fed per frame (VSP). ``clip_x0``: clip the
-    predicted x0 to [-1, 1] at every step (default: the config's ``diffusion.clip_x0``)."""
+    predicted x0 to [-1, 1] at every step (default: the config's ``diffusion.clip_x0``). ``strategy``: a
+    long-video method (``"genl:8:4"``, :func:`vstar_jax.longvideo.base.parse_strategy`; default one pass).
+    ``capture``: also return the temporal attention maps, ``(videos, maps)`` with maps ``{layer: (steps,
+    rows, F, F)}`` (:func:`vstar_jax.tar_vsp.analysis.flatten_maps` of the sampler's record; one pass only).
+    A method that fixes its step count (FIFO: window x partitions) runs that many steps, not ``steps``."""
     if not prompts:
         raise ValueError("sample_batch needs at least one prompt")
     frames = frames or model.frames
@@ -302,8 +330,13 @@ def sample_batch(model: DemoModel, prompts: Sequence[str], *, frames: Optional[i
     clip = bool(d.get("clip_x0", False)) if clip_x0 is None else bool(clip_x0)
     # the CLI's sampling stage (vstar_jax.generation.sampling): what users run; clip_x0 is a denoiser option
     ds = diffusion_settings(model.config.to_dict())
-    plan = SamplePlan(ds["flavor"], int(steps), float(eta), schedule_kwargs(ds), model.latent_shape(frames, batch),
-                      tar, False, prediction=ds["prediction"], clip_x0=clip)
-    lat = sample_jit(model.unet, model.unet_params, cond, uncond, jax.random.key(seed), jnp.float32(28),
-                     jnp.float32(cfg), plan=plan).latents
-    return decode_latents(lat, model.config.patch, 1)
+    strategy = parse_strategy(strategy)
+    steps = strategy.steps_for(None) or steps
+    sched_kw = strategy.schedule_kwargs(ds["flavor"], schedule_kwargs(ds))  # FIFO: its reference's timesteps
+    plan = SamplePlan(ds["flavor"], int(steps), float(eta), sched_kw, model.latent_shape(frames, batch),
+                      tar, bool(capture), strategy=strategy, prediction=ds["prediction"],
+                      clip_x0=clip)
+    out = sample_jit(model.unet, model.unet_params, cond, uncond, jax.random.key(seed), jnp.float32(28),
+                     jnp.float32(cfg), plan=plan)
+    videos = decode_latents(out.latents, model.config.patch, 1)
+    return (videos, flatten_maps(jax.device_get(out.aux))) if capture else videos

@@ -38,6 +38,7 @@ from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.enhance.sdedit import RNG_RULE, enhance_loop, sdedit_schedule
 from vstar_jax.errors import VstarError
+from vstar_jax.generation import builtin
 from vstar_jax.generation.model import DEMO_SOURCE, load_pipeline, model_info
 from vstar_jax.generation.outputs import (ENHANCE_SIDECAR_FORMAT, FramesDiffer, check_outputs, read_sidecar_file,
                                           versions)
@@ -122,6 +123,15 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def _checkpoint_source(checkpoint) -> Optional[str]:
+    """None for the embedded demo model, ``builtin:NAME`` for another built-in (demo_vc), else the folder's
+    absolute path."""
+    name = builtin.named(checkpoint)
+    if name is not None:
+        return None if name == builtin.DEFAULT else builtin.source(name)
+    return os.path.abspath(os.fspath(checkpoint))
+
+
 def parse_size(size) -> Optional[tuple]:
     """``"HxW"`` (or a (H, W) pair) -> (H, W); None stays None."""
     if size is None:
@@ -194,8 +204,7 @@ def make_enhance_request(input_path, prompt: str, *, checkpoint=None, pipeline=N
     if expect_input_sha256 is not None and sha != expect_input_sha256:
         raise VstarError(f"{path} is not the video the sidecar recorded (sha256 {sha[:12]}... != "
                          f"{expect_input_sha256[:12]}...)")
-    return EnhanceRequest(path, sha, int(n), (int(vh), int(vw)), prompt, None if checkpoint is None else
-                          os.path.abspath(os.fspath(checkpoint)), frames, int(height), int(width), tuple(latent_hw),
+    return EnhanceRequest(path, sha, int(n), (int(vh), int(vw)), prompt, _checkpoint_source(checkpoint), frames, int(height), int(width), tuple(latent_hw),
                           float(strength), int(chunk), int(overlap), int(steps), int(n_sdedit), float(cfg), float(eta),
                           int(seed), float(fps), float(save_fps), int(frame_batch), bool(shared_noise), bool(blend),
                           d["flavor"], sched_kw, d["prediction"])
@@ -398,7 +407,7 @@ def regenerate_enhanced(sidecar, *, out=None, checkpoint=None, pipeline=None, pr
     sc = load_enhance_sidecar(sidecar)
     kw = {k: sc[k] for k in SIDECAR_ARGS if k != "prompt"}
     ck = checkpoint if checkpoint is not None else sc.get("checkpoint")
-    ck = None if ck in (None, DEMO_SOURCE) else ck
+    ck = None if ck in (None, DEMO_SOURCE) else ck  # builtin:demo_vc stays a name (load_pipeline resolves it)
     res = enhance_video(sc["input"], sc["prompt"], out=out, checkpoint=ck, pipeline=pipeline, progress=progress,
                         overwrite=overwrite, size=(sc["height"], sc["width"]),
                         expect_sha256=sc.get("frames_sha256") if verify else None,

@@ -288,40 +288,49 @@ def _streaming_unmet(config: Mapping, vae_factor: int) -> tuple:
 
 # ---------------------------------------------------------------- checkpoint resolution
 def load_pipeline(checkpoint: Optional[str | os.PathLike] = None) -> Pipeline:
-    """The pipeline of a checkpoint directory (cached per path and config mtime), or the
-    embedded demo model when ``checkpoint`` is None."""
-    if checkpoint is None:
-        return _demo_pipeline()
+    """The pipeline of a checkpoint directory (cached per path and config mtime), or of a built-in model
+    (:func:`vstar_jax.generation.builtin.named`: None is the embedded demo model, ``demo_vc`` its
+    trained-length sibling)."""
+    name = builtin.named(checkpoint)
+    if name is not None:
+        return _builtin_pipeline(name)
     path = os.path.abspath(os.fspath(checkpoint))
     cfg = os.path.join(path, "config.json")
     key = (path, os.path.getmtime(cfg) if os.path.exists(cfg) else None)
     cache = runtime().pipelines
     if key not in cache:
-        cache.clear()  # keep at most one model in memory
+        for k in [k for k in cache if isinstance(k, tuple)]:
+            del cache[k]  # keep at most one checkpoint in memory (built-ins are small and stay)
         cache[key] = Pipeline.from_checkpoint(path)
     return cache[key]
 
 
-def _demo_pipeline() -> Pipeline:
-    load = builtin.loader(builtin.DEFAULT)
+def _builtin_pipeline(name: str = builtin.DEFAULT) -> Pipeline:
+    load = builtin.loader(name)
     if load is None:
-        raise VstarError("no embedded default model is available: a checkpoint is required (--checkpoint DIR)")
+        if name == builtin.DEFAULT:
+            raise VstarError("no embedded default model is available: a checkpoint is required (--checkpoint DIR)")
+        raise VstarError(f"no built-in model named {name!r} (built-ins: {', '.join(builtin.NAMES)}); "
+                         "give a checkpoint directory")
     cache = runtime().pipelines
-    if "demo" not in cache:
+    key = name if name == builtin.DEFAULT else builtin.source(name)
+    if key not in cache:
         try:
-            cache["demo"] = load()
+            cache[key] = load()
         except (ValueError, FileNotFoundError, OSError) as e:
-            raise VstarError(f"the embedded demo model cannot be loaded ({' '.join(str(e).split())}): "
+            what = "the embedded demo model" if name == builtin.DEFAULT else f"the built-in model {name!r}"
+            raise VstarError(f"{what} cannot be loaded ({' '.join(str(e).split())}): "
                              "a checkpoint is required (--checkpoint DIR)") from None
-    return cache["demo"]
+    return cache[key]
 
 
 def model_info(checkpoint, pipeline: Optional[Pipeline] = None) -> ModelInfo:
     """ModelInfo from a pipeline, a checkpoint's config.json (params not loaded), or the demo."""
     if pipeline is not None:
         return pipeline.describe()
-    if checkpoint is None:
-        return _demo_pipeline().describe()
+    name = builtin.named(checkpoint)
+    if name is not None:
+        return _builtin_pipeline(name).describe()
 
     path = os.path.abspath(os.fspath(checkpoint))
     if not os.path.isdir(path):

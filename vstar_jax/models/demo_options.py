@@ -17,26 +17,51 @@ import jax.numpy as jnp
 from vstar_jax.models.layers import timestep_embedding
 
 
-def frame_position_embedding(frames: int, dim: int) -> jax.Array:
-    """(frames, dim): each frame's place in the clip, t = i / (frames - 1) in [0, 1], embedded like a
-    timestep (x 1000). Normalised, so a longer video maps onto the trained range (demo-model options)."""
-    pos = jnp.linspace(0.0, 1.0, frames) if frames > 1 else jnp.zeros((1,))
-    return timestep_embedding(pos * 1000.0, dim)
+FRAME_CLOCKS = ("normalised", "clipped", "none")
 
 
-def frame_position_term(b: int, f: int, channels: int, param_dtype: Any) -> jax.Array:
+def frame_clock(frames: int, clock: str = "normalised", trained_frames: int = 0) -> jax.Array:
+    """(frames,) each frame's place in [0, 1] as the demo options see it (``unet.frame_clock``):
+
+    * ``normalised``: t = i / (frames - 1), so a longer video maps onto the trained range and replays one
+      whole trained motion over any length (the default demo model);
+    * ``clipped``: t = min(i, L - 1) / (L - 1) with L = ``trained_frames``: an absolute frame index that
+      stops at the trained length (demo_vc). At ``frames == L`` it equals ``normalised``;
+    * ``none``: t = 0 for every frame: no absolute clock.
+    """
+    if clock not in FRAME_CLOCKS:
+        raise ValueError(f"unknown frame clock {clock!r}; expected one of {FRAME_CLOCKS}")
+    if clock == "none" or frames < 2:
+        return jnp.zeros((frames,))
+    if clock == "normalised":
+        return jnp.linspace(0.0, 1.0, frames)
+    if trained_frames < 2:
+        raise ValueError(f"the clipped frame clock needs trained_frames >= 2, got {trained_frames}")
+    i = jnp.minimum(jnp.arange(frames, dtype=jnp.float32), trained_frames - 1)
+    return i / (trained_frames - 1)
+
+
+def frame_position_embedding(frames: int, dim: int, clock: str = "normalised", trained_frames: int = 0
+                             ) -> jax.Array:
+    """(frames, dim): each frame's place in the clip (:func:`frame_clock`) embedded like a timestep
+    (x 1000) (demo-model options)."""
+    return timestep_embedding(frame_clock(frames, clock, trained_frames) * 1000.0, dim)
+
+
+def frame_position_term(b: int, f: int, channels: int, param_dtype: Any, clock: str = "normalised",
+                        trained_frames: int = 0) -> jax.Array:
     """``unet.frame_position``: each frame's place in the clip (:func:`frame_position_embedding`) through a
     2-layer MLP (``frame_embed_1``, ``frame_embed_2``, zero-initialised output), (b*f, 4 * channels).
     Called inside the module that owns the embedding: the Denses are its own parameters."""
     dense = lambda name, **kw: nn.Dense(channels * 4, dtype=jnp.float32, param_dtype=param_dtype, name=name, **kw)
-    pemb = nn.silu(dense("frame_embed_1")(frame_position_embedding(f, channels)))
+    pemb = nn.silu(dense("frame_embed_1")(frame_position_embedding(f, channels, clock, trained_frames)))
     pemb = dense("frame_embed_2", kernel_init=nn.initializers.zeros)(pemb)
     return jnp.tile(pemb, (b, 1))
 
 
 class TextFrameEmbed(nn.Module):
     """``unet.text_frame_cond``: an MLP of the frame's mean text feature and its place in the clip
-    (t = i / (f - 1), embedded like a timestep), added to the ResBlocks' embedding. A motion caption asks
+    (:func:`frame_clock`, embedded like a timestep), added to the ResBlocks' embedding. A motion caption asks
     for (direction x time x place) at once: through cross-attention alone no lower-order part of that
     product lowers the loss (averaged over frames or over directions the object sits in the middle), and
     the tiny demo model never learned it; this MLP gives it a per-frame displacement code directly.
@@ -45,10 +70,12 @@ class TextFrameEmbed(nn.Module):
 
     channels: int
     param_dtype: Any = jnp.float32
+    clock: str = "normalised"  # unet.frame_clock
+    trained_frames: int = 0
 
     @nn.compact
     def __call__(self, ctx: jax.Array, b: int, f: int) -> jax.Array:
-        pe = jnp.tile(frame_position_embedding(f, self.channels), (b, 1))  # (b*f, mc)
+        pe = jnp.tile(frame_position_embedding(f, self.channels, self.clock, self.trained_frames), (b, 1))
         h = jnp.concatenate([ctx.astype(jnp.float32).mean(axis=1), pe], axis=-1)
         h = nn.silu(nn.Dense(4 * self.channels, param_dtype=self.param_dtype, name="fc_1")(h))
         return nn.Dense(4 * self.channels, param_dtype=self.param_dtype, kernel_init=nn.initializers.zeros,

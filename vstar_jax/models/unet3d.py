@@ -429,9 +429,9 @@ class UNetEmbedding(nn.Module):
         if not per_frame:
             emb = jnp.repeat(emb, f, axis=0)  # (b*f, E), frame-major within each batch row
         if c.frame_position:
-            emb = emb + frame_position_term(b, f, mc, pdtype)
+            emb = emb + frame_position_term(b, f, mc, pdtype, c.frame_clock, c.trained_frames)
         if c.text_frame_cond:
-            emb = emb + TextFrameEmbed(mc, pdtype, name="text_frame_embed")(ctx, b, f)
+            emb = emb + TextFrameEmbed(mc, pdtype, c.frame_clock, c.trained_frames, name="text_frame_embed")(ctx, b, f)
         return UNetCall(b, f, timesteps, per_frame, ctx, extras.rows(emb.astype(c.compute_dtype)), extras)
 
 

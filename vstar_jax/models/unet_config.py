@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from vstar_jax.errors import VstarError
 from vstar_jax.models.attention import BACKENDS
+from vstar_jax.models.demo_options import FRAME_CLOCKS
 
 _JNP_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPES = tuple(_JNP_DTYPES)
@@ -104,6 +105,11 @@ class UNetConfig:
     # demo-model options (not in VideoCrafter2 / ModelScope; vstar_jax.models.demo_options)
     frame_position: bool = _kind("bool", False)
     text_frame_cond: bool = _kind("bool", False)
+    # the frame clock those two options read (demo_options.frame_clock): "normalised" t = i / (f - 1) (the
+    # default demo model), "clipped" t = min(i, trained_frames - 1) / (trained_frames - 1) (demo_vc: a
+    # trained length), "none" t = 0 (no absolute clock: frame order only from the temporal attention)
+    frame_clock: str = _kind("str", "normalised", choices=FRAME_CLOCKS)
+    trained_frames: int = _kind("int", 0)  # the clipped clock's length (>= 2); unused by the others
     # StreamingT2V (vstar_jax.models.streaming): absent / empty = off
     cam: Optional[CAMConfig] = _kind("cam", None)
     apm: Optional[APMConfig] = _kind("apm", None)
@@ -285,6 +291,8 @@ class UNetConfig:
             raise VstarError(f"unet.downsample_padding must be (rows, columns), got {list(self.downsample_padding)}")
         if self.upsample_crop < 0:
             raise VstarError(f"unet.upsample_crop must be >= 0, got {self.upsample_crop}")
+        if self.frame_clock == "clipped" and self.trained_frames < 2:
+            raise VstarError(f"unet.frame_clock 'clipped' needs unet.trained_frames >= 2, got {self.trained_frames}")
         if self.use_relative_position and self.temporal_length < 1:
             raise VstarError(f"use_relative_position needs temporal_length >= 1, got {self.temporal_length}")
 
