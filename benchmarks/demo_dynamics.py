@@ -75,10 +75,11 @@ def family_specs(family: str, n: int, seed: int) -> list[dict]:
     return out
 
 
-def parse_setting(name: str) -> dict:
-    """``base`` | ``vsp`` | ``tar=PRESET`` | ``tar=PRESET+vsp`` | a long-video method -> its parts."""
-    parts = name.split("+")
-    out = {"name": name, "tar": None, "vsp": False, "method": None}
+def parse_setting(name: str, tar: str = "64D4") -> dict:
+    """``base`` | ``vsp`` | ``tar=PRESET`` | ``tar=PRESET+vsp`` | a long-video method -> its parts; a bare
+    ``tar`` (``tar+vsp``) takes the preset ``tar`` (``--tar``, as this script's earlier ``--methods``)."""
+    parts = ["tar=" + tar if p == "tar" else p for p in name.split("+")]
+    out = {"name": "+".join(parts), "tar": None, "vsp": False, "method": None}
     for p in parts:
         if p == "base" and len(parts) == 1:
             continue
@@ -242,7 +243,7 @@ def check_args(args, ap) -> list[dict]:
         ap.error(f"unknown families {bad}; choose from {', '.join(FAMILIES)}")
     try:
         lengths = [int(x) for x in args.lengths.split(",")]
-        settings = [parse_setting(s) for s in args.settings.split(",")]
+        settings = [parse_setting(s, args.tar) for s in args.settings.split(",")]
     except ValueError as e:
         ap.error(str(e))
     if any(m < 1 for m in lengths):
@@ -259,8 +260,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=50, help="prompts per family")
     ap.add_argument("--families", default=",".join(FAMILIES), help=f"from {', '.join(FAMILIES)}")
     ap.add_argument("--lengths", default="1,2,4", help="multiples of the trained length")
-    ap.add_argument("--settings", default=DEFAULT_SETTINGS,
-                    help="base, tar=PRESET, vsp, tar=PRESET+vsp and long-video methods (genl, blend, freenoise, fifo)")
+    ap.add_argument("--settings", "--methods", default=DEFAULT_SETTINGS,
+                    help="base, tar=PRESET, vsp, tar=PRESET+vsp and long-video methods (genl, blend, freenoise, fifo); "
+                         "a bare tar / tar+vsp takes --tar")
+    ap.add_argument("--tar", default="64D4", help="the preset of a bare 'tar' setting")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=None, help="guidance (default: the model's config)")
     ap.add_argument("--seed", type=int, default=0, help="prompt and noise seed")

@@ -121,6 +121,7 @@ def test_generate_and_regenerate_with_demo_vc_by_name(tmp_path):
     """``--checkpoint demo_vc`` everywhere a checkpoint is taken: the sidecar records builtin:demo_vc and
     --from-sidecar loads it again by name."""
     from vstar_jax import cli, pipeline as pl
+    from vstar_jax.generation import model as gm
 
     _shipped_vc()
     out = tmp_path / "vc.mp4"
@@ -130,9 +131,9 @@ def test_generate_and_regenerate_with_demo_vc_by_name(tmp_path):
     assert sc["checkpoint"] == "builtin:demo_vc"
     again = pl.regenerate(out.with_suffix(".json"), out=tmp_path / "again.mp4", progress=False)
     assert again.sidecar["frames_sha256"] == sc["frames_sha256"]
-    default = pl.generate_video("a red square moves right", frames=4, steps=2, progress=False, keep_video=True,
-                                out=tmp_path / "d.mp4")
-    assert default.sidecar["frames_sha256"] != sc["frames_sha256"]  # another model's weights
+    pipe = gm.load_pipeline("demo_vc")  # the clipped-clock model, not the default one
+    assert pipe.source == "builtin:demo_vc" and gm.load_pipeline(None).source == "builtin:demo"
+    assert UNetConfig.from_config(pipe.unet.config).frame_clock == "clipped"
 
 
 def test_mcnemar_exact():

@@ -93,7 +93,8 @@ def _call(module: str, func: str, argv: Sequence[str], what: str) -> int:
 def generate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vstar-jax generate", description="Generate a video from a text prompt (VSTAR: TAR + VSP).")
     p.add_argument("prompt", nargs="?", help="the video prompt")
-    p.add_argument("--checkpoint", help="converted checkpoint directory (default: the embedded demo model)")
+    p.add_argument("--checkpoint", help="converted checkpoint directory, or a built-in model: demo (the default, the "
+                                        "embedded demo model) or demo_vc (the demo model with a trained length)")
     p.add_argument("--frames", type=int, help="number of frames (default: the model's, 16 for VideoCrafter2)")
     p.add_argument("--steps", type=int, help="DDIM steps (default 25)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 12)")
