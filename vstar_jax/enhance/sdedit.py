@@ -79,9 +79,11 @@ def sdedit_schedule(schedule: DDIMSchedule, strength: float) -> DDIMSchedule:
 def sdedit_noised(z0, noise, coeffs: dict):
     """x at the first (noisiest) step of ``coeffs`` (loop order): sqrt(a) scale z0 + sqrt(1 - a) noise,
     the forward process whose inverse is ``ddim_step``'s x0 (``scale`` is VideoCrafter2's ``use_scale``,
-    1 otherwise)."""
+    1 otherwise); for DPM++ 2M SDE times its ``start_scale`` (the reference hands the noised latent to
+    the solver as its noise: :mod:`vstar_jax.diffusion.dpm_solver`)."""
     a = coeffs["sqrt_alpha"][0] * coeffs["scale"][0]
-    return a * jnp.asarray(z0, jnp.float32) + coeffs["sqrt_one_minus_alpha"][0] * noise
+    x = a * jnp.asarray(z0, jnp.float32) + coeffs["sqrt_one_minus_alpha"][0] * noise
+    return x * coeffs["start_scale"][0] if "start_scale" in coeffs else x
 
 
 def chunk_noises(k_x, shape: tuple, starts, window: int, shared: bool) -> jax.Array:
@@ -111,11 +113,12 @@ def sdedit_start(z0, key, coeffs: dict, *, window: int, overlap: int, shared_noi
 
 def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps, *, frames: int, window: int,
                    overlap: int, shared_noise: bool = True, blend: bool = True, guided: bool = True,
-                   use_noise: bool = False):
+                   use_noise: bool = False, rescale=None):
     """The chunked denoising from :func:`sdedit_start`'s ``x_start`` -> latents (b, c, frames, h, w).
 
     ``coeffs``/``context`` as :func:`~vstar_jax.diffusion.sampler.prepare_sampling` returns them for the SDEdit
-    schedule (:func:`sdedit_schedule`; the context not per frame); ``use_noise``: eta > 0. Traceable."""
+    schedule (:func:`sdedit_schedule` or :func:`~vstar_jax.diffusion.dpm_solver.dpmpp_2m_sde_schedule`; the
+    context not per frame); ``use_noise``: noise in the steps; ``rescale``: the guide rescale. Traceable."""
     starts = W.chunk_starts(frames, window, overlap)
     n_steps = coeffs["timesteps"].shape[0]
     placeholder = jnp.zeros((n_steps,), jnp.uint32)  # step keys when eta == 0 (as prepare_sampling)
@@ -123,13 +126,13 @@ def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps,
         step_keys = jax.random.split(k_steps, n_steps) if use_noise else placeholder
         # blend off: no offsets key, so every offset is 0 (the blend strategy's rule without a key)
         inputs = SampleInputs(x_start, context, coeffs, step_keys, k_steps if blend else None, cfg_scale, frames,
-                              guided, use_noise)
+                              guided, use_noise, rescale)
         return Blend(window, overlap).run(model_fn, inputs)[0]
 
     def one(args):
         k, x = args
         ks = jax.random.split(jax.random.fold_in(k_steps, k), n_steps) if use_noise else placeholder
-        inputs = SampleInputs(x, context, coeffs, ks, None, cfg_scale, window, guided, use_noise)
+        inputs = SampleInputs(x, context, coeffs, ks, None, cfg_scale, window, guided, use_noise, rescale)
         return Single().run(model_fn, inputs)[0]
 
     chunks = jax.lax.map(one, (jnp.arange(len(starts), dtype=jnp.int32), x_start))  # (K, b, c, F, h, w)
@@ -142,10 +145,12 @@ def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps,
 
 
 def enhance_loop(model_fn, z0, context, coeffs: dict, cfg_scale, key, *, window: int, overlap: int,
-                 shared_noise: bool = True, blend: bool = True, guided: bool = True, use_noise: bool = False):
+                 shared_noise: bool = True, blend: bool = True, guided: bool = True, use_noise: bool = False,
+                 rescale=None):
     """Chunked SDEdit of clean latents ``z0`` (b, c, N, h, w) -> refined latents (b, c, N, h, w):
     :func:`sdedit_start` then :func:`denoise_chunks`; ``key`` is the seed's key. Traceable (call it inside
     ``jax.jit``); N must tile into chunks ((N - O) % (F - O) == 0)."""
     x_start, k_steps = sdedit_start(z0, key, coeffs, window=window, overlap=overlap, shared_noise=shared_noise)
     return denoise_chunks(model_fn, x_start, context, coeffs, cfg_scale, k_steps, frames=z0.shape[2], window=window,
-                          overlap=overlap, shared_noise=shared_noise, blend=blend, guided=guided, use_noise=use_noise)
+                          overlap=overlap, shared_noise=shared_noise, blend=blend, guided=guided, use_noise=use_noise,
+                          rescale=rescale)
