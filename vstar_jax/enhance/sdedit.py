@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.schedules import DDIMSchedule
+from vstar_jax.diffusion.dpm_solver import check_solver, dpmpp_2m_sde_schedule
+from vstar_jax.diffusion.schedules import DDIMSchedule, logsnr_cosine_interp_sigmas, make_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import SampleInputs
@@ -74,6 +75,24 @@ def sdedit_schedule(schedule: DDIMSchedule, strength: float) -> DDIMSchedule:
     cut = {f.name: getattr(schedule, f.name)[:n] for f in dataclasses.fields(schedule)
            if f.name in ("timesteps", "alphas", "alphas_prev", "sigmas", "scale", "scale_prev")}
     return dataclasses.replace(schedule, **cut)
+
+
+def solver_schedule(solver: str, flavor: str, steps: int, eta: float, sched_kw: tuple, strength: float):
+    """The steps SDEdit runs from T' (:func:`start_timestep`) with ``solver``: ``ddim``, the refiner's DDIM
+    schedule of ``steps`` steps over the whole schedule cut at T' (:func:`sdedit_schedule`); or
+    ``dpmpp_2m_sde``, ``steps`` DPM++ 2M SDE steps from T' as the reference selects them
+    (:func:`~vstar_jax.diffusion.dpm_solver.dpmpp_2m_sde_schedule`, SDE ``eta``; on MS-Vid2Vid-XL's
+    schedule its own noise levels). One-line :class:`VstarError` for what it cannot run."""
+    kw = dict(sched_kw)
+    if check_solver(solver) == "ddim":
+        return sdedit_schedule(make_schedule(flavor, steps, eta, **kw), strength)
+    if not 0.0 < float(strength) <= 1.0:
+        raise VstarError(f"strength must be in (0, 1], got {strength}")
+    if kw.get("use_scale"):
+        raise VstarError("the dpmpp_2m_sde solver has no VideoCrafter2 use_scale: use --solver ddim with this refiner")
+    ac = make_schedule(flavor, 1, 0.0, **kw).alphas_cumprod
+    vp = logsnr_cosine_interp_sigmas(len(ac)) if kw.get("beta_schedule") == "logsnr_cosine_interp" else None
+    return dpmpp_2m_sde_schedule(ac, start_timestep(strength, len(ac)), steps, eta=eta, vp_sigmas=vp)
 
 
 def sdedit_noised(z0, noise, coeffs: dict):
