@@ -103,7 +103,8 @@ def table(rows) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
     return head + "".join(
-        f"| {solver_name(r)} | {r['setting']} | {r['frames']} | {r['n']} | {r['seam_ratio_input']:.2f} | {r['seam_ratio']:.2f} | "
+        f"| {solver_name(r)} | {r['setting']} | {r['frames']} | {r['n']} | {r['seam_ratio_input']:.2f} | "
+        f"{r['seam_ratio']:.2f} | "
         f"{pct(r['object_before'])} / {pct(r['object_after'])} | {pct(r['colour_before'])} / {pct(r['colour_after'])} | "
         f"{pct(r['direction_before'])} / {pct(r['direction_after'])} | {pct(r['changed'])} | {pct(r['broken'])} |\n"
         for r in rows)

@@ -12,11 +12,26 @@ Reference (Picsart-AI-Research/StreamingT2V, branch ``StreamingModelscope``):
 * ``t2v_enhanced/model/video_noise_generator.py`` (``NoiseGenerator``, ``shared_noise_across_chunks``):
   the chunks draw their noise from one shared source, so two chunks hold the same noise on their overlap.
 
-Here it runs on the project's machinery, not a copy of it: the DDIM coefficients of the refiner's schedule
-(:mod:`vstar_jax.diffusion.schedules`) from the first step at or below T', CFG (``guided_eps``), the
+Here it runs on the project's machinery, not a copy of it: the one sampler's solvers -- the reference's
+DPM++ 2M SDE from T' (:mod:`vstar_jax.diffusion.dpm_solver`: its sigma selection, steps and final x0), or
+the DDIM coefficients of the refiner's schedule (:mod:`vstar_jax.diffusion.schedules`) from the first step
+at or below T' (:func:`solver_schedule`) --, CFG (``guided_eps``) with the reference's guide rescale
+(``sampler.rescaled_eps``, on the model's v) and a negative prompt as the unconditional text, the
 randomized-blending loop and owner map of :mod:`vstar_jax.longvideo.blend` and the chunk arithmetic of
-:mod:`vstar_jax.longvideo.windows`. The reference's solver is DPM++ 2M SDE with v-prediction; ours is the
-refiner's DDIM (the project's one sampler), so trajectories are not the reference's number for number.
+:mod:`vstar_jax.longvideo.windows`. With an MS-Vid2Vid-XL refiner the defaults are the reference's sampler
+settings (``job.REFERENCE_SAMPLER``). Differences from the reference that remain:
+
+* the step noise of DPM++ 2M SDE: the reference draws it from a torchsde Brownian tree seeded 0, here
+  from the seed's keys (the rule below); the SDEdit noise and the blending offsets likewise come from
+  JAX keys, not torch's / Python's generators;
+* the encoder's posterior mean (the reference samples the posterior; ``job.encode_frames``);
+* where a trailing timestep of the reference is exactly k + 0.5, the model's rounded timestep may differ
+  by one (an ulp of float32 log, numpy's vs torch's);
+* strength 1 with DPM++ on a zero-terminal-SNR schedule is refused (the reference's first step there is
+  an Euler step on the v output; the samplers here take eps, from which x0 is lost at alpha_cumprod 0);
+* the reference runs the UNet in float16 autocast; here it runs in the checkpoint's dtype.
+
+Trajectories are therefore the reference's in law, not number for number.
 
 Two switches reproduce the paper's ablation (Fig. 4):
 
@@ -28,10 +43,10 @@ Two switches reproduce the paper's ablation (Fig. 4):
   cut at its first frame). Without shared noise the chunks are merged once, at the end, by the same owner
   map (one row of offsets).
 
-PRNG: ``k_x, k_steps = split(key(seed))``; shared: noise = ``normal(k_x, (b, c, N, h, w))``, step i's DDIM
-noise ``normal(split(k_steps, n)[i])``; not shared: chunk k's noise ``normal(fold_in(k_x, k), (b, c, F, h,
-w))``, its step keys ``split(fold_in(k_steps, k), n)``. One chunk with blending off is plain SDEdit (DDIM
-from T' of the encoded video) bit for bit.
+PRNG: ``k_x, k_steps = split(key(seed))``; shared: noise = ``normal(k_x, (b, c, N, h, w))``, step i's noise
+(DDIM with eta > 0, DPM++ 2M SDE) ``normal(split(k_steps, n)[i])``; not shared: chunk k's noise
+``normal(fold_in(k_x, k), (b, c, F, h, w))``, its step keys ``split(fold_in(k_steps, k), n)``. One chunk with
+blending off is plain SDEdit (DDIM from T' of the encoded video) bit for bit.
 """
 from __future__ import annotations
 
@@ -50,7 +65,8 @@ from vstar_jax.longvideo.blend import Blend, blend_offsets, owner_map
 from vstar_jax.longvideo.single import Single
 
 RNG_RULE = ("k_x,k_steps=split(key(seed)); shared noise: x_T'=sdedit(z0,normal(k_x,(b,c,N,h,w))), "
-            "noise_i=normal(split(k_steps,n)[i]); not shared: chunk k: normal(fold_in(k_x,k),(b,c,F,h,w)), "
+            "noise_i=normal(split(k_steps,n)[i]) (ddim eta>0 and dpmpp_2m_sde); "
+            "not shared: chunk k: normal(fold_in(k_x,k),(b,c,F,h,w)), "
             "split(fold_in(k_steps,k),n); blend offsets=blend_offsets(k_steps,n,chunks,O) (not shared: one row)")
 
 
