@@ -11,6 +11,8 @@ the seam ratio at the chunk starts (mean absolute frame-to-frame change into fra
 mean of every other change, ``long_video.seam_ratio``, on the model's 12x12 pixels), the same ratio of the
 input, and the demo checker's verdicts (object shape, colour, direction) before and after, with the share
 of videos where enhancement changed any of them. JSON lines to stdout (and ``--out``), a table at the end.
+``--solver dpmpp_2m_sde`` (with ``--steps`` then the solver's steps from T') and ``--guide-rescale`` run the
+reference's sampler settings instead of DDIM; ``--settings`` picks some of the three.
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def run(args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="vstar-enhance-bench-") as tmp:
         for frames in [int(x) for x in args.lengths.split(",")]:
             bnds = [int(s) for s in W.chunk_starts(frames, args.chunk, args.overlap)[1:]]
-            acc = {name: {"ratio": [], "after": []} for name in SETTINGS}
+            settings = {k: SETTINGS[k] for k in args.settings.split(",")}
+            acc = {name: {"ratio": [], "after": []} for name in settings}
             before, ratio_in = [], []
             t0 = time.time()
             for i, spec in enumerate(tqdm(specs, desc=f"{frames} frames", file=sys.stderr)):
@@ -63,11 +66,12 @@ def run(args) -> list[dict]:
                 video = dm.decode_latents(res.latents, patch, 1)[0]
                 before.append(verdicts(video, spec))
                 ratio_in.append(seam_ratio(video, bnds))
-                for name, (shared, blend) in SETTINGS.items():
+                for name, (shared, blend) in settings.items():
                     out = pathlib.Path(tmp) / f"out-{frames}-{i}.mp4"
                     er = enhance_video(src, spec["caption"], pipeline=pipe, out=str(out), overwrite=True,
                                        progress=False, chunk=args.chunk, overlap=args.overlap, strength=args.strength,
-                                       steps=args.steps, cfg=args.cfg, seed=i, shared_noise=shared, blend=blend)
+                                       steps=args.steps, cfg=args.cfg, seed=i, shared_noise=shared, blend=blend,
+                                       solver=args.solver, guide_rescale=args.guide_rescale)
                     enhanced = dm.decode_latents(er.latents, patch, 1)[0]
                     acc[name]["ratio"].append(seam_ratio(enhanced, bnds))
                     acc[name]["after"].append(verdicts(enhanced, spec))
@@ -76,6 +80,7 @@ def run(args) -> list[dict]:
                 broken = [any(b[k] and not x[k] for k in VERDICTS) for b, x in zip(before, a["after"])]
                 row = {"setting": name, "frames": frames, "n": len(specs), "chunk": args.chunk,
                        "overlap": args.overlap, "strength": args.strength, "steps": args.steps, "cfg": args.cfg,
+                       "solver": args.solver, "guide_rescale": args.guide_rescale,
                        "seam_ratio": round(float(np.nanmean(a["ratio"])), 3),
                        "seam_ratio_input": round(float(np.nanmean(ratio_in)), 3),
                        **{f"{k}_before": float(np.mean([b[k] for b in before])) for k in VERDICTS},
@@ -87,12 +92,19 @@ def run(args) -> list[dict]:
     return rows
 
 
+def solver_name(row) -> str:
+    rescale = row.get("guide_rescale") or 0
+    return row.get("solver", "ddim") + (f" (rescale {rescale})" if rescale else "")
+
+
 def table(rows) -> str:
-    head = ("| setting | frames | n | seam ratio (input) | seam ratio | object before / after | colour before / after "
-            "| direction before / after | verdict changed | pass -> fail |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| solver | setting | frames | n | seam ratio (input) | seam ratio | object before / after "
+            "| colour before / after | direction before / after | verdict changed | pass -> fail |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
     return head + "".join(
-        f"| {r['setting']} | {r['frames']} | {r['n']} | {r['seam_ratio_input']:.2f} | {r['seam_ratio']:.2f} | "
+        f"| {solver_name(r)} | {r['setting']} | {r['frames']} | {r['n']} | {r['seam_ratio_input']:.2f} | "
+        f"{r['seam_ratio']:.2f} | "
         f"{pct(r['object_before'])} / {pct(r['object_after'])} | {pct(r['colour_before'])} / {pct(r['colour_after'])} | "
         f"{pct(r['direction_before'])} / {pct(r['direction_after'])} | {pct(r['changed'])} | {pct(r['broken'])} |\n"
         for r in rows)
@@ -107,8 +119,12 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=8, help="enhancer chunk (the demo model's trained length)")
     ap.add_argument("--overlap", type=int, default=4)
     ap.add_argument("--strength", type=float, default=0.6)
-    ap.add_argument("--steps", type=int, default=50, help="enhancer DDIM steps over the schedule (30 run at 0.6)")
+    ap.add_argument("--steps", type=int, default=50, help="enhancer DDIM steps over the schedule (30 run at 0.6); "
+                                                          "with --solver dpmpp_2m_sde its steps from T'")
     ap.add_argument("--cfg", type=float, default=7.5)
+    ap.add_argument("--solver", default="ddim", choices=("ddim", "dpmpp_2m_sde"), help="the enhancer's solver")
+    ap.add_argument("--guide-rescale", type=float, default=0.0, help="the reference's CFG std rescale in [0, 1]")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"some of: {', '.join(SETTINGS)} (comma-separated)")
     ap.add_argument("--out", help="also write the JSON lines here")
     args = ap.parse_args(argv)
     rows = run(args)

@@ -234,6 +234,10 @@ def test_bad_input_is_one_line_before_compute(demo_video, tmp_path, capsys, monk
         ([str(src), "--prompt", PROMPT, "--chunk", "8", "--overlap", "4", "--size", "12x24"], "aspect ratios differ"),
         ([str(src), "--prompt", PROMPT, "--chunk", "8", "--overlap", "4", "--size", "10x10"], "cannot run at 10x10"),
         ([str(src), "--chunk", "8", "--overlap", "4"], "empty prompt"),
+        ([str(src), "--prompt", PROMPT, "--guide-rescale", "1.5"], "--guide-rescale must be <= 1"),
+        ([str(src), "--prompt", PROMPT, "--guide-rescale", "-0.1"], "--guide-rescale must be >= 0"),
+        ([str(src), "--prompt", PROMPT, "--guide-rescale", "nan"], "--guide-rescale must be a finite number"),
+        ([str(src), "--prompt", PROMPT, "--solver", "euler"], "argument --solver: invalid choice"),
     ]
     for args, msg in cases:
         assert cli.main(["enhance", *args, *out]) == 2, args
@@ -253,12 +257,53 @@ def test_generate_enhance_settings_are_checked_before_compute(capsys, monkeypatc
         (["--enhance", "demo"], "chunks of 24 frames"),  # the demo model's 8 frames
         (["--frames", "24", "--enhance", "demo", "--enhance-strength", "2"], "--enhance-strength must be in (0, 1]"),
         (["--enhance-strength", "0.5"], "needs --enhance"),
+        (["--enhance-negative-prompt", "blurry"], "needs --enhance"),
         (["--frames", "24", "--enhance", "/no/such/refiner"], "checkpoint directory not found"),
     ]
     for args, msg in cases:
         assert cli.main(["generate", PROMPT, *args, "--quiet"]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and msg in err[0], (args, err)
+
+
+def test_sampler_settings_per_refiner_and_legacy_sidecars(demo_video, tmp_path):
+    """The reference's sampler is the default on MS-Vid2Vid-XL's schedule, DDIM on the demo model; an explicit
+    solver brings its own step count; a sidecar without the new fields regenerates with what it ran."""
+    from vstar_jax.checkpoints_convert.msvid2vid import DIFFUSION
+    from vstar_jax.enhance import job
+    from vstar_jax.generation.model import diffusion_settings
+
+    assert job.sampler_defaults(diffusion_settings({"diffusion": DIFFUSION, "unet": {}})) == job.REFERENCE_SAMPLER
+    assert job.REFERENCE_SAMPLER["solver"] == "dpmpp_2m_sde" and job.REFERENCE_SAMPLER["guide_rescale"] == 0.2
+    _, src = demo_video
+    req = job.make_enhance_request(src, PROMPT, chunk=8, overlap=4)
+    assert (req.solver, req.steps, req.sdedit_steps, req.guide_rescale, req.negative_prompt) == ("ddim", 50, 30, 0, "")
+    req = job.make_enhance_request(src, PROMPT, chunk=8, overlap=4, solver="dpmpp_2m_sde", guide_rescale=0.2,
+                                   negative_prompt="blurry")
+    assert (req.steps, req.sdedit_steps, req.eta, req.negative_prompt) == (30, 30, 1.0, "blurry")
+    assert job.plan_of(req).schedule().solver == "dpmpp_2m_sde" and job.plan_of(req).rescale
+    legacy = {k: 1 for k in job.SIDECAR_ARGS if k not in job.SIDECAR_LEGACY}
+    legacy.update(format=job.ENHANCE_SIDECAR_FORMAT, input=str(src), input_sha256="0" * 64, height=96, width=96)
+    (tmp_path / "old.json").write_text(json.dumps(legacy))
+    assert job.load_enhance_sidecar(tmp_path / "old.json")["format"] == job.ENHANCE_SIDECAR_FORMAT
+
+
+@pytest.mark.slow  # compiles the demo UNet's enhancer loop with DPM++ 2M SDE and the rescale
+def test_dpm_solver_negative_prompt_round_trip(demo_video, capsys):
+    d, src = demo_video
+    out = d / "dpm.mp4"
+    args = ["enhance", str(src), "--prompt", PROMPT, "--chunk", "8", "--overlap", "4", "--steps", "4", "--strength",
+            "0.5", "--solver", "dpmpp_2m_sde", "--guide-rescale", "0.2", "--quiet"]
+    assert cli.main([*args, "--negative-prompt", "a blue square", "--out", str(out)]) == 0
+    sc = json.loads(out.with_suffix(".json").read_text())
+    assert (sc["solver"], sc["guide_rescale"], sc["negative_prompt"], sc["sdedit_steps"]) == (
+        "dpmpp_2m_sde", 0.2, "a blue square", 4)
+    capsys.readouterr()
+    assert cli.main(["enhance", "--from-sidecar", str(out.with_suffix(".json")), "--out", str(d / "dpm2.mp4"),
+                     "--quiet"]) == 0
+    assert "identical frames" in capsys.readouterr().out
+    assert cli.main([*args, "--out", str(d / "dpm3.mp4")]) == 0  # the empty negative prompt: other frames
+    assert json.loads((d / "dpm3.json").read_text())["frames_sha256"] != sc["frames_sha256"]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ reference module at tiny widths, and its logsnr_cosine_interp noise levels again
 the reference's formula."""
 import json
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -188,3 +189,39 @@ def test_bad_unet_config_is_one_line_before_reading_weights(tmp_path, capsys):
                           "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "model_channels" in err and "\n" not in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_enhance_with_a_tiny_converted_msvid2vid(tiny_ref, tmp_path, monkeypatch):
+    """``vstar-jax enhance`` end to end with a tiny converted MS-Vid2Vid-XL: the reference module's weights
+    (context 1024: its decoder's spatial transformers hard-code it) with a one-layer 1024-wide CLIP text
+    encoder in the ModelScope folder (the tiny folder's is 32 wide), so the refiner's defaults -- the
+    reference's DPM++ 2M SDE with guide rescale 0.2 -- run on a real converted UNet, VAE and text encoder."""
+    transformers = pytest.importorskip("transformers")
+    from vstar_jax.enhance import enhance_video
+    from vstar_jax.io.video import read_video, write_video
+
+    torch.save(tiny_ref.state_dict(), tmp_path / "unet.pth")
+    (tmp_path / "unet.json").write_text(json.dumps(TINY_UNET))
+    for name in ("xformers", "xformers.ops"):  # the reference's stand-ins (no __spec__) would stop diffusers' import
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    modelscope_folder(tmp_path / "ms", perturb=(), scheduler=False)
+    torch.manual_seed(1)
+    transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=64, num_attention_heads=8, num_hidden_layers=1,
+        max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=1)).eval().save_pretrained(tmp_path / "ms" / "text_encoder")
+    ckpt = tmp_path / "ckpt"
+    assert conv_v2v.main([str(tmp_path / "unet.pth"), "--unet-config", str(tmp_path / "unet.json"),
+                          "--modelscope", str(tmp_path / "ms"), "--out", str(ckpt)]) == 0
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in.mp4"
+    write_video(src, rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), fps=8)
+    res = enhance_video(src, "a red circle", checkpoint=str(ckpt), out=str(tmp_path / "out.mp4"), size="16x16",
+                        chunk=4, overlap=2, steps=3, progress=False)
+    sc = res.sidecar
+    assert (sc["solver"], sc["steps"], sc["sdedit_steps"], sc["guide_rescale"], sc["cfg"]) == (
+        "dpmpp_2m_sde", 3, 3, 0.2, 7.5)
+    assert res.latents.shape == (1, 4, 6, 8, 8) and np.isfinite(res.latents).all()
+    assert not np.allclose(res.latents, res.input_latents)
+    assert read_video(res.path).shape == (6, 16, 16, 3)

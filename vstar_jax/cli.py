@@ -159,6 +159,8 @@ def generate_parser() -> argparse.ArgumentParser:
                    help="then refine the video with StreamingT2V's enhancer (vstar-jax enhance) and this refiner "
                         "checkpoint ('demo': the embedded model), written to <out>-enhanced.mp4")
     p.add_argument("--enhance-strength", type=float, metavar="S", help="the enhancer's strength T'/T (default 0.6)")
+    p.add_argument("--enhance-negative-prompt", metavar="TEXT",
+                   help="the enhancer's negative prompt, its CFG's unconditional text (default: the empty prompt)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -296,6 +298,8 @@ def generate_main(argv: Sequence[str]) -> int:
         return 0
     if a.enhance is None and a.enhance_strength is not None:
         raise UsageError("--enhance-strength needs --enhance CKPT")
+    if a.enhance is None and a.enhance_negative_prompt is not None:
+        raise UsageError("--enhance-negative-prompt needs --enhance CKPT")
     if a.enhance is not None and (a.prompts_file or a.seeds):
         raise UsageError("--enhance is for one video; run vstar-jax enhance on each of several")
     if a.enhance is not None:  # before any compute
@@ -319,7 +323,8 @@ def generate_main(argv: Sequence[str]) -> int:
     print(res.path)
     if a.enhance is not None:
         print(_enhance().enhance_generated(res.path, a.prompt, a.enhance, strength=a.enhance_strength, seed=a.seed,
-                                           overwrite=a.overwrite, progress=progress))
+                                           overwrite=a.overwrite, progress=progress,
+                                           negative_prompt=a.enhance_negative_prompt))
     return 0
 
 

@@ -50,6 +50,7 @@ class Denoiser:
     to [-1, 1] (:func:`~vstar_jax.diffusion.parameterization.clip_eps`; the demo model's option), else None.
     ``windows``: D, how many independent windows of a long-video step one call takes
     (:func:`guided_eps_windows`; the size of the mesh axis the ``windows`` rule names, 1 on one device).
+    ``v_alphas``: alphas_cumprod when the model predicts v (guide rescaling acts on v: :func:`rescaled_eps`).
     """
 
     fn: Callable
@@ -57,6 +58,7 @@ class Denoiser:
     anchor_pair: Optional[Callable] = None
     clip_x0: Any = None
     windows: int = 1
+    v_alphas: Any = None
 
     def __call__(self, x, t, ctx, i, **extra):
         return self.fn(x, t, ctx, i, **extra)
@@ -93,6 +95,61 @@ def ddim_step(x: jax.Array, eps: jax.Array, coeffs: dict, noise: jax.Array | Non
     if noise is not None:
         x_prev = x_prev + coeffs["sigma"] * noise
     return x_prev, pred_x0
+
+
+def dpmpp_2m_sde_step(x: jax.Array, eps: jax.Array, coeffs: dict, noise: jax.Array | None, x0_prev: jax.Array):
+    """One DPM-Solver++ (2M) SDE update from guided ``eps`` (:mod:`vstar_jax.diffusion.dpm_solver`'s factors,
+    one step's); returns ``(x_next, pred_x0)``. ``x0_prev``: the previous step's x0 (its factor is 0 at the
+    first step)."""
+    pred_x0 = (x - coeffs["sqrt_one_minus_alpha"] * eps) / coeffs["sqrt_alpha"]
+    x_next = coeffs["x_coef"] * x + coeffs["x0_coef"] * pred_x0 + coeffs["corr_coef"] * (pred_x0 - x0_prev)
+    if noise is not None:
+        x_next = x_next + coeffs["sigma"] * noise
+    return x_next, pred_x0
+
+
+def is_dpm(coeffs: dict) -> bool:
+    """Whether per-step coefficients are DPM++ 2M SDE's (:class:`~vstar_jax.diffusion.dpm_solver.DPMSolverSchedule`)
+    rather than DDIM's: the solver travels with the schedule."""
+    return "x0_coef" in coeffs
+
+
+def solver_state(coeffs: dict, x):
+    """What a loop carries besides x for its solver: the previous x0 (DPM++ 2M), or nothing (DDIM)."""
+    return jnp.zeros_like(x) if is_dpm(coeffs) else ()
+
+
+def solver_step(x, eps, coeffs: dict, noise, state):
+    """One step of the schedule's solver: ``(x_prev, pred_x0, state)`` (:func:`ddim_step` or
+    :func:`dpmpp_2m_sde_step`; ``state`` from :func:`solver_state`)."""
+    if is_dpm(coeffs):
+        x_prev, pred_x0 = dpmpp_2m_sde_step(x, eps, coeffs, noise, state)
+        return x_prev, pred_x0, pred_x0
+    x_prev, pred_x0 = ddim_step(x, eps, coeffs, noise)
+    return x_prev, pred_x0, state
+
+
+def rescale_factor(out_cond, out, rescale):
+    """The reference's CFG std rescaling factor (StreamingT2V ``diffusion_sdedit.py`` lines 77-83): the
+    guided output is multiplied by ``rescale * std(cond) / (std(guided) + 1e-12) + (1 - rescale)``, stds
+    per batch row over everything else (unbiased, as torch's). Shape (b, 1, ...)."""
+    axes = tuple(range(1, out.ndim))
+    ratio = jnp.std(out_cond, axis=axes, ddof=1, keepdims=True) / (jnp.std(out, axis=axes, ddof=1, keepdims=True)
+                                                                  + 1e-12)
+    return rescale * ratio + (1.0 - rescale)
+
+
+def rescaled_eps(den, eps_cond, eps, x, t, rescale):
+    """Guided eps rescaled (:func:`rescale_factor`) where the model's output lives: on v when the denoiser
+    predicts v (``Denoiser.v_alphas``; v = (eps - sqrt(1 - a) x) / sqrt(a) is linear in eps, so scaling v by
+    f adds sqrt(a) (f - 1) v to eps), else on eps itself. Written as ``eps + (f - 1) ...``: ``rescale`` 0
+    returns ``eps`` bit for bit. ``t``: (b,) timesteps of the rows."""
+    if den.v_alphas is None:
+        return eps + (rescale_factor(eps_cond, eps, rescale) - 1.0) * eps
+    a = jnp.asarray(np.asarray(den.v_alphas, np.float32))[jnp.asarray(t)].reshape((-1,) + (1,) * (x.ndim - 1))
+    sa, s1 = jnp.sqrt(a), jnp.sqrt(1.0 - a)
+    v_c, v = (eps_cond - s1 * x) / sa, (eps - s1 * x) / sa
+    return eps + sa * (rescale_factor(v_c, v, rescale) - 1.0) * v
 
 
 def guided_ddim_step(x, eps_cond, eps_uncond, coeffs: dict, cfg_scale, noise=None):
@@ -147,13 +204,14 @@ def cfg_context(cond, uncond, batch: int, frames: int) -> jax.Array:
 
 
 def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
-               capture: bool = False, extra: Optional[dict] = None):
+               capture: bool = False, extra: Optional[dict] = None, rescale=None):
     """One CFG model evaluation: a single call on ``[x; x]`` with ``context`` = [uncond; cond]
     rows (from :func:`cfg_context`). ``model_fn``: a :class:`Denoiser` or a plain model function.
     ``t`` is a scalar timestep, or one per frame (F,) (FIFO's diagonal denoising; the model then
     gets (rows, F)). ``extra``: more model inputs, already in CFG rows (StreamingT2V's ``cam_frames``
-    / ``image_embed``). Returns ``(eps, aux)`` (``aux`` None unless ``capture``); eps is float32,
-    guided, and clipped when the denoiser asks (``Denoiser.clip_x0``)."""
+    / ``image_embed``). ``rescale``: the reference's guide rescale (:func:`rescaled_eps`; None: plain CFG).
+    Returns ``(eps, aux)`` (``aux`` None unless ``capture``); eps is float32, guided, and clipped when the
+    denoiser asks (``Denoiser.clip_x0``)."""
     den = as_denoiser(model_fn)
     b = x.shape[0]
     t = jnp.asarray(t, jnp.int32)
@@ -163,14 +221,17 @@ def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guide
     eps, aux = out if capture else (out, None)
     eps = eps.astype(jnp.float32)
     if guided:
-        eps = cfg_combine(eps[:b], eps[b:], cfg_scale)
+        eps_cond = eps[b:]
+        eps = cfg_combine(eps[:b], eps_cond, cfg_scale)
+        if rescale is not None:
+            eps = rescaled_eps(den, eps_cond, eps, x, tt[:b], rescale)
     if den.clip_x0 is not None:
         eps = clip_eps(eps, x, tt[:b], den.clip_x0)
     return eps, aux
 
 
 def guided_eps_windows(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
-                       capture: bool = False):
+                       capture: bool = False, rescale=None):
     """:func:`guided_eps` of D windows in ONE model call (the windows stacked into the batch): ``x`` (D, b,
     c, F, h, w); ``t`` per window, (D,) or (D, F); ``context`` each window's [uncond; cond] rows, (D, rows,
     ...); ``step_index`` a scalar or one per window (D,). The rows are window-major, [u_0; c_0; u_1; c_1;
@@ -179,7 +240,8 @@ def guided_eps_windows(model_fn: ModelFn, x, t, context, step_index, cfg_scale, 
     d = x.shape[0]
     if d == 1:
         si = step_index if jnp.ndim(step_index) == 0 else step_index[0]
-        eps, aux = guided_eps(model_fn, x[0], t[0], context[0], si, cfg_scale, guided=guided, capture=capture)
+        eps, aux = guided_eps(model_fn, x[0], t[0], context[0], si, cfg_scale, guided=guided, capture=capture,
+                              rescale=rescale)
         return eps[None], aux
     if capture:
         raise ValueError("attention maps are recorded one window per UNet call (D = 1)")
@@ -192,32 +254,41 @@ def guided_eps_windows(model_fn: ModelFn, x, t, context, step_index, cfg_scale, 
     si = step_index if jnp.ndim(step_index) == 0 else jnp.repeat(jnp.asarray(step_index, jnp.int32), r * b)
     eps = den.fn(x_in, tt.reshape((d * r * b,) + t.shape[1:]), ctx, si).astype(jnp.float32)
     eps = eps.reshape((d, r, b) + eps.shape[1:])
-    eps = cfg_combine(eps[:, 0], eps[:, 1], cfg_scale) if guided else eps[:, 0]
+
+    def flat(a):
+        return a.reshape((d * b,) + a.shape[2:])
+
+    if guided and rescale is not None:  # per window and row, as one window's call would
+        g = cfg_combine(eps[:, 0], eps[:, 1], cfg_scale)
+        eps = rescaled_eps(den, flat(eps[:, 1]), flat(g), flat(x), flat(tt[:, :b]), rescale).reshape(g.shape)
+    else:
+        eps = cfg_combine(eps[:, 0], eps[:, 1], cfg_scale) if guided else eps[:, 0]
     if den.clip_x0 is not None:
-        def flat(a):
-            return a.reshape((d * b,) + a.shape[2:])
 
         eps = clip_eps(flat(eps), flat(x), flat(tt[:, :b]), den.clip_x0).reshape(eps.shape)
     return eps, None
 
 
 def ddim_loop(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided: bool, use_noise: bool,
-              return_x0: bool = False, capture: bool = False):
-    """The plain DDIM loop (one ``lax.scan`` over steps, every frame in each model call) on prepared
-    inputs (:func:`prepare_sampling`); returns (x_0, stacked pred_x0 or None, stacked aux or None).
-    ``Single``'s loop, and FIFO's base clip."""
-    def body(x, xs):
+              return_x0: bool = False, capture: bool = False, rescale=None):
+    """The plain loop (one ``lax.scan`` over steps, every frame in each model call) on prepared inputs
+    (:func:`prepare_sampling`); returns (x_0, stacked pred_x0 or None, stacked aux or None). Steps with the
+    schedule's solver (:func:`solver_step`: DDIM, or DPM++ 2M SDE); ``rescale``: the guide rescale
+    (:func:`guided_eps`). ``Single``'s loop, and FIFO's base clip."""
+    def body(carry, xs):
+        x, state = carry
         co, i, k = xs
         eps, aux = guided_eps(model_fn, x, co["timesteps"], context, i, cfg_scale,
-                              guided=guided, capture=capture)
+                              guided=guided, capture=capture, rescale=rescale)
         noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
-        x_prev, pred_x0 = ddim_step(x, eps, co, noise)
+        x_prev, pred_x0, state = solver_step(x, eps, co, noise, state)
         ys = (pred_x0 if return_x0 else None, aux)
-        return x_prev, ys
+        return (x_prev, state), ys
 
     n = coeffs["timesteps"].shape[0]
     xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys)
-    x, (x0s, aux) = jax.lax.scan(body, x_T.astype(jnp.float32), xs)
+    x_T = x_T.astype(jnp.float32)
+    (x, _), (x0s, aux) = jax.lax.scan(body, (x_T, solver_state(coeffs, x_T)), xs)
     return x, x0s, aux
 
 

@@ -127,6 +127,7 @@ class DDIMSchedule:
     scale_prev: np.ndarray  # (N,) use_scale factor at the previous step
     eta: float
     alphas_cumprod: np.ndarray  # (T,) the full training schedule (float32)
+    solver = "ddim"  # the sampler's solver (dpm_solver.DPMSolverSchedule is the other)
 
     @property
     def num_steps(self) -> int:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from vstar_jax.enhance.job import DEFAULTS, enhance_video, load_enhance_sidecar, regenerate_enhanced
+from vstar_jax.enhance.job import (DEFAULTS, REFERENCE_SAMPLER, enhance_video, load_enhance_sidecar,
+                                   regenerate_enhanced)
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.builtin import DEFAULT, DEMO_SOURCE
 from vstar_jax.generation.model import model_info
@@ -40,10 +41,22 @@ def enhance_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, help=f"frames per chunk (default {d['chunk']})")
     p.add_argument("--overlap", type=int, help=f"frames two chunks share (default {d['overlap']})")
     p.add_argument("--size", metavar="HxW", help="the refiner's frame size (default: its own)")
-    p.add_argument("--steps", type=int, help=f"DDIM steps over the whole schedule; those at or below T' run "
-                                             f"(default {d['steps']}: 30 at strength 0.6)")
+    r = REFERENCE_SAMPLER
+    p.add_argument("--solver", choices=("ddim", "dpmpp_2m_sde"),
+                   help=f"the sampler's solver (default: {r['solver']} with an MS-Vid2Vid-XL refiner, the "
+                        f"reference's; {d['solver']} otherwise, e.g. the demo model)")
+    p.add_argument("--steps", type=int, help=f"ddim: steps over the whole schedule, those at or below T' run "
+                                             f"(default {d['steps']}: 30 at strength 0.6); dpmpp_2m_sde: steps "
+                                             f"from T' (default {r['steps']})")
     p.add_argument("--cfg", type=float, help=f"classifier-free guidance scale (default {d['cfg']})")
-    p.add_argument("--eta", type=float, help="DDIM eta (default: the refiner's)")
+    p.add_argument("--guide-rescale", type=float, metavar="X",
+                   help=f"the reference's CFG std rescale in [0, 1], 0 = plain CFG (default {r['guide_rescale']} "
+                        f"with an MS-Vid2Vid-XL refiner, {d['guide_rescale']} otherwise)")
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="the unconditional text of CFG (default: the empty prompt, as the reference's "
+                        "--negative_prompt_enhancer; its config's long negative text is not used at inference)")
+    p.add_argument("--eta", type=float, help="ddim: DDIM eta (default: the refiner's); dpmpp_2m_sde: the SDE's "
+                                             "eta (default 1)")
     p.add_argument("--seed", type=int, help="PRNG seed (default 0)")
     p.add_argument("--fps", type=float, help="the refiner's fps conditioning (default: its own)")
     p.add_argument("--save-fps", type=float, help="frame rate of the written video (default 8)")
@@ -86,7 +99,8 @@ def enhance_main(argv: Sequence[str]) -> int:
                         checkpoint=refiner_arg(a.checkpoint), progress=progress, overwrite=a.overwrite,
                         strength=a.strength, chunk=a.chunk, overlap=a.overlap, size=a.size, steps=a.steps, cfg=a.cfg,
                         eta=a.eta, seed=a.seed, fps=a.fps, save_fps=a.save_fps, frame_batch=a.frame_batch,
-                        shared_noise=not a.no_shared_noise, blend=not a.no_blend)
+                        shared_noise=not a.no_shared_noise, blend=not a.no_blend, solver=a.solver,
+                        guide_rescale=a.guide_rescale, negative_prompt=a.negative_prompt)
     print(res.path)
     return 0
 
@@ -108,7 +122,8 @@ def check_enhance_stage(checkpoint, strength, frames, generator=None) -> None:
 
 
 def enhance_generated(video_path: str, prompt: str, checkpoint, *, strength=None, seed=None, overwrite=False,
-                      progress=True) -> str:
-    """``generate ... --enhance CKPT``: the generated video enhanced into ``<video>-enhanced.mp4``."""
+                      progress=True, negative_prompt=None) -> str:
+    """``generate ... --enhance CKPT``: the generated video enhanced into ``<video>-enhanced.mp4``
+    (``negative_prompt``: ``--enhance-negative-prompt``, None the refiner's default)."""
     return enhance_video(video_path, prompt, checkpoint=refiner_arg(checkpoint), strength=strength, seed=seed,
-                         overwrite=overwrite, progress=progress).path
+                         overwrite=overwrite, progress=progress, negative_prompt=negative_prompt).path

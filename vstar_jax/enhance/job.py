@@ -10,8 +10,10 @@
 The chunk and trim rules are the reference's (``t2v_enhanced/model_func.py``, ``video2video_randomized``):
 a video shorter than one chunk is refused; a length that does not tile into chunks is trimmed to the
 longest one that does. Defaults are its inference settings (``video_to_video_model.py``): strength 0.6
-(``total_noise_levels = 600``), 30 denoising steps (50 DDIM steps over the whole schedule, of which the
-30 at or below T' run), guidance 7.5, chunks of 24 overlapping 8. Frames are resized with bilinear
+(``total_noise_levels = 600``), chunks of 24 overlapping 8, guidance 7.5, the empty negative prompt, and
+with an MS-Vid2Vid-XL refiner its sampler, 30 DPM++ 2M SDE steps from T' with guide rescale 0.2
+(:data:`REFERENCE_SAMPLER`); other refiners (the demo model) keep DDIM, 50 steps over the whole schedule of
+which the 30 at or below T' run, no rescale (:func:`sampler_defaults`). Frames are resized with bilinear
 interpolation without antialiasing (half-pixel centres), which maps an integer-times nearest-upscaled
 video (the demo model's display frames) back to its pixels exactly. The encoder's posterior mean is
 used (the reference samples it).
@@ -35,8 +37,8 @@ from tqdm.auto import tqdm
 from vstar_jax.compile_cache import compile_lowered
 from vstar_jax.demo.model import patchify
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
-from vstar_jax.diffusion.schedules import make_schedule
-from vstar_jax.enhance.sdedit import RNG_RULE, enhance_loop, sdedit_schedule
+from vstar_jax.diffusion.dpm_solver import SOLVERS
+from vstar_jax.enhance.sdedit import RNG_RULE, enhance_loop, solver_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.generation import builtin
 from vstar_jax.generation.model import DEMO_SOURCE, load_pipeline, model_info
@@ -53,10 +55,34 @@ from vstar_jax.pipeline import decode_and_write
 from vstar_jax.validate import number
 
 DEFAULTS = {"strength": 0.6, "steps": 50, "cfg": 7.5, "chunk": 24, "overlap": 8, "seed": 0, "frame_batch": 16,
-            "save_fps": 8.0}
+            "save_fps": 8.0, "solver": "ddim", "guide_rescale": 0.0, "negative_prompt": ""}
+#: The reference's sampler settings, the defaults where the refiner is MS-Vid2Vid-XL (its noise schedule,
+#: ``beta_schedule: logsnr_cosine_interp``). StreamingT2V ``.../video_to_video/video_to_video_model.py``
+#: ``forward`` lines 238-252: ``guide_scale=7.5, guide_rescale=0.2, solver='dpmpp_2m_sde', steps=30`` (the
+#: ``fast`` solver mode, the only one its solver table holds: ``diffusion_sdedit.py`` lines 142-145), from
+#: ``total_noise_levels - 1`` with 600 (``model_func.py`` line 181: strength 0.6), SDE eta 1
+#: (``solvers_sdedit.py`` line 145). The negative prompt is the empty one: ``forward`` encodes
+#: ``input['negative_prompt']`` (lines 196-198; the config's long text, ``utils/config.py`` line 163, is
+#: overwritten), which ``video2video_randomized`` passes from ``--negative_prompt_enhancer``, default
+#: ``--negative_prompt``, default "" (``model_func.py`` lines 139, 180; ``inference.py`` lines 38-40, 126).
+REFERENCE_SAMPLER = {"solver": "dpmpp_2m_sde", "steps": 30, "cfg": 7.5, "guide_rescale": 0.2, "eta": 1.0,
+                     "strength": 0.6, "negative_prompt": ""}
+#: what a sidecar written before a setting existed ran with (not today's defaults)
+SIDECAR_LEGACY = {"solver": "ddim", "guide_rescale": 0.0, "negative_prompt": ""}
 ASPECT_TOLERANCE = 0.01  # relative: frames are resized, never cropped or padded
 SIDECAR_ARGS = ("prompt", "strength", "chunk", "overlap", "steps", "cfg", "eta", "seed", "fps", "save_fps",
-                "frame_batch", "shared_noise", "blend")
+                "frame_batch", "shared_noise", "blend") + tuple(SIDECAR_LEGACY)
+
+
+def sampler_defaults(diffusion: dict) -> dict:
+    """The enhancer's sampler defaults for a refiner (its ``diffusion`` settings): the reference's
+    (:data:`REFERENCE_SAMPLER`) on MS-Vid2Vid-XL's schedule; otherwise DDIM, 50 steps over the schedule
+    (30 run at strength 0.6), CFG 7.5 without rescale, the refiner's eta -- the settings the demo
+    refiner's seam and verdict figures were measured with (benchmarks/RESULTS.md, issue 27)."""
+    if diffusion.get("beta_schedule") == "logsnr_cosine_interp":
+        return dict(REFERENCE_SAMPLER)
+    return {k: DEFAULTS[k] for k in ("solver", "steps", "cfg", "guide_rescale", "strength", "negative_prompt")} | {
+        "eta": diffusion.get("default_eta", 1.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +94,7 @@ class EnhanceRequest:
     input_frames: int
     input_size: tuple  # (H, W)
     prompt: str
+    negative_prompt: str  # the unconditional text of CFG
     checkpoint: Optional[str]  # None: the embedded demo model
     frames: int  # after the reference's trim rule
     height: int
@@ -76,9 +103,11 @@ class EnhanceRequest:
     strength: float
     chunk: int
     overlap: int
-    steps: int  # DDIM steps over the whole schedule
-    sdedit_steps: int  # of which these run (t <= T')
+    solver: str  # "ddim" or "dpmpp_2m_sde"
+    steps: int  # ddim: steps over the whole schedule; dpmpp_2m_sde: steps from T'
+    sdedit_steps: int  # the steps that run (ddim: those at t <= T')
     cfg: float
+    guide_rescale: float  # the reference's CFG std rescale, in [0, 1] (0: plain CFG)
     eta: float
     seed: int
     fps: float  # the UNet's fps conditioning
@@ -109,10 +138,11 @@ class EnhancePlan:
     overlap: int
     shared_noise: bool
     blend: bool
+    solver: str = "ddim"
+    rescale: bool = False  # guide rescale in the graph (its value is an argument)
 
     def schedule(self):
-        return sdedit_schedule(make_schedule(self.flavor, self.steps, self.eta, **dict(self.schedule_kwargs)),
-                               self.strength)
+        return solver_schedule(self.solver, self.flavor, self.steps, self.eta, self.schedule_kwargs, self.strength)
 
 
 def file_sha256(path) -> str:
@@ -149,11 +179,29 @@ def parse_size(size) -> Optional[tuple]:
 def make_enhance_request(input_path, prompt: str, *, checkpoint=None, pipeline=None, strength=None, chunk=None,
                          overlap=None, size=None, steps=None, cfg=None, eta=None, seed=None, fps=None,
                          save_fps=None, frame_batch=None, shared_noise: bool = True, blend: bool = True,
+                         solver=None, guide_rescale=None, negative_prompt=None,
                          expect_input_sha256: Optional[str] = None) -> EnhanceRequest:
-    """Check every setting and the input video (one-line :class:`VstarError` each, before any compute)."""
+    """Check every setting and the input video (one-line :class:`VstarError` each, before any compute).
+    Settings left None take the refiner's defaults (:func:`sampler_defaults`)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise VstarError("empty prompt: the enhancer is conditioned on the video's text (--prompt)")
-    strength = number("strength", DEFAULTS["strength"] if strength is None else strength)
+    info = model_info(checkpoint, pipeline)
+    d = info.diffusion
+    sd = sampler_defaults(d)
+    solver = sd["solver"] if solver is None else solver
+    if solver not in SOLVERS:
+        raise VstarError(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if solver != sd["solver"] and solver == "ddim":  # the other solver's own step count and eta
+        sd.update(steps=DEFAULTS["steps"], eta=d.get("default_eta", 1.0))
+    elif solver != sd["solver"]:
+        sd.update(steps=REFERENCE_SAMPLER["steps"], eta=REFERENCE_SAMPLER["eta"])
+    if negative_prompt is None:
+        negative_prompt = sd["negative_prompt"]
+    if not isinstance(negative_prompt, str):
+        raise VstarError(f"the negative prompt must be text, got {negative_prompt!r}")
+    guide_rescale = number("--guide-rescale", sd["guide_rescale"] if guide_rescale is None else guide_rescale,
+                           minimum=0, maximum=1)
+    strength = number("strength", sd["strength"] if strength is None else strength)
     if not 0.0 < strength <= 1.0:
         raise VstarError(f"strength must be in (0, 1] (the fraction of the noise schedule SDEdit starts from), "
                          f"got {strength}")
@@ -162,20 +210,19 @@ def make_enhance_request(input_path, prompt: str, *, checkpoint=None, pipeline=N
                      maximum=100_000)
     if chunk <= overlap:
         raise VstarError(f"chunk {chunk} must be larger than the overlap {overlap}")
-    steps = number("steps", DEFAULTS["steps"] if steps is None else steps, integer=True, minimum=1, maximum=1000)
-    cfg = number("cfg", DEFAULTS["cfg"] if cfg is None else cfg, minimum=0, maximum=1000)
+    steps = number("steps", sd["steps"] if steps is None else steps, integer=True, minimum=1, maximum=1000)
+    cfg = number("cfg", sd["cfg"] if cfg is None else cfg, minimum=0, maximum=1000)
     seed = number("seed", DEFAULTS["seed"] if seed is None else seed, integer=True, minimum=0, maximum=2 ** 32 - 1)
     save_fps = number("save_fps", DEFAULTS["save_fps"] if save_fps is None else save_fps, minimum=0.1, maximum=1000)
     frame_batch = number("frame_batch", DEFAULTS["frame_batch"] if frame_batch is None else frame_batch,
                          integer=True, minimum=1, maximum=100_000)
     size = parse_size(size)
-    info = model_info(checkpoint, pipeline)
-    d = info.diffusion
-    eta = number("eta", d.get("default_eta", 1.0) if eta is None else eta, minimum=0, maximum=100)
+    eta = number("eta", sd["eta"] if eta is None else eta, minimum=0, maximum=100)
     fps = number("fps", d["default_fps"] if fps is None else fps, minimum=0, maximum=1000)
     sched_kw = schedule_kwargs(d)
-    check_schedule(d["flavor"], steps, eta, sched_kw)
-    n_sdedit = sdedit_schedule(make_schedule(d["flavor"], steps, eta, **dict(sched_kw)), strength).num_steps
+    if solver == "ddim":
+        check_schedule(d["flavor"], steps, eta, sched_kw)
+    n_sdedit = solver_schedule(solver, d["flavor"], steps, eta, sched_kw, strength).num_steps
 
     # ---- the input video ----
     path = os.path.abspath(os.fspath(input_path))
@@ -204,10 +251,12 @@ def make_enhance_request(input_path, prompt: str, *, checkpoint=None, pipeline=N
     if expect_input_sha256 is not None and sha != expect_input_sha256:
         raise VstarError(f"{path} is not the video the sidecar recorded (sha256 {sha[:12]}... != "
                          f"{expect_input_sha256[:12]}...)")
-    return EnhanceRequest(path, sha, int(n), (int(vh), int(vw)), prompt, _checkpoint_source(checkpoint), frames, int(height), int(width), tuple(latent_hw),
-                          float(strength), int(chunk), int(overlap), int(steps), int(n_sdedit), float(cfg), float(eta),
-                          int(seed), float(fps), float(save_fps), int(frame_batch), bool(shared_noise), bool(blend),
-                          d["flavor"], sched_kw, d["prediction"])
+    return EnhanceRequest(path, sha, int(n), (int(vh), int(vw)), prompt, negative_prompt,
+                          _checkpoint_source(checkpoint), frames, int(height), int(width),
+                          tuple(latent_hw), float(strength), int(chunk), int(overlap), solver, int(steps),
+                          int(n_sdedit), float(cfg), float(guide_rescale), float(eta), int(seed), float(fps),
+                          float(save_fps), int(frame_batch), bool(shared_noise), bool(blend), d["flavor"], sched_kw,
+                          d["prediction"])
 
 
 # ------------------------------------------------------------------------------- encode
@@ -269,13 +318,14 @@ def read_latents(pipe, req: EnhanceRequest, progress: bool = False) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------- sample
-def _enhance(unet, params, z0, cond, uncond, key, fps, cfg_scale, *, plan: EnhancePlan):
+def _enhance(unet, params, z0, cond, uncond, key, fps, cfg_scale, rescale, *, plan: EnhancePlan):
     schedule = plan.schedule()
     model_fn = make_denoiser(unet, params, DenoiserSpec(plan.prediction), alphas_cumprod=schedule.alphas_cumprod,
                              fps=fps, on_call=_progress_tick)
     _, _, context, coeffs, _, use_noise, guided = prepare_sampling(z0, cond, uncond, schedule, None, key, "enhance")
     lat = enhance_loop(model_fn, z0, context, coeffs, cfg_scale, key, window=plan.chunk, overlap=plan.overlap,
-                       shared_noise=plan.shared_noise, blend=plan.blend, guided=guided, use_noise=use_noise)
+                       shared_noise=plan.shared_noise, blend=plan.blend, guided=guided, use_noise=use_noise,
+                       rescale=rescale if plan.rescale else None)
     return SampleOutput(lat, None, None)
 
 
@@ -302,14 +352,14 @@ def compiled_enhancer(unet, plan: EnhancePlan, args: tuple, progress: bool):
 
 def plan_of(req: EnhanceRequest) -> EnhancePlan:
     return EnhancePlan(req.flavor, req.steps, req.eta, req.schedule_kwargs, req.strength, req.prediction, req.chunk,
-                       req.overlap, req.shared_noise, req.blend)
+                       req.overlap, req.shared_noise, req.blend, req.solver, req.guide_rescale != 0.0)
 
 
 def enhance_latents(pipe, req: EnhanceRequest, z0, *, progress: bool = False):
     """The sampling stage: refined latents (1, c, frames, h, w) float32 and the seconds it took."""
-    cond, uncond = pipe.encode([req.prompt]), pipe.encode([""])
+    cond, uncond = pipe.encode([req.prompt]), pipe.encode([req.negative_prompt])
     args = (pipe.params["unet"], jnp.asarray(z0), jnp.asarray(cond), jnp.asarray(uncond), jax.random.key(req.seed),
-            jnp.float32(req.fps), jnp.float32(req.cfg))
+            jnp.float32(req.fps), jnp.float32(req.cfg), jnp.float32(req.guide_rescale))
     run = compiled_enhancer(pipe.unet, plan_of(req), args, progress)
     lat, _, seconds = run_sampler(run, args, total_calls=req.chunks * req.sdedit_steps, progress=progress,
                                   unit="call")
@@ -352,8 +402,11 @@ def enhance_video(input_path, prompt: str, *, out=None, checkpoint=None, pipelin
                       f"enhancing the first {req.frames} (the reference's trim rule)")
     log(progress, f"encoding {req.frames} frames at {req.height}x{req.width}")
     z0 = read_latents(pipe, req, progress)
+    steps = (f"{req.sdedit_steps} of {req.steps} DDIM steps" if req.solver == "ddim"
+             else f"{req.sdedit_steps} DPM++ 2M SDE steps")
     log(progress, f"enhancing: {req.chunks} chunks of {req.chunk} (overlap {req.overlap}), strength {req.strength} "
-                  f"({req.sdedit_steps} of {req.steps} DDIM steps), cfg {req.cfg}, seed {req.seed}"
+                  f"({steps}), cfg {req.cfg}{f' rescaled {req.guide_rescale}' if req.guide_rescale else ''}, "
+                  f"seed {req.seed}"
                   f"{'' if req.shared_noise else ', no shared noise'}{'' if req.blend else ', no blending'}")
     lat, t_sample = enhance_latents(pipe, req, z0, progress=progress)
     with Staging() as stage:
@@ -374,10 +427,11 @@ def build_enhance_sidecar(req: EnhanceRequest, checkpoint: str, digest: str, siz
         "format": ENHANCE_SIDECAR_FORMAT,
         "input": req.input, "input_sha256": req.input_sha256, "input_frames": req.input_frames,
         "input_size": list(req.input_size),
-        "prompt": req.prompt, "checkpoint": checkpoint,
+        "prompt": req.prompt, "negative_prompt": req.negative_prompt, "checkpoint": checkpoint,
         "frames": req.frames, "height": req.height, "width": req.width, "latent_hw": list(req.latent_hw),
-        "strength": req.strength, "chunk": req.chunk, "overlap": req.overlap, "steps": req.steps,
-        "sdedit_steps": req.sdedit_steps, "cfg": req.cfg, "eta": req.eta, "seed": req.seed, "fps": req.fps,
+        "strength": req.strength, "chunk": req.chunk, "overlap": req.overlap, "solver": req.solver,
+        "steps": req.steps, "sdedit_steps": req.sdedit_steps, "cfg": req.cfg, "guide_rescale": req.guide_rescale,
+        "eta": req.eta, "seed": req.seed, "fps": req.fps,
         "save_fps": req.save_fps, "frame_batch": req.frame_batch, "shared_noise": req.shared_noise,
         "blend": req.blend, "schedule": {"flavor": req.flavor, **dict(req.schedule_kwargs)},
         "prediction": req.prediction,
@@ -394,7 +448,8 @@ def load_enhance_sidecar(path) -> dict:
     p, data = read_sidecar_file(path)
     if not isinstance(data, dict) or data.get("format") != ENHANCE_SIDECAR_FORMAT:
         raise VstarError(f"{p} is not a vstar-jax enhancer sidecar (format {ENHANCE_SIDECAR_FORMAT})")
-    missing = [k for k in SIDECAR_ARGS + ("input", "input_sha256", "height", "width") if k not in data]
+    missing = [k for k in SIDECAR_ARGS + ("input", "input_sha256", "height", "width")
+               if k not in data and k not in SIDECAR_LEGACY]
     if missing:
         raise VstarError(f"{p}: missing field(s) {missing}")
     return data
@@ -405,7 +460,7 @@ def regenerate_enhanced(sidecar, *, out=None, checkpoint=None, pipeline=None, pr
     """The enhanced video a sidecar describes, again, from the same input file (its sha256 checked); with
     ``verify`` frames that hash differently are not kept (:class:`FramesDiffer`)."""
     sc = load_enhance_sidecar(sidecar)
-    kw = {k: sc[k] for k in SIDECAR_ARGS if k != "prompt"}
+    kw = {k: sc.get(k, SIDECAR_LEGACY.get(k)) for k in SIDECAR_ARGS if k != "prompt"}
     ck = checkpoint if checkpoint is not None else sc.get("checkpoint")
     ck = None if ck in (None, DEMO_SOURCE) else ck  # builtin:demo_vc stays a name (load_pipeline resolves it)
     res = enhance_video(sc["input"], sc["prompt"], out=out, checkpoint=ck, pipeline=pipeline, progress=progress,
@@ -416,4 +471,4 @@ def regenerate_enhanced(sidecar, *, out=None, checkpoint=None, pipeline=None, pr
 
 
 __all__ = ["EnhanceRequest", "EnhanceResult", "make_enhance_request", "enhance_video", "regenerate_enhanced",
-           "encode_frames", "resize_frames", "FramesDiffer", "DEFAULTS"]
+           "encode_frames", "resize_frames", "FramesDiffer", "DEFAULTS", "REFERENCE_SAMPLER", "sampler_defaults"]

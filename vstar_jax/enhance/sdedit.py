@@ -12,11 +12,26 @@ Reference (Picsart-AI-Research/StreamingT2V, branch ``StreamingModelscope``):
 * ``t2v_enhanced/model/video_noise_generator.py`` (``NoiseGenerator``, ``shared_noise_across_chunks``):
   the chunks draw their noise from one shared source, so two chunks hold the same noise on their overlap.
 
-Here it runs on the project's machinery, not a copy of it: the DDIM coefficients of the refiner's schedule
-(:mod:`vstar_jax.diffusion.schedules`) from the first step at or below T', CFG (``guided_eps``), the
+Here it runs on the project's machinery, not a copy of it: the one sampler's solvers -- the reference's
+DPM++ 2M SDE from T' (:mod:`vstar_jax.diffusion.dpm_solver`: its sigma selection, steps and final x0), or
+the DDIM coefficients of the refiner's schedule (:mod:`vstar_jax.diffusion.schedules`) from the first step
+at or below T' (:func:`solver_schedule`) --, CFG (``guided_eps``) with the reference's guide rescale
+(``sampler.rescaled_eps``, on the model's v) and a negative prompt as the unconditional text, the
 randomized-blending loop and owner map of :mod:`vstar_jax.longvideo.blend` and the chunk arithmetic of
-:mod:`vstar_jax.longvideo.windows`. The reference's solver is DPM++ 2M SDE with v-prediction; ours is the
-refiner's DDIM (the project's one sampler), so trajectories are not the reference's number for number.
+:mod:`vstar_jax.longvideo.windows`. With an MS-Vid2Vid-XL refiner the defaults are the reference's sampler
+settings (``job.REFERENCE_SAMPLER``). Differences from the reference that remain:
+
+* the step noise of DPM++ 2M SDE: the reference draws it from a torchsde Brownian tree seeded 0, here
+  from the seed's keys (the rule below); the SDEdit noise and the blending offsets likewise come from
+  JAX keys, not torch's / Python's generators;
+* the encoder's posterior mean (the reference samples the posterior; ``job.encode_frames``);
+* where a trailing timestep of the reference is exactly k + 0.5, the model's rounded timestep may differ
+  by one (an ulp of float32 log, numpy's vs torch's);
+* strength 1 with DPM++ on a zero-terminal-SNR schedule is refused (the reference's first step there is
+  an Euler step on the v output; the samplers here take eps, from which x0 is lost at alpha_cumprod 0);
+* the reference runs the UNet in float16 autocast; here it runs in the checkpoint's dtype.
+
+Trajectories are therefore the reference's in law, not number for number.
 
 Two switches reproduce the paper's ablation (Fig. 4):
 
@@ -28,10 +43,10 @@ Two switches reproduce the paper's ablation (Fig. 4):
   cut at its first frame). Without shared noise the chunks are merged once, at the end, by the same owner
   map (one row of offsets).
 
-PRNG: ``k_x, k_steps = split(key(seed))``; shared: noise = ``normal(k_x, (b, c, N, h, w))``, step i's DDIM
-noise ``normal(split(k_steps, n)[i])``; not shared: chunk k's noise ``normal(fold_in(k_x, k), (b, c, F, h,
-w))``, its step keys ``split(fold_in(k_steps, k), n)``. One chunk with blending off is plain SDEdit (DDIM
-from T' of the encoded video) bit for bit.
+PRNG: ``k_x, k_steps = split(key(seed))``; shared: noise = ``normal(k_x, (b, c, N, h, w))``, step i's noise
+(DDIM with eta > 0, DPM++ 2M SDE) ``normal(split(k_steps, n)[i])``; not shared: chunk k's noise
+``normal(fold_in(k_x, k), (b, c, F, h, w))``, its step keys ``split(fold_in(k_steps, k), n)``. One chunk with
+blending off is plain SDEdit (DDIM from T' of the encoded video) bit for bit.
 """
 from __future__ import annotations
 
@@ -41,7 +56,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.schedules import DDIMSchedule
+from vstar_jax.diffusion.dpm_solver import check_solver, dpmpp_2m_sde_schedule
+from vstar_jax.diffusion.schedules import DDIMSchedule, logsnr_cosine_interp_sigmas, make_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import SampleInputs
@@ -49,7 +65,8 @@ from vstar_jax.longvideo.blend import Blend, blend_offsets, owner_map
 from vstar_jax.longvideo.single import Single
 
 RNG_RULE = ("k_x,k_steps=split(key(seed)); shared noise: x_T'=sdedit(z0,normal(k_x,(b,c,N,h,w))), "
-            "noise_i=normal(split(k_steps,n)[i]); not shared: chunk k: normal(fold_in(k_x,k),(b,c,F,h,w)), "
+            "noise_i=normal(split(k_steps,n)[i]) (ddim eta>0 and dpmpp_2m_sde); "
+            "not shared: chunk k: normal(fold_in(k_x,k),(b,c,F,h,w)), "
             "split(fold_in(k_steps,k),n); blend offsets=blend_offsets(k_steps,n,chunks,O) (not shared: one row)")
 
 
@@ -76,12 +93,32 @@ def sdedit_schedule(schedule: DDIMSchedule, strength: float) -> DDIMSchedule:
     return dataclasses.replace(schedule, **cut)
 
 
+def solver_schedule(solver: str, flavor: str, steps: int, eta: float, sched_kw: tuple, strength: float):
+    """The steps SDEdit runs from T' (:func:`start_timestep`) with ``solver``: ``ddim``, the refiner's DDIM
+    schedule of ``steps`` steps over the whole schedule cut at T' (:func:`sdedit_schedule`); or
+    ``dpmpp_2m_sde``, ``steps`` DPM++ 2M SDE steps from T' as the reference selects them
+    (:func:`~vstar_jax.diffusion.dpm_solver.dpmpp_2m_sde_schedule`, SDE ``eta``; on MS-Vid2Vid-XL's
+    schedule its own noise levels). One-line :class:`VstarError` for what it cannot run."""
+    kw = dict(sched_kw)
+    if check_solver(solver) == "ddim":
+        return sdedit_schedule(make_schedule(flavor, steps, eta, **kw), strength)
+    if not 0.0 < float(strength) <= 1.0:
+        raise VstarError(f"strength must be in (0, 1], got {strength}")
+    if kw.get("use_scale"):
+        raise VstarError("the dpmpp_2m_sde solver has no VideoCrafter2 use_scale: use --solver ddim with this refiner")
+    ac = make_schedule(flavor, 1, 0.0, **kw).alphas_cumprod
+    vp = logsnr_cosine_interp_sigmas(len(ac)) if kw.get("beta_schedule") == "logsnr_cosine_interp" else None
+    return dpmpp_2m_sde_schedule(ac, start_timestep(strength, len(ac)), steps, eta=eta, vp_sigmas=vp)
+
+
 def sdedit_noised(z0, noise, coeffs: dict):
     """x at the first (noisiest) step of ``coeffs`` (loop order): sqrt(a) scale z0 + sqrt(1 - a) noise,
     the forward process whose inverse is ``ddim_step``'s x0 (``scale`` is VideoCrafter2's ``use_scale``,
-    1 otherwise)."""
+    1 otherwise); for DPM++ 2M SDE times its ``start_scale`` (the reference hands the noised latent to
+    the solver as its noise: :mod:`vstar_jax.diffusion.dpm_solver`)."""
     a = coeffs["sqrt_alpha"][0] * coeffs["scale"][0]
-    return a * jnp.asarray(z0, jnp.float32) + coeffs["sqrt_one_minus_alpha"][0] * noise
+    x = a * jnp.asarray(z0, jnp.float32) + coeffs["sqrt_one_minus_alpha"][0] * noise
+    return x * coeffs["start_scale"][0] if "start_scale" in coeffs else x
 
 
 def chunk_noises(k_x, shape: tuple, starts, window: int, shared: bool) -> jax.Array:
@@ -111,11 +148,12 @@ def sdedit_start(z0, key, coeffs: dict, *, window: int, overlap: int, shared_noi
 
 def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps, *, frames: int, window: int,
                    overlap: int, shared_noise: bool = True, blend: bool = True, guided: bool = True,
-                   use_noise: bool = False):
+                   use_noise: bool = False, rescale=None):
     """The chunked denoising from :func:`sdedit_start`'s ``x_start`` -> latents (b, c, frames, h, w).
 
     ``coeffs``/``context`` as :func:`~vstar_jax.diffusion.sampler.prepare_sampling` returns them for the SDEdit
-    schedule (:func:`sdedit_schedule`; the context not per frame); ``use_noise``: eta > 0. Traceable."""
+    schedule (:func:`sdedit_schedule` or :func:`~vstar_jax.diffusion.dpm_solver.dpmpp_2m_sde_schedule`; the
+    context not per frame); ``use_noise``: noise in the steps; ``rescale``: the guide rescale. Traceable."""
     starts = W.chunk_starts(frames, window, overlap)
     n_steps = coeffs["timesteps"].shape[0]
     placeholder = jnp.zeros((n_steps,), jnp.uint32)  # step keys when eta == 0 (as prepare_sampling)
@@ -123,13 +161,13 @@ def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps,
         step_keys = jax.random.split(k_steps, n_steps) if use_noise else placeholder
         # blend off: no offsets key, so every offset is 0 (the blend strategy's rule without a key)
         inputs = SampleInputs(x_start, context, coeffs, step_keys, k_steps if blend else None, cfg_scale, frames,
-                              guided, use_noise)
+                              guided, use_noise, rescale)
         return Blend(window, overlap).run(model_fn, inputs)[0]
 
     def one(args):
         k, x = args
         ks = jax.random.split(jax.random.fold_in(k_steps, k), n_steps) if use_noise else placeholder
-        inputs = SampleInputs(x, context, coeffs, ks, None, cfg_scale, window, guided, use_noise)
+        inputs = SampleInputs(x, context, coeffs, ks, None, cfg_scale, window, guided, use_noise, rescale)
         return Single().run(model_fn, inputs)[0]
 
     chunks = jax.lax.map(one, (jnp.arange(len(starts), dtype=jnp.int32), x_start))  # (K, b, c, F, h, w)
@@ -142,10 +180,12 @@ def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps,
 
 
 def enhance_loop(model_fn, z0, context, coeffs: dict, cfg_scale, key, *, window: int, overlap: int,
-                 shared_noise: bool = True, blend: bool = True, guided: bool = True, use_noise: bool = False):
+                 shared_noise: bool = True, blend: bool = True, guided: bool = True, use_noise: bool = False,
+                 rescale=None):
     """Chunked SDEdit of clean latents ``z0`` (b, c, N, h, w) -> refined latents (b, c, N, h, w):
     :func:`sdedit_start` then :func:`denoise_chunks`; ``key`` is the seed's key. Traceable (call it inside
     ``jax.jit``); N must tile into chunks ((N - O) % (F - O) == 0)."""
     x_start, k_steps = sdedit_start(z0, key, coeffs, window=window, overlap=overlap, shared_noise=shared_noise)
     return denoise_chunks(model_fn, x_start, context, coeffs, cfg_scale, k_steps, frames=z0.shape[2], window=window,
-                          overlap=overlap, shared_noise=shared_noise, blend=blend, guided=guided, use_noise=use_noise)
+                          overlap=overlap, shared_noise=shared_noise, blend=blend, guided=guided, use_noise=use_noise,
+                          rescale=rescale)

@@ -59,6 +59,7 @@ class SampleInputs(NamedTuple):
     frames: int  # output frames N
     guided: bool
     use_noise: bool
+    rescale: Any = None  # the reference's guide rescale in [0, 1] (sampler.rescaled_eps); None: plain CFG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,9 @@ class Strategy:
     SERIAL: ClassVar[str] = ""
     #: settings a sidecar written before a field existed ran with (:func:`sidecar_settings` fills them in)
     SIDECAR_LEGACY: ClassVar[dict] = {}
+    #: the solvers its loop steps with (the schedule's ``solver``: DDIM, or DPM++ 2M SDE where the loop is
+    #: ``sampler.ddim_loop`` or the blend loop, which step with ``sampler.solver_step``)
+    SOLVERS: ClassVar[tuple] = ("ddim",)
 
     # ---- protocol ------------------------------------------------------------------------------
     def check(self, frames: int, steps: int) -> Plan:
@@ -154,7 +158,8 @@ class Strategy:
 
     # ---- the one sampler ------------------------------------------------------------------------
     def sample(self, model_fn: Callable, x_T, cond, uncond, schedule, *, key=None, cfg_scale=12.0, eta=None,
-               frames: Optional[int] = None, capture: bool = False, return_x0: bool = False) -> SampleOutput:
+               frames: Optional[int] = None, capture: bool = False, return_x0: bool = False,
+               guide_rescale=None) -> SampleOutput:
         """Sample a video with this strategy: every caller's way in (traceable; jit it, or call it inside
         a jitted function with the params as arguments).
 
@@ -163,11 +168,18 @@ class Strategy:
         (``uncond=None``: no guidance); ``schedule``: a ``DDIMSchedule`` (``eta=None``: its own); ``key``:
         the sampling key (step i's noise ``normal(split(key, steps)[i])``; a method's extra draws fold it),
         needed when eta > 0 or the method draws. ``return_x0``: :meth:`trace` instead of :meth:`run`.
+        ``schedule.solver`` must be one of :attr:`SOLVERS`; ``guide_rescale``: the reference enhancer's CFG
+        std rescaling (None: plain CFG).
         Returns :class:`~vstar_jax.diffusion.sampler.SampleOutput` (``pred_x0`` None unless asked)."""
+        solver = getattr(schedule, "solver", "ddim")
+        if solver not in self.SOLVERS:
+            raise VstarError(f"long_video {self.name} steps with {', '.join(self.SOLVERS)}, not {solver}")
+        if guide_rescale is not None and self.SOLVERS == ("ddim",):  # the same two loops take the rescale
+            raise VstarError(f"long_video {self.name} has no guide rescale (single and blend have)")
         x_T, frames, context, coeffs, keys, use_noise, guided = prepare_sampling(
             x_T, cond, uncond, schedule, eta, key, f"{self.name} sampling", frames=frames)
         inputs = SampleInputs(x_T, context, coeffs, keys, key, jnp.asarray(cfg_scale, jnp.float32), frames, guided,
-                              use_noise)
+                              use_noise, None if guide_rescale is None else jnp.asarray(guide_rescale, jnp.float32))
         if return_x0:
             return self.trace(model_fn, inputs, capture=capture)
         latents, aux = self.run(model_fn, inputs, capture=capture)

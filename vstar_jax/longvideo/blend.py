@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import SampleOutput, as_denoiser, ddim_step, guided_eps_windows
+from vstar_jax.diffusion.sampler import SampleOutput, as_denoiser, guided_eps_windows, solver_state, solver_step
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -44,14 +44,15 @@ def owner_map(starts, offsets, window: int, frames: int):
 
 
 def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window,
-           guided, use_noise, return_x0, capture, group=1):
+           guided, use_noise, return_x0, capture, group=1, rescale=None):
     index, real = W.window_groups(len(starts), group)
     g_starts, g_real = jnp.asarray(np.asarray(starts)[index]), jnp.asarray(real)
 
     frames = x_T.shape[2]
     g_index = jnp.asarray(index)
 
-    def step(x, xs):
+    def step(carry, xs):
+        x, state = carry
         co, i, k, r = xs  # r: (n_chunks,) this step's offsets
         owner = owner_map(starts, r, window, frames)
 
@@ -59,7 +60,7 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
             ss, ids, m = sm
             xw, ctx = W.stack_windows(x, context, ss, window)
             eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
-                                          cfg_scale, guided=guided, capture=capture)
+                                          cfg_scale, guided=guided, capture=capture, rescale=rescale)
             owns = jax.vmap(lambda s, c: W.slice_frames(owner, s, window, 0) == c)(ss, ids)  # (D, F)
             eps = jnp.where(owns[:, None, None, :, None, None], eps, 0.0)  # one owner per frame: exact sums
             return W.add_windows(acc, eps, ss, m), aux
@@ -68,12 +69,13 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
         eps_full, aux = jax.lax.scan(one_group, zeros, (g_starts, g_index, g_real))
         eps_full = eps_full.sum(axis=0)  # on a mesh: one all-reduce of the latent a step
         noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
-        x_prev, x0 = ddim_step(x, eps_full, co, noise)
-        return x_prev, (x0 if return_x0 else None, aux)
+        x_prev, x0, state = solver_step(x, eps_full, co, noise, state)  # DDIM or DPM++ 2M SDE (the schedule's)
+        return (x_prev, state), (x0 if return_x0 else None, aux)
 
     n = coeffs["timesteps"].shape[0]
     xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys, offsets)
-    x, (x0s, aux) = jax.lax.scan(step, x_T.astype(jnp.float32), xs)
+    x_T = x_T.astype(jnp.float32)
+    (x, _), (x0s, aux) = jax.lax.scan(step, (x_T, solver_state(coeffs, x_T)), xs)
     return x, x0s, aux
 
 
@@ -96,6 +98,7 @@ class Blend(Strategy):
     """StreamingT2V randomized blending: chunks of ``window`` frames overlapping ``overlap``."""
 
     name = "blend"
+    SOLVERS = ("ddim", "dpmpp_2m_sde")
     POSITIONAL = ("window", "overlap")
     window: int = 24
     overlap: int = 8
@@ -131,4 +134,4 @@ class Blend(Strategy):
         return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                       starts, offsets, window=self.window, guided=inputs.guided,
                       use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
-                      group=1 if capture else as_denoiser(model_fn).windows)
+                      group=1 if capture else as_denoiser(model_fn).windows, rescale=inputs.rescale)

@@ -87,4 +87,5 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
             jax.debug.callback(on_call, jnp.min(jnp.asarray(i)), jnp.isfinite(eps).all())
         return (eps, aux) if spec.capture else eps
 
-    return Denoiser(model_fn, cam_input, anchor_pair, ac if spec.clip_x0 else None, spec.windows)
+    return Denoiser(model_fn, cam_input, anchor_pair, ac if spec.clip_x0 else None, spec.windows,
+                    ac if spec.prediction == "v" else None)
