@@ -10,7 +10,9 @@ For every program (``single``: one plain video; ``long``: ``--long-video`` (defa
 lowers and compiles that stage's program separately and reports:
 
 * ``trace_s``, ``lower_s``, ``compile_s``: wall seconds of each (a compile-cache hit still pays trace and
-  lower: it re-attaches this process's progress callback to the stored executable);
+  lower: it re-attaches this process's progress callback to the stored executable), and ``trace_cpu_s``,
+  ``lower_cpu_s``, ``compile_cpu_s``: this process's CPU seconds in each (all threads), which other jobs'
+  load on a shared machine changes far less than wall seconds: compare builds by these;
 * ``stablehlo_ops``: operations in the lowered StableHLO, and ``by_part``: how many come from each UNet
   part (its Flax module path, level numbers dropped) or from outside the UNet (the sampler's own
   arithmetic), read from the lowering's debug locations;
@@ -77,11 +79,11 @@ def part_of(name: str) -> str:
 
 def measure_lowering(traced) -> dict:
     """Lower and compile a ``jax.jit(...).trace(...)`` result; sizes and seconds (see the module docstring)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lowered = traced.lower()
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     text = lowered.as_text(debug_info=True)
     defs, memo = _locations(text), {}
     parts, kinds = collections.Counter(), collections.Counter()
@@ -89,7 +91,8 @@ def measure_lowering(traced) -> dict:
         kinds[m.group(1).split(".", 1)[1]] += 1
         parts[part_of(_name(m.group(2), defs, memo))] += 1
     hlo = compiled.as_text() or ""
-    return dict(lower_s=round(t1 - t0, 3), compile_s=round(t2 - t1, 3), stablehlo_ops=sum(kinds.values()),
+    return dict(lower_s=round(t1 - t0, 3), compile_s=round(t2 - t1, 3), lower_cpu_s=round(c1 - c0, 3),
+                compile_cpu_s=round(c2 - c1, 3), stablehlo_ops=sum(kinds.values()),
                 hlo_instructions=sum(1 for ln in hlo.splitlines() if " = " in ln),
                 by_part=dict(parts.most_common(12)), by_op=dict(kinds.most_common(8)))
 
@@ -102,13 +105,14 @@ def measure_program(program: str, a) -> dict:
     seen = {}
 
     def stage(unet, plan, args, progress, items=None):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if items is None:
             traced = sampling.sample_jit.trace(unet, *args, plan=plan)
         else:
             traced = sampling.sample_batch_jit.trace(unet, *args, plan=plan, item_sharding=items.sharding,
                                                      mode=items.mode)
-        seen.update(trace_s=round(time.perf_counter() - t0, 3), **measure_lowering(traced))
+        seen.update(trace_s=round(time.perf_counter() - t0, 3), trace_cpu_s=round(time.process_time() - c0, 3),
+                    **measure_lowering(traced))
         raise _Measured
 
     real, pl._compiled_sampler = pl._compiled_sampler, stage  # the pipeline's sampler stage, measured not run
