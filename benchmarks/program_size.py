@@ -18,6 +18,15 @@ lowers and compiles that stage's program separately and reports:
   arithmetic), read from the lowering's debug locations;
 * ``by_op``: the most frequent operation kinds; ``hlo_instructions``: instructions in the optimised HLO.
 
+``--ablate PART`` measures the programs with one UNet part replaced by the identity (an upper bound on what
+that part costs to build; the program is not the model any more, so nothing is sampled from it anyway):
+``temporal_transformer``, ``spatial_transformer``, ``transformer_block`` (every block inside both),
+``temporal_conv``, ``group_norm_stats`` (the statistics: GroupNorm keeps only its affine) or
+``attention`` (every attention core returns its queries). One process per part:
+
+    for p in none temporal_transformer spatial_transformer transformer_block temporal_conv; do
+      python benchmarks/program_size.py --programs single --ablate $p; done
+
 The compile cache is off here (every program compiles). One JSON line per program.
 """
 from __future__ import annotations
@@ -37,6 +46,8 @@ from vstar_jax.io.atomic import append_text
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red circle moves to the right"
 PROGRAMS = ("single", "long", "batch")
+ABLATIONS = ("none", "temporal_transformer", "spatial_transformer", "transformer_block", "temporal_conv",
+             "group_norm_stats", "attention")
 _NOISE = {"while", "body", "cond", "closed_call", "checkpoint", "remat", "jvp", "pjit", "scan"}
 
 
@@ -97,6 +108,28 @@ def measure_lowering(traced) -> dict:
                 by_part=dict(parts.most_common(12)), by_op=dict(kinds.most_common(8)))
 
 
+def ablate(part: str) -> None:
+    """Replace one UNet part by the identity in this process (see the module docstring)."""
+    from vstar_jax.models import layers, unet3d
+
+    identity = lambda self, x, *args, **kwargs: x  # noqa: E731
+    if part == "temporal_transformer":
+        unet3d.TemporalTransformer.__call__ = identity
+    elif part == "spatial_transformer":
+        unet3d.SpatialTransformer.__call__ = identity
+    elif part == "transformer_block":
+        unet3d.TransformerBlock.__call__ = identity
+    elif part == "temporal_conv":
+        unet3d.TemporalConvBlock.__call__ = identity
+    elif part == "group_norm_stats":
+        def stats(x, groups):  # any (n, c) mean and var: the first two positions
+            rows = x.reshape(x.shape[0], -1, x.shape[-1])
+            return rows[:, 0], rows[:, 1]
+        layers.group_norm_stats = stats
+    elif part == "attention":
+        layers.attention = lambda q, k, v, **kwargs: q
+
+
 def measure_program(program: str, a) -> dict:
     """Run the user's path for ``program`` up to its sampling stage and measure that stage's program."""
     from vstar_jax import pipeline as pl
@@ -142,6 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--long-frames", type=int, default=32, help="the long program's frames (default 32)")
     ap.add_argument("--items", type=int, default=4, help="videos in the batch program (default 4)")
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--ablate", default="none", choices=ABLATIONS, help="replace one UNet part by the identity")
     ap.add_argument("--json", help="also append the JSON lines here")
     a = ap.parse_args(argv)
     programs = [p.strip() for p in a.programs.split(",") if p.strip()]
@@ -156,13 +190,14 @@ def main(argv=None) -> int:
         return 2
     os.environ["VSTAR_JAX_CACHE_DIR"] = "off"
     sys.path[:0] = [REPO]
+    ablate(a.ablate)
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     for program in programs:
         row = dict(kind="program_size", program=program, checkpoint=a.checkpoint or "demo", steps=a.steps,
                    frames=a.long_frames if program == "long" else a.frames,
                    long_video=a.long if program == "long" else None, items=a.items if program == "batch" else 1,
-                   commit=commit, load_avg=round(os.getloadavg()[0], 2), **measure_program(program, a))
+                   ablate=a.ablate, commit=commit, load_avg=round(os.getloadavg()[0], 2), **measure_program(program, a))
         print(json.dumps(row), flush=True)
         if a.json:
             append_text(a.json, json.dumps(row) + "\n")
