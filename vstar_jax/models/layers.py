@@ -7,9 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.models import param_check
 from vstar_jax.models.attention import attention
 
 Dtype = Any
+
+# Every model of the project is built from these layers: memoise Flax's per-parameter shape check for all of
+# them (a quarter of tracing the demo sampling program; the check itself still runs).
+param_check.install()
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
