@@ -99,6 +99,19 @@ def window_groups(n_windows: int, group: int) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(slots, n - 1).astype(np.int32), slots < n
 
 
+
+def device_blocks(n_windows: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of one step as D contiguous blocks of K = ceil(n / D) (Video-Infinity's layout: device
+    j of a mesh whose window axis splits D holds windows [j K, (j + 1) K), so neighbouring windows share
+    a device but at the D - 1 boundaries): ``(index (D, K) int32, real (D, K) bool)``, slot (j, k) window
+    j K + k; slots past the last window (``real`` False) index past it. Call k of a step takes column k,
+    one window per device. D = 1: the serial order, one window a call."""
+    n = _int("windows", n_windows, 1)
+    d = _int("group", group, 1)
+    k = -(-n // d)
+    index = np.arange(d * k, dtype=np.int32).reshape(d, k)
+    return index, index < n
+
 # ---------------------------------------------------------------- traced window views (jax)
 def slice_frames(a, start, size: int, axis: int):
     """``a[..., start:start + size, ...]`` along ``axis`` with a traced start."""
