@@ -87,7 +87,7 @@ MESH_SCRIPT = textwrap.dedent("""
     from tiny_checkpoint import write_tiny_checkpoint
     from vstar_jax import pipeline as pl
     from vstar_jax.runtime import runtime
-    from benchmarks.sharding import collective_bytes, executed_collective_bytes
+    from benchmarks.sharding import collective_bytes, executed_collective_bytes, loop_body_collectives
     assert len(__import__("jax").devices()) == 8
     ckpt = write_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "ck"))
     base = dict(checkpoint=ckpt, steps=2, seed=1, progress=False, tar="L0:1", synopsis=("a red circle", "a blue square"))
@@ -120,6 +120,8 @@ MESH_SCRIPT = textwrap.dedent("""
                 print("CONVS", hlo.count(" convolution("), one_hlo.count(" convolution("))
                 print("COLL", " ".join(f"{k}={n}" for k, (n, b) in collective_bytes(hlo).items() if n))
                 print("BYTES_PER_STEP", sum(b for _, b in ex.values()) // kw["steps"], r.latents.nbytes)
+                body = loop_body_collectives(hlo, kw["steps"])
+                print("STEP", len(body), " ".join(f"{k}={n}:{b}" for k, (n, b) in body[0].items()))
                 again = pl.regenerate(os.path.join(out, f"{name}-{tag}.json"), out=os.path.join(out, "again.mp4"),
                                       mesh=mesh, progress=False)
                 print("SIDECAR", int(np.array_equal(again.latents, r.latents)),
@@ -141,9 +143,11 @@ def test_genl_windows_over_8_devices_equal_one_device_in_one_call_per_group():
     """genl:4:2 on 16 frames (7 windows), TAR + a 2-state synopsis, mesh data 8: all 7 windows in one call of
     8 (one masked), within 1e-5 of one device; the compiled program holds one UNet body (as many
     convolutions as the serial program), no all-gather and no all-to-all (each device has a whole window),
-    and moves < 2 latents' bytes a step (measured: one all-reduce of the latent, the average; building the
-    windows by an all-to-all of the per-frame contexts was 46x that, one shared sum 3.3x); --from-sidecar
-    on the same mesh is bit-identical, with the same device plan recorded."""
+    and moves < 2 latents' bytes a step (building the windows by an all-to-all of the per-frame contexts
+    was 46x that, one shared sum 3.3x); a step sends only its neighbours' windows (two collective-permutes,
+    the windows held in contiguous blocks, windows.block_grid) and a 4-byte probe: no all-reduce of the
+    latent (its average before; mutation: the step's sum as the old all-reduce of per-slot partial sums
+    fails it); --from-sidecar on the same mesh is bit-identical, with the same device plan recorded."""
     out = _mesh_run("ci")
     case = out[("CASE", "genl", "data8")]
     assert float(case[3]) < 1e-5 and case[4:] == ["8", "1", "1"], case
@@ -153,6 +157,11 @@ def test_genl_windows_over_8_devices_equal_one_device_in_one_call_per_group():
     per_step, latent = int(out["BYTES_PER_STEP"][1]), int(out["BYTES_PER_STEP"][2])
     assert 0 < per_step < 2 * latent, out["BYTES_PER_STEP"]
     assert out["SIDECAR"][1:] == ["1", "True", "True"], out["SIDECAR"]
+    # a step: the two neighbour exchanges of whole windows (4 frames of 4 x 8 x 8 each) and the call's 4-byte
+    # probe, no all-reduce or all-gather of the latent (before: one all-reduce of the latent a step)
+    step = dict(kv.split("=") for kv in out["STEP"][2:])
+    assert out["STEP"][1] == "1" and step["collective-permute"] == f"2:{2 * 4 * 4 * 8 * 8 * 4}", step
+    assert step["all-reduce"] == "1:4" and step["all-gather"] == "0:0" and step["all-to-all"] == "0:0", step
 
 
 @pytest.mark.slow

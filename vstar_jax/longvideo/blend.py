@@ -77,6 +77,35 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
     return x, x0s, aux
 
 
+
+def _blend_blocks(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window, guided, use_noise,
+                  group):
+    """:func:`_blend` on D window slots in contiguous blocks (:class:`~.windows.BlockGrid`): the loop carries
+    each chunk's F frames of x_t; after a step's calls each chunk takes, for its own frames, the eps of
+    the chunk that owns them (:func:`owner_map`; one of its block's or the m nearest of the neighbouring
+    blocks', two collective-permutes of m chunks) and takes the DDIM step there: the same values as the
+    serial selection, no all-reduce of the latent."""
+    grid = W.block_grid(starts, window, group)
+    frames = x_T.shape[2]
+
+    def step(x_w, xs):
+        co, i, k, r = xs
+        owner = owner_map(starts, r, window, frames)[jnp.asarray(grid.frames)][:, :, None, None, :, None, None]
+        eps = W.map_columns(lambda xw, ctx: guided_eps_windows(
+            model_fn, xw, jnp.broadcast_to(co["timesteps"], (grid.d,)), ctx, i, cfg_scale, guided=guided)[0],
+            x_w, context, grid)
+        picked = jnp.zeros_like(eps)
+        for dl, view, ok in zip(range(-grid.reach, grid.reach + 1), W.neighbour_windows(eps, grid), grid.ok):
+            mine = ok & (owner == jnp.asarray(grid.rank + dl)[:, :, None, None, None, None, None])
+            picked = picked + jnp.where(mine, view, 0.0)  # one owner per frame: the serial selection exactly
+        noise = W.gather_windows(jax.random.normal(k, x_T.shape, jnp.float32), grid) if use_noise else None
+        return W.keep_masked(ddim_step(x_w, picked, co, noise)[0], x_w, grid), None
+
+    n = coeffs["timesteps"].shape[0]
+    xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys, offsets)
+    x_w, _ = jax.lax.scan(step, W.gather_windows(x_T.astype(jnp.float32), grid), xs)
+    return W.assemble_windows(x_w, grid, x_T.shape), None, None
+
 def blend_offsets(key, num_steps: int, num_chunks: int, overlap: int) -> jax.Array:
     """Randomized-blending offsets (num_steps, num_chunks) int32 in [0, overlap); chunk 0's are 0."""
     r = jax.random.randint(jax.random.fold_in(key, OFFSET_FOLD), (num_steps, num_chunks), 0, overlap,
@@ -128,7 +157,11 @@ class Blend(Strategy):
         starts = W.chunk_starts(inputs.frames, self.window, self.overlap)
         n_steps = inputs.coeffs["timesteps"].shape[0]
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
+        group = 1 if capture else as_denoiser(model_fn).windows
+        if not return_x0 and W.neighbour_layout(starts, self.window, group):
+            return _blend_blocks(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                                 starts, offsets, window=self.window, guided=inputs.guided,
+                                 use_noise=inputs.use_noise, group=group)
         return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                       starts, offsets, window=self.window, guided=inputs.guided,
-                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
-                      group=1 if capture else as_denoiser(model_fn).windows)
+                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture, group=group)

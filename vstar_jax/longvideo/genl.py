@@ -63,6 +63,38 @@ def _genl(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, counts, *, wi
     return x, x0s, aux
 
 
+
+
+def _genl_blocks(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, counts, *, window, guided, use_noise,
+                 group):
+    """:func:`_genl` on D window slots in contiguous blocks (:class:`~.windows.BlockGrid`, Video-Infinity's
+    layout): the loop carries each window's F frames of x_t, device j holding windows [j K, (j + 1) K);
+    after a step's calls each window averages, for its own frames, the x_{t-1} of the windows that cover
+    them (:func:`~.windows.neighbour_windows`: its block's and the m nearest of the neighbouring blocks',
+    two collective-permutes of m windows) instead of an all-reduce of the whole latent. The same terms in
+    another order (<= 1e-6); the step noise is the long latent's, drawn on every device and sliced per
+    window; the video is put together once at the end (:func:`~.windows.assemble_windows`)."""
+    grid = W.block_grid(starts, window, group)
+    w = jnp.asarray(counts)[jnp.asarray(grid.frames)][:, :, None, None, :, None, None]
+
+    def step(x_w, xs):
+        co, i, key = xs
+        y = W.map_columns(lambda xw, ctx: ddim_step(xw, guided_eps_windows(
+            model_fn, xw, jnp.broadcast_to(co["timesteps"], (grid.d,)), ctx, i, cfg_scale, guided=guided)[0],
+            co, None)[0], x_w, context, grid)
+        total = jnp.zeros_like(y)
+        for view, ok in zip(W.neighbour_windows(y, grid), grid.ok):  # the covering windows, in rank order
+            total = total + jnp.where(ok, view, 0.0)
+        x_prev = total / w
+        if use_noise:
+            x_prev = x_prev + co["sigma"] * W.gather_windows(jax.random.normal(key, x_T.shape, jnp.float32), grid)
+        return W.keep_masked(x_prev, x_w, grid), None
+
+    n = coeffs["timesteps"].shape[0]
+    xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys)
+    x_w, _ = jax.lax.scan(step, W.gather_windows(x_T.astype(jnp.float32), grid), xs)
+    return W.assemble_windows(x_w, grid, x_T.shape), None, None
+
 @register
 @dataclasses.dataclass(frozen=True)
 class GenL(Strategy):
@@ -88,7 +120,11 @@ class GenL(Strategy):
     def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.sliding_starts(inputs.frames, self.window, self.stride)
         counts = W.coverage(inputs.frames, self.window, starts).astype(np.float32)
+        group = 1 if capture else as_denoiser(model_fn).windows
+        if not return_x0 and W.neighbour_layout(starts, self.window, group):
+            return _genl_blocks(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                                starts, counts, window=self.window, guided=inputs.guided,
+                                use_noise=inputs.use_noise, group=group)
         return _genl(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                      starts, jnp.asarray(counts), window=self.window, guided=inputs.guided,
-                     use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
-                     group=1 if capture else as_denoiser(model_fn).windows)
+                     use_noise=inputs.use_noise, return_x0=return_x0, capture=capture, group=group)
