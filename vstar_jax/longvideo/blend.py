@@ -9,9 +9,12 @@ x and eps) and keeps the update's eps consistent with the blended x0. Offsets:
 noise as in ``single``. Needs (N - O) % (F - O) == 0. With N == F it is ``single``
 bit for bit. The chunks of a step all read x_t: D of them (``Denoiser.windows``, the mesh's ``windows``
 axis) run as one batched UNet call. The owner map, order-dependent as the reference writes it, is
-computed in closed form (:func:`owner_map`: the last chunk that writes a frame), each chunk adds only the
-frames it owns to its slot's partial sum, and the slots are summed once a step: one owner per frame, so
-the sum is the serial selection exactly, for any D; the last group is padded with masked chunks.
+computed in closed form (:func:`owner_map`: the last chunk that writes a frame). With D > 1 the chunks
+lie in contiguous blocks per device (:func:`_blend_blocks`): each takes its frames' eps from their owner,
+its block's or a neighbouring block's (two collective-permutes a step). Otherwise each chunk adds only
+the frames it owns to its slot's partial sum, and the slots are summed once a step (one all-reduce of
+the latent on a mesh): one owner per frame, so either is the serial selection exactly, for any D; the
+last group is padded with masked chunks.
 """
 from __future__ import annotations
 

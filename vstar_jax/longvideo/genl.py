@@ -6,12 +6,13 @@ uniform average over the windows covering it. The step noise is drawn once for t
 taken before adding it. One ``lax.scan`` over steps, an inner ``lax.scan`` over groups of D windows
 (``lax.dynamic_slice``), so the traced program holds one UNet call whatever N is. Every window of a
 step reads x_t, so the windows are independent: a group is ONE batched UNet call of D windows (D =
-``Denoiser.windows``, the size of the mesh axis the ``windows`` rule names: each device a window;
-:func:`~.windows.window_groups` pads the last group with masked windows). Each window slot keeps its own
-partial sum of x_{t-1} over the video (:func:`~.windows.add_windows`: on a mesh a device adds its own
-windows locally) and the D slots are summed once a step, the only communication of the average (one
-all-reduce of the latent); D = 1 is the serial loop's sums, D > 1 adds the same terms in another order
-(<= 1e-6). With N == F it is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
+``Denoiser.windows``, the size of the mesh axis the ``windows`` rule names: each device a window).
+With D > 1 the windows lie in contiguous blocks per device (:func:`_genl_blocks`): a step sends only
+the neighbouring blocks' overlapping windows (two collective-permutes). Otherwise (D = 1, blocks
+shorter than the overlap reach, ``return_x0``, attention maps) each window slot keeps its own partial
+sum of x_{t-1} over the video (:func:`~.windows.add_windows`; :func:`~.windows.window_groups` pads
+the last group with masked windows) and the D slots are summed once a step (on a mesh one all-reduce
+of the latent); D = 1 is the serial loop's sums, D > 1 adds the same terms in another order (<= 1e-6). With N == F it is ``single`` (same keys; XLA may fuse the division differently: <= 1e-6 relative).
 """
 from __future__ import annotations
 
