@@ -64,6 +64,22 @@ def executed_collective_bytes(hlo: str) -> dict:
     runs, a while loop's body ``known_trip_count`` times (the step loop, a long video's loop over window
     groups), a called or conditional computation once. {op: (count, bytes per device)} executed; divide
     by the steps for bytes per step. A loop without a known trip count counts once."""
+    comps, total = _executed(hlo)
+    return total(comps.get("__entry__", ""))
+
+
+def loop_body_collectives(hlo: str, trips: int) -> list:
+    """What ONE run of a loop body sends: for each while loop of ``trips`` known trips, {op: (count, bytes
+    per device)} of its body and what it calls (inner loops times their trips). FIFO's queue iteration,
+    a method's step."""
+    comps, total = _executed(hlo)
+    return [total(body) for text in comps.values() for line in text.splitlines() if " while(" in line
+            and re.search(r'"known_trip_count":\{"n":"%d"' % trips, line)
+            for body in re.findall(r"body=%([\w.\-]+)", line)]
+
+
+def _executed(hlo: str):
+    """(computations {name: text} with "__entry__" naming the entry, total(name) -> executed collectives)."""
     comps, name, lines = {}, None, []
     for line in hlo.splitlines():
         m = re.match(r"(?:ENTRY )?%([\w.\-]+) .*\{$", line)
@@ -98,7 +114,7 @@ def executed_collective_bytes(hlo: str) -> dict:
         memo[comp] = {k: tuple(v) for k, v in out.items()}
         return memo[comp]
 
-    return total(comps.get("__entry__", ""))
+    return comps, total
 
 
 def _parse_mesh(spec: str) -> dict:

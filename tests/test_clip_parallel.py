@@ -87,7 +87,7 @@ MESH_SCRIPT = textwrap.dedent("""
     from tiny_checkpoint import write_tiny_checkpoint
     from vstar_jax import pipeline as pl
     from vstar_jax.runtime import runtime
-    from benchmarks.sharding import collective_bytes, executed_collective_bytes
+    from benchmarks.sharding import collective_bytes, executed_collective_bytes, loop_body_collectives
     assert len(__import__("jax").devices()) == 8
     ckpt = write_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "ck"))
     base = dict(checkpoint=ckpt, steps=2, seed=1, progress=False, tar="L0:1", synopsis=("a red circle", "a blue square"))
@@ -120,6 +120,8 @@ MESH_SCRIPT = textwrap.dedent("""
                 print("CONVS", hlo.count(" convolution("), one_hlo.count(" convolution("))
                 print("COLL", " ".join(f"{k}={n}" for k, (n, b) in collective_bytes(hlo).items() if n))
                 print("BYTES_PER_STEP", sum(b for _, b in ex.values()) // kw["steps"], r.latents.nbytes)
+                body = loop_body_collectives(hlo, kw["steps"])
+                print("STEP", len(body), " ".join(f"{k}={n}:{b}" for k, (n, b) in body[0].items()))
                 again = pl.regenerate(os.path.join(out, f"{name}-{tag}.json"), out=os.path.join(out, "again.mp4"),
                                       mesh=mesh, progress=False)
                 print("SIDECAR", int(np.array_equal(again.latents, r.latents)),
@@ -141,9 +143,11 @@ def test_genl_windows_over_8_devices_equal_one_device_in_one_call_per_group():
     """genl:4:2 on 16 frames (7 windows), TAR + a 2-state synopsis, mesh data 8: all 7 windows in one call of
     8 (one masked), within 1e-5 of one device; the compiled program holds one UNet body (as many
     convolutions as the serial program), no all-gather and no all-to-all (each device has a whole window),
-    and moves < 2 latents' bytes a step (measured: one all-reduce of the latent, the average; building the
-    windows by an all-to-all of the per-frame contexts was 46x that, one shared sum 3.3x); --from-sidecar
-    on the same mesh is bit-identical, with the same device plan recorded."""
+    and moves < 2 latents' bytes a step (building the windows by an all-to-all of the per-frame contexts
+    was 46x that, one shared sum 3.3x); a step sends only its neighbours' windows (two collective-permutes,
+    the windows held in contiguous blocks, windows.block_grid) and a 4-byte probe: no all-reduce of the
+    latent (its average before; mutation: the step's sum as the old all-reduce of per-slot partial sums
+    fails it); --from-sidecar on the same mesh is bit-identical, with the same device plan recorded."""
     out = _mesh_run("ci")
     case = out[("CASE", "genl", "data8")]
     assert float(case[3]) < 1e-5 and case[4:] == ["8", "1", "1"], case
@@ -153,6 +157,11 @@ def test_genl_windows_over_8_devices_equal_one_device_in_one_call_per_group():
     per_step, latent = int(out["BYTES_PER_STEP"][1]), int(out["BYTES_PER_STEP"][2])
     assert 0 < per_step < 2 * latent, out["BYTES_PER_STEP"]
     assert out["SIDECAR"][1:] == ["1", "True", "True"], out["SIDECAR"]
+    # a step: the two neighbour exchanges of whole windows (4 frames of 4 x 8 x 8 each) and the call's 4-byte
+    # probe, no all-reduce or all-gather of the latent (before: one all-reduce of the latent a step)
+    step = dict(kv.split("=") for kv in out["STEP"][2:])
+    assert out["STEP"][1] == "1" and step["collective-permute"] == f"2:{2 * 4 * 4 * 8 * 8 * 4}", step
+    assert step["all-reduce"] == "1:4" and step["all-gather"] == "0:0" and step["all-to-all"] == "0:0", step
 
 
 @pytest.mark.slow
@@ -214,3 +223,87 @@ def test_tar_gate_takes_one_step_per_row():
         want = make_transform(tar, 0, steps[r])(blocks[r])
         np.testing.assert_array_equal(got[r], want)
     assert not np.array_equal(got[0], make_transform(tar, 0, 1)(blocks[0]))  # the gates differ
+
+
+FIFO_HLO_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from benchmarks.sharding import loop_body_collectives
+    from vstar_jax.diffusion.schedules import make_schedule
+    from vstar_jax.longvideo import parse_strategy
+    from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
+    from vstar_jax.parallel.sharding import LATENT_AXES, make_mesh, named, replicate
+
+    class Toy:  # a row-wise stand-in for the UNet: mixes a row's frames, reads per-frame t, context and the step
+        def apply(self, variables, x, t, ctx, step_index=None, **kw):
+            t = jnp.asarray(t, jnp.float32)
+            t = t[:, None, :, None, None] if t.ndim == 2 else t[:, None, None, None, None]
+            c = ctx.mean(axis=(-1, -2))
+            c = c[:, None, :, None, None] if c.ndim == 2 else c[:, None, None, None, None]
+            i = jnp.asarray(step_index, jnp.float32).reshape((-1, 1, 1, 1, 1))
+            return jnp.tanh(0.7 * x + 0.3 * x.mean(axis=2, keepdims=True) + t / 1000.0 + c + i / 50.0)
+
+    st = parse_strategy("fifo:6:2")  # 4 windows an iteration (lookahead), each writes 3 frames
+    frames, shape = 7, (1, 3, 7, 2, 2)
+    sched = make_schedule("videocrafter2", st.queue_steps, 1.0, timestep_spacing="linspace")
+    key = jax.random.key(0)
+    x_T = st.init_noise(key, shape)
+    cond = jax.random.normal(jax.random.key(1), (frames, 5, 4))  # one context per frame (VSP)
+    uncond = jnp.zeros((1, 5, 4))
+    ac = np.linspace(0.99, 0.01, 1000, dtype=np.float32)
+
+    def run(mesh, execute=True):
+        spec = DenoiserSpec(latent_sharding=None if mesh is None else named(mesh, LATENT_AXES),
+                            windows=1 if mesh is None else mesh.shape["data"])
+        den = make_denoiser(Toy(), {}, spec, alphas_cumprod=ac, on_call=lambda *a: None)
+        fn = jax.jit(lambda x, c, u: st.sample(den, x, c, u, sched, key=key, cfg_scale=5.0, frames=frames).latents)
+        args = (x_T, cond, uncond) if mesh is None else tuple(replicate(a, mesh) for a in (x_T, cond, uncond))
+        compiled = fn.lower(*args).compile()
+        return (np.asarray(compiled(*args)) if execute else None), compiled.as_text()
+
+    equal = sys.argv[1] == "equal"
+    one = run(None)[0] if equal else None
+    iters = frames + st.queue_steps - st.window
+    frame_bytes = 4 * 3 * 2 * 2
+    for d in (2, 8):
+        got, hlo = run(make_mesh({"data": d}), equal)
+        body = loop_body_collectives(hlo, iters)
+        print("FIFO", d, float(np.abs(got - one).max() / np.abs(one).max()) if equal else 0.0, len(body),
+              " ".join(f"{k}={n}:{b // frame_bytes if k == 'collective-permute' else b}" for k, (n, b) in body[0].items()),
+              flush=True)
+""")
+
+
+def _fifo_iteration(equal: str):
+    r = run_on_host_devices(FIFO_HLO_SCRIPT.replace("sys.argv[1]", repr(equal)), 8, timeout=600)
+    rows = {int(p[1]): p for p in (ln.split() for ln in r.stdout.splitlines() if ln.startswith("FIFO"))}
+    assert sorted(rows) == [2, 8], r.stdout
+    return rows
+
+
+def test_fifo_iteration_sends_only_the_boundary_frames():
+    """One FIFO queue iteration compiled for 2 and 8 simulated devices (mesh data D, fifo:6:2: 4 windows, the
+    queue held as D contiguous blocks of windows; on 8 devices 4 are masked), through the pipeline's
+    denoiser wrapper on a toy UNet with a per-frame context and per-row TAR steps: the iteration holds
+    exactly two collective-permutes carrying 1 + (F/2 - 1) = 3 frames (the frame that moves back to the
+    window behind, and the front window's written frames that become a window's lookahead half), one
+    all-reduce of a 4-byte probe per UNet call (step and finite, fused) and nothing else: no all-gather or
+    all-reduce of the queue, no communicated bookkeeping (before: 8 collectives an iteration, the queue
+    all-reduced). Mutation: the window behind's first frame indexed by rank from the flattened windows
+    (a gather across devices) fails it."""
+    rows = _fifo_iteration("hlo")
+    for d, calls in ((2, 2), (8, 1)):  # calls: ceil(4 windows / D) UNet calls an iteration
+        p = rows[d]
+        assert p[3] == "1", p
+        body = dict(kv.split("=") for kv in p[4:])
+        assert body == {"all-to-all": "0:0", "collective-permute": "2:3", "all-reduce": f"{calls}:{4 * calls}",
+                        "all-gather": "0:0", "reduce-scatter": "0:0"}, (d, body)
+
+
+@pytest.mark.slow
+def test_fifo_over_window_blocks_equals_one_device():
+    """The same toy FIFO run (per-frame context, per-row steps, eta 1) on mesh data 2 (2 windows a device)
+    and data 8 (4 masked windows) equals one device within 1e-6 (the same arithmetic per window; measured
+    2e-7 and 0)."""
+    rows = _fifo_iteration("equal")
+    assert all(float(p[2]) < 1e-6 for p in rows.values()), rows

@@ -9,9 +9,12 @@ x and eps) and keeps the update's eps consistent with the blended x0. Offsets:
 noise as in ``single``. Needs (N - O) % (F - O) == 0. With N == F it is ``single``
 bit for bit. The chunks of a step all read x_t: D of them (``Denoiser.windows``, the mesh's ``windows``
 axis) run as one batched UNet call. The owner map, order-dependent as the reference writes it, is
-computed in closed form (:func:`owner_map`: the last chunk that writes a frame), each chunk adds only the
-frames it owns to its slot's partial sum, and the slots are summed once a step: one owner per frame, so
-the sum is the serial selection exactly, for any D; the last group is padded with masked chunks.
+computed in closed form (:func:`owner_map`: the last chunk that writes a frame). With D > 1 the chunks
+lie in contiguous blocks per device (:func:`_blend_blocks`): each takes its frames' eps from their owner,
+its block's or a neighbouring block's (two collective-permutes a step). Otherwise each chunk adds only
+the frames it owns to its slot's partial sum, and the slots are summed once a step (one all-reduce of
+the latent on a mesh): one owner per frame, so either is the serial selection exactly, for any D; the
+last group is padded with masked chunks.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vstar_jax.diffusion.sampler import SampleOutput, as_denoiser, guided_eps_windows, solver_state, solver_step
+from vstar_jax.diffusion.sampler import (SampleOutput, as_denoiser, ddim_step, guided_eps_windows, is_dpm, solver_state,
+                                         solver_step)
 from vstar_jax.errors import VstarError
 from vstar_jax.longvideo import windows as W
 from vstar_jax.longvideo.base import Plan, SampleInputs, Strategy, positive, register
@@ -79,6 +83,35 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
     return x, x0s, aux
 
 
+
+def _blend_blocks(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window, guided, use_noise,
+                  group):
+    """:func:`_blend` on D window slots in contiguous blocks (:class:`~.windows.BlockGrid`): the loop carries
+    each chunk's F frames of x_t; after a step's calls each chunk takes, for its own frames, the eps of
+    the chunk that owns them (:func:`owner_map`; one of its block's or the m nearest of the neighbouring
+    blocks', two collective-permutes of m chunks) and takes the DDIM step there: the same values as the
+    serial selection, no all-reduce of the latent."""
+    grid = W.block_grid(starts, window, group)
+    frames = x_T.shape[2]
+
+    def step(x_w, xs):
+        co, i, k, r = xs
+        owner = owner_map(starts, r, window, frames)[jnp.asarray(grid.frames)][:, :, None, None, :, None, None]
+        eps = W.map_columns(lambda xw, ctx: guided_eps_windows(
+            model_fn, xw, jnp.broadcast_to(co["timesteps"], (grid.d,)), ctx, i, cfg_scale, guided=guided)[0],
+            x_w, context, grid)
+        picked = jnp.zeros_like(eps)
+        for dl, view, ok in zip(range(-grid.reach, grid.reach + 1), W.neighbour_windows(eps, grid), grid.ok):
+            mine = ok & (owner == jnp.asarray(grid.rank + dl)[:, :, None, None, None, None, None])
+            picked = picked + jnp.where(mine, view, 0.0)  # one owner per frame: the serial selection exactly
+        noise = W.gather_windows(jax.random.normal(k, x_T.shape, jnp.float32), grid) if use_noise else None
+        return W.keep_masked(ddim_step(x_w, picked, co, noise)[0], x_w, grid), None
+
+    n = coeffs["timesteps"].shape[0]
+    xs = (coeffs, jnp.arange(n, dtype=jnp.int32), keys, offsets)
+    x_w, _ = jax.lax.scan(step, W.gather_windows(x_T.astype(jnp.float32), grid), xs)
+    return W.assemble_windows(x_w, grid, x_T.shape), None, None
+
 def blend_offsets(key, num_steps: int, num_chunks: int, overlap: int) -> jax.Array:
     """Randomized-blending offsets (num_steps, num_chunks) int32 in [0, overlap); chunk 0's are 0."""
     r = jax.random.randint(jax.random.fold_in(key, OFFSET_FOLD), (num_steps, num_chunks), 0, overlap,
@@ -131,7 +164,14 @@ class Blend(Strategy):
         starts = W.chunk_starts(inputs.frames, self.window, self.overlap)
         n_steps = inputs.coeffs["timesteps"].shape[0]
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
+        group = 1 if capture else as_denoiser(model_fn).windows
+        # the blocks path steps with DDIM and plain CFG (the enhancer's DPM++ / guide rescale take _blend)
+        plain = inputs.rescale is None and not is_dpm(inputs.coeffs)
+        if plain and not return_x0 and W.neighbour_layout(starts, self.window, group):
+            return _blend_blocks(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
+                                 starts, offsets, window=self.window, guided=inputs.guided,
+                                 use_noise=inputs.use_noise, group=group)
         return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                       starts, offsets, window=self.window, guided=inputs.guided,
-                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
-                      group=1 if capture else as_denoiser(model_fn).windows, rescale=inputs.rescale)
+                      use_noise=inputs.use_noise, return_x0=return_x0, capture=capture, group=group,
+                      rescale=inputs.rescale)

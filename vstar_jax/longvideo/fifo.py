@@ -40,7 +40,8 @@ new ones.
 TAR's step gate uses the loop index of each window's middle frame. FIFO cannot reproduce plain
 DDIM for any N (its frames are never denoised together at one noise level after the base clip).
 The iterations are one ``lax.scan``, the windows of one iteration an inner ``lax.scan`` over groups of
-D windows; memory holds the queue (n F + F/2 frames) and the output latents, whatever N is.
+D windows; memory holds the windows' inputs (2 n F frames with lookahead: each queue frame in the two
+windows that read it) and the output latents, whatever N is.
 
 **The windows of one iteration are independent** (FIFO's "parallel inference over partitions"), checked
 against the reference's order (``fifo_ddim_sampling`` in ``scripts/evaluation/funcs.py``): its inner loop
@@ -50,12 +51,24 @@ The windows that ran before it in the iteration (higher ranks) wrote only positi
 ``(rank + 2) F/2``, past its last read; without lookahead the windows are disjoint. So every window reads
 the queue as the iteration found it, and the written ranges are disjoint: D windows (``Denoiser.windows``,
 the mesh's ``windows`` axis) run as one batched UNet call, each with its own timesteps and TAR gate,
-with or without lookahead; the last group is padded with masked windows (they write nothing).
+with or without lookahead.
+
+**The queue as window inputs, in contiguous blocks** (:class:`WindowGrid`, Video-Infinity's layout): the
+carry of the iteration loop is not the queue but each window's F input frames, (D, K, b, c, F, h, w),
+device j of the ``windows`` axis holding windows [j K, (j + 1) K) (K = ceil(windows / D); slots past the
+last window are masked and keep their inputs). Call k of an iteration takes column k, one window per
+device, and nothing is carried between calls (the windows are independent). After the calls,
+:func:`shift_windows` advances the queue by one position in this form: a window's next input is its own
+written frames, the first written frame of the window behind it and (lookahead) the front window's last
+F/2 - 1 written frames, so on a mesh only the D - 1 block boundaries cross devices: two
+collective-permutes an iteration (1 frame back, F/2 - 1 forward), never a gather or all-reduce of the
+queue; the dequeued frame stays on the first device until the loop ends. The timesteps, contexts and noise
+keys of each slot are constants or replicated arithmetic. D = 1 is the serial loop (one window a call).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +110,52 @@ def initial_queue(base, noise, sqrt_alpha_ref, sqrt_1ma_ref, window: int, prefix
     sa = sqrt_alpha_ref[level][None, None, :, None, None]
     s1 = sqrt_1ma_ref[level][None, None, :, None, None]
     return sa * jnp.take(base, frame, axis=2) + s1 * noise
+
+
+class WindowGrid(NamedTuple):
+    """The windows of one queue iteration on D devices (window slots), K = ceil(n / D) each, as contiguous
+    blocks (Video-Infinity's layout): slot (j, k) is window rank r = j K + k (rank 0 the least noisy, at the
+    queue's front), so neighbouring windows share a device except at the D - 1 block boundaries. Ranks past
+    the last window (``real`` False) repeat the last one and keep their inputs (they write nothing)."""
+
+    starts: np.ndarray  # (D, K) int32 queue position of each slot's window
+    wi: np.ndarray  # (D, K) int32 its position in the reference's reversed-rank order (the noise key)
+    index: np.ndarray  # (D, K, F) int32 DDIM reference index of each of its frames
+    frames: np.ndarray  # (D, K, F) int32 queue positions it reads
+    rank: np.ndarray  # (D, K) int32 rank (past the last: >= n)
+    n: int  # windows
+
+
+def _window_grid(starts, index, window: int, group: int) -> WindowGrid:
+    rank_starts = np.sort(np.asarray(starts))  # ascending rank; the reference visits them reversed
+    rank, real = W.device_blocks(len(rank_starts), group)
+    last = np.minimum(rank, len(rank_starts) - 1)
+    s = rank_starts[last].astype(np.int32)
+    frames = (s[..., None] + np.arange(window, dtype=np.int32)).astype(np.int32)
+    return WindowGrid(s, (len(rank_starts) - 1 - last).astype(np.int32), np.asarray(index)[frames], frames,
+                      rank.astype(np.int32), len(rank_starts))
+
+
+def shift_windows(x_in, written, fresh, grid: WindowGrid, lookahead: bool):
+    """The next iteration's window inputs (D, K, b, c, F, h, w) from this one's and the frames each window
+    wrote back (D, K, b, c, F', h, w): the queue advanced by one position, ``fresh`` (b, c, 1, h, w) enqueued
+    behind the last window. A window's next input is its own written frames, the first written frame of
+    the window behind it and, with lookahead, the last F/2 - 1 written frames of the window in front (rank
+    0: the lookahead prefix, advanced). Only these neighbour frames move between window slots, so on a
+    mesh whose window axis splits D only the block boundaries cross devices: one frame back, F/2 - 1 frames
+    forward (two collective-permutes), never the queue."""
+    first = written[:, :, :, :, :1]
+    behind = jnp.concatenate([first[:, 1:], jnp.roll(first[:, :1], -1, axis=0)], axis=1)  # rank r + 1's
+    behind = jnp.where((grid.rank == grid.n - 1)[:, :, None, None, None, None, None], fresh, behind)
+    if lookahead:
+        tail = written[:, :, :, :, 1:]
+        front = jnp.concatenate([jnp.roll(tail[:, -1:], 1, axis=0), tail[:, :-1]], axis=1)  # rank r - 1's
+        prefix = x_in[:, :, :, :, 1:written.shape[4]]  # rank 0: the lookahead prefix's
+        parts = [jnp.where((grid.rank == 0)[:, :, None, None, None, None, None], prefix, front), written, behind]
+    else:
+        parts = [written[:, :, :, :, 1:], behind]
+    nxt = jnp.concatenate(parts, axis=4)
+    return jnp.where((grid.rank < grid.n)[:, :, None, None, None, None, None], nxt, x_in)
 
 
 @register
@@ -180,49 +239,40 @@ class FIFO(Strategy):
         b, c, _, h, w = base.shape
         q0 = initial_queue(base, jax.random.normal(jax.random.fold_in(inputs.key, QUEUE_FOLD), (b, c, P, h, w)),
                            ref["sqrt_alpha"], ref["sqrt_one_minus_alpha"], f, prefix)
-        index = jnp.asarray(index)
+        grid = _window_grid(starts, index, f, as_denoiser(model_fn).windows)
+        x_in = jnp.moveaxis(jnp.take(q0, jnp.asarray(grid.frames), axis=2), (2, 3), (0, 1))  # (D, K, b, c, F, h, w)
         k_iter = jax.random.fold_in(inputs.key, ITER_FOLD)
 
-        group = as_denoiser(model_fn).windows
-        g_index, g_real = W.window_groups(len(starts), group)
-        g_starts, g_wi, g_real = jnp.asarray(starts[g_index]), jnp.asarray(g_index), jnp.asarray(g_real)
+        # the context once per window slot, before the loops: on a mesh each device holds its slot's whole
+        # context (a per-frame one too) instead of gathering the split context at every call
+        slot_ctx = jnp.broadcast_to(inputs.context, (grid.starts.shape[0],) + inputs.context.shape)
 
-        def one_iteration(q, it):
+        def one_iteration(x_in, it):
             k_new, k_step = jax.random.split(jax.random.fold_in(k_iter, it))
 
-            def window_inputs(s, wi):  # window wi at queue position s: its frames, levels, context, noise
-                xw = W.slice_frames(q, s, f, 2)  # every window reads the queue as the iteration found it
-                idx = W.slice_frames(index, s, f, 0)
+            def one_group(_, col):  # slot j of every device: D windows, one batched UNet call, no queue carried
+                xw, s, wi, idx = col
                 if per_frame_ctx:  # queue position p holds output frame it + p - prefix - (L - F)
-                    frames = jnp.clip(it + s + jnp.arange(f) - prefix - (L - f), 0, N - 1)
-                    ctx = jnp.take(inputs.context, frames, axis=1)
+                    frames = jnp.clip(it + s[:, None] + jnp.arange(f) - prefix - (L - f), 0, N - 1)
+                    ctx = jax.vmap(lambda c, fr: jnp.take(c, fr, axis=1))(slot_ctx, frames)
                 else:
-                    ctx = inputs.context
-                noise = (jax.random.normal(jax.random.fold_in(k_step, wi), xw.shape, jnp.float32)
-                         if inputs.use_noise else None)
-                return xw, idx, ctx, noise
-
-            def one_group(q_new, sw):  # D windows, one batched UNet call; each writes its own frames
-                ss, wis, m = sw
-                xw, idx, ctx, noise = jax.vmap(window_inputs)(ss, wis)
+                    ctx = slot_ctx
                 eps, _ = guided_eps_windows(model_fn, xw, ref["timesteps"][idx], ctx, L - 1 - idx[:, f // 2],
                                             inputs.cfg_scale, guided=inputs.guided)
+                noise = (jax.vmap(lambda w: jax.random.normal(jax.random.fold_in(k_step, w), xw.shape[1:],
+                                                              jnp.float32))(wi) if inputs.use_noise else None)
                 co_f = {k: v[idx][:, None, None, :, None, None] for k, v in ref.items() if k != "timesteps"}
                 x_prev, _ = ddim_step(xw, eps, co_f, noise)
-                for j in range(group):
-                    keep = W.slice_frames(x_prev[j], write_from, f - write_from, 2)
-                    at = ss[j] + write_from
-                    keep = jnp.where(m[j], keep, W.slice_frames(q_new, at, f - write_from, 2))  # padded: no-op
-                    q_new = jax.lax.dynamic_update_slice_in_dim(q_new, keep, at, axis=2)
-                return q_new, None
+                return None, x_prev[:, :, :, write_from:]  # the frames this window writes back
 
-            q, _ = jax.lax.scan(one_group, q, (g_starts, g_wi, g_real))
-            out = q[:, :, prefix]
+            cols = (jnp.moveaxis(x_in, 1, 0), grid.starts.T, grid.wi.T, np.moveaxis(grid.index, 1, 0))
+            _, written = jax.lax.scan(one_group, None, cols)
+            written = jnp.moveaxis(written, 0, 1)  # (D, K, b, c, F - write_from, h, w)
             fresh = jax.random.normal(k_new, (b, c, 1, h, w), jnp.float32)
-            q = jnp.concatenate([q[:, :, 1:], fresh], axis=2)
-            return q, out
+            return shift_windows(x_in, written, fresh, grid, self.lookahead), written[:, 0, :, :, 0]
 
         iters = N + L - f
-        _, outs = jax.lax.scan(one_iteration, q0, jnp.arange(iters, dtype=jnp.int32))
+        _, outs = jax.lax.scan(one_iteration, x_in, jnp.arange(iters, dtype=jnp.int32))
+        outs = outs[:, 0]  # (iters, b, c, h, w): the dequeued frame is rank 0's, the first device's
         video = jnp.moveaxis(outs[L - f:], 0, 2)  # (b, c, N, h, w): drop the lead-in
         return video, None

@@ -9,6 +9,8 @@ Two layouts of F-frame windows over N frames:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -99,6 +101,73 @@ def window_groups(n_windows: int, group: int) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(slots, n - 1).astype(np.int32), slots < n
 
 
+
+def device_blocks(n_windows: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of one step as D contiguous blocks of K = ceil(n / D) (Video-Infinity's layout: device
+    j of a mesh whose window axis splits D holds windows [j K, (j + 1) K), so neighbouring windows share
+    a device but at the D - 1 boundaries): ``(index (D, K) int32, real (D, K) bool)``, slot (j, k) window
+    j K + k; slots past the last window (``real`` False) index past it. Call k of a step takes column k,
+    one window per device. D = 1: the serial order, one window a call."""
+    n = _int("windows", n_windows, 1)
+    d = _int("group", group, 1)
+    k = -(-n // d)
+    index = np.arange(d * k, dtype=np.int32).reshape(d, k)
+    return index, index < n
+
+
+def overlap_reach(starts, window: int) -> int:
+    """m: how many ranks apart two overlapping windows can be (sliding windows of stride S: ceil(F / S) - 1,
+    one more next to Gen-L's anchored last window)."""
+    s = np.asarray(starts, np.int64)
+    return int(np.max(np.where(np.abs(s[:, None] - s[None, :]) < window,
+                               np.abs(np.arange(len(s))[:, None] - np.arange(len(s))[None, :]), 0)))
+
+
+def neighbour_layout(starts, window: int, group: int) -> bool:
+    """Whether the windows of a step run in contiguous blocks exchanging neighbours' frames (:func:`block_grid`):
+    D > 1 window slots and every window's overlapping windows in its own block or the next ones (m <= K).
+    Otherwise (D = 1, or blocks shorter than the overlap reach: many devices, few windows) the windows
+    add into per-slot partial sums of the whole latent, summed by one all-reduce a step."""
+    k = -(-len(starts) // int(group))
+    return int(group) > 1 and overlap_reach(starts, window) <= k
+
+
+class BlockGrid(NamedTuple):
+    """The windows of a step on D slots in contiguous blocks (:func:`device_blocks`) with what each needs
+    from the windows around it: window (j, k) frame p is neighbour delta's frame p + ``shift[delta]``, which
+    exists where ``ok[delta]`` (delta = -m..m ranks away)."""
+
+    rank: np.ndarray  # (D, K) window rank of each slot (past the last: masked)
+    real: np.ndarray  # (D, K) bool
+    starts: np.ndarray  # (D, K) int32 first frame of each slot's window
+    frames: np.ndarray  # (D, K, F) int32 its frames
+    reach: int  # m
+    shift: np.ndarray  # (2m + 1, D, K) int32
+    ok: tuple  # 2m + 1 masks (D, K, 1, 1, F, 1, 1) bool
+    window: int
+
+    @property
+    def d(self) -> int:
+        return self.rank.shape[0]
+
+
+def block_grid(starts, window: int, group: int) -> BlockGrid:
+    f, n = int(window), len(starts)
+    rank, real = device_blocks(n, group)
+    st = np.asarray(starts, np.int32)
+    s = st[np.minimum(rank, n - 1)]
+    m = overlap_reach(starts, f)
+    shift, ok = [], []
+    for delta in range(-m, m + 1):
+        other = rank + delta
+        sh = s - st[np.clip(other, 0, n - 1)]
+        p = np.arange(f)
+        good = (real & (other >= 0) & (other < n))[..., None] & (p + sh[..., None] >= 0) & (p + sh[..., None] < f)
+        shift.append(sh.astype(np.int32))
+        ok.append(good[:, :, None, None, :, None, None])
+    frames = (s[..., None] + np.arange(f)).astype(np.int32)
+    return BlockGrid(rank, real, s, frames, m, np.stack(shift), tuple(ok), f)
+
 # ---------------------------------------------------------------- traced window views (jax)
 def slice_frames(a, start, size: int, axis: int):
     """``a[..., start:start + size, ...]`` along ``axis`` with a traced start."""
@@ -147,3 +216,64 @@ def add_frames(acc, value, start):
 
     old = slice_frames(acc, start, value.shape[2], 2)
     return jax.lax.dynamic_update_slice_in_dim(acc, old + value, start, axis=2)
+
+
+
+def gather_windows(x, grid: BlockGrid):
+    """(b, c, N, h, w) -> each slot's window, (D, K, b, c, F, h, w)."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    return jnp.moveaxis(jnp.take(x, jnp.asarray(grid.frames), axis=2), (2, 3), (0, 1))
+
+
+def map_columns(fn, x_w, context, grid: BlockGrid):
+    """``fn(windows (D, b, c, F, h, w), contexts (D, rows, ...))`` on each column k of the slots (one window per
+    device, one batched UNet call), a ``lax.scan`` over the K columns carrying nothing; per-frame contexts
+    sliced per window once, before the loop. Returns (D, K, ...) of fn's result."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    if context.ndim == 4:  # (rows, N, L, C) -> (K, D, rows, F, L, C)
+        ctx = jnp.moveaxis(jnp.take(context, jnp.asarray(grid.frames.transpose(1, 0, 2)), axis=1), (1, 2), (0, 1))
+    else:
+        ctx = jnp.broadcast_to(context, grid.rank.T.shape + context.shape)
+    _, y = jax.lax.scan(lambda _, col: (None, fn(*col)), None, (jnp.moveaxis(x_w, 1, 0), ctx))
+    return jnp.moveaxis(y, 0, 1)
+
+
+def neighbour_windows(y, grid: BlockGrid) -> list:
+    """For delta = -m..m: the window delta ranks away from each slot, (D, K, b, c, F, h, w), its frames
+    aligned to the slot's (valid where ``grid.ok[delta]``). The m windows at each end of a block come from
+    the neighbouring devices' blocks: two collective-permutes on a mesh, the rest is local."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    f, m, k = grid.window, grid.reach, grid.rank.shape[1]
+    ext = jnp.concatenate([jnp.roll(y[:, k - m:], 1, axis=0), y, jnp.roll(y[:, :m], -1, axis=0)], axis=1)
+    pad = jnp.pad(ext, ((0, 0),) * 4 + ((f, f),) + ((0, 0),) * 2)
+    slide = jax.vmap(jax.vmap(lambda a, o: slice_frames(a, f + o, f, 2)))
+    return [slide(pad[:, m + dl:m + dl + k], jnp.asarray(grid.shift[i])) for i, dl in enumerate(range(-m, m + 1))]
+
+
+def keep_masked(new, old, grid: BlockGrid):
+    """``new`` on the real slots, ``old`` on the masked ones."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    return jnp.where(grid.real[:, :, None, None, None, None, None], new, old)
+
+
+def assemble_windows(x_w, grid: BlockGrid, shape):
+    """The video (b, c, N, h, w) from the slots' windows, each frame from the first window covering it: every
+    slot adds its own frames into its partial sum, summed once (one all-reduce at the end of the loop)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    first = np.full(shape[2], -1)
+    for r, s in sorted(zip(grid.rank[grid.real].tolist(), grid.starts[grid.real].tolist()), reverse=True):
+        first[s:s + grid.window] = r
+    own = (first[grid.frames] == grid.rank[..., None]) & grid.real[..., None]
+    x_w = jnp.where(own[:, :, None, None, :, None, None], x_w, 0.0)
+    starts, real = jnp.asarray(grid.starts), jnp.asarray(grid.real)
+    acc = jax.lax.fori_loop(0, grid.rank.shape[1], lambda k, a: add_windows(a, x_w[:, k], starts[:, k], real[:, k]),
+                            jnp.zeros((grid.d,) + tuple(shape), jnp.float32))
+    return acc.sum(axis=0)

@@ -46,6 +46,21 @@ def attention_rows(inter, batch: int):
     return jax.tree_util.tree_map(reduce, inter)
 
 
+PROBE_FINITE = 1 << 20  # > any DDIM step index
+
+
+def call_probe(eps, step_index):
+    """(step, finite) of one UNet call for the host's progress callback, from ONE reduction: each element of
+    ``eps`` (rows first) maps to its row's step, plus PROBE_FINITE where it is finite, and the minimum is
+    taken. ``finite`` is whether every element is; ``step`` the smallest step of the call (FIFO's batched
+    windows carry one step per row), or of the rows that went non-finite. On a mesh that is one all-reduce
+    of one integer a call (two reductions were two all-reduces: the latency of small collectives dominates
+    a FIFO iteration over processes)."""
+    i = jnp.asarray(step_index, jnp.int32)
+    rows = i.reshape(i.shape + (1,) * (eps.ndim - i.ndim)) if i.ndim else i
+    low = jnp.min(jnp.where(jnp.isfinite(eps), rows + PROBE_FINITE, rows))
+    return jnp.where(low >= PROBE_FINITE, low - PROBE_FINITE, low), low >= PROBE_FINITE
+
 def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
                   on_call: Optional[Callable] = None, cam_input: Optional[Callable] = None,
                   anchor_pair: Optional[Callable] = None) -> Denoiser:
@@ -81,10 +96,8 @@ def make_denoiser(unet, params, spec: DenoiserSpec, *, alphas_cumprod, fps=None,
         if rows is not None:
             eps = jax.lax.with_sharding_constraint(eps, rows)
         if on_call is not None:
-            # the probe: whether this call's output is finite (one reduction; the first non-finite step is named)
-            # a scalar step (FIFO's batched windows carry one step per row): a sharded vector would be
-            # gathered to one device for the host at every call
-            jax.debug.callback(on_call, jnp.min(jnp.asarray(i)), jnp.isfinite(eps).all())
+            # the probe: whether this call's output is finite, and its step (the first non-finite step is named)
+            jax.debug.callback(on_call, *call_probe(eps, i))
         return (eps, aux) if spec.capture else eps
 
     return Denoiser(model_fn, cam_input, anchor_pair, ac if spec.clip_x0 else None, spec.windows,
