@@ -205,7 +205,7 @@ def compare(results, reference) -> dict:
 
 
 def table(rows) -> str:
-    head = ("| family | frames | setting | n | colour | motion | order | all | sustained | p (vs) | band excess |\n"
+    head = ("| family | frames | setting | n | colour | motion | order | all | sustained | McNemar p (paired with) | band excess |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
 
@@ -213,13 +213,13 @@ def table(rows) -> str:
         c = r.get("vs")
         if not c:
             return "-"
-        key = "sustained" if r["family"] == "move" else ("order" if r["family"] in TWO_STATE else "motion")
-        t = c["tests"].get(key)
-        return "-" if t is None else f"{key} {t['p']:.3g} (vs {c['against']})"
+        keys = {"move": ("motion", "sustained"), "size": ("motion",)}.get(r["family"], ("motion", "order"))
+        got = [f"{k} {c['tests'][k]['p']:.2g}" for k in keys if k in c["tests"]]
+        return (", ".join(got) + f" (vs {c['against']})") if got else "-"
 
     return head + "".join(
         f"| {r['family']} | {r['frames']} | {r['setting']} | {r['n']} | {pct(r['color'])} | {pct(r['motion'])} | "
-        f"{pct(r['order'])} | {pct(r['ok'])} | {pct(r['sustained'])} | {pv(r)} | "
+        f"{pct(r['order']) if r['family'] in TWO_STATE else '-'} | {pct(r['ok'])} | {pct(r['sustained'])} | {pv(r)} | "
         f"{'-' if r.get('band_excess') is None else format(r['band_excess'], '.3f')} |\n" for r in rows)
 
 
@@ -313,8 +313,10 @@ def main(argv=None) -> int:
     print(layers)
     if args.out:
         rec = model.record
-        text = (f"Command: `{cmd}`\n\nModel: {args.checkpoint} ({model.path}; trained {rec.get('steps', '?')} "
-                f"steps); DDIM {args.steps} steps, eta 1, cfg {args.cfg or model.config.diffusion.cfg}; "
+        runs = rec.get("lineage", [])  # a chain of --init-from runs (demo_vc: the default's run, exported)
+        steps = sum(r.get("step") or 0 for r in runs) + int(rec.get("steps", 0) or 0)
+        text = (f"Command: `{cmd}`\n\nModel: {args.checkpoint} ({model.path}; trained {steps} steps"
+                f"{f' in {len(runs) + 1} runs' if runs else ''}); DDIM {args.steps} steps, eta 1, cfg {args.cfg or model.config.diffusion.cfg}; "
                 f"{elapsed:.0f} s on this machine.\n\n" + md + ("\nBand score per layer (base runs):\n\n" + layers
                                                                  if layers else ""))
         write_text(args.out, text)
