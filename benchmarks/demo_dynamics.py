@@ -224,14 +224,17 @@ def table(rows) -> str:
 
 
 def layer_table(rows) -> str:
-    """Band score per layer of the base runs at each length (the mechanism beside the outcome)."""
+    """Band excess over uniform attention per layer, (score - uniform) / (1 - uniform), of the base runs at
+    each length (the mechanism beside the outcome; 0 = no band, < 0 = less mass near the diagonal than
+    uniform attention)."""
     base = [r for r in rows if r["setting"] == "base" and r.get("band_layers")]
     if not base:
         return ""
     layers = list(base[0]["band_layers"])
     head = "| family | frames | uniform | " + " | ".join(layers) + " |\n|" + "---|" * (len(layers) + 3) + "\n"
+    ex = lambda r, k: (r["band_layers"][k] - r["band_uniform"]) / (1 - r["band_uniform"])  # noqa: E731
     return head + "".join(f"| {r['family']} | {r['frames']} | {r['band_uniform']:.3f} | "
-                          + " | ".join(f"{r['band_layers'][k]:.3f}" for k in layers) + " |\n" for r in base)
+                          + " | ".join(f"{ex(r, k):+.3f}" for k in layers) + " |\n" for r in base)
 
 
 def check_args(args, ap) -> list[dict]:
@@ -317,7 +320,7 @@ def main(argv=None) -> int:
         steps = sum(r.get("step") or 0 for r in runs) + int(rec.get("steps", 0) or 0)
         text = (f"Command: `{cmd}`\n\nModel: {args.checkpoint} ({model.path}; trained {steps} steps"
                 f"{f' in {len(runs) + 1} runs' if runs else ''}); DDIM {args.steps} steps, eta 1, cfg {args.cfg or model.config.diffusion.cfg}; "
-                f"{elapsed:.0f} s on this machine.\n\n" + md + ("\nBand score per layer (base runs):\n\n" + layers
+                f"{elapsed:.0f} s on this machine.\n\n" + md + ("\nBand excess per layer (base runs):\n\n" + layers
                                                                  if layers else ""))
         write_text(args.out, text)
     return 0
