@@ -313,7 +313,7 @@ def _builtin_pipeline(name: str = builtin.DEFAULT) -> Pipeline:
         raise VstarError(f"no built-in model named {name!r} (built-ins: {', '.join(builtin.NAMES)}); "
                          "give a checkpoint directory")
     cache = runtime().pipelines
-    key = name if name == builtin.DEFAULT else builtin.source(name)
+    key = builtin.source(name)
     if key not in cache:
         try:
             cache[key] = load()
