@@ -1,10 +1,8 @@
 """demo_vc, the demo model with a trained length (issue 26): its clipped frame clock, the built-in names
 that select it wherever a checkpoint is taken, its float16 storage, and the statistics of
 benchmarks/demo_dynamics.py (McNemar, the sustained-motion verdict)."""
-import importlib.util
 import json
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -17,14 +15,10 @@ from vstar_jax.generation import builtin
 from vstar_jax.models.demo_options import TextFrameEmbed, frame_clock
 from vstar_jax.models.unet_config import UNetConfig
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
 def _bench():
-    spec = importlib.util.spec_from_file_location("demo_dynamics", ROOT / "benchmarks" / "demo_dynamics.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks import demo_dynamics  # `python -m pytest` from the root, as test_clip_parallel's imports
+
+    return demo_dynamics
 
 
 def test_frame_clocks():
