@@ -238,8 +238,8 @@ def layer_table(rows) -> str:
 
 
 def check_args(args, ap) -> list[dict]:
-    if args.n < 1 or args.batch < 1 or args.steps < 1:
-        ap.error("--n, --batch and --steps must be >= 1")
+    if not (1 <= args.n <= 10_000 and 1 <= args.batch <= 1_000 and 1 <= args.steps <= 1_000):
+        ap.error("--n (1-10000), --batch (1-1000) and --steps (1-1000) out of range")
     fams = args.families.split(",")
     bad = [f for f in fams if f not in FAMILIES]
     if bad:
@@ -249,10 +249,10 @@ def check_args(args, ap) -> list[dict]:
         settings = [parse_setting(s, args.tar) for s in args.settings.split(",")]
     except ValueError as e:
         ap.error(str(e))
-    if any(m < 1 for m in lengths):
-        ap.error("--lengths are multiples of the trained length, >= 1")
-    if args.cfg is not None and not (np.isfinite(args.cfg) and args.cfg >= 0):
-        ap.error("--cfg must be finite and >= 0")
+    if any(not 1 <= m <= 64 for m in lengths):
+        ap.error("--lengths are multiples of the trained length, 1-64")
+    if args.cfg is not None and not (np.isfinite(args.cfg) and 0 <= args.cfg <= 100):
+        ap.error("--cfg must be finite, in [0, 100]")
     return settings
 
 
