@@ -8,8 +8,8 @@ recompiling programs. Its parts, and who fills them:
 
 * ``compiled``: the AOT-compiled sampling programs, by (UNet, plan, argument tree and shapes)
   (``generation.sampling.compiled_sampler``; at most ``MAX_COMPILED``, oldest dropped first).
-* ``pipelines``: the loaded models (``generation.model.load_pipeline``): the embedded demo model under
-  ``"demo"`` and at most one checkpoint, by (path, config mtime).
+* ``pipelines``: the loaded models (``generation.model.load_pipeline``): built-in models under
+  ``"builtin:NAME"`` (``demo``, ``demo_vc``) and at most one checkpoint, by (path, config mtime).
 * ``models``: other loaded models by (kind, name): RAFT flow models (``metrics.flow``), CLIP scorers
   (``sweep``).
 * ``said``: one-time notices already printed, by key (FreeNoise's fallback line when its frames do not
