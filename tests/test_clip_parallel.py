@@ -71,14 +71,50 @@ def test_device_plan_line_and_serial_methods():
 
     mesh = make_mesh({"data": 1})  # one device: D = 1, nothing padded
     st = parse_strategy("genl:4:2")
-    p = device_plan(mesh, None, st.check(16, 2), st)
+    p = device_plan(mesh, None, st.check(16, 2), st, frames=16)
     assert (p["windows_per_call"], p["window_groups"], p["padded"], p["serial"]) == (1, 7, 0, "")
     assert "7 windows a step in 7 UNet call(s) of 1 window(s)" in describe_device_plan(p)
     # the rules are data: the windows axis over a mesh axis of 1 device, or over none, is D = 1 too
-    assert device_plan(mesh, (("windows", None),), st.check(16, 2), st)["windows_per_call"] == 1
+    assert device_plan(mesh, (("windows", None),), st.check(16, 2), st, frames=16)["windows_per_call"] == 1
     st = parse_strategy("vidrd:8:4")
-    line = describe_device_plan(device_plan(None, None, st.check(16, 2), st))
+    line = describe_device_plan(device_plan(None, None, st.check(16, 2), st, frames=16))
     assert line.startswith("device plan: vidrd runs its chunks serially") and "autoregressive" in line
+
+
+def _shape_mesh(**shape):
+    """A mesh of the given shape over the one test device repeated: device_plan reads only its shape."""
+    from jax.sharding import Mesh
+
+    return Mesh(np.array([jax.devices()[0]] * int(np.prod(list(shape.values()))), dtype=object).reshape(
+        tuple(shape.values())), tuple(shape))
+
+
+@pytest.mark.parametrize("spec,frames,mesh,kw,path,why", [
+    ("genl:8:4", 64, dict(data=2), {}, "blocks", ""),
+    ("genl:8:4", 64, dict(data=2, frames=4), {}, "blocks", ""),
+    ("genl:8:4", 64, None, {}, "slot sums", "D = 1"),
+    ("genl:8:4", 64, dict(data=2), dict(capture=True), "slot sums", "attention maps"),
+    ("genl:4:1", 16, dict(data=8), {}, "slot sums", "blocks of 2 window(s) per device are shorter than the overlap reach 3"),
+    ("blend:8:4", 64, dict(data=2), {}, "blocks", ""),
+    ("blend:8:4", 64, dict(data=2), dict(solver="dpmpp_2m_sde"), "slot sums", "blend steps dpmpp_2m_sde only"),
+    ("blend:8:4", 64, dict(data=8), dict(rescale=True), "slot sums", "guide rescale"),
+    ("fifo:8:1", 64, dict(data=2, frames=4), {}, "blocks", ""),
+    ("vidrd:8:4", 16, dict(data=2), {}, "serial", "autoregressive"),
+    ("freenoise:8:4", 64, dict(frames=2), {}, "one pass", "")])
+def test_device_plan_names_the_loop_and_why(spec, frames, mesh, kw, path, why):
+    """The device plan records and prints which loop steps the windows (blocks: neighbour exchange; slot
+    sums: one all-reduce of the latent a step; serial; one pass) and why it is not the blocks loop, from the
+    method's own ``window_path`` (the choice its loop branches on). Mutation: blend's DPM++ reason dropped
+    (the blocks loop claimed for dpmpp_2m_sde) fails the blend rows."""
+    from vstar_jax.generation.sampling import describe_device_plan, device_plan
+
+    st = parse_strategy(spec)
+    m = _shape_mesh(**mesh) if mesh else None
+    p = device_plan(m, None, st.check(frames, st.steps_for(None) or 4), st, frames=frames, **kw)
+    assert p["path"] == path and why in p["path_why"] and bool(p["path_why"]) == bool(why), p
+    line = describe_device_plan(p)
+    if p["windows"] and not p["serial"]:
+        assert f"; {path} path: " in line and why in line, line
 
 
 MESH_SCRIPT = textwrap.dedent("""
