@@ -275,9 +275,10 @@ def map_columns(fn, x_w, context, grid: BlockGrid):
 
     if context.ndim == 4:  # (rows, N, L, C) -> (K, D, rows, F, L, C)
         ctx = jnp.moveaxis(jnp.take(context, jnp.asarray(grid.frames.transpose(1, 0, 2)), axis=1), (1, 2), (0, 1))
-    else:
-        ctx = jnp.broadcast_to(context, grid.rank.T.shape + context.shape)
-    _, y = jax.lax.scan(lambda _, col: (None, fn(*col)), None, (jnp.moveaxis(x_w, 1, 0), ctx))
+        _, y = jax.lax.scan(lambda _, col: (None, fn(*col)), None, (jnp.moveaxis(x_w, 1, 0), ctx))
+    else:  # one context for every window: broadcast inside the call, not stacked K x D times
+        _, y = jax.lax.scan(lambda _, xw: (None, fn(xw, jnp.broadcast_to(context, (grid.d,) + context.shape))), None,
+                            jnp.moveaxis(x_w, 1, 0))
     return jnp.moveaxis(y, 0, 1)
 
 
