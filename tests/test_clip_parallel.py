@@ -351,3 +351,18 @@ def test_fifo_over_window_blocks_equals_one_device():
     body = dict(kv.split("=") for kv in rows["2x4"][4:])
     assert body["all-gather"] == "0:0" and body["reduce-scatter"] == "0:0", body
     assert body["all-to-all"].split(":")[0] == "4", body
+
+
+def test_benchmark_times_a_step_as_the_marginal_of_two_lengths(capsys):
+    """benchmarks/clip_parallel.py reports the time of a step after compilation as the difference of two runs
+    over the added steps (FIFO: queue iterations), so what a run does once is not spread over its few steps;
+    a bad --reps is one error line before anything runs. Mutation: the whole run over its steps (t1 / units1)
+    fails it."""
+    from benchmarks.clip_parallel import main, marginal
+
+    per, fixed = marginal(1.0, 1.8, 4, 8)  # 0.2 s a step, 0.2 s once
+    assert abs(per - 0.2) < 1e-12 and abs(fixed - 0.2) < 1e-12
+    per, fixed = marginal(2.0, 3.5, 71, 135)  # FIFO: 64 more iterations
+    assert abs(per - 1.5 / 64) < 1e-12 and abs(fixed - (2.0 - 71 * 1.5 / 64)) < 1e-12
+    assert main(["--reps", "0", "--processes", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --reps must be >= 1, got 0"
