@@ -24,6 +24,10 @@ parallel path for a method is measured as soon as it is in the code); the method
   iteration times the point's iterations, per DDIM step); ``s_per_step_run`` is the point's whole run over
   its steps (what this benchmark reported before), ``fixed_s`` the one-time part. ``speedup`` = the
   1-process ``s_per_step`` / this one's.
+* **Work** (``--work``): one process, ``--processes`` P simulated devices, XLA's thread pool off: the CPU
+  seconds of the sampling stage, serial against ``--mesh`` (all P devices' work), marginal per step as
+  above; ``work_speedup`` = serial / (mesh / P), what P processes would reach if only the work counted.
+  CPU time is the work whatever else runs, so this one holds on a shared machine (``work_points``).
 * **Bytes** (``--comm``): on ``--devices`` simulated CPU devices (one process), each mesh of ``--layouts``
   compiles the sampling loop (through ``generate_video``, stopped before it runs) and every collective of
   the compiled program is counted from its HLO (``benchmarks/sharding.py``'s ``collective_bytes``), times
@@ -44,6 +48,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 from tqdm.auto import tqdm
 
@@ -237,6 +242,59 @@ def worker(args) -> None:
               flush=True)
 
 
+def work_points(args) -> None:
+    """--work, inside a child that sees P simulated devices on this process's one core: per point, the CPU
+    seconds (``time.process_time``: the work, whatever else loads the machine) of the sampling stage of the
+    point and its twin (:func:`worker`'s), serial (no mesh) and on ``--mesh`` over the P devices (all devices'
+    work: they share the process), each compiled first and then run ``--reps`` times interleaved, the least
+    counting. ``work_speedup`` = serial / (mesh / P): the speedup P processes would reach if only the work
+    counted (no collective latency, no waiting in lockstep), from the marginal steps as :func:`marginal`."""
+    import jax  # noqa: PLC0415
+
+    from vstar_jax import pipeline as pl  # noqa: PLC0415
+
+    real, cpu = pl.run_sampler, []
+
+    def timed(*a, **k):
+        c0 = time.process_time()
+        out = real(*a, **k)
+        cpu.append(time.process_time() - c0)
+        return out
+
+    pl.run_sampler = timed
+    p = len(jax.devices())
+    try:
+        for model in args.models:
+            for method in args.methods:
+                for want in args.frames:
+                    frames = _frames_for(method, want)
+                    steps = _steps_of(method, args.steps)
+                    fifo = _spec(method).startswith("fifo")
+                    twin = dict(frames=_frames_for(method, 2 * frames)) if fifo else dict(steps=2 * steps)
+                    base = dict(checkpoint=_checkpoint(model), frames=frames, steps=steps, seed=0,
+                                long_video=_spec(method), progress=False, keep_video=False)
+                    cases = [dict(base, mesh=m, **t) for m in (None, _mesh_axes(args.mesh)) for t in ({}, twin)]
+                    for k in cases:
+                        pl.generate_video(PROMPT, **k)  # compiles
+                    best = [float("inf")] * len(cases)
+                    for _ in range(args.reps):
+                        for i, k in enumerate(cases):
+                            pl.generate_video(PROMPT, **k)
+                            best[i] = min(best[i], cpu[-1])
+                    units = ([_iterations(method, frames), _iterations(method, twin["frames"])] if fifo
+                             else [steps, 2 * steps])
+                    serial, _ = marginal(best[0], best[1], *units)
+                    mesh, _ = marginal(best[2], best[3], *units)
+                    _emit({"model": model, "method": method, "spec": _spec(method), "frames": frames, "processes": 1,
+                           "devices": p, "mesh": args.mesh, "steps": steps,
+                           "cpu_s_per_step_serial": round(serial * units[0] / steps, 5),
+                           "cpu_s_per_step_mesh": round(mesh * units[0] / steps, 5),
+                           "work_speedup": round(serial * p / mesh, 3),
+                           "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}, args.json)
+    finally:
+        pl.run_sampler = real
+
+
 # ------------------------------------------------------------------------------ the parent
 def _free_port() -> int:
     with socket.socket() as s:
@@ -312,6 +370,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=4, help="DDIM steps (default 4; FIFO: its own)")
     p.add_argument("--mesh", default="frames=-1", help="mesh over the processes' devices (default frames=-1)")
     p.add_argument("--comm", action="store_true", help="bytes per step on --devices simulated devices, no timing")
+    p.add_argument("--work", action="store_true", help="CPU seconds of the work, serial against --mesh on "
+                   "--processes simulated devices in one process (robust to other load; no collective latency)")
     p.add_argument("--devices", type=int, default=8, help="--comm: simulated CPU devices (default 8)")
     p.add_argument("--layouts", default="frames=8;data=2,frames=4;data=8", help="--comm: ';'-separated meshes")
     p.add_argument("--json", help="append the JSON lines to this file")
@@ -319,6 +379,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=2, help="timed runs of each length per point (the fastest counts)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--comm-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--work-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--coordinator", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", default="", help=argparse.SUPPRESS)
     p.add_argument("--num-processes", type=int, default=1, help=argparse.SUPPRESS)
@@ -340,7 +401,7 @@ def parse_args(argv=None):
         raise ValueError("--frames and --processes must be positive")
     if args.reps < 1:
         raise ValueError(f"--reps must be >= 1, got {args.reps}")
-    if not args.comm and not args.worker and max(args.processes) > _cores():
+    if not (args.comm or args.work) and not args.worker and max(args.processes) > _cores():
         raise ValueError(f"--processes {max(args.processes)} needs as many cores, this machine gives {_cores()}")
     args.layouts = [s.strip() for s in args.layouts.split(";") if s.strip()]
     for spec in args.layouts + [args.mesh]:
@@ -360,6 +421,14 @@ def main(argv=None) -> int:
     if args.comm_child:
         comm_points(args)
         return 0
+    if args.work_child:
+        work_points(args)
+        return 0
+    if args.work:  # one process, P simulated devices on one core, XLA's thread pool off
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={max(args.processes)} {ONE_CORE}")
+        cmd = [sys.executable, __file__, "--work-child"] + [a for a in (argv or sys.argv[1:]) if a != "--work"]
+        return subprocess.run(cmd, env=env, timeout=args.timeout).returncode
     if args.comm:  # a child that sees --devices simulated devices (XLA_FLAGS is read when JAX starts)
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                    XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}")
