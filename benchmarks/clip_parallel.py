@@ -16,9 +16,18 @@ parallel path for a method is measured as soon as it is in the code); the method
   coordinator (``vstar_jax.parallel.distributed.initialize``: gloo CPU collectives), each pinned to one
   core (``taskset -c i``) with XLA's CPU thread pool off (``--xla_cpu_multi_thread_eigen=false``), on a
   mesh over their P devices (``--mesh``, default ``frames=-1``); the baseline is 1 process on core 0
-  without a mesh (the serial path). Each process generates the video twice; the second run's sampling
-  time (``sidecar["timing_s"]["sample"]``: the compiled loop only) over its DDIM steps is ``s_per_step``;
-  ``speedup`` = the 1-process ``s_per_step`` / this one's.
+  without a mesh (the serial path). Each process generates the point and a twin of twice its DDIM steps
+  (FIFO, whose steps are fixed: twice its frames), each once to compile and then ``--reps`` times,
+  interleaved; ``s_per_step`` is the *marginal* time of a step from the fastest sampling times
+  (``sidecar["timing_s"]["sample"]``: the compiled loop only) of the two: (t(2S) - t(S)) / S, the time a
+  step takes after compilation without the run's one-time work (``worker``; FIFO: the marginal queue
+  iteration times the point's iterations, per DDIM step); ``s_per_step_run`` is the point's whole run over
+  its steps (what this benchmark reported before), ``fixed_s`` the one-time part. ``speedup`` = the
+  1-process ``s_per_step`` / this one's.
+* **Work** (``--work``): one process, ``--processes`` P simulated devices, XLA's thread pool off: the CPU
+  seconds of the sampling stage, serial against ``--mesh`` (all P devices' work), marginal per step as
+  above; ``work_speedup`` = serial / (mesh / P), what P processes would reach if only the work counted.
+  CPU time is the work whatever else runs, so this one holds on a shared machine (``work_points``).
 * **Bytes** (``--comm``): on ``--devices`` simulated CPU devices (one process), each mesh of ``--layouts``
   compiles the sampling loop (through ``generate_video``, stopped before it runs) and every collective of
   the compiled program is counted from its HLO (``benchmarks/sharding.py``'s ``collective_bytes``), times
@@ -39,6 +48,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 from tqdm.auto import tqdm
 
@@ -174,8 +184,30 @@ def comm_points(args) -> None:
                            "comm_bytes_per_step": round(program_bytes(hlo) / steps)}, args.json)
 
 
+def _iterations(method: str, frames: int) -> int:
+    """FIFO's queue iterations for ``frames`` output frames (N + L - F)."""
+    from vstar_jax.longvideo import parse_strategy  # noqa: PLC0415
+
+    st = parse_strategy(_spec(method))
+    return frames + st.queue_steps - st.window
+
+
+def marginal(t1: float, t2: float, units1: int, units2: int) -> tuple:
+    """(seconds per unit, fixed seconds) from two runs of ``units1`` and ``units2`` units (DDIM steps, or FIFO's
+    queue iterations) taking ``t1`` and ``t2`` seconds: the difference over the added units is the time a unit
+    takes after compilation, without what a run does once (setting up the windows, putting the video together,
+    FIFO's base clip, the host's start and end of the loop); the fixed part is the rest of ``t1``."""
+    per = (t2 - t1) / (units2 - units1)
+    return per, t1 - per * units1
+
+
 def worker(args) -> None:
-    """One process of a timed point (``--worker``): join the run, generate twice, process 0 prints the line."""
+    """One process of a timed point (``--worker``): join the run, generate the point and its twice-as-long twin
+    (2 x the DDIM steps; FIFO, whose steps are fixed: 2 x the frames) once to compile, then ``--reps`` times each,
+    interleaved; process 0 prints the line. ``s_per_step``: the marginal time a DDIM step takes (:func:`marginal`
+    of the fastest run of each; FIFO: the marginal queue iteration times the point's iterations, per DDIM step),
+    ``s_per_step_run``: the point's whole sampling time over its steps (the number this benchmark reported before
+    2026-12-05 15:30, which counts the run's fixed part over only a few steps), ``fixed_s`` the fixed part."""
     from vstar_jax import pipeline as pl  # noqa: PLC0415
     from vstar_jax.parallel import distributed  # noqa: PLC0415
     from vstar_jax.parallel.sharding import make_mesh  # noqa: PLC0415
@@ -186,18 +218,81 @@ def worker(args) -> None:
     mesh = make_mesh(_mesh_axes(args.mesh)) if args.num_processes > 1 else None
     model, method = args.models[0], args.methods[0]
     frames = _frames_for(method, args.frames[0])
-    kw = dict(checkpoint=_checkpoint(model, args.checkpoint), frames=frames, steps=_steps_of(method, args.steps),
-              seed=0, long_video=_spec(method), mesh=mesh, progress=False, keep_video=False)
-    pl.generate_video(PROMPT, **kw)  # compiles
-    res = pl.generate_video(PROMPT, **kw)
-    steps = int(res.sidecar["steps"])
-    hlo = list(runtime().compiled.values())[-1].as_text()
+    steps = _steps_of(method, args.steps)
+    fifo = _spec(method).startswith("fifo")
+    twin = dict(frames=_frames_for(method, 2 * frames)) if fifo else dict(steps=2 * steps)
+    kw = dict(checkpoint=_checkpoint(model, args.checkpoint), frames=frames, steps=steps, seed=0,
+              long_video=_spec(method), mesh=mesh, progress=False, keep_video=False)
+    runs = [kw, dict(kw, **twin)]
+    for k in runs:
+        pl.generate_video(PROMPT, **k)  # compiles
+    hlo = list(runtime().compiled.values())[-2].as_text()  # the point's program (the twin compiled last)
+    best = [float("inf"), float("inf")]
+    for _ in range(args.reps):
+        for i, k in enumerate(runs):
+            best[i] = min(best[i], pl.generate_video(PROMPT, **k).sidecar["timing_s"]["sample"])
+    units = ([_iterations(method, frames), _iterations(method, runs[1]["frames"])] if fifo else [steps, 2 * steps])
+    per, fixed = marginal(best[0], best[1], *units)
     if info["process_index"] == 0:
         print(json.dumps({"model": model, "method": method, "spec": _spec(method), "frames": frames,
                           "processes": args.num_processes, "devices": info["devices"],
                           "mesh": args.mesh if mesh is not None else None, "steps": steps,
-                          "s_per_step": res.sidecar["timing_s"]["sample"] / steps,
-                          "comm_bytes_per_step": round(program_bytes(hlo) / steps)}), flush=True)
+                          "s_per_step": round(per * units[0] / steps, 5), "s_per_step_run": round(best[0] / steps, 5),
+                          "fixed_s": round(fixed, 4), "comm_bytes_per_step": round(program_bytes(hlo) / steps)}),
+              flush=True)
+
+
+def work_points(args) -> None:
+    """--work, inside a child that sees P simulated devices on this process's one core: per point, the CPU
+    seconds (``time.process_time``: the work, whatever else loads the machine) of the sampling stage of the
+    point and its twin (:func:`worker`'s), serial (no mesh) and on ``--mesh`` over the P devices (all devices'
+    work: they share the process), each compiled first and then run ``--reps`` times interleaved, the least
+    counting. ``work_speedup`` = serial / (mesh / P): the speedup P processes would reach if only the work
+    counted (no collective latency, no waiting in lockstep), from the marginal steps as :func:`marginal`."""
+    import jax  # noqa: PLC0415
+
+    from vstar_jax import pipeline as pl  # noqa: PLC0415
+
+    real, cpu = pl.run_sampler, []
+
+    def timed(*a, **k):
+        c0 = time.process_time()
+        out = real(*a, **k)
+        cpu.append(time.process_time() - c0)
+        return out
+
+    pl.run_sampler = timed
+    p = len(jax.devices())
+    try:
+        for model in args.models:
+            for method in args.methods:
+                for want in args.frames:
+                    frames = _frames_for(method, want)
+                    steps = _steps_of(method, args.steps)
+                    fifo = _spec(method).startswith("fifo")
+                    twin = dict(frames=_frames_for(method, 2 * frames)) if fifo else dict(steps=2 * steps)
+                    base = dict(checkpoint=_checkpoint(model), frames=frames, steps=steps, seed=0,
+                                long_video=_spec(method), progress=False, keep_video=False)
+                    cases = [dict(base, mesh=m, **t) for m in (None, _mesh_axes(args.mesh)) for t in ({}, twin)]
+                    for k in cases:
+                        pl.generate_video(PROMPT, **k)  # compiles
+                    best = [float("inf")] * len(cases)
+                    for _ in range(args.reps):
+                        for i, k in enumerate(cases):
+                            pl.generate_video(PROMPT, **k)
+                            best[i] = min(best[i], cpu[-1])
+                    units = ([_iterations(method, frames), _iterations(method, twin["frames"])] if fifo
+                             else [steps, 2 * steps])
+                    serial, _ = marginal(best[0], best[1], *units)
+                    mesh, _ = marginal(best[2], best[3], *units)
+                    _emit({"model": model, "method": method, "spec": _spec(method), "frames": frames, "processes": 1,
+                           "devices": p, "mesh": args.mesh, "steps": steps,
+                           "cpu_s_per_step_serial": round(serial * units[0] / steps, 5),
+                           "cpu_s_per_step_mesh": round(mesh * units[0] / steps, 5),
+                           "work_speedup": round(serial * p / mesh, 3),
+                           "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}, args.json)
+    finally:
+        pl.run_sampler = real
 
 
 # ------------------------------------------------------------------------------ the parent
@@ -238,6 +333,7 @@ def timed_point(args, model: str, method: str, frames: int, processes: int) -> d
     for i in range(processes):
         cmd = [sys.executable, __file__, "--worker", "--models", model, "--methods", method, "--frames", str(frames),
                "--steps", str(args.steps), "--mesh", args.mesh, "--coordinator", f"127.0.0.1:{port}",
+               "--reps", str(args.reps),
                "--checkpoint", args.checkpoint or "",
                "--num-processes", str(processes), "--process-id", str(i)]
         procs.append(subprocess.Popen(["taskset", "-c", str(cores[i % len(cores)])] + cmd, stdout=subprocess.PIPE,
@@ -274,12 +370,16 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=4, help="DDIM steps (default 4; FIFO: its own)")
     p.add_argument("--mesh", default="frames=-1", help="mesh over the processes' devices (default frames=-1)")
     p.add_argument("--comm", action="store_true", help="bytes per step on --devices simulated devices, no timing")
+    p.add_argument("--work", action="store_true", help="CPU seconds of the work, serial against --mesh on "
+                   "--processes simulated devices in one process (robust to other load; no collective latency)")
     p.add_argument("--devices", type=int, default=8, help="--comm: simulated CPU devices (default 8)")
     p.add_argument("--layouts", default="frames=8;data=2,frames=4;data=8", help="--comm: ';'-separated meshes")
     p.add_argument("--json", help="append the JSON lines to this file")
     p.add_argument("--timeout", type=float, default=7200, help="seconds per point")
+    p.add_argument("--reps", type=int, default=2, help="timed runs of each length per point (the fastest counts)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--comm-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--work-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--coordinator", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", default="", help=argparse.SUPPRESS)
     p.add_argument("--num-processes", type=int, default=1, help=argparse.SUPPRESS)
@@ -299,7 +399,9 @@ def parse_args(argv=None):
         raise ValueError("--frames and --processes are comma-separated integers") from None
     if not args.frames or min(args.frames) < 1 or not args.processes or min(args.processes) < 1:
         raise ValueError("--frames and --processes must be positive")
-    if not args.comm and not args.worker and max(args.processes) > _cores():
+    if args.reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {args.reps}")
+    if not (args.comm or args.work) and not args.worker and max(args.processes) > _cores():
         raise ValueError(f"--processes {max(args.processes)} needs as many cores, this machine gives {_cores()}")
     args.layouts = [s.strip() for s in args.layouts.split(";") if s.strip()]
     for spec in args.layouts + [args.mesh]:
@@ -319,6 +421,14 @@ def main(argv=None) -> int:
     if args.comm_child:
         comm_points(args)
         return 0
+    if args.work_child:
+        work_points(args)
+        return 0
+    if args.work:  # one process, P simulated devices on one core, XLA's thread pool off
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={max(args.processes)} {ONE_CORE}")
+        cmd = [sys.executable, __file__, "--work-child"] + [a for a in (argv or sys.argv[1:]) if a != "--work"]
+        return subprocess.run(cmd, env=env, timeout=args.timeout).returncode
     if args.comm:  # a child that sees --devices simulated devices (XLA_FLAGS is read when JAX starts)
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                    XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}")

@@ -37,11 +37,17 @@ COLLECTIVES = ("all-to-all", "collective-permute", "all-reduce", "all-gather", "
 DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "f64": 8, "s8": 1, "u8": 1}
 
 
-def collective_bytes(hlo: str) -> dict:
+def collective_bytes(hlo: str, source: str | None = None) -> dict:
     """{op: (count, bytes per device)} of the collectives in a compiled program's HLO text (a result
-    tuple counts every element; async -start/-done pairs count once)."""
+    tuple counts every element; async -start/-done pairs count once). ``source``: only the collectives
+    whose ``op_name`` (the jax code that made them) matches this regex, e.g. ``"UNet3D"`` for those of the
+    UNet's layers."""
     out = {op: [0, 0] for op in COLLECTIVES}
     for line in hlo.splitlines():
+        if source is not None:
+            name = re.search(r'op_name="([^"]*)"', line)
+            if not re.search(source, name.group(1) if name else ""):
+                continue
         for op in COLLECTIVES:
             m = re.search(r"= (.*?) " + op + r"(-start)?\(", line)
             if not m:
@@ -68,17 +74,17 @@ def executed_collective_bytes(hlo: str) -> dict:
     return total(comps.get("__entry__", ""))
 
 
-def loop_body_collectives(hlo: str, trips: int) -> list:
+def loop_body_collectives(hlo: str, trips: int, source: str | None = None) -> list:
     """What ONE run of a loop body sends: for each while loop of ``trips`` known trips, {op: (count, bytes
     per device)} of its body and what it calls (inner loops times their trips). FIFO's queue iteration,
-    a method's step."""
-    comps, total = _executed(hlo)
+    a method's step. ``source``: as :func:`collective_bytes`'s."""
+    comps, total = _executed(hlo, source)
     return [total(body) for text in comps.values() for line in text.splitlines() if " while(" in line
             and re.search(r'"known_trip_count":\{"n":"%d"' % trips, line)
             for body in re.findall(r"body=%([\w.\-]+)", line)]
 
 
-def _executed(hlo: str):
+def _executed(hlo: str, source: str | None = None):
     """(computations {name: text} with "__entry__" naming the entry, total(name) -> executed collectives)."""
     comps, name, lines = {}, None, []
     for line in hlo.splitlines():
@@ -98,7 +104,7 @@ def _executed(hlo: str):
         if comp in memo:
             return memo[comp]
         text = comps.get(comp, "")
-        out = {k: list(v) for k, v in collective_bytes(text).items()}
+        out = {k: list(v) for k, v in collective_bytes(text, source).items()}
         for line in text.splitlines():
             trips = 1
             called = re.findall(r"(?:body|to_apply|true_computation|false_computation|branch_computations=\{[^}]*)"

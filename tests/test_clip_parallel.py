@@ -71,14 +71,51 @@ def test_device_plan_line_and_serial_methods():
 
     mesh = make_mesh({"data": 1})  # one device: D = 1, nothing padded
     st = parse_strategy("genl:4:2")
-    p = device_plan(mesh, None, st.check(16, 2), st)
+    p = device_plan(mesh, None, st.check(16, 2), st, frames=16)
     assert (p["windows_per_call"], p["window_groups"], p["padded"], p["serial"]) == (1, 7, 0, "")
     assert "7 windows a step in 7 UNet call(s) of 1 window(s)" in describe_device_plan(p)
     # the rules are data: the windows axis over a mesh axis of 1 device, or over none, is D = 1 too
-    assert device_plan(mesh, (("windows", None),), st.check(16, 2), st)["windows_per_call"] == 1
+    assert device_plan(mesh, (("windows", None),), st.check(16, 2), st, frames=16)["windows_per_call"] == 1
     st = parse_strategy("vidrd:8:4")
-    line = describe_device_plan(device_plan(None, None, st.check(16, 2), st))
+    line = describe_device_plan(device_plan(None, None, st.check(16, 2), st, frames=16))
     assert line.startswith("device plan: vidrd runs its chunks serially") and "autoregressive" in line
+
+
+def _shape_mesh(**shape):
+    """A mesh of the given shape over the one test device repeated: device_plan reads only its shape."""
+    from jax.sharding import Mesh
+
+    return Mesh(np.array([jax.devices()[0]] * int(np.prod(list(shape.values()))), dtype=object).reshape(
+        tuple(shape.values())), tuple(shape))
+
+
+@pytest.mark.parametrize("spec,frames,mesh,kw,path,why", [
+    ("genl:8:4", 64, dict(data=2), {}, "blocks", ""),
+    ("genl:8:4", 64, dict(data=2, frames=4), {}, "blocks", ""),
+    ("genl:8:4", 64, None, {}, "slot sums", "D = 1"),
+    ("genl:8:4", 64, dict(data=2), dict(capture=True), "slot sums", "attention maps"),
+    ("genl:4:1", 16, dict(data=8), {}, "slot sums",
+     "blocks of 2 window(s) per device are shorter than the overlap reach 3"),
+    ("blend:8:4", 64, dict(data=2), {}, "blocks", ""),
+    ("blend:8:4", 64, dict(data=2), dict(solver="dpmpp_2m_sde"), "slot sums", "blend steps dpmpp_2m_sde only"),
+    ("blend:8:4", 64, dict(data=8), dict(rescale=True), "slot sums", "guide rescale"),
+    ("fifo:8:1", 64, dict(data=2, frames=4), {}, "blocks", ""),
+    ("vidrd:8:4", 16, dict(data=2), {}, "serial", "autoregressive"),
+    ("freenoise:8:4", 64, dict(frames=2), {}, "one pass", "")])
+def test_device_plan_names_the_loop_and_why(spec, frames, mesh, kw, path, why):
+    """The device plan records and prints which loop steps the windows (blocks: neighbour exchange; slot
+    sums: one all-reduce of the latent a step; serial; one pass) and why it is not the blocks loop, from the
+    method's own ``window_path`` (the choice its loop branches on). Mutation: blend's DPM++ reason dropped
+    (the blocks loop claimed for dpmpp_2m_sde) fails the blend rows."""
+    from vstar_jax.generation.sampling import describe_device_plan, device_plan
+
+    st = parse_strategy(spec)
+    m = _shape_mesh(**mesh) if mesh else None
+    p = device_plan(m, None, st.check(frames, st.steps_for(None) or 4), st, frames=frames, **kw)
+    assert p["path"] == path and why in p["path_why"] and bool(p["path_why"]) == bool(why), p
+    line = describe_device_plan(p)
+    if p["windows"] and not p["serial"]:
+        assert f"; {path} path: " in line and why in line, line
 
 
 MESH_SCRIPT = textwrap.dedent("""
@@ -265,8 +302,9 @@ FIFO_HLO_SCRIPT = textwrap.dedent("""
     one = run(None)[0] if equal else None
     iters = frames + st.queue_steps - st.window
     frame_bytes = 4 * 3 * 2 * 2
-    for d in (2, 8):
-        got, hlo = run(make_mesh({"data": d}), equal)
+    # data=2,frames=4 (slow run only): 2 windows a call, each window's CFG rows and frames over its 4 devices
+    for d, mesh in [("2", {"data": 2}), ("8", {"data": 8})] + ([("2x4", {"data": 2, "frames": 4})] if equal else []):
+        got, hlo = run(make_mesh(mesh), equal)
         body = loop_body_collectives(hlo, iters)
         print("FIFO", d, float(np.abs(got - one).max() / np.abs(one).max()) if equal else 0.0, len(body),
               " ".join(f"{k}={n}:{b // frame_bytes if k == 'collective-permute' else b}" for k, (n, b) in body[0].items()),
@@ -276,8 +314,8 @@ FIFO_HLO_SCRIPT = textwrap.dedent("""
 
 def _fifo_iteration(equal: str):
     r = run_on_host_devices(FIFO_HLO_SCRIPT.replace("sys.argv[1]", repr(equal)), 8, timeout=600)
-    rows = {int(p[1]): p for p in (ln.split() for ln in r.stdout.splitlines() if ln.startswith("FIFO"))}
-    assert sorted(rows) == [2, 8], r.stdout
+    rows = {p[1]: p for p in (ln.split() for ln in r.stdout.splitlines() if ln.startswith("FIFO"))}
+    assert sorted(rows) == (["2", "2x4", "8"] if equal == "equal" else ["2", "8"]), r.stdout
     return rows
 
 
@@ -292,7 +330,7 @@ def test_fifo_iteration_sends_only_the_boundary_frames():
     all-reduced). Mutation: the window behind's first frame indexed by rank from the flattened windows
     (a gather across devices) fails it."""
     rows = _fifo_iteration("hlo")
-    for d, calls in ((2, 2), (8, 1)):  # calls: ceil(4 windows / D) UNet calls an iteration
+    for d, calls in (("2", 2), ("8", 1)):  # calls: ceil(4 windows / D) UNet calls an iteration
         p = rows[d]
         assert p[3] == "1", p
         body = dict(kv.split("=") for kv in p[4:])
@@ -302,8 +340,30 @@ def test_fifo_iteration_sends_only_the_boundary_frames():
 
 @pytest.mark.slow
 def test_fifo_over_window_blocks_equals_one_device():
-    """The same toy FIFO run (per-frame context, per-row steps, eta 1) on mesh data 2 (2 windows a device)
-    and data 8 (4 masked windows) equals one device within 1e-6 (the same arithmetic per window; measured
-    2e-7 and 0)."""
+    """The same toy FIFO run (per-frame context, per-row steps, eta 1) on mesh data 2 (2 windows a device),
+    data 8 (4 masked windows) and data 2 x frames 4 equals one device within 1e-6 (the same arithmetic per
+    window; measured 2e-7, 0 and 2e-7). On data 2 x frames 4 (each window's CFG rows and frames split over
+    its 4 devices) the iteration holds no all-gather and exactly 4 all-to-alls: the queue shift's
+    concatenations, which move each window's frames one position across its own frame split (replica
+    groups of 2 inside one window's 4 devices; benchmarks/RESULTS.md, FIFO on data=2,frames=4), never a
+    re-layout of the queue across windows. (The toy has no temporal transformer, so no UNet all-to-all.)"""
     rows = _fifo_iteration("equal")
     assert all(float(p[2]) < 1e-6 for p in rows.values()), rows
+    body = dict(kv.split("=") for kv in rows["2x4"][4:])
+    assert body["all-gather"] == "0:0" and body["reduce-scatter"] == "0:0", body
+    assert body["all-to-all"].split(":")[0] == "4", body
+
+
+def test_benchmark_times_a_step_as_the_marginal_of_two_lengths(capsys):
+    """benchmarks/clip_parallel.py reports the time of a step after compilation as the difference of two runs
+    over the added steps (FIFO: queue iterations), so what a run does once is not spread over its few steps;
+    a bad --reps is one error line before anything runs. Mutation: the whole run over its steps (t1 / units1)
+    fails it."""
+    from benchmarks.clip_parallel import main, marginal
+
+    per, fixed = marginal(1.0, 1.8, 4, 8)  # 0.2 s a step, 0.2 s once
+    assert abs(per - 0.2) < 1e-12 and abs(fixed - 0.2) < 1e-12
+    per, fixed = marginal(2.0, 3.5, 71, 135)  # FIFO: 64 more iterations
+    assert abs(per - 1.5 / 64) < 1e-12 and abs(fixed - (2.0 - 71 * 1.5 / 64)) < 1e-12
+    assert main(["--reps", "0", "--processes", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --reps must be >= 1, got 0"

@@ -147,7 +147,7 @@ def _generate(prompt: str, o: GenerationOptions, *, expect_sha256: Optional[str]
     rules = resolve_rules(o.mesh) if o.mesh is not None else None
     mesh = resolve_mesh(o.mesh)
     rows = row_sharding(mesh, splan.unet_frames, rules=rules)
-    dplan = device_plan(mesh, rules, splan, request.strategy, capture=request.capture)
+    dplan = device_plan(mesh, rules, splan, request.strategy, frames=request.frames, capture=request.capture)
     if dplan["windows_per_call"] > 1:  # the UNet's rows are D windows x 2 CFG rows
         rows = row_sharding(mesh, splan.unet_frames, rows=2 * dplan["windows_per_call"], rules=rules)
     paths = check_outputs(o.out, o.gif, o.attention_png, o.overwrite,  # creates the output folder: after the checks

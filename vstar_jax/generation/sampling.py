@@ -35,6 +35,7 @@ from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.jax_private import private_jax, warn_once
 from vstar_jax.longvideo import parse_strategy
+from vstar_jax.longvideo.windows import PATHS
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
 from vstar_jax.parallel.sharding import DEFAULT_RULES, LATENT_AXES, activation_layout, make_mesh, named, window_group
 from vstar_jax.runtime import runtime
@@ -88,23 +89,28 @@ def plan_for(request, latent_channels: int, row_sharding=None, rules=None, memor
                       request.strategy, request.prediction, rules, memory, windows=int(windows))
 
 
-def device_plan(mesh, rules, splan, strategy, *, capture: bool = False) -> dict:
+def device_plan(mesh, rules, splan, strategy, *, frames: int, capture: bool = False, solver: str = "ddim",
+                rescale: bool = False) -> dict:
     """How the devices split one long-video step, from the mesh and the method (printed before compute and
     recorded in the sidecar as ``device_plan``): ``windows_per_call`` D (the size of the mesh axis the
     ``windows`` rule names) independent windows stacked into one UNet call, ``window_groups`` calls per
     step of which the last holds ``padded`` masked windows; each call's 2 D CFG rows over ``row_devices``
     devices and each window's frames over ``frame_devices`` (``activation_layout``). ``serial``: why a
     method's windows run one per call (``Strategy.SERIAL``: StreamingT2V, VidRD are autoregressive over
-    chunks), else "". A run that records attention maps takes one window per call too."""
+    chunks), else "". A run that records attention maps takes one window per call too. ``path``: the loop
+    that steps the windows (``longvideo.windows.PATHS``: blocks, slot sums, serial, one pass) and
+    ``path_why`` why it is not the blocks loop, both from the method's own choice
+    (:meth:`~vstar_jax.longvideo.Strategy.window_path`, which its loop branches on)."""
     n = math.prod(mesh.shape.get(a, 1) for a in ("data", "frames")) if mesh is not None else 1
     total = int(splan.group_windows)
     d = window_group(mesh, rules) if total and not capture else 1
     groups = splan.groups(d) if total else 0
     layout = activation_layout(mesh, 2 * d, splan.unet_frames, rules or DEFAULT_RULES) if mesh is not None else None
     gb, gf = ((layout.mesh.shape["data"], layout.mesh.shape["frames"]) if layout is not None else (1, 1))
+    path = strategy.window_path(frames, d, solver=solver, rescale=rescale, capture=capture)
     return {"method": strategy.name, "devices": n, "windows_per_call": d, "window_groups": groups,
             "padded": groups * d - total if total else 0, "windows": total, "row_devices": gb, "frame_devices": gf,
-            "serial": strategy.SERIAL, "capture": bool(capture)}
+            "serial": strategy.SERIAL, "capture": bool(capture), "path": path.path, "path_why": path.why}
 
 
 def describe_device_plan(p: dict) -> str:
@@ -113,12 +119,14 @@ def describe_device_plan(p: dict) -> str:
         head = f"{p['method']} runs its chunks serially, one per UNet call ({p['serial']})"
     elif p["windows"]:
         head = (f"{p['windows']} windows a step in {p['window_groups']} UNet call(s) of {p['windows_per_call']} "
-                f"window(s)" + (f", the last padded with {p['padded']} masked window(s)" if p["padded"] else "")
-                + (" (attention maps are recorded one window per call)" if p["capture"] else ""))
+                f"window(s)" + (f", the last padded with {p['padded']} masked window(s)" if p["padded"] else ""))
     else:
         head = "one UNet call a step"
+    path = ""
+    if p.get("path") and p["windows"] and not p["serial"]:
+        path = (f"; {p['path']} path: {PATHS[p['path']]}" + (f" ({p['path_why']})" if p["path_why"] else ""))
     return (f"device plan: {head}; {p['devices']} device(s): the call's {2 * p['windows_per_call']} CFG rows over "
-            f"{p['row_devices']}, each window's frames over {p['frame_devices']}")
+            f"{p['row_devices']}, each window's frames over {p['frame_devices']}{path}")
 
 
 def memory_for(pipe, request):

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.errors import VstarError
+from vstar_jax.longvideo.windows import WindowPath
 from vstar_jax.validate import number
 
 MAX_SETTING = 100_000  # a window, stride, overlap or partition count (frames are at most this many too)
@@ -108,6 +109,14 @@ class Strategy:
     def check(self, frames: int, steps: int) -> Plan:
         """Validate a video length (and step count); a :class:`VstarError` names valid lengths."""
         raise NotImplementedError
+
+    def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
+                    capture: bool = False, return_x0: bool = False) -> WindowPath:
+        """Which loop steps this method's windows with D = ``group`` window slots a call (``windows.PATHS``),
+        and why when it is not the blocks loop: the one place the loop is chosen (the method's loop branches
+        on it; the device plan records and prints it). Default: ``serial`` for :attr:`SERIAL` methods, else
+        ``one pass`` (one UNet call over all frames: single, FreeNoise)."""
+        return WindowPath("serial", self.SERIAL) if self.SERIAL else WindowPath("one pass")
 
     def noise_shape(self, shape: tuple) -> tuple:
         """Shape of the initial noise for a (b, c, N, h, w) video (FIFO: one window)."""

@@ -160,14 +160,22 @@ class Blend(Strategy):
             raise ValueError("blend with more than one chunk needs a PRNG key (key=jax.random.key(seed))")
         return super().sample(model_fn, x_T, cond, uncond, schedule, key=key, frames=frames, **kw)
 
+    def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
+                    capture: bool = False, return_x0: bool = False) -> W.WindowPath:
+        # the blocks loop steps with DDIM and plain CFG (the enhancer's DPM++ / guide rescale take _blend)
+        unsupported = (f"blend steps {solver} only in the slot-sum loop" if solver != "ddim" else
+                       "blend's guide rescale runs only in the slot-sum loop" if rescale else "")
+        return W.choose_path(W.chunk_starts(int(frames), self.window, self.overlap), self.window, group,
+                             capture=capture, return_x0=return_x0, unsupported=unsupported)
+
     def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.chunk_starts(inputs.frames, self.window, self.overlap)
         n_steps = inputs.coeffs["timesteps"].shape[0]
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
         group = 1 if capture else as_denoiser(model_fn).windows
-        # the blocks path steps with DDIM and plain CFG (the enhancer's DPM++ / guide rescale take _blend)
-        plain = inputs.rescale is None and not is_dpm(inputs.coeffs)
-        if plain and not return_x0 and W.neighbour_layout(starts, self.window, group):
+        path = self.window_path(inputs.frames, group, solver="dpmpp_2m_sde" if is_dpm(inputs.coeffs) else "ddim",
+                                rescale=inputs.rescale is not None, capture=capture, return_x0=return_x0)
+        if path.path == "blocks":
             return _blend_blocks(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                                  starts, offsets, window=self.window, guided=inputs.guided,
                                  use_noise=inputs.use_noise, group=group)

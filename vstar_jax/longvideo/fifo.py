@@ -221,6 +221,10 @@ class FIFO(Strategy):
                 f"iteration j: k=fold_in(fold_in(k_steps,{ITER_FOLD:#x}),j), split(k) -> (enqueued noise, "
                 f"step noise; window w: fold_in(step key, w))")
 
+    def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
+                    capture: bool = False, return_x0: bool = False) -> W.WindowPath:
+        return W.WindowPath("blocks")  # the queue is always held as blocks of windows (one block when D = 1)
+
     def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):
         if capture:
             raise VstarError("attention maps are not recorded with fifo")

@@ -118,11 +118,16 @@ class GenL(Strategy):
             raise VstarError(str(e)) from None
         return Plan(self.window, len(starts) * int(steps), f"{len(starts)} windows", len(starts), int(steps))
 
+    def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
+                    capture: bool = False, return_x0: bool = False) -> W.WindowPath:
+        return W.choose_path(W.sliding_starts(int(frames), self.window, self.stride), self.window, group,
+                             capture=capture, return_x0=return_x0)
+
     def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         starts = W.sliding_starts(inputs.frames, self.window, self.stride)
         counts = W.coverage(inputs.frames, self.window, starts).astype(np.float32)
         group = 1 if capture else as_denoiser(model_fn).windows
-        if not return_x0 and W.neighbour_layout(starts, self.window, group):
+        if self.window_path(inputs.frames, group, capture=capture, return_x0=return_x0).path == "blocks":
             return _genl_blocks(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                                 starts, counts, window=self.window, guided=inputs.guided,
                                 use_noise=inputs.use_noise, group=group)

@@ -132,6 +132,46 @@ def neighbour_layout(starts, window: int, group: int) -> bool:
     return int(group) > 1 and overlap_reach(starts, window) <= k
 
 
+class WindowPath(NamedTuple):
+    """Which loop steps a long-video method's windows (recorded in the device plan and printed in its line):
+    ``path`` one of :data:`PATHS`; ``why`` says why a method with windows does not take the blocks path ("" when
+    it does, or has no windows)."""
+
+    path: str
+    why: str = ""
+
+
+#: the loops a long-video step can run, and what each sends on a mesh (the device plan's line prints it)
+PATHS = {
+    "blocks": "each device holds a contiguous block of windows and exchanges only its neighbours' frames "
+              "(collective-permutes)",
+    "slot sums": "each window slot adds into its own partial sum of the latent, summed once a step (on a mesh "
+                 "one all-reduce of the latent)",
+    "serial": "one chunk per UNet call, in order",
+    "one pass": "one UNet call over all frames a step",
+}
+
+
+def choose_path(starts, window: int, group: int, *, capture: bool = False, return_x0: bool = False,
+                unsupported: str = "") -> WindowPath:
+    """The one decision between the blocks loop (:func:`block_grid`) and the per-slot sums for the
+    overlapping windows of Gen-L and blend: blocks unless attention maps are recorded (one window a call),
+    every step's x0 is kept (``return_x0``), D = 1, the method's settings need the other loop
+    (``unsupported``: why) or the blocks are shorter than the overlap reach (:func:`neighbour_layout`)."""
+    if capture:
+        return WindowPath("slot sums", "attention maps are recorded one window per call")
+    if return_x0:
+        return WindowPath("slot sums", "every step's x0 prediction of the whole video is kept")
+    if int(group) <= 1:
+        return WindowPath("slot sums", "one window per call (D = 1): the serial loop")
+    if unsupported:
+        return WindowPath("slot sums", unsupported)
+    if not neighbour_layout(starts, window, group):
+        return WindowPath("slot sums", f"blocks of {-(-len(starts) // int(group))} window(s) per device are "
+                                       f"shorter than the overlap reach {overlap_reach(starts, window)}")
+    return WindowPath("blocks")
+
+
 class BlockGrid(NamedTuple):
     """The windows of a step on D slots in contiguous blocks (:func:`device_blocks`) with what each needs
     from the windows around it: window (j, k) frame p is neighbour delta's frame p + ``shift[delta]``, which
@@ -235,9 +275,10 @@ def map_columns(fn, x_w, context, grid: BlockGrid):
 
     if context.ndim == 4:  # (rows, N, L, C) -> (K, D, rows, F, L, C)
         ctx = jnp.moveaxis(jnp.take(context, jnp.asarray(grid.frames.transpose(1, 0, 2)), axis=1), (1, 2), (0, 1))
-    else:
-        ctx = jnp.broadcast_to(context, grid.rank.T.shape + context.shape)
-    _, y = jax.lax.scan(lambda _, col: (None, fn(*col)), None, (jnp.moveaxis(x_w, 1, 0), ctx))
+        _, y = jax.lax.scan(lambda _, col: (None, fn(*col)), None, (jnp.moveaxis(x_w, 1, 0), ctx))
+    else:  # one context for every window: broadcast inside the call, not stacked K x D times
+        _, y = jax.lax.scan(lambda _, xw: (None, fn(xw, jnp.broadcast_to(context, (grid.d,) + context.shape))), None,
+                            jnp.moveaxis(x_w, 1, 0))
     return jnp.moveaxis(y, 0, 1)
 
 
