@@ -60,6 +60,10 @@ class SampleInputs(NamedTuple):
     guided: bool
     use_noise: bool
     rescale: Any = None  # the reference's guide rescale in [0, 1] (sampler.rescaled_eps); None: plain CFG
+    #: (N,) the whole video's frame clock (UNetConfig.video_clock): each UNet call gets its frames' slice as
+    #: the UNet's ``frame_times`` (the enhancer's ``--chunk-clock video``; ``single`` and ``blend`` read it);
+    #: None: each call its own clock
+    frame_times: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
