@@ -43,6 +43,11 @@ Two switches reproduce the paper's ablation (Fig. 4):
   cut at its first frame). Without shared noise the chunks are merged once, at the end, by the same owner
   map (one row of offsets).
 
+The chunk clock (``frame_times``, the enhancer's ``--chunk-clock video``; not in the reference): where the
+refiner conditions frames on their place in the clip (the demo models' options), every chunk's UNet calls
+get their frames' slice of the whole video's clock (``UNetConfig.video_clock``), sliced from the chunk
+starts as per-frame text is (``windows.stack_times``); None: each call its own clock (``chunk``).
+
 PRNG: ``k_x, k_steps = split(key(seed))``; shared: noise = ``normal(k_x, (b, c, N, h, w))``, step i's noise
 (DDIM with eta > 0, DPM++ 2M SDE) ``normal(split(k_steps, n)[i])``; not shared: chunk k's noise
 ``normal(fold_in(k_x, k), (b, c, F, h, w))``, its step keys ``split(fold_in(k_steps, k), n)``. One chunk with
