@@ -195,6 +195,7 @@ def test_cli_round_trip_and_from_sidecar(demo_video, capsys):
     sc = json.loads(out.with_suffix(".json").read_text())
     assert sc["format"] == "vstar-jax-enhance/1" and sc["frames"] == 16 and sc["chunk"] == 8
     assert sc["sdedit_steps"] == 4 and sc["shared_noise"] and sc["blend"] and len(sc["input_sha256"]) == 64
+    assert sc["chunk_clock"] == "video"  # the default; --from-sidecar below regenerates with it bit for bit
     frames = read_video(out)
     assert frames.shape == (16, 96, 96, 3)
     capsys.readouterr()

@@ -204,19 +204,22 @@ def cfg_context(cond, uncond, batch: int, frames: int) -> jax.Array:
 
 
 def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
-               capture: bool = False, extra: Optional[dict] = None, rescale=None):
+               capture: bool = False, extra: Optional[dict] = None, rescale=None, frame_times=None):
     """One CFG model evaluation: a single call on ``[x; x]`` with ``context`` = [uncond; cond]
     rows (from :func:`cfg_context`). ``model_fn``: a :class:`Denoiser` or a plain model function.
     ``t`` is a scalar timestep, or one per frame (F,) (FIFO's diagonal denoising; the model then
     gets (rows, F)). ``extra``: more model inputs, already in CFG rows (StreamingT2V's ``cam_frames``
     / ``image_embed``). ``rescale``: the reference's guide rescale (:func:`rescaled_eps`; None: plain CFG).
-    Returns ``(eps, aux)`` (``aux`` None unless ``capture``); eps is float32, guided, and clipped when the
+    ``frame_times`` (F,): the frames' clock for the demo options (the UNet's ``frame_times``, shared by the
+    rows; None: not passed, the call's own clock). Returns ``(eps, aux)`` (``aux`` None unless ``capture``); eps is float32, guided, and clipped when the
     denoiser asks (``Denoiser.clip_x0``)."""
     den = as_denoiser(model_fn)
     b = x.shape[0]
     t = jnp.asarray(t, jnp.int32)
     tt = jnp.broadcast_to(t, (2 * b if guided else b,) + t.shape)
     x_in = jnp.concatenate([x, x], axis=0) if guided else x
+    if frame_times is not None:
+        extra = {**(extra or {}), "frame_times": frame_times}
     out = den.fn(x_in, tt, context, step_index, **(extra or {}))
     eps, aux = out if capture else (out, None)
     eps = eps.astype(jnp.float32)
@@ -231,17 +234,19 @@ def guided_eps(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guide
 
 
 def guided_eps_windows(model_fn: ModelFn, x, t, context, step_index, cfg_scale, *, guided: bool = True,
-                       capture: bool = False, rescale=None):
+                       capture: bool = False, rescale=None, frame_times=None):
     """:func:`guided_eps` of D windows in ONE model call (the windows stacked into the batch): ``x`` (D, b,
     c, F, h, w); ``t`` per window, (D,) or (D, F); ``context`` each window's [uncond; cond] rows, (D, rows,
     ...); ``step_index`` a scalar or one per window (D,). The rows are window-major, [u_0; c_0; u_1; c_1;
-    ...], so a device holding a window's rows holds both its CFG halves and the guidance is local. Returns
+    ...], so a device holding a window's rows holds both its CFG halves and the guidance is local.
+    ``frame_times``: each window's frame clock (D, F) (:func:`~vstar_jax.longvideo.windows.stack_times`), or
+    None. Returns
     ``(eps (D, b, c, F, h, w), aux)``; D = 1 is :func:`guided_eps` itself (the serial path's graph)."""
     d = x.shape[0]
     if d == 1:
         si = step_index if jnp.ndim(step_index) == 0 else step_index[0]
         eps, aux = guided_eps(model_fn, x[0], t[0], context[0], si, cfg_scale, guided=guided, capture=capture,
-                              rescale=rescale)
+                              rescale=rescale, frame_times=None if frame_times is None else frame_times[0])
         return eps[None], aux
     if capture:
         raise ValueError("attention maps are recorded one window per UNet call (D = 1)")
@@ -252,7 +257,8 @@ def guided_eps_windows(model_fn: ModelFn, x, t, context, step_index, cfg_scale, 
     x_in = jnp.broadcast_to(x[:, None], (d, r) + x.shape[1:]).reshape((d * r * b,) + x.shape[2:])
     ctx = context.reshape((d * context.shape[1],) + context.shape[2:])
     si = step_index if jnp.ndim(step_index) == 0 else jnp.repeat(jnp.asarray(step_index, jnp.int32), r * b)
-    eps = den.fn(x_in, tt.reshape((d * r * b,) + t.shape[1:]), ctx, si).astype(jnp.float32)
+    extra = {} if frame_times is None else {"frame_times": jnp.repeat(frame_times, r * b, axis=0)}  # (rows, F)
+    eps = den.fn(x_in, tt.reshape((d * r * b,) + t.shape[1:]), ctx, si, **extra).astype(jnp.float32)
     eps = eps.reshape((d, r, b) + eps.shape[1:])
 
     def flat(a):
@@ -270,16 +276,17 @@ def guided_eps_windows(model_fn: ModelFn, x, t, context, step_index, cfg_scale, 
 
 
 def ddim_loop(model_fn, x_T, context, coeffs, cfg_scale, keys, *, guided: bool, use_noise: bool,
-              return_x0: bool = False, capture: bool = False, rescale=None):
+              return_x0: bool = False, capture: bool = False, rescale=None, frame_times=None):
     """The plain loop (one ``lax.scan`` over steps, every frame in each model call) on prepared inputs
     (:func:`prepare_sampling`); returns (x_0, stacked pred_x0 or None, stacked aux or None). Steps with the
     schedule's solver (:func:`solver_step`: DDIM, or DPM++ 2M SDE); ``rescale``: the guide rescale
-    (:func:`guided_eps`). ``Single``'s loop, and FIFO's base clip."""
+    (:func:`guided_eps`); ``frame_times`` (F,): the frames' clock (:func:`guided_eps`). ``Single``'s loop,
+    and FIFO's base clip."""
     def body(carry, xs):
         x, state = carry
         co, i, k = xs
         eps, aux = guided_eps(model_fn, x, co["timesteps"], context, i, cfg_scale,
-                              guided=guided, capture=capture, rescale=rescale)
+                              guided=guided, capture=capture, rescale=rescale, frame_times=frame_times)
         noise = jax.random.normal(k, x.shape, jnp.float32) if use_noise else None
         x_prev, pred_x0, state = solver_step(x, eps, co, noise, state)
         ys = (pred_x0 if return_x0 else None, aux)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from vstar_jax.enhance.job import (DEFAULTS, REFERENCE_SAMPLER, enhance_video, load_enhance_sidecar,
+from vstar_jax.enhance.job import (CHUNK_CLOCKS, DEFAULTS, REFERENCE_SAMPLER, enhance_video, load_enhance_sidecar,
                                    regenerate_enhanced)
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.builtin import DEFAULT, DEMO_SOURCE
@@ -65,6 +65,12 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="each chunk from its own noise (the paper's naive chunking, for comparison)")
     p.add_argument("--no-blend", action="store_true",
                    help="no randomized blending: each chunk takes its whole overlap (a hard cut)")
+    p.add_argument("--chunk-clock", choices=CHUNK_CLOCKS,
+                   help=f"the frame clock each chunk is shown where the refiner has one (the demo models' frame "
+                        f"position): 'video', its frames' places in the whole video; 'chunk', its own, as if "
+                        f"each chunk were a whole clip (an ablation: it re-imposes the motion in every chunk). "
+                        f"No effect on refiners without a clock (MS-Vid2Vid-XL, zeroscope) "
+                        f"(default {d['chunk_clock']})")
     p.add_argument("--out", help="output video (default: <input>-enhanced.mp4 beside the input)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (and its sidecar)")
     p.add_argument("--from-sidecar", metavar="JSON", help="enhance again what an enhancer sidecar describes")
@@ -100,7 +106,7 @@ def enhance_main(argv: Sequence[str]) -> int:
                         strength=a.strength, chunk=a.chunk, overlap=a.overlap, size=a.size, steps=a.steps, cfg=a.cfg,
                         eta=a.eta, seed=a.seed, fps=a.fps, save_fps=a.save_fps, frame_batch=a.frame_batch,
                         shared_noise=not a.no_shared_noise, blend=not a.no_blend, solver=a.solver,
-                        guide_rescale=a.guide_rescale, negative_prompt=a.negative_prompt)
+                        guide_rescale=a.guide_rescale, negative_prompt=a.negative_prompt, chunk_clock=a.chunk_clock)
     print(res.path)
     return 0
 

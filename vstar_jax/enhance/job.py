@@ -50,12 +50,18 @@ from vstar_jax.io.atomic import Staging
 from vstar_jax.io.video import probe_video, read_video_batches, sidecar_path, sidecar_text
 from vstar_jax.longvideo import windows as W
 from vstar_jax.models.denoiser import DenoiserSpec, make_denoiser
+from vstar_jax.models.unet_config import UNetConfig
 from vstar_jax.models.vae import encode_to_latents
 from vstar_jax.pipeline import decode_and_write
 from vstar_jax.validate import number
 
 DEFAULTS = {"strength": 0.6, "steps": 50, "cfg": 7.5, "chunk": 24, "overlap": 8, "seed": 0, "frame_batch": 16,
-            "save_fps": 8.0, "solver": "ddim", "guide_rescale": 0.0, "negative_prompt": ""}
+            "save_fps": 8.0, "solver": "ddim", "guide_rescale": 0.0, "negative_prompt": "", "chunk_clock": "video"}
+#: ``--chunk-clock``: the frame clock a chunk's UNet calls see where the refiner has one (the demo models'
+#: ``unet.frame_position`` / ``text_frame_cond``; ``UNetConfig.video_clock``): ``video``, its frames' places
+#: in the whole video; ``chunk``, its own (every chunk a whole clip: the ablation, and what ran before the
+#: setting existed). Refiners without a clock (MS-Vid2Vid-XL, zeroscope) run the same either way.
+CHUNK_CLOCKS = ("video", "chunk")
 #: The reference's sampler settings, the defaults where the refiner is MS-Vid2Vid-XL (its noise schedule,
 #: ``beta_schedule: logsnr_cosine_interp``). StreamingT2V ``.../video_to_video/video_to_video_model.py``
 #: ``forward`` lines 238-252: ``guide_scale=7.5, guide_rescale=0.2, solver='dpmpp_2m_sde', steps=30`` (the
@@ -68,7 +74,7 @@ DEFAULTS = {"strength": 0.6, "steps": 50, "cfg": 7.5, "chunk": 24, "overlap": 8,
 REFERENCE_SAMPLER = {"solver": "dpmpp_2m_sde", "steps": 30, "cfg": 7.5, "guide_rescale": 0.2, "eta": 1.0,
                      "strength": 0.6, "negative_prompt": ""}
 #: what a sidecar written before a setting existed ran with (not today's defaults)
-SIDECAR_LEGACY = {"solver": "ddim", "guide_rescale": 0.0, "negative_prompt": ""}
+SIDECAR_LEGACY = {"solver": "ddim", "guide_rescale": 0.0, "negative_prompt": "", "chunk_clock": "chunk"}
 ASPECT_TOLERANCE = 0.01  # relative: frames are resized, never cropped or padded
 SIDECAR_ARGS = ("prompt", "strength", "chunk", "overlap", "steps", "cfg", "eta", "seed", "fps", "save_fps",
                 "frame_batch", "shared_noise", "blend") + tuple(SIDECAR_LEGACY)
@@ -118,6 +124,7 @@ class EnhanceRequest:
     flavor: str
     schedule_kwargs: tuple
     prediction: str
+    chunk_clock: str = DEFAULTS["chunk_clock"]  # CHUNK_CLOCKS
 
     @property
     def chunks(self) -> int:
@@ -140,6 +147,7 @@ class EnhancePlan:
     blend: bool
     solver: str = "ddim"
     rescale: bool = False  # guide rescale in the graph (its value is an argument)
+    chunk_clock: str = "chunk"  # CHUNK_CLOCKS: "video" hands each chunk its slice of the video's clock
 
     def schedule(self):
         return solver_schedule(self.solver, self.flavor, self.steps, self.eta, self.schedule_kwargs, self.strength)
@@ -179,7 +187,7 @@ def parse_size(size) -> Optional[tuple]:
 def make_enhance_request(input_path, prompt: str, *, checkpoint=None, pipeline=None, strength=None, chunk=None,
                          overlap=None, size=None, steps=None, cfg=None, eta=None, seed=None, fps=None,
                          save_fps=None, frame_batch=None, shared_noise: bool = True, blend: bool = True,
-                         solver=None, guide_rescale=None, negative_prompt=None,
+                         solver=None, guide_rescale=None, negative_prompt=None, chunk_clock=None,
                          expect_input_sha256: Optional[str] = None) -> EnhanceRequest:
     """Check every setting and the input video (one-line :class:`VstarError` each, before any compute).
     Settings left None take the refiner's defaults (:func:`sampler_defaults`)."""
@@ -195,6 +203,9 @@ def make_enhance_request(input_path, prompt: str, *, checkpoint=None, pipeline=N
         sd.update(steps=DEFAULTS["steps"], eta=d.get("default_eta", 1.0))
     elif solver != sd["solver"]:
         sd.update(steps=REFERENCE_SAMPLER["steps"], eta=REFERENCE_SAMPLER["eta"])
+    chunk_clock = DEFAULTS["chunk_clock"] if chunk_clock is None else chunk_clock
+    if chunk_clock not in CHUNK_CLOCKS:
+        raise VstarError(f"--chunk-clock must be one of {', '.join(CHUNK_CLOCKS)}, got {chunk_clock!r}")
     if negative_prompt is None:
         negative_prompt = sd["negative_prompt"]
     if not isinstance(negative_prompt, str):
@@ -256,7 +267,7 @@ def make_enhance_request(input_path, prompt: str, *, checkpoint=None, pipeline=N
                           tuple(latent_hw), float(strength), int(chunk), int(overlap), solver, int(steps),
                           int(n_sdedit), float(cfg), float(guide_rescale), float(eta), int(seed), float(fps),
                           float(save_fps), int(frame_batch), bool(shared_noise), bool(blend), d["flavor"], sched_kw,
-                          d["prediction"])
+                          d["prediction"], chunk_clock)
 
 
 # ------------------------------------------------------------------------------- encode
@@ -323,9 +334,11 @@ def _enhance(unet, params, z0, cond, uncond, key, fps, cfg_scale, rescale, *, pl
     model_fn = make_denoiser(unet, params, DenoiserSpec(plan.prediction), alphas_cumprod=schedule.alphas_cumprod,
                              fps=fps, on_call=_progress_tick)
     _, _, context, coeffs, _, use_noise, guided = prepare_sampling(z0, cond, uncond, schedule, None, key, "enhance")
+    # --chunk-clock video: the whole video's clock, each chunk its slice (None: no clock, or each its own)
+    times = UNetConfig.from_config(unet.config).video_clock(z0.shape[2]) if plan.chunk_clock == "video" else None
     lat = enhance_loop(model_fn, z0, context, coeffs, cfg_scale, key, window=plan.chunk, overlap=plan.overlap,
                        shared_noise=plan.shared_noise, blend=plan.blend, guided=guided, use_noise=use_noise,
-                       rescale=rescale if plan.rescale else None)
+                       rescale=rescale if plan.rescale else None, frame_times=times)
     return SampleOutput(lat, None, None)
 
 
@@ -352,7 +365,7 @@ def compiled_enhancer(unet, plan: EnhancePlan, args: tuple, progress: bool):
 
 def plan_of(req: EnhanceRequest) -> EnhancePlan:
     return EnhancePlan(req.flavor, req.steps, req.eta, req.schedule_kwargs, req.strength, req.prediction, req.chunk,
-                       req.overlap, req.shared_noise, req.blend, req.solver, req.guide_rescale != 0.0)
+                       req.overlap, req.shared_noise, req.blend, req.solver, req.guide_rescale != 0.0, req.chunk_clock)
 
 
 def enhance_latents(pipe, req: EnhanceRequest, z0, *, progress: bool = False):
@@ -407,7 +420,8 @@ def enhance_video(input_path, prompt: str, *, out=None, checkpoint=None, pipelin
     log(progress, f"enhancing: {req.chunks} chunks of {req.chunk} (overlap {req.overlap}), strength {req.strength} "
                   f"({steps}), cfg {req.cfg}{f' rescaled {req.guide_rescale}' if req.guide_rescale else ''}, "
                   f"seed {req.seed}"
-                  f"{'' if req.shared_noise else ', no shared noise'}{'' if req.blend else ', no blending'}")
+                  f"{'' if req.shared_noise else ', no shared noise'}{'' if req.blend else ', no blending'}"
+                  f"{', each chunk on its own clock' if req.chunk_clock == 'chunk' else ''}")
     lat, t_sample = enhance_latents(pipe, req, z0, progress=progress)
     with Staging() as stage:
         _, digest, size, t_decode = decode_and_write(pipe, lat, req, paths, keep_video=False, progress=progress,
@@ -433,7 +447,7 @@ def build_enhance_sidecar(req: EnhanceRequest, checkpoint: str, digest: str, siz
         "steps": req.steps, "sdedit_steps": req.sdedit_steps, "cfg": req.cfg, "guide_rescale": req.guide_rescale,
         "eta": req.eta, "seed": req.seed, "fps": req.fps,
         "save_fps": req.save_fps, "frame_batch": req.frame_batch, "shared_noise": req.shared_noise,
-        "blend": req.blend, "schedule": {"flavor": req.flavor, **dict(req.schedule_kwargs)},
+        "blend": req.blend, "chunk_clock": req.chunk_clock, "schedule": {"flavor": req.flavor, **dict(req.schedule_kwargs)},
         "prediction": req.prediction,
         "rng": {"impl": str(jax.config.jax_default_prng_impl), "rule": RNG_RULE},
         "frames_sha256": digest, "video_size": [int(s) for s in size],

@@ -43,6 +43,11 @@ Two switches reproduce the paper's ablation (Fig. 4):
   cut at its first frame). Without shared noise the chunks are merged once, at the end, by the same owner
   map (one row of offsets).
 
+The chunk clock (``frame_times``, the enhancer's ``--chunk-clock video``; not in the reference): where the
+refiner conditions frames on their place in the clip (the demo models' options), every chunk's UNet calls
+get their frames' slice of the whole video's clock (``UNetConfig.video_clock``), sliced from the chunk
+starts as per-frame text is (``windows.stack_times``); None: each call its own clock (``chunk``).
+
 PRNG: ``k_x, k_steps = split(key(seed))``; shared: noise = ``normal(k_x, (b, c, N, h, w))``, step i's noise
 (DDIM with eta > 0, DPM++ 2M SDE) ``normal(split(k_steps, n)[i])``; not shared: chunk k's noise
 ``normal(fold_in(k_x, k), (b, c, F, h, w))``, its step keys ``split(fold_in(k_steps, k), n)``. One chunk with
@@ -148,12 +153,14 @@ def sdedit_start(z0, key, coeffs: dict, *, window: int, overlap: int, shared_noi
 
 def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps, *, frames: int, window: int,
                    overlap: int, shared_noise: bool = True, blend: bool = True, guided: bool = True,
-                   use_noise: bool = False, rescale=None):
+                   use_noise: bool = False, rescale=None, frame_times=None):
     """The chunked denoising from :func:`sdedit_start`'s ``x_start`` -> latents (b, c, frames, h, w).
 
     ``coeffs``/``context`` as :func:`~vstar_jax.diffusion.sampler.prepare_sampling` returns them for the SDEdit
     schedule (:func:`sdedit_schedule` or :func:`~vstar_jax.diffusion.dpm_solver.dpmpp_2m_sde_schedule`; the
-    context not per frame); ``use_noise``: noise in the steps; ``rescale``: the guide rescale. Traceable."""
+    context not per frame); ``use_noise``: noise in the steps; ``rescale``: the guide rescale; ``frame_times``
+    (frames,): the whole video's frame clock, of which every chunk's UNet calls get their frames' slice
+    (``--chunk-clock video``), or None: each chunk its own clock (``chunk``). Traceable."""
     starts = W.chunk_starts(frames, window, overlap)
     n_steps = coeffs["timesteps"].shape[0]
     placeholder = jnp.zeros((n_steps,), jnp.uint32)  # step keys when eta == 0 (as prepare_sampling)
@@ -161,13 +168,14 @@ def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps,
         step_keys = jax.random.split(k_steps, n_steps) if use_noise else placeholder
         # blend off: no offsets key, so every offset is 0 (the blend strategy's rule without a key)
         inputs = SampleInputs(x_start, context, coeffs, step_keys, k_steps if blend else None, cfg_scale, frames,
-                              guided, use_noise, rescale)
+                              guided, use_noise, rescale, frame_times)
         return Blend(window, overlap).run(model_fn, inputs)[0]
 
     def one(args):
         k, x = args
         ks = jax.random.split(jax.random.fold_in(k_steps, k), n_steps) if use_noise else placeholder
-        inputs = SampleInputs(x, context, coeffs, ks, None, cfg_scale, window, guided, use_noise, rescale)
+        times = None if frame_times is None else W.stack_times(frame_times, jnp.asarray(starts)[k][None], window)[0]
+        inputs = SampleInputs(x, context, coeffs, ks, None, cfg_scale, window, guided, use_noise, rescale, times)
         return Single().run(model_fn, inputs)[0]
 
     chunks = jax.lax.map(one, (jnp.arange(len(starts), dtype=jnp.int32), x_start))  # (K, b, c, F, h, w)
@@ -181,11 +189,12 @@ def denoise_chunks(model_fn, x_start, context, coeffs: dict, cfg_scale, k_steps,
 
 def enhance_loop(model_fn, z0, context, coeffs: dict, cfg_scale, key, *, window: int, overlap: int,
                  shared_noise: bool = True, blend: bool = True, guided: bool = True, use_noise: bool = False,
-                 rescale=None):
+                 rescale=None, frame_times=None):
     """Chunked SDEdit of clean latents ``z0`` (b, c, N, h, w) -> refined latents (b, c, N, h, w):
     :func:`sdedit_start` then :func:`denoise_chunks`; ``key`` is the seed's key. Traceable (call it inside
-    ``jax.jit``); N must tile into chunks ((N - O) % (F - O) == 0)."""
+    ``jax.jit``); N must tile into chunks ((N - O) % (F - O) == 0). ``frame_times``: the whole video's frame
+    clock (N,) (:func:`denoise_chunks`)."""
     x_start, k_steps = sdedit_start(z0, key, coeffs, window=window, overlap=overlap, shared_noise=shared_noise)
     return denoise_chunks(model_fn, x_start, context, coeffs, cfg_scale, k_steps, frames=z0.shape[2], window=window,
                           overlap=overlap, shared_noise=shared_noise, blend=blend, guided=guided, use_noise=use_noise,
-                          rescale=rescale)
+                          rescale=rescale, frame_times=frame_times)

@@ -61,6 +61,10 @@ class SampleInputs(NamedTuple):
     guided: bool
     use_noise: bool
     rescale: Any = None  # the reference's guide rescale in [0, 1] (sampler.rescaled_eps); None: plain CFG
+    #: (N,) the whole video's frame clock (UNetConfig.video_clock): each UNet call gets its frames' slice as
+    #: the UNet's ``frame_times`` (the enhancer's ``--chunk-clock video``; ``single`` and ``blend`` read it);
+    #: None: each call its own clock
+    frame_times: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +115,11 @@ class Strategy:
         raise NotImplementedError
 
     def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
-                    capture: bool = False, return_x0: bool = False) -> WindowPath:
+                    capture: bool = False, return_x0: bool = False, clock: bool = False) -> WindowPath:
         """Which loop steps this method's windows with D = ``group`` window slots a call (``windows.PATHS``),
         and why when it is not the blocks loop: the one place the loop is chosen (the method's loop branches
-        on it; the device plan records and prints it). Default: ``serial`` for :attr:`SERIAL` methods, else
+        on it; the device plan records and prints it). ``clock``: the windows carry the whole video's frame
+        clock (``SampleInputs.frame_times``, the enhancer's ``--chunk-clock video``). Default: ``serial`` for :attr:`SERIAL` methods, else
         ``one pass`` (one UNet call over all frames: single, FreeNoise)."""
         return WindowPath("serial", self.SERIAL) if self.SERIAL else WindowPath("one pass")
 

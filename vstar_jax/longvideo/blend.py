@@ -48,7 +48,7 @@ def owner_map(starts, offsets, window: int, frames: int):
 
 
 def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, window,
-           guided, use_noise, return_x0, capture, group=1, rescale=None):
+           guided, use_noise, return_x0, capture, group=1, rescale=None, frame_times=None):
     index, real = W.window_groups(len(starts), group)
     g_starts, g_real = jnp.asarray(np.asarray(starts)[index]), jnp.asarray(real)
 
@@ -64,7 +64,8 @@ def _blend(model_fn, x_T, context, coeffs, cfg_scale, keys, starts, offsets, *, 
             ss, ids, m = sm
             xw, ctx = W.stack_windows(x, context, ss, window)
             eps, aux = guided_eps_windows(model_fn, xw, jnp.broadcast_to(co["timesteps"], (group,)), ctx, i,
-                                          cfg_scale, guided=guided, capture=capture, rescale=rescale)
+                                          cfg_scale, guided=guided, capture=capture, rescale=rescale,
+                                          frame_times=W.stack_times(frame_times, ss, window))
             owns = jax.vmap(lambda s, c: W.slice_frames(owner, s, window, 0) == c)(ss, ids)  # (D, F)
             eps = jnp.where(owns[:, None, None, :, None, None], eps, 0.0)  # one owner per frame: exact sums
             return W.add_windows(acc, eps, ss, m), aux
@@ -161,10 +162,12 @@ class Blend(Strategy):
         return super().sample(model_fn, x_T, cond, uncond, schedule, key=key, frames=frames, **kw)
 
     def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
-                    capture: bool = False, return_x0: bool = False) -> W.WindowPath:
-        # the blocks loop steps with DDIM and plain CFG (the enhancer's DPM++ / guide rescale take _blend)
+                    capture: bool = False, return_x0: bool = False, clock: bool = False) -> W.WindowPath:
+        # the blocks loop steps with DDIM and plain CFG, each chunk on its own clock (the enhancer's DPM++,
+        # guide rescale and video clock take _blend)
         unsupported = (f"blend steps {solver} only in the slot-sum loop" if solver != "ddim" else
-                       "blend's guide rescale runs only in the slot-sum loop" if rescale else "")
+                       "blend's guide rescale runs only in the slot-sum loop" if rescale else
+                       "blend's windows read the video's frame clock only in the slot-sum loop" if clock else "")
         return W.choose_path(W.chunk_starts(int(frames), self.window, self.overlap), self.window, group,
                              capture=capture, return_x0=return_x0, unsupported=unsupported)
 
@@ -174,7 +177,8 @@ class Blend(Strategy):
         offsets = _offsets(inputs.key, n_steps, len(starts), self.overlap)
         group = 1 if capture else as_denoiser(model_fn).windows
         path = self.window_path(inputs.frames, group, solver="dpmpp_2m_sde" if is_dpm(inputs.coeffs) else "ddim",
-                                rescale=inputs.rescale is not None, capture=capture, return_x0=return_x0)
+                                rescale=inputs.rescale is not None, capture=capture, return_x0=return_x0,
+                                clock=inputs.frame_times is not None)
         if path.path == "blocks":
             return _blend_blocks(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                                  starts, offsets, window=self.window, guided=inputs.guided,
@@ -182,4 +186,4 @@ class Blend(Strategy):
         return _blend(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                       starts, offsets, window=self.window, guided=inputs.guided,
                       use_noise=inputs.use_noise, return_x0=return_x0, capture=capture, group=group,
-                      rescale=inputs.rescale)
+                      rescale=inputs.rescale, frame_times=inputs.frame_times)

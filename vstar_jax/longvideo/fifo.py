@@ -222,7 +222,7 @@ class FIFO(Strategy):
                 f"step noise; window w: fold_in(step key, w))")
 
     def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
-                    capture: bool = False, return_x0: bool = False) -> W.WindowPath:
+                    capture: bool = False, return_x0: bool = False, clock: bool = False) -> W.WindowPath:
         return W.WindowPath("blocks")  # the queue is always held as blocks of windows (one block when D = 1)
 
     def run(self, model_fn, inputs: SampleInputs, *, capture: bool = False):

@@ -119,7 +119,7 @@ class GenL(Strategy):
         return Plan(self.window, len(starts) * int(steps), f"{len(starts)} windows", len(starts), int(steps))
 
     def window_path(self, frames: int, group: int, *, solver: str = "ddim", rescale: bool = False,
-                    capture: bool = False, return_x0: bool = False) -> W.WindowPath:
+                    capture: bool = False, return_x0: bool = False, clock: bool = False) -> W.WindowPath:
         return W.choose_path(W.sliding_starts(int(frames), self.window, self.stride), self.window, group,
                              capture=capture, return_x0=return_x0)
 

@@ -25,4 +25,4 @@ class Single(Strategy):
     def _loop(self, model_fn, inputs: SampleInputs, capture: bool, return_x0: bool):
         return ddim_loop(model_fn, inputs.x_T, inputs.context, inputs.coeffs, inputs.cfg_scale, inputs.keys,
                          guided=inputs.guided, use_noise=inputs.use_noise, return_x0=return_x0, capture=capture,
-                         rescale=inputs.rescale)
+                         rescale=inputs.rescale, frame_times=inputs.frame_times)

@@ -237,6 +237,16 @@ def stack_windows(x, context, starts, window: int):
     return xw, jnp.broadcast_to(context, (starts.shape[0],) + context.shape)
 
 
+def stack_times(times, starts, window: int):
+    """Each window's slice of the whole video's per-frame clock ``times`` (N,) (the UNet's ``frame_times``,
+    sliced as :func:`stack_windows` slices a per-frame context): (D, F); None stays None."""
+    if times is None:
+        return None
+    import jax  # noqa: PLC0415
+
+    return jax.vmap(lambda s: slice_frames(times, s, window, 0))(starts)
+
+
 def add_windows(acc, values, starts, real):
     """acc[j, :, :, s_j:s_j+F] += values[j] for each window slot j (a masked slot adds nothing): acc (D, b,
     c, N, h, w) holds one partial sum per slot, so on a mesh each device adds its own windows locally and

@@ -48,15 +48,39 @@ def frame_position_embedding(frames: int, dim: int, clock: str = "normalised", t
     return timestep_embedding(frame_clock(frames, clock, trained_frames) * 1000.0, dim)
 
 
+def frame_embedding(f: int, dim: int, clock: str = "normalised", trained_frames: int = 0,
+                    frame_times=None) -> jax.Array:
+    """The frame-position embedding of one call: (f, dim), shared by the batch, or (b*f, dim), one row per
+    (batch, frame), frame-major like the activations, when ``frame_times`` is (b, f). ``frame_times``: the
+    clock values of this call's frames, (f,) or (b, f), in place of :func:`frame_clock` of the call's own
+    length -- a chunk of a longer video given its frames' places in the whole video (the enhancer's
+    ``--chunk-clock video``); None: the call's own clock (:func:`frame_position_embedding`)."""
+    if frame_times is None:
+        return frame_position_embedding(f, dim, clock, trained_frames)
+    t = jnp.asarray(frame_times, jnp.float32)
+    if t.ndim not in (1, 2) or t.shape[-1] != f:
+        raise ValueError(f"frame_times must be ({f},) or (batch, {f}), got {tuple(t.shape)}")
+    return timestep_embedding(t.reshape(-1) * 1000.0, dim)
+
+
+def batch_rows(v: jax.Array, b: int, f: int) -> jax.Array:
+    """(f, ...) shared by the batch -> (b*f, ...) (tiled); (b*f, ...) as it is."""
+    if v.shape[0] == b * f:
+        return v
+    if v.shape[0] != f:
+        raise ValueError(f"per-frame rows must number {f} or {b * f}, got {v.shape[0]}")
+    return jnp.tile(v, (b,) + (1,) * (v.ndim - 1))
+
+
 def frame_position_term(b: int, f: int, channels: int, param_dtype: Any, clock: str = "normalised",
-                        trained_frames: int = 0) -> jax.Array:
-    """``unet.frame_position``: each frame's place in the clip (:func:`frame_position_embedding`) through a
-    2-layer MLP (``frame_embed_1``, ``frame_embed_2``, zero-initialised output), (b*f, 4 * channels).
-    Called inside the module that owns the embedding: the Denses are its own parameters."""
+                        trained_frames: int = 0, frame_times=None) -> jax.Array:
+    """``unet.frame_position``: each frame's place in the clip (:func:`frame_embedding`) through a 2-layer
+    MLP (``frame_embed_1``, ``frame_embed_2``, zero-initialised output), (b*f, 4 * channels). Called
+    inside the module that owns the embedding: the Denses are its own parameters."""
     dense = lambda name, **kw: nn.Dense(channels * 4, dtype=jnp.float32, param_dtype=param_dtype, name=name, **kw)
-    pemb = nn.silu(dense("frame_embed_1")(frame_position_embedding(f, channels, clock, trained_frames)))
+    pemb = nn.silu(dense("frame_embed_1")(frame_embedding(f, channels, clock, trained_frames, frame_times)))
     pemb = dense("frame_embed_2", kernel_init=nn.initializers.zeros)(pemb)
-    return jnp.tile(pemb, (b, 1))
+    return batch_rows(pemb, b, f)
 
 
 class TextFrameEmbed(nn.Module):
@@ -74,8 +98,9 @@ class TextFrameEmbed(nn.Module):
     trained_frames: int = 0
 
     @nn.compact
-    def __call__(self, ctx: jax.Array, b: int, f: int) -> jax.Array:
-        pe = jnp.tile(frame_position_embedding(f, self.channels, self.clock, self.trained_frames), (b, 1))
+    def __call__(self, ctx: jax.Array, b: int, f: int, frame_times=None) -> jax.Array:
+        """``frame_times``: this call's frames' clock values (:func:`frame_embedding`; None: the call's own)."""
+        pe = batch_rows(frame_embedding(f, self.channels, self.clock, self.trained_frames, frame_times), b, f)
         h = jnp.concatenate([ctx.astype(jnp.float32).mean(axis=1), pe], axis=-1)
         h = nn.silu(nn.Dense(4 * self.channels, param_dtype=self.param_dtype, name="fc_1")(h))
         return nn.Dense(4 * self.channels, param_dtype=self.param_dtype, kernel_init=nn.initializers.zeros,

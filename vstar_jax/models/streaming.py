@@ -117,12 +117,13 @@ class StreamingUNet(nn.Module):
     def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array, fps: Optional[Any] = None,
                  step_index: Optional[Any] = None, *, tar: Optional[Any] = None, hooks: tuple = (),
                  capture_attention: bool = False, layout: Optional[Any] = None,
-                 cam_frames: Optional[jax.Array] = None, image_embed: Optional[jax.Array] = None) -> jax.Array:
-        """UNet3D's call, plus ``cam_frames`` (b, c_cond, C, H, W): the previous chunk's last C frames
+                 cam_frames: Optional[jax.Array] = None, image_embed: Optional[jax.Array] = None,
+                 frame_times: Optional[jax.Array] = None) -> jax.Array:
+        """UNet3D's call (``frame_times`` as there), plus ``cam_frames`` (b, c_cond, C, H, W): the previous chunk's last C frames
         (CAM), and ``image_embed`` (b, D) or (b, n, D): the anchor frame's image embedding (APM)."""
         extras = UNetExtras.of(tar, hooks, step_index, capture_attention, layout)
         with extras.on_mesh():
-            call = self.embed(x, timesteps, context, fps, extras)
+            call = self.embed(x, timesteps, context, fps, extras, frame_times)
             if image_embed is not None and self.apm_resampler is not None:
                 call = self._with_image_tokens(call, image_embed)
             h, skips = self.encoder(call, x)

@@ -405,7 +405,10 @@ class UNetEmbedding(nn.Module):
     cfg: UNetConfig
 
     @nn.compact
-    def __call__(self, x, timesteps, context, fps, extras: UNetExtras) -> UNetCall:
+    def __call__(self, x, timesteps, context, fps, extras: UNetExtras, frame_times=None) -> UNetCall:
+        """``frame_times``: the demo options' clock values of this call's frames, (f,) or (b, f), in place of
+        the call's own clock (:func:`~vstar_jax.models.demo_options.frame_embedding`); ignored by a UNet
+        without those options."""
         c = self.cfg
         if x.ndim != 5 or x.shape[1] != c.in_channels:
             raise ValueError(f"UNet3D expects latents (b, {c.in_channels}, f, h, w), got {tuple(x.shape)}")
@@ -429,9 +432,10 @@ class UNetEmbedding(nn.Module):
         if not per_frame:
             emb = jnp.repeat(emb, f, axis=0)  # (b*f, E), frame-major within each batch row
         if c.frame_position:
-            emb = emb + frame_position_term(b, f, mc, pdtype, c.frame_clock, c.trained_frames)
+            emb = emb + frame_position_term(b, f, mc, pdtype, c.frame_clock, c.trained_frames, frame_times)
         if c.text_frame_cond:
-            emb = emb + TextFrameEmbed(mc, pdtype, c.frame_clock, c.trained_frames, name="text_frame_embed")(ctx, b, f)
+            emb = emb + TextFrameEmbed(mc, pdtype, c.frame_clock, c.trained_frames, name="text_frame_embed")(
+                ctx, b, f, frame_times)
         return UNetCall(b, f, timesteps, per_frame, ctx, extras.rows(emb.astype(c.compute_dtype)), extras)
 
 
@@ -549,14 +553,17 @@ class UNet3D(nn.Module):
 
     def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array, fps: Optional[Any] = None,
                  step_index: Optional[Any] = None, *, tar: Optional[Any] = None, hooks: tuple = (),
-                 capture_attention: bool = False, layout: Optional[Any] = None) -> jax.Array:
+                 capture_attention: bool = False, layout: Optional[Any] = None,
+                 frame_times: Optional[jax.Array] = None) -> jax.Array:
         """``x`` (b, c, f, h, w) latents; ``timesteps`` (b,) or one per frame (b, f) (FIFO-Diffusion; the
         embedding is then per frame); ``context`` (b, L, C), per frame (b, f, L, C), or (f, L, C) with
-        b == 1 (VSP); ``fps`` (VideoCrafter2's fps conditioning, default 28). The rest are
-        :class:`UNetExtras` (``tar`` is one more hook, ``vstar_jax.tar_vsp.tar.TARConfig``)."""
+        b == 1 (VSP); ``fps`` (VideoCrafter2's fps conditioning, default 28); ``frame_times`` (f,) or (b, f):
+        the demo options' frame clock of these frames (a chunk's places in a longer video; None: the
+        call's own, :func:`~vstar_jax.models.demo_options.frame_clock`; ignored without those options).
+        The rest are :class:`UNetExtras` (``tar`` is one more hook, ``vstar_jax.tar_vsp.tar.TARConfig``)."""
         extras = UNetExtras.of(tar, hooks, step_index, capture_attention, layout)
         with extras.on_mesh():
-            call = self.embed(x, timesteps, context, fps, extras)
+            call = self.embed(x, timesteps, context, fps, extras, frame_times)
             h, skips = self.encoder(call, x)
             return self.decoder(call, self.mid(call, h), skips)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from vstar_jax.errors import VstarError
 from vstar_jax.models.attention import BACKENDS
-from vstar_jax.models.demo_options import FRAME_CLOCKS
+from vstar_jax.models.demo_options import FRAME_CLOCKS, frame_clock
 
 _JNP_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPES = tuple(_JNP_DTYPES)
@@ -138,6 +138,15 @@ class UNetConfig:
     def to_dict(self) -> dict:
         """The config as a plain dict (what ``from_config`` reads back)."""
         return dataclasses.asdict(self)
+
+    def video_clock(self, frames: int):
+        """(frames,) the demo options' frame clock of a whole video of ``frames`` frames
+        (:func:`~vstar_jax.models.demo_options.frame_clock` with this UNet's ``frame_clock``), whose slices
+        a chunked sampler hands each chunk (the UNet's ``frame_times``); None for a UNet without the
+        options (no clock: the real text-to-video models)."""
+        if not (self.frame_position or self.text_frame_cond):
+            return None
+        return frame_clock(int(frames), self.frame_clock, self.trained_frames)
 
     @property
     def compute_dtype(self):
