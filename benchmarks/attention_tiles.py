@@ -18,7 +18,6 @@ variant's output is checked against the default's (max abs difference in the row
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,8 +30,8 @@ import jax  # noqa: E402  (XLA reads XLA_FLAGS when its CPU client starts, at th
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.rows import emit  # noqa: E402  (one JSON-row writer)
 from benchmarks.unet_speed import ONE_THREAD_XLA, _commit, interleaved  # noqa: E402  (one timing loop)
-from vstar_jax.io.atomic import append_text  # noqa: E402
 from vstar_jax.models import attention as A  # noqa: E402
 
 DEFAULT_VARIANTS = {
@@ -119,9 +118,7 @@ def main(argv=None) -> int:
                            ms=round(r["ms"], 2), clock=a.clock, threads=a.threads,
                            torch_over_this=round(res["torch"]["ms"] / r["ms"], 3), max_abs_diff=diffs.get(name),
                            reps=a.reps, load_avg=round(os.getloadavg()[0], 2), commit=commit)
-                print(json.dumps(row), flush=True)
-                if a.json:
-                    append_text(a.json, json.dumps(row) + "\n")
+                emit(row, a.json)
     return 0
 
 

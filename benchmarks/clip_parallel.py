@@ -57,9 +57,9 @@ for _p in (str(ROOT), str(ROOT / "tests")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from benchmarks.rows import emit as _emit  # noqa: E402  (one JSON-row writer)
 from benchmarks.long_video import METHODS  # noqa: E402  (one table of the methods' specs)
 from benchmarks.sharding import collective_bytes  # noqa: E402  (one HLO collective counter)
-from vstar_jax.io.atomic import append_text  # noqa: E402
 
 PARALLEL_METHODS = ("genl", "blend", "freenoise", "fifo")
 ONE_CORE = "--xla_cpu_multi_thread_eigen=false"  # XLA CPU: no intra-op thread pool
@@ -310,12 +310,6 @@ def _mesh_axes(spec: str) -> dict:
             raise ValueError(f"bad mesh {spec!r}: use e.g. frames=-1 or data=2,frames=4")
         axes[name.strip()] = int(n)
     return axes
-
-
-def _emit(row: dict, path) -> None:
-    print(json.dumps(row), flush=True)
-    if path:
-        append_text(path, json.dumps(row) + "\n")
 
 
 def _cores() -> int:

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 
-from vstar_jax.io.atomic import append_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red ball rolls to the right"
@@ -120,6 +119,7 @@ def main(argv=None) -> int:
               else f"error: {', '.join(wrong)} out of range (1 to 100000)", file=sys.stderr)
         return 2
     sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+    from benchmarks.rows import emit  # one JSON-row writer (the repository is on the path from here on)
     root = tempfile.mkdtemp(prefix="vstar-genspeed-")
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -148,9 +148,7 @@ def main(argv=None) -> int:
                            generate_s=warm, videos_per_min=round(60.0 * videos / warm, 2),
                            compile_s=first["sampler_compile_s"], cache_load_s=second["sampler_compile_s"],
                            loaded_from_cache=second["sampler_from_cache"], process1=first, process2=second)
-                print(json.dumps(row), flush=True)
-                if a.json:
-                    append_text(a.json, json.dumps(row) + "\n")
+                emit(row, a.json)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import subprocess
@@ -41,7 +40,6 @@ import sys
 import tempfile
 import time
 
-from vstar_jax.io.atomic import append_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "a red circle moves to the right"
@@ -190,6 +188,7 @@ def main(argv=None) -> int:
         return 2
     os.environ["VSTAR_JAX_CACHE_DIR"] = "off"
     sys.path[:0] = [REPO]
+    from benchmarks.rows import emit  # one JSON-row writer (the repository is on the path from here on)
     ablate(a.ablate)
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -198,9 +197,7 @@ def main(argv=None) -> int:
                    frames=a.long_frames if program == "long" else a.frames,
                    long_video=a.long if program == "long" else None, items=a.items if program == "batch" else 1,
                    ablate=a.ablate, commit=commit, load_avg=round(os.getloadavg()[0], 2), **measure_program(program, a))
-        print(json.dumps(row), flush=True)
-        if a.json:
-            append_text(a.json, json.dumps(row) + "\n")
+        emit(row, a.json)
     return 0
 
 
