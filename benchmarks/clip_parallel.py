@@ -393,8 +393,12 @@ def parse_args(argv=None):
         raise ValueError("--frames and --processes are comma-separated integers") from None
     if not args.frames or min(args.frames) < 1 or not args.processes or min(args.processes) < 1:
         raise ValueError("--frames and --processes must be positive")
+    if max(args.frames) > 65536:
+        raise ValueError(f"--frames {max(args.frames)} is more than 65536")
     if args.reps < 1:
         raise ValueError(f"--reps must be >= 1, got {args.reps}")
+    if args.reps > 100:
+        raise ValueError(f"--reps must be at most 100, got {args.reps}")
     if not (args.comm or args.work) and not args.worker and max(args.processes) > _cores():
         raise ValueError(f"--processes {max(args.processes)} needs as many cores, this machine gives {_cores()}")
     args.layouts = [s.strip() for s in args.layouts.split(";") if s.strip()]

@@ -253,8 +253,8 @@ def main(argv=None):
 
     run(tuple(int(v) for v in a.shape.split(",")), a.layouts.split(";"), a.reps, emit)
     if a.json:
-        with open(a.json, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        from vstar_jax.io.atomic import write_text  # the one atomic writer (imported here, after the device flags)
+        write_text(a.json, "".join(json.dumps(r) + "\n" for r in rows))
     print(table(rows))
     return 0
 
