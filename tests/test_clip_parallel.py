@@ -324,17 +324,20 @@ def test_fifo_iteration_sends_only_the_boundary_frames():
     queue held as D contiguous blocks of windows; on 8 devices 4 are masked), through the pipeline's
     denoiser wrapper on a toy UNet with a per-frame context and per-row TAR steps: the iteration holds
     exactly two collective-permutes carrying 1 + (F/2 - 1) = 3 frames (the frame that moves back to the
-    window behind, and the front window's written frames that become a window's lookahead half), one
+    window behind, and the front window's written frames that become a window's lookahead half; on 2
+    devices both go to the other device, so they travel as ONE permute: the two end windows' 3 written frames
+    each, 6 frames, as bytes are not what an iteration over processes waits for), one
     all-reduce of a 4-byte probe per UNet call (step and finite, fused) and nothing else: no all-gather or
     all-reduce of the queue, no communicated bookkeeping (before: 8 collectives an iteration, the queue
-    all-reduced). Mutation: the window behind's first frame indexed by rank from the flattened windows
-    (a gather across devices) fails it."""
+    all-reduced). Mutations: the window behind's first frame indexed by rank from the flattened windows
+    (a gather across devices) fails it; the two rolls kept apart on 2 devices (two permutes) fails it."""
     rows = _fifo_iteration("hlo")
-    for d, calls in (("2", 2), ("8", 1)):  # calls: ceil(4 windows / D) UNet calls an iteration
+    for d, calls, permutes in (("2", 2, "1:6"), ("8", 1, "2:3")):  # calls: ceil(4 windows / D) an iteration
         p = rows[d]
         assert p[3] == "1", p
         body = dict(kv.split("=") for kv in p[4:])
-        assert body == {"all-to-all": "0:0", "collective-permute": "2:3", "all-reduce": f"{calls}:{4 * calls}",
+        assert body == {"all-to-all": "0:0", "collective-permute": permutes,
+                        "all-reduce": f"{calls}:{4 * calls}",
                         "all-gather": "0:0", "reduce-scatter": "0:0"}, (d, body)
 
 

@@ -61,9 +61,10 @@ device, and nothing is carried between calls (the windows are independent). Afte
 :func:`shift_windows` advances the queue by one position in this form: a window's next input is its own
 written frames, the first written frame of the window behind it and (lookahead) the front window's last
 F/2 - 1 written frames, so on a mesh only the D - 1 block boundaries cross devices: two
-collective-permutes an iteration (1 frame back, F/2 - 1 forward), never a gather or all-reduce of the
-queue; the dequeued frame stays on the first device until the loop ends. The timesteps, contexts and noise
-keys of each slot are constants or replicated arithmetic. D = 1 is the serial loop (one window a call).
+collective-permutes an iteration (1 frame back, F/2 - 1 forward; on D = 2 both neighbours are the other
+device and the two travel as one permute), never a gather or all-reduce of the queue; the dequeued frame
+stays on the first device until the loop ends. The timesteps, contexts and noise keys of each slot are
+constants or replicated arithmetic. D = 1 is the serial loop (one window a call).
 """
 from __future__ import annotations
 
@@ -136,6 +137,23 @@ def _window_grid(starts, index, window: int, group: int) -> WindowGrid:
                       rank.astype(np.int32), len(rank_starts))
 
 
+def _neighbour_frames(written):
+    """What each window block receives from its neighbours, from the frames its windows wrote (D, K, b, c, F',
+    h, w): the block behind's first window's first frame (device j + 1's, a roll by -1 over the block axis)
+    and the block in front's last window's last F' - 1 frames (device j - 1's, a roll by +1). On two blocks
+    both neighbours are the other device (the rolls are the same permutation), so the two travel as ONE
+    collective-permute of the two end windows' written frames (their union when K = 1), split on arrival: an
+    iteration over processes is bound by the latency of its few small collectives, not by their bytes
+    (benchmarks/RESULTS.md, issue 24). They are joined on the window-slot axis, never the frame axis, which a
+    window's frame split shards. On D > 2 blocks the directions differ: two collective-permutes."""
+    if written.shape[0] != 2:
+        return (jnp.roll(written[:, :1, :, :, :1], -1, axis=0),
+                jnp.roll(written[:, -1:, :, :, 1:], 1, axis=0))
+    ends = written[:, :1] if written.shape[1] == 1 else jnp.concatenate([written[:, :1], written[:, -1:]], axis=1)
+    both = jnp.roll(ends, 1, axis=0)  # = a roll by -1 on 2 blocks
+    return both[:, :1, :, :, :1], both[:, -1:, :, :, 1:]
+
+
 def shift_windows(x_in, written, fresh, grid: WindowGrid, lookahead: bool):
     """The next iteration's window inputs (D, K, b, c, F, h, w) from this one's and the frames each window
     wrote back (D, K, b, c, F', h, w): the queue advanced by one position, ``fresh`` (b, c, 1, h, w) enqueued
@@ -143,13 +161,17 @@ def shift_windows(x_in, written, fresh, grid: WindowGrid, lookahead: bool):
     the window behind it and, with lookahead, the last F/2 - 1 written frames of the window in front (rank
     0: the lookahead prefix, advanced). Only these neighbour frames move between window slots, so on a
     mesh whose window axis splits D only the block boundaries cross devices: one frame back, F/2 - 1 frames
-    forward (two collective-permutes), never the queue."""
+    forward (two collective-permutes; one on D = 2, :func:`_neighbour_frames`), never the queue."""
     first = written[:, :, :, :, :1]
-    behind = jnp.concatenate([first[:, 1:], jnp.roll(first[:, :1], -1, axis=0)], axis=1)  # rank r + 1's
-    behind = jnp.where((grid.rank == grid.n - 1)[:, :, None, None, None, None, None], fresh, behind)
     if lookahead:
         tail = written[:, :, :, :, 1:]
-        front = jnp.concatenate([jnp.roll(tail[:, -1:], 1, axis=0), tail[:, :-1]], axis=1)  # rank r - 1's
+        from_back, from_front = _neighbour_frames(written)
+    else:
+        from_back = jnp.roll(first[:, :1], -1, axis=0)
+    behind = jnp.concatenate([first[:, 1:], from_back], axis=1)  # rank r + 1's
+    behind = jnp.where((grid.rank == grid.n - 1)[:, :, None, None, None, None, None], fresh, behind)
+    if lookahead:
+        front = jnp.concatenate([from_front, tail[:, :-1]], axis=1)  # rank r - 1's
         prefix = x_in[:, :, :, :, 1:written.shape[4]]  # rank 0: the lookahead prefix's
         parts = [jnp.where((grid.rank == 0)[:, :, None, None, None, None, None], prefix, front), written, behind]
     else:
