@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.rows import emit  # noqa: E402  (one JSON-row writer)
-from benchmarks.unet_speed import ONE_THREAD_XLA, _commit, interleaved  # noqa: E402  (one timing loop)
+from benchmarks.unet_speed import ONE_THREAD_XLA, _commit, interleaved, pin_to_cores  # noqa: E402  (one timing loop)
 from vstar_jax.models import attention as A  # noqa: E402
 
 DEFAULT_VARIANTS = {
@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--core", choices=("spatial", "temporal", "both"), default="both")
     ap.add_argument("--frames", default="16,64", help="comma-separated frame counts (default 16,64)")
     ap.add_argument("--variants", help="';'-separated variants (default: a sweep per core)")
-    ap.add_argument("--threads", default="1", help="1 (XLA one intra-op thread, torch 1) or all (default 1)")
+    ap.add_argument("--threads", default="1",
+                    help="1 (one core for both: the process pinned to it, torch 1 thread) or all (default 1)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("--json", help="also append the JSON lines here")
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
         return 2
     if a.threads == "1":  # before the first computation starts XLA's CPU client
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
+        pin_to_cores(1)
     import torch  # noqa: PLC0415  (the baseline; only this benchmark needs it)
     import torch.nn.functional as F  # noqa: PLC0415
 

@@ -26,8 +26,8 @@ attention cores (spatial self, text cross, temporal), whole temporal and spatial
 modules, GroupNorm, 3x3 conv and the temporal conv block, each beside its torch counterpart.
 
 --threads 1,all (issue 30: fair baselines) runs the whole measurement once per thread count, each in a
-fresh process where JAX and torch both get that many threads (XLA's CPU client: one intra-op thread and no
-multi-threaded Eigen for 1; its default, all cores, for ``all``; torch: ``torch.set_num_threads``), then prints
+fresh process pinned to that many cores (``sched_setaffinity``: XLA:CPU sizes its thread pools from them; for
+1 also no multi-threaded Eigen) where torch gets as many threads (``torch.set_num_threads``), then prints
 a ``kind: "threads"`` summary per shape: each framework's median at each count, the ratio at matched counts,
 and each framework at its best count against the other at its best. Quote the matched ratio. Every row
 records the load average and the commit.
@@ -164,7 +164,18 @@ def flops_of(jitted, *args) -> float:
 
 
 TORCH_THREADS = None  # --torch-threads: torch.set_num_threads before the baseline is built
-ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
+
+
+def pin_to_cores(n: int) -> None:
+    """Restrict this process (and what it starts) to the first ``n`` CPUs it may run on. This is what holds
+    JAX to n threads: XLA:CPU sizes its thread pools from the CPUs the process may use, and the Eigen flag
+    alone (``ONE_THREAD_XLA``) leaves the YNNPACK fusions and the thunk executor on every core. Before this,
+    "1 thread" JAX ran the attention dots and softmax on both cores (2 CPU seconds a wall second) while torch
+    had one (issue 30, 2026-12-05 evening rerun). Call it before JAX's CPU client starts."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if 0 < n < len(cpus):
+        os.sched_setaffinity(0, cpus[:n])
 
 
 def torch_setup(dcfg, dtype, seed=0):
@@ -308,7 +319,8 @@ def bench_ops(a, dcfg, shape, ns_new, ns_old, emit=lambda row: None):
         torch_fn()
         fns["torch"] = torch_fn
         res = interleaved(fns, a.op_reps, 1)
-        row = dict(op=op, shape=list(shape), **{f"{k}_ms": v["ms"] for k, v in res.items()})
+        row = dict(op=op, shape=list(shape), threads=TORCH_THREADS, cores=len(os.sched_getaffinity(0)),
+                   **{f"{k}_ms": v["ms"] for k, v in res.items()})
         for k in res:
             if k != "jax":
                 row[f"{k}_over_jax"] = res[k]["ms"] / res["jax"]["ms"]
@@ -434,6 +446,7 @@ def main(argv=None):
     for shape in shapes:
         base = dict(config=a.config, shape=list(shape), dtype=a.dtype, backend=a.backend,
                     device=f"{dev.platform}:{dev.device_kind}", cpus=os.cpu_count(),
+                    cores=len(os.sched_getaffinity(0)),
                     baseline=a.baseline_rev or a.baseline_src, threads=a.torch_threads, commit=_commit(),
                     load_avg=[round(v, 2) for v in os.getloadavg()])
         if not a.ops_only:
@@ -480,7 +493,7 @@ def thread_matched(a, argv) -> int:
         if n == 1:
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
         p = subprocess.run([sys.executable, os.path.abspath(__file__), *rest, "--torch-threads", str(n)], env=env,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, preexec_fn=lambda n=n: pin_to_cores(n))
         if p.returncode != 0:
             print(f"error: the {n}-thread run failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             return 1
