@@ -10,7 +10,10 @@ noise alone (``--no-blend``) and shared noise with randomized blending (the defa
 the seam ratio at the chunk starts (mean absolute frame-to-frame change into frame s_k, k >= 1, over the
 mean of every other change, ``long_video.seam_ratio``, on the model's 12x12 pixels), the same ratio of the
 input, and the demo checker's verdicts (object shape, colour, direction) before and after, with the share
-of videos where enhancement changed any of them. JSON lines to stdout (and ``--out``), a table at the end.
+of videos where enhancement changed any of them; and, for the moves whose direction verdict held, how far
+enhancement turned them in degrees (the 8-way call flips at a sector edge for a turn of 1 degree as for 40:
+the shares that stopped or turned past 22.5 and 45 degrees, and the median turn). JSON lines to stdout
+(and ``--out``), a table at the end.
 ``--solver dpmpp_2m_sde`` (with ``--steps`` then the solver's steps from T') and ``--guide-rescale`` run the
 reference's sampler settings instead of DDIM; ``--settings`` picks some of the three; ``--chunk-clock chunk``
 shows every chunk its own frame clock (the enhancer's ablation; default ``video``, its places in the whole
@@ -45,8 +48,26 @@ VERDICTS = {"object": "shape_ok", "colour": "color_ok", "direction": "motion_ok"
 
 
 def verdicts(video, spec) -> dict:
+    """The three verdicts, and the move's displacement (dx, dy) (the first state's: these are move prompts)."""
     c = checker.check(video, spec)
-    return {k: bool(c[v]) for k, v in VERDICTS.items()}
+    seg = c["segments"][0]
+    return {**{k: bool(c[v]) for k, v in VERDICTS.items()}, "move": (seg["dx"], seg["dy"])}
+
+
+def turns(before: list[dict], after: list[dict]) -> dict:
+    """How far enhancement turned the moves whose direction verdict held: per video the turn in degrees
+    (``checker.turn_degrees``; None: it stopped), and the shares of all videos (the verdicts' denominator)
+    that held and then stopped or turned by more than half a sector (22.5 degrees: from the sector's centre
+    out of it) or a whole one (45: out of it from anywhere in it)."""
+    held = [(b["move"], a["move"]) for b, a in zip(before, after) if b["direction"]]
+    deg = [checker.turn_degrees(b, a) for b, a in held]
+    n = len(before)
+    moved = [d for d in deg if d is not None]
+    return {"direction_turn_deg": [None if d is None else round(d, 1) for d in deg],
+            "direction_stopped": sum(d is None for d in deg) / n,
+            "direction_turned_22": sum(d is None or d > 22.5 for d in deg) / n,
+            "direction_turned_45": sum(d is None or d > 45.0 for d in deg) / n,
+            "direction_turn_median": round(float(np.median(moved)), 1) if moved else None}
 
 
 def run(args) -> list[dict]:
@@ -89,6 +110,7 @@ def run(args) -> list[dict]:
                        **{f"{k}_before": float(np.mean([b[k] for b in before])) for k in VERDICTS},
                        **{f"{k}_after": float(np.mean([x[k] for x in a["after"]])) for k in VERDICTS},
                        "changed": float(np.mean(changed)), "broken": float(np.mean(broken)),
+                       **turns(before, a["after"]),
                        **{f"{k}_broken": float(np.mean([b[k] and not x[k] for b, x in zip(before, a["after"])]))
                           for k in VERDICTS},
                        "seconds_all_settings": round(time.time() - t0, 1)}
@@ -107,15 +129,18 @@ def solver_name(row) -> str:
 def table(rows) -> str:
     head = ("| solver | setting | frames | n | seam ratio (input) | seam ratio | object before / after "
             "| colour before / after | direction before / after | verdict changed | pass -> fail "
-            "| pass -> fail object / colour / direction |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| pass -> fail object / colour / direction | held, then stopped / turned > 22.5 / > 45 degrees "
+            "| median turn |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
     return head + "".join(
         f"| {solver_name(r)} | {r['setting']} | {r['frames']} | {r['n']} | {r['seam_ratio_input']:.2f} | "
         f"{r['seam_ratio']:.2f} | "
         f"{pct(r['object_before'])} / {pct(r['object_after'])} | {pct(r['colour_before'])} / {pct(r['colour_after'])} | "
         f"{pct(r['direction_before'])} / {pct(r['direction_after'])} | {pct(r['changed'])} | {pct(r['broken'])} | "
-        f"{' / '.join(pct(r[f'{k}_broken']) if f'{k}_broken' in r else '-' for k in VERDICTS)} |\n"
+        f"{' / '.join(pct(r[f'{k}_broken']) if f'{k}_broken' in r else '-' for k in VERDICTS)} | "
+        f"{' / '.join(pct(r[k]) if k in r else '-' for k in ('direction_stopped', 'direction_turned_22', 'direction_turned_45'))}"
+        f" | {r.get('direction_turn_median') if r.get('direction_turn_median') is not None else '-'} |\n"
         for r in rows)
 
 

@@ -141,3 +141,23 @@ def test_empty_video_and_bad_input():
         world.sample_spec(0, kind="bogus")
     with pytest.raises(ValueError):
         world.render(world.sample_spec(0), 8, 4)
+
+
+def test_turn_degrees_measures_how_far_a_move_turned():
+    """checker.turn_degrees: the angle between two displacements (y down, as the checker's), 0-180, symmetric,
+    None where either is still; a turn of 2 degrees across a sector edge flips the 8-way call, and the turn
+    says it was 2. The issue-27 benchmark's turn figures rest on it. (Mutations: no wrap at 180 fails 170 vs
+    190; the still threshold dropped fails the last line.)"""
+    deg = checker.turn_degrees
+    assert deg((0.5, 0.0), (0.5, 0.0)) == 0.0
+    assert abs(deg((0.5, 0.0), (0.0, -0.5)) - 90.0) < 1e-9  # right -> up (y down)
+    assert abs(deg((0.5, 0.0), (-0.5, 0.0)) - 180.0) < 1e-9
+    a, b = np.radians(21.5), np.radians(23.5)  # both sides of the right / up-right edge
+    pa, pb = (0.5 * np.cos(a), -0.5 * np.sin(a)), (0.5 * np.cos(b), -0.5 * np.sin(b))
+    assert checker.direction_of(*pa) == "right" and checker.direction_of(*pb) == "up-right"
+    assert abs(deg(pa, pb) - 2.0) < 1e-9 and abs(deg(pb, pa) - 2.0) < 1e-9
+    up_right, down_right = (0.4, -0.4), (0.4, 0.4)
+    assert abs(deg(up_right, down_right) - 90.0) < 1e-9
+    c, d = np.radians(170), np.radians(190)  # either side of "left": atan2 gives 170 and -170
+    assert abs(deg((np.cos(c), -np.sin(c)), (np.cos(d), -np.sin(d))) - 20.0) < 1e-9
+    assert deg((0.05, 0.0), (0.5, 0.0)) is None and deg((0.5, 0.0), (0.0, 0.05)) is None

@@ -123,6 +123,17 @@ def direction_of(dx: float, dy: float, min_move: float = MOVE_MIN) -> str:
     return min(_DIR_ANGLES, key=lambda d: min(abs(ang - _DIR_ANGLES[d]), 360 - abs(ang - _DIR_ANGLES[d])))
 
 
+def turn_degrees(before: tuple, after: tuple, min_move: float = MOVE_MIN):
+    """How far a displacement (dx, dy) turned into another, in degrees in [0, 180]; None where either is below
+    ``min_move`` (a still segment has no direction). The 8-way call (:func:`direction_of`) flips for any turn
+    that crosses a sector edge, 1 degree near the edge as much as 40; this says how far the motion moved."""
+    (ax, ay), (bx, by) = before, after
+    if np.hypot(ax, ay) < min_move or np.hypot(bx, by) < min_move:
+        return None
+    d = abs(np.degrees(np.arctan2(-by, bx) - np.arctan2(-ay, ax))) % 360
+    return float(min(d, 360 - d))
+
+
 def segment_summary(meas: list[dict], lo: int, hi: int) -> dict:
     """Motion, size ratio, start/end colour and shape over frames lo..hi (inclusive)."""
     seg = [m for m in meas[lo:hi + 1]]
