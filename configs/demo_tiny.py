@@ -78,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.cfg = 5.0                  # sampling defaults for this model
     d.steps = 25
     d.eta = 1.0
+    d.sdedit_strength = 0.3      # `vstar-jax enhance`'s default strength with this model as its refiner (issue
+                                 # 27): at the reference's 0.6, chunked SDEdit at 12x12 turns 13-17% of moves by
+                                 # more than 45 degrees, at 0.3 none (benchmarks/RESULTS.md)
     c.diffusion = d
 
     tr = ml_collections.ConfigDict()

@@ -268,8 +268,10 @@ def test_generate_enhance_settings_are_checked_before_compute(capsys, monkeypatc
 
 
 def test_sampler_settings_per_refiner_and_legacy_sidecars(demo_video, tmp_path):
-    """The reference's sampler is the default on MS-Vid2Vid-XL's schedule, DDIM on the demo model; an explicit
-    solver brings its own step count; a sidecar without the new fields regenerates with what it ran."""
+    """The reference's sampler is the default on MS-Vid2Vid-XL's schedule, DDIM on the demo model; the strength
+    is the reference's 0.6 unless the refiner's config sets its own (the demo models: 0.3, from their
+    config.json; mutation: sampler_defaults ignoring it fails); an explicit solver brings its own step count;
+    a sidecar without the new fields regenerates with what it ran."""
     from vstar_jax.checkpoints_convert.msvid2vid import DIFFUSION
     from vstar_jax.enhance import job
     from vstar_jax.generation.model import diffusion_settings
@@ -277,8 +279,13 @@ def test_sampler_settings_per_refiner_and_legacy_sidecars(demo_video, tmp_path):
     assert job.sampler_defaults(diffusion_settings({"diffusion": DIFFUSION, "unet": {}})) == job.REFERENCE_SAMPLER
     assert job.REFERENCE_SAMPLER["solver"] == "dpmpp_2m_sde" and job.REFERENCE_SAMPLER["guide_rescale"] == 0.2
     _, src = demo_video
+    assert job.sampler_defaults(diffusion_settings({"diffusion": {}, "unet": {}}))["strength"] == 0.6
+    assert job.sampler_defaults(diffusion_settings({"diffusion": {"sdedit_strength": 0.45}, "unet": {}}))[
+        "strength"] == 0.45
     req = job.make_enhance_request(src, PROMPT, chunk=8, overlap=4)
-    assert (req.solver, req.steps, req.sdedit_steps, req.guide_rescale, req.negative_prompt) == ("ddim", 50, 30, 0, "")
+    assert (req.solver, req.steps, req.sdedit_steps, req.guide_rescale, req.negative_prompt) == ("ddim", 50, 15, 0, "")
+    assert req.strength == 0.3
+    assert job.make_enhance_request(src, PROMPT, chunk=8, overlap=4, strength=0.6).sdedit_steps == 30
     req = job.make_enhance_request(src, PROMPT, chunk=8, overlap=4, solver="dpmpp_2m_sde", guide_rescale=0.2,
                                    negative_prompt="blurry")
     assert (req.steps, req.sdedit_steps, req.eta, req.negative_prompt) == (30, 30, 1.0, "blurry")

@@ -158,7 +158,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--enhance", metavar="CKPT",
                    help="then refine the video with StreamingT2V's enhancer (vstar-jax enhance) and this refiner "
                         "checkpoint ('demo': the embedded model), written to <out>-enhanced.mp4")
-    p.add_argument("--enhance-strength", type=float, metavar="S", help="the enhancer's strength T'/T (default 0.6)")
+    p.add_argument("--enhance-strength", type=float, metavar="S",
+                   help="the enhancer's strength T'/T (default: the refiner's, 0.6; the demo models' 0.3)")
     p.add_argument("--enhance-negative-prompt", metavar="TEXT",
                    help="the enhancer's negative prompt, its CFG's unconditional text (default: the empty prompt)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -37,7 +37,9 @@ def enhance_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="the video's text (the refiner is conditioned on it)")
     p.add_argument("--checkpoint", help="the refiner: a converted checkpoint directory (default: the embedded demo "
                                         "model, 'demo')")
-    p.add_argument("--strength", type=float, help=f"SDEdit strength T'/T in (0, 1] (default {d['strength']})")
+    p.add_argument("--strength", type=float, help=f"SDEdit strength T'/T in (0, 1] (default: the refiner's; "
+                                                  f"{d['strength']}, the reference's, unless its config sets "
+                                                  f"diffusion.sdedit_strength: the demo models' 0.3)")
     p.add_argument("--chunk", type=int, help=f"frames per chunk (default {d['chunk']})")
     p.add_argument("--overlap", type=int, help=f"frames two chunks share (default {d['overlap']})")
     p.add_argument("--size", metavar="HxW", help="the refiner's frame size (default: its own)")

@@ -84,11 +84,14 @@ def sampler_defaults(diffusion: dict) -> dict:
     """The enhancer's sampler defaults for a refiner (its ``diffusion`` settings): the reference's
     (:data:`REFERENCE_SAMPLER`) on MS-Vid2Vid-XL's schedule; otherwise DDIM, 50 steps over the schedule
     (30 run at strength 0.6), CFG 7.5 without rescale, the refiner's eta -- the settings the demo
-    refiner's seam and verdict figures were measured with (benchmarks/RESULTS.md, issue 27)."""
+    refiner's seam and verdict figures were measured with (benchmarks/RESULTS.md, issue 27). A refiner whose
+    config sets ``diffusion.sdedit_strength`` starts from it instead of 0.6: the demo models (0.3), which refine
+    at their own 12x12 and whose chunked SDEdit from t = 599 re-draws the motion (RESULTS, issue 27)."""
     if diffusion.get("beta_schedule") == "logsnr_cosine_interp":
         return dict(REFERENCE_SAMPLER)
     return {k: DEFAULTS[k] for k in ("solver", "steps", "cfg", "guide_rescale", "strength", "negative_prompt")} | {
-        "eta": diffusion.get("default_eta", 1.0)}
+        "eta": diffusion.get("default_eta", 1.0), "strength": diffusion.get("default_sdedit_strength",
+                                                                           DEFAULTS["strength"])}
 
 
 @dataclasses.dataclass(frozen=True)

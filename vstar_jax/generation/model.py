@@ -70,7 +70,7 @@ def diffusion_settings(config: Mapping) -> dict:
     for key in ("steps_offset", "set_alpha_to_one", "timestep_spacing", "beta_schedule", "max_frames"):
         if key in d:
             out[key] = d[key]
-    for key in ("steps", "cfg", "eta"):  # model-specific sampling defaults (demo model, ModelScope)
+    for key in ("steps", "cfg", "eta", "sdedit_strength"):  # model-specific sampling defaults (demo model, ModelScope)
         if key in d:
             out["default_" + key] = d[key]
         elif key in FLAVOR_DEFAULTS.get(out["flavor"], {}):
