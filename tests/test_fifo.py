@@ -295,3 +295,28 @@ def test_a_sidecar_from_before_the_reference_fix_regenerates_with_its_old_rule(t
     assert "timestep_spacing" not in res.sidecar["schedule"]
     err = np.abs(np.asarray(res.latents) - want).max() / np.abs(want).max()
     assert err < 1e-5, err  # the same program on another CPU may round differently; measured 0 here
+
+
+@pytest.mark.parametrize("partitions", [1, 2])  # 2 or 4 windows an iteration: K = 1 or 2 windows per block
+def test_the_queue_shift_on_two_blocks_equals_the_serial_shift(partitions):
+    """fifo.shift_windows on 2 window blocks, where the frame moving back and the frames moving forward
+    travel as one roll of the blocks' end windows (``_neighbour_frames``), gives every window the same next
+    input as the one-block shift (D = 1, the two rolls of the serial path, which the reference parity test
+    above checks), bit for bit, with K = 1 (fifo:8:1, the demo's) and K = 2 windows per block. Mutation:
+    the forward frames taken from the block's first window instead of its last fails K = 2; from frame 0
+    on fails both."""
+    from vstar_jax.longvideo.fifo import _window_grid, shift_windows
+
+    f, b, c, h, w = 6, 1, 2, 2, 2
+    _, index, starts, write_from = queue_layout(f, partitions, True)
+    n = len(starts)
+    rng = np.random.default_rng(partitions)
+    x_in = jnp.asarray(rng.standard_normal((n, b, c, f, h, w)), jnp.float32)  # rank order
+    written = jnp.asarray(rng.standard_normal((n, b, c, f - write_from, h, w)), jnp.float32)
+    fresh = jnp.asarray(rng.standard_normal((b, c, 1, h, w)), jnp.float32)
+    one = shift_windows(x_in[None], written[None], fresh, _window_grid(starts, index, f, 1), True)[0]
+    grid = _window_grid(starts, index, f, 2)
+    assert grid.rank.shape == (2, n // 2) and (grid.rank.reshape(-1) == np.arange(n)).all()
+    two = shift_windows(x_in.reshape((2, n // 2) + x_in.shape[1:]), written.reshape((2, n // 2) + written.shape[1:]),
+                        fresh, grid, True)
+    np.testing.assert_array_equal(np.asarray(two).reshape(one.shape), np.asarray(one))
