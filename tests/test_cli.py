@@ -287,6 +287,14 @@ def test_from_sidecar_flags_schema_and_differing_frames(ckpt, tmp_path, capsys):
     _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "tampered.json"), "--quiet"]), want_rc=1,
               match="differ")
     assert sorted(p.name for p in moved.iterdir()) == before
+    # a sidecar from before the XLA compile options (issue 30; no "xla_options") whose frames differ names
+    # the setting that compiles as it did
+    if sc.get("xla_options") is not None:
+        old = {k: v for k, v in dict(sc, seed=6).items() if k != "xla_options"}
+        (moved / "old.json").write_text(json.dumps(old))
+        _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "old.json"), "--quiet"]), want_rc=1,
+                  match="VSTAR_JAX_CPU_CONV=ynnpack")
+        (moved / "old.json").unlink()
     # an existing output needs --overwrite here too
     _one_line(capsys, cli.main(["generate", "--from-sidecar", str(moved / "clip.json"), "--quiet"]),
               match="--overwrite")

@@ -56,6 +56,10 @@ def test_every_private_handle_works_on_this_jax():
     exported = jp.export_per_platform(jax.jit(jnp.sin).trace(x), ("cpu", "tpu"))
     assert [e.platforms for e in exported] == [("cpu",), ("tpu",)]
 
+    # the default compile options, serialised (vstar_jax.compile_options reads XLA's CPU fusion kinds there)
+    opts = jp.default_compile_options()
+    assert isinstance(opts, bytes) and len(opts) > 100
+
 
 def test_a_moved_internal_is_one_line_naming_jax_and_what_moved(monkeypatch, tmp_path, capsys):
     from jax._src import debugging

@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 
 from vstar_jax.checkpoints_convert import convert_help
 from vstar_jax.compile_cache import enable_compile_cache
+from vstar_jax.compile_options import check_environment
+from vstar_jax.errors import VstarError
 from vstar_jax.validate import number  # jax-free: ``--help`` still does not start JAX
 
 # subcommand -> (module, function) forwarded with the remaining argv
@@ -419,6 +421,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         print(_usage())
         return 0 if argv else 2
     enable_compile_cache()  # a second run with the same shapes loads compiled programs from disk
+    try:
+        check_environment()  # VSTAR_JAX_CPU_CONV, before any compute
+    except VstarError as e:
+        return _error(str(e))
     cmd, rest = argv[0], argv[1:]
     try:
         if cmd == "generate":

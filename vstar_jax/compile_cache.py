@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from vstar_jax.compile_options import options_for
 from vstar_jax.errors import VstarError
 from vstar_jax.io.atomic import write_bytes
 from vstar_jax.jax_private import private_jax, warn_once
@@ -92,7 +93,7 @@ def active_cache_dir() -> Optional[str]:
     return jax.config.jax_compilation_cache_dir or None
 
 
-def _program_key(lowered) -> str:
+def _program_key(lowered, options=None) -> str:
     import hashlib
 
     import jax
@@ -102,7 +103,8 @@ def _program_key(lowered) -> str:
     h = hashlib.sha256()
     for part in (str(_FORMAT), jax.__version__, jaxlib.__version__, backend.platform, backend.platform_version,
                  os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
-                 ",".join(f"{d.id}:{d.device_kind}" for d in jax.devices()), lowered.as_text()):
+                 ",".join(f"{d.id}:{d.device_kind}" for d in jax.devices()), repr(sorted((options or {}).items())),
+                 lowered.as_text()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -115,28 +117,36 @@ def compile_lowered(lowered, cache_dir: Optional[str] = None):
     ``cache_dir``: default :func:`active_cache_dir` (no cache, i.e. a plain compile, when that is
     None). Programs without host callbacks are left to JAX's own cache. A failure to read or write
     the cache falls back to compiling (an unreadable entry is replaced) and says so in one
-    ``warning:`` line on stderr; so does a JAX whose internals moved (the cache is then off)."""
+    ``warning:`` line on stderr; so does a JAX whose internals moved (the cache is then off).
+
+    Every program compiles with :func:`vstar_jax.compile_options.options_for` its platform (on CPU:
+    convolutions on every core), which is part of the stored program's key."""
     import jax
+
+    options = options_for(jax.default_backend())
+
+    def compile_():
+        return lowered.compile(compiler_options=options)
 
     folder = active_cache_dir() if cache_dir is None else cache_dir
     if folder is None:
-        return lowered.compile(), False
+        return compile_(), False
     try:
         jp = private_jax()
         callbacks = jp.host_callbacks(lowered)
-        path = os.path.join(folder, CALLBACK_SUBDIR, _program_key(lowered) + ".bin") if callbacks else None
+        path = os.path.join(folder, CALLBACK_SUBDIR, _program_key(lowered, options) + ".bin") if callbacks else None
     except VstarError as e:
         warn_once("compile cache disabled for programs with host callbacks (the sampling loop)", e)
-        return lowered.compile(), False
+        return compile_(), False
     if path is None:
-        return lowered.compile(), False
+        return compile_(), False
     if os.path.exists(path):
         try:
             with open(path, "rb") as fh:
                 return jp.load_with_callbacks(fh.read(), lowered, callbacks), True
         except Exception as e:  # noqa: BLE001 - any unreadable entry: compile and replace it, and say so
             warn_once(f"compile cache entry {path} unreadable, compiling again", f"{type(e).__name__}: {e}")
-    compiled = lowered.compile()
+    compiled = compile_()
     if jax.process_index() != 0:  # as JAX's cache: one writer when several processes share the folder
         return compiled, False
     try:

@@ -10,7 +10,9 @@ JAX has no public handle for a few things vstar-jax needs:
   loading it with another process's callbacks. JAX's persistent cache refuses such programs, and the
   public ``jax.experimental.serialize_executable.serialize`` / ``deserialize_and_load`` cannot re-attach
   callbacks; this uses the pickler classes behind them and the lowered/compiled objects' internals;
-* exporting one trace for several platforms (``jax.export`` re-traces per platform).
+* exporting one trace for several platforms (``jax.export`` re-traces per platform);
+* the compile options XLA starts from (``XLA_FLAGS`` included), to read its default CPU fusion kinds
+  (:mod:`vstar_jax.compile_options`): ``jaxlib.xla_client.CompileOptions().SerializeAsString()``.
 
 :func:`private_jax` resolves them all and returns them as one :class:`JaxPrivate`; when a JAX release
 moves any of them it raises one :class:`~vstar_jax.errors.VstarError` line naming the JAX version and
@@ -44,6 +46,7 @@ class JaxPrivate:
     serialize_with_callbacks: Callable[[Any, list], bytes]  # (Compiled, callbacks) -> bytes, callbacks left out
     load_with_callbacks: Callable[[bytes, Any, list], Any]  # (bytes, Lowered, callbacks) -> Compiled
     export_per_platform: Callable[..., list]  # (Traced, platforms, disabled_checks=()) -> [jax.export.Exported]
+    default_compile_options: Callable[[], bytes]  # () -> a default CompileOptionsProto, serialised
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,6 +80,7 @@ def private_jax() -> JaxPrivate:
         from jax._src.export import _export  # noqa: PLC0415
         from jax._src.interpreters import mlir  # noqa: PLC0415
         from jax.experimental import serialize_executable  # noqa: PLC0415
+        from jaxlib import xla_client  # noqa: PLC0415
     except ImportError as e:
         raise moved(f"the module {getattr(e, 'name', None) or e}", e) from None
 
@@ -96,6 +100,12 @@ def private_jax() -> JaxPrivate:
           "jax.stages.Traced.lower(lowering_platforms=, _private_parameters=)")
     takes(jax.stages.Compiled, ("executable", "const_args", "args_info", "out_tree", "no_kwargs"),
           "jax.stages.Compiled(executable, const_args, args_info, out_tree, no_kwargs=)")
+
+    compile_options_cls = attr(xla_client, "CompileOptions", "jaxlib.xla_client.CompileOptions")
+    attr(compile_options_cls, "SerializeAsString", "jaxlib.xla_client.CompileOptions.SerializeAsString")
+
+    def default_compile_options() -> bytes:
+        return bytes(compile_options_cls().SerializeAsString())
 
     def distributed_client():
         return attr(global_state, "client", "jax._src.distributed.global_state.client")
@@ -182,7 +192,8 @@ def private_jax() -> JaxPrivate:
 
     return JaxPrivate(distributed_client=distributed_client, debugging_logger=logger, host_callbacks=host_callbacks,
                       backend=backend, serialize_with_callbacks=serialize_with_callbacks,
-                      load_with_callbacks=load_with_callbacks, export_per_platform=export_per_platform)
+                      load_with_callbacks=load_with_callbacks, export_per_platform=export_per_platform,
+                      default_compile_options=default_compile_options)
 
 
 _REPORTED: set = set()

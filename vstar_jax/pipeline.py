@@ -37,6 +37,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vstar_jax.demo.model import pipeline_from_demo  # noqa: F401  (importing it registers the embedded demo model)
+from vstar_jax.compile_options import rerun_hint
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.model import (DEFAULTS, DEMO_SOURCE, FLAVOR_DEFAULTS, ModelInfo, Pipeline,  # noqa: F401
                                         diffusion_settings, load_pipeline, model_info)
@@ -440,9 +441,13 @@ def regenerate(sidecar_path, *, out=None, checkpoint=None, pipeline=None, gif: b
         pipeline=pipeline, out=out, gif=gif, attention_png=attention_png, record_attention=bool(sc.get("attention")),
         progress=progress, synopsis_source=sc.get("synopsis_source"), keep_video=keep_video, overwrite=overwrite,
         max_memory=max_memory, mesh=mesh, **kw)
-    res = _generate(sc["prompt"], options, expect_sha256=sc.get("frames_sha256") if verify else None)
+    hint = rerun_hint(sc.get("xla_options"))  # CPU convolutions compiled otherwise round otherwise
+    try:
+        res = _generate(sc["prompt"], options, expect_sha256=sc.get("frames_sha256") if verify else None)
+    except FramesDiffer as e:
+        raise FramesDiffer(f"{e}{hint}") from None
     if verify and sc.get("frames_sha256") and res.sidecar["frames_sha256"] != sc["frames_sha256"]:
         raise FramesDiffer(f"regenerated frames differ from {sidecar_path} (recorded on "
                          f"{sc.get('backend')}/jax {sc.get('versions', {}).get('jax')}, now "
-                         f"{res.sidecar['backend']}/jax {res.sidecar['versions']['jax']})")
+                         f"{res.sidecar['backend']}/jax {res.sidecar['versions']['jax']}){hint}")
     return res

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vstar_jax.compile_cache import compile_lowered
+from vstar_jax.compile_options import jit, options_for, rerun_hint
 from vstar_jax.demo.model import patchify
 from vstar_jax.diffusion.sampler import SampleOutput, prepare_sampling
 from vstar_jax.diffusion.dpm_solver import SOLVERS
@@ -305,7 +306,7 @@ def _encode_impl(vae, params, x, scale_factor):
     return encode_to_latents(vae, params, x, frame_batch=x.shape[2], scale_factor=scale_factor)
 
 
-_encode_jit = jax.jit(_encode_impl, static_argnames=("vae",))
+_encode_jit = jit(_encode_impl, static_argnames=("vae",))
 
 
 def read_latents(pipe, req: EnhanceRequest, progress: bool = False) -> np.ndarray:
@@ -345,7 +346,7 @@ def _enhance(unet, params, z0, cond, uncond, key, fps, cfg_scale, rescale, *, pl
     return SampleOutput(lat, None, None)
 
 
-enhance_jit = jax.jit(_enhance, static_argnames=("unet", "plan"))
+enhance_jit = jit(_enhance, static_argnames=("unet", "plan"))
 
 
 _COMPILED: dict = {}
@@ -455,7 +456,8 @@ def build_enhance_sidecar(req: EnhanceRequest, checkpoint: str, digest: str, siz
         "rng": {"impl": str(jax.config.jax_default_prng_impl), "rule": RNG_RULE},
         "frames_sha256": digest, "video_size": [int(s) for s in size],
         "outputs": {k: (str(v) if v is not None else None) for k, v in paths.items()},
-        "versions": versions(), "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+        "versions": versions(), "backend": jax.default_backend(), "xla_options": options_for(jax.default_backend()),
+        "device": str(jax.devices()[0].device_kind),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "timing_s": timing,
     }
@@ -480,11 +482,13 @@ def regenerate_enhanced(sidecar, *, out=None, checkpoint=None, pipeline=None, pr
     kw = {k: sc.get(k, SIDECAR_LEGACY.get(k)) for k in SIDECAR_ARGS if k != "prompt"}
     ck = checkpoint if checkpoint is not None else sc.get("checkpoint")
     ck = None if ck in (None, DEMO_SOURCE) else ck  # builtin:demo_vc stays a name (load_pipeline resolves it)
-    res = enhance_video(sc["input"], sc["prompt"], out=out, checkpoint=ck, pipeline=pipeline, progress=progress,
-                        overwrite=overwrite, size=(sc["height"], sc["width"]),
-                        expect_sha256=sc.get("frames_sha256") if verify else None,
-                        expect_input_sha256=sc["input_sha256"], **kw)
-    return res
+    try:
+        return enhance_video(sc["input"], sc["prompt"], out=out, checkpoint=ck, pipeline=pipeline, progress=progress,
+                             overwrite=overwrite, size=(sc["height"], sc["width"]),
+                             expect_sha256=sc.get("frames_sha256") if verify else None,
+                             expect_input_sha256=sc["input_sha256"], **kw)
+    except FramesDiffer as e:  # CPU convolutions compiled otherwise round otherwise
+        raise FramesDiffer(f"{e}{rerun_hint(sc.get('xla_options'))}") from None
 
 
 __all__ = ["EnhanceRequest", "EnhanceResult", "make_enhance_request", "enhance_video", "regenerate_enhanced",

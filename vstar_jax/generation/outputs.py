@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.compile_options import jit, options_for
 from vstar_jax.errors import VstarError
 from vstar_jax.generation.model import DEMO_SOURCE
 from vstar_jax.io.atomic import Staging, write_error
@@ -81,7 +82,7 @@ def frames_digest(video: np.ndarray) -> str:
 
 # ------------------------------------------------------------------------------- decoding
 # the VAE's one decoder (latents / scale_factor, frame batches), jitted once per VAE module
-_vae_decode_jit = jax.jit(decode_latents, static_argnames=("vae", "frame_batch"))
+_vae_decode_jit = jit(decode_latents, static_argnames=("vae", "frame_batch"))
 
 
 def decode_frames(pipe, latents) -> np.ndarray:
@@ -355,6 +356,7 @@ def build_sidecar(request, *, checkpoint: str, video_size, latent_shape, vae_fac
         "outputs": {k: (str(v) if v is not None else None) for k, v in paths.items()},
         "versions": versions(),
         "backend": jax.default_backend(),
+        "xla_options": options_for(jax.default_backend()),  # vstar_jax.compile_options: they change CPU rounding
         "device": str(jax.devices()[0].device_kind),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "timing_s": timing,

@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from vstar_jax.compile_cache import compile_lowered
+from vstar_jax.compile_options import jit
 from vstar_jax.diffusion.schedules import make_schedule
 from vstar_jax.errors import VstarError
 from vstar_jax.jax_private import private_jax, warn_once
@@ -255,7 +256,7 @@ def _sample(unet, params, cond, uncond, key, fps, cfg_scale, *, plan: SamplePlan
                            frames=plan.latent_shape[2], capture=plan.capture)
 
 
-sample_jit = jax.jit(_sample, static_argnames=("unet", "plan"))
+sample_jit = jit(_sample, static_argnames=("unet", "plan"))
 
 
 #: How :func:`sample_batch_jit` runs its items: ``exact`` one after another (``lax.map``; each item is the
@@ -264,7 +265,7 @@ sample_jit = jax.jit(_sample, static_argnames=("unet", "plan"))
 BATCH_MODES = ("exact", "vmap")
 
 
-@functools.partial(jax.jit, static_argnames=("unet", "plan", "item_sharding", "mode"))
+@jit(static_argnames=("unet", "plan", "item_sharding", "mode"))
 def sample_batch_jit(unet, params, conds, unconds, keys, fps, cfg_scale, *, plan: SamplePlan, item_sharding=None,
                      mode: str = "exact"):
     """Many items in one program: each argument but ``params`` has a leading item axis, and item i is

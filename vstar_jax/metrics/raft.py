@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.compile_options import jit
+
 HIDDEN = 128
 CONTEXT = 128
 LEVELS = 4
@@ -263,7 +265,7 @@ def raft_forward(params, image1, image2, iters: int = 12):
     return convex_upsample(coords1 - coords0, mask)
 
 
-_jit_forward = jax.jit(raft_forward, static_argnames=("iters",))
+_jit_forward = jit(raft_forward, static_argnames=("iters",))
 
 
 def raft_flow_fn(params, iters: int = 12):

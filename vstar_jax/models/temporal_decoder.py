@@ -48,6 +48,7 @@ import ml_collections
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from vstar_jax.compile_options import jit
 from vstar_jax.models.attention import attention
 from vstar_jax.models.layers import GroupNorm32
 
@@ -207,7 +208,7 @@ def decode_windows(vae, params, z, *, frame_batch: int = 16, jit: bool = True) -
             hash(vae)  # (mutable) config gets its own for this video
             fn = _decode_window_jit
         except TypeError:
-            jitted = jax.jit(lambda p, zz: _decode_window(vae, p, zz))
+            jitted = jit(lambda p, zz: _decode_window(vae, p, zz))
             fn = lambda _, p, zz: jitted(p, zz)  # noqa: E731
     for lo, hi, s, e in window_plan(n, int(frame_batch), halo):
         px = np.asarray(fn(vae, params, jnp.asarray(z[:, :, lo:hi])), np.float32)
@@ -221,7 +222,7 @@ def _decode_window(vae, params, z):
     return jnp.transpose(px.reshape((b, f) + px.shape[1:]), (0, 2, 1, 3, 4))
 
 
-_decode_window_jit = jax.jit(_decode_window, static_argnames=("vae",))
+_decode_window_jit = jit(_decode_window, static_argnames=("vae",))
 
 
 def decode_video_windowed(vae, params, latents, frame_batch: int = 16):
