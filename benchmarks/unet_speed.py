@@ -33,6 +33,10 @@ and each framework at its best count against the other at its best. Quote the ma
 records the load average and the commit.
     python benchmarks/unet_speed.py --config small --shape 2,4,16,32,32 --shape 2,4,64,32,32 --reps 5 --threads 1,all
 
+The JAX side compiles as vstar-jax does (``vstar_jax.compile_options.jit``: on CPU, convolutions run by XLA on
+every core rather than as one-thread YNNPACK fusions; each row's ``xla_options`` says what was passed).
+``VSTAR_JAX_CPU_CONV=ynnpack`` measures jaxlib's default instead.
+
 Prints one JSON line per measurement; --json also writes them all to a file.
 """
 from __future__ import annotations
@@ -52,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.compile_options import jit, options_for  # what vstar-jax compiles with (on CPU: convolutions on every core)
 from vstar_jax.io.atomic import append_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,7 +229,7 @@ def bench_call(a, dcfg, shape, ns_new, ns_old):
     outs = {}
 
     def add_jax(name, mdl):
-        fn = jax.jit(lambda p, x, t, c: mdl.apply({"params": p}, x, t, c))
+        fn = jit(lambda p, x, t, c: mdl.apply({"params": p}, x, t, c))
         t0 = time.perf_counter()
         outs[name] = np.asarray(fn(params, x, t, ctx).block_until_ready())
         info[f"{name}_compile_s"] = time.perf_counter() - t0
@@ -341,7 +346,7 @@ def bench_ops(a, dcfg, shape, ns_new, ns_old, emit=lambda row: None):
         q, k, v = r(bb, lq, heads, hd), r(bb, lk, heads, hd), r(bb, lk, heads, hd)
         jq, jk, jv = (jnp.asarray(t) for t in (q, k, v))
         tq, tk, tv = (torch.from_numpy(t).transpose(1, 2).contiguous() for t in (q, k, v))
-        run(op, {name: (lambda ns=ns: (jax.jit(lambda q, k, v: ns.attention(q, k, v)), (jq, jk, jv)))
+        run(op, {name: (lambda ns=ns: (jit(lambda q, k, v: ns.attention(q, k, v)), (jq, jk, jv)))
                  for name, ns in nss.items()},
             nograd(lambda: F.scaled_dot_product_attention(tq, tk, tv)))
 
@@ -352,7 +357,7 @@ def bench_ops(a, dcfg, shape, ns_new, ns_old, emit=lambda row: None):
     def gn_builder(ns):
         m = ns.GroupNorm32(groups, 1e-5)
         p = m.init(jax.random.PRNGKey(0), jnp.asarray(xs[:1]))
-        return jax.jit(lambda p, x: m.apply(p, x)), (p, jnp.asarray(xs))
+        return jit(lambda p, x: m.apply(p, x)), (p, jnp.asarray(xs))
 
     gw, gb = torch.ones(ch), torch.zeros(ch)
     run("GroupNorm (b*f,h,w,c)", {name: (lambda ns=ns: gn_builder(ns)) for name, ns in nss.items()},
@@ -363,7 +368,7 @@ def bench_ops(a, dcfg, shape, ns_new, ns_old, emit=lambda row: None):
     def gn5_builder(ns):
         m = ns.GroupNorm32(groups, 1e-5)
         p = m.init(jax.random.PRNGKey(0), jnp.asarray(x5[:1]))
-        return jax.jit(lambda p, x: m.apply(p, x)), (p, jnp.asarray(x5))
+        return jit(lambda p, x: m.apply(p, x)), (p, jnp.asarray(x5))
 
     run("GroupNorm 5-D (b,f,h,w,c)", {name: (lambda ns=ns: gn5_builder(ns)) for name, ns in nss.items()},
         nograd(lambda: F.group_norm(tx5, groups, gw, gb, 1e-5)))
@@ -375,7 +380,7 @@ def bench_ops(a, dcfg, shape, ns_new, ns_old, emit=lambda row: None):
     def conv_builder():
         m = nn.Conv(ch, (3, 3), padding=1)
         p = m.init(jax.random.PRNGKey(0), jnp.asarray(xs[:1]))
-        return jax.jit(lambda p, x: m.apply(p, x)), (p, jnp.asarray(xs))
+        return jit(lambda p, x: m.apply(p, x)), (p, jnp.asarray(xs))
 
     run("conv 3x3", {"jax": conv_builder}, nograd(lambda: F.conv2d(tx, wconv, padding=1)))
 
@@ -383,7 +388,7 @@ def bench_ops(a, dcfg, shape, ns_new, ns_old, emit=lambda row: None):
     def module_builder(ns, cls_name, make, x_in, *extra):
         m = make(getattr(ns.unet, cls_name))
         p = m.init(jax.random.PRNGKey(0), x_in, *extra)
-        return jax.jit(lambda p, x, *e: m.apply(p, x, *e)), (p, x_in, *extra)
+        return jit(lambda p, x, *e: m.apply(p, x, *e)), (p, x_in, *extra)
 
     tconv = TemporalConvLayer(ch, ch, norm_num_groups=groups).eval()
     txf = torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous()
@@ -448,7 +453,7 @@ def main(argv=None):
                     device=f"{dev.platform}:{dev.device_kind}", cpus=os.cpu_count(),
                     cores=len(os.sched_getaffinity(0)),
                     baseline=a.baseline_rev or a.baseline_src, threads=a.torch_threads, commit=_commit(),
-                    load_avg=[round(v, 2) for v in os.getloadavg()])
+                    load_avg=[round(v, 2) for v in os.getloadavg()], xla_options=options_for(dev.platform))
         if not a.ops_only:
             r = dict(base, kind="call")
             r.update(bench_call(a, CONFIGS[a.config], shape, ns_new, ns_old))
