@@ -3,6 +3,7 @@ fusion kinds less individual convolutions, so XLA runs convolutions itself, on e
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +100,31 @@ def test_a_bad_cpu_conv_setting_is_one_error_line_before_anything_runs(monkeypat
     assert not list(tmp_path.iterdir())
     with pytest.raises(VstarError):
         co.check_environment({co.ENV: "fast"})
+
+
+def test_a_jaxlib_that_refuses_the_option_or_moved_compiles_without_it_and_says_so(monkeypatch, capsys):
+    import vstar_jax.jax_private as jp_mod
+
+    co.options_for.cache_clear()
+    jp_mod._REPORTED.clear()
+    try:
+        # a jaxlib whose enum lacks the kind names: the probe compile is refused
+        monkeypatch.setattr(co, "cpu_options", lambda kinds, environ=None: {co.FLAG: "LIBRARY_FUSION_TYPE_NO_SUCH"})
+        assert co.options_for("cpu") is None
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("warning: XLA:CPU convolutions stay on one thread (this jaxlib "
+                                                   "refuses the compile option)"), err
+        x, w = _conv_args()
+        np.testing.assert_allclose(np.asarray(co.jit(_conv)(x, w)), np.asarray(jax.jit(_conv)(x, w)))
+        # options this reader cannot parse (a field longer than its message): no options, one line
+        co.options_for.cache_clear()
+        monkeypatch.undo()
+        truncated = types.SimpleNamespace(default_compile_options=lambda: b"\x1a\x05\x1a\x03\xb2\x1a\x09")
+        monkeypatch.setattr(co, "private_jax", lambda: truncated)
+        assert co.options_for("cpu") is None
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("warning: XLA:CPU convolutions stay on one thread: protobuf "
+                                                   "field 422 runs past"), err
+    finally:
+        monkeypatch.undo()
+        co.options_for.cache_clear()

@@ -3,8 +3,9 @@
 This jaxlib's XLA:CPU (0.10.2) hands every convolution to YNNPACK as an "individual convolution" fusion
 and runs it on one thread. On the 2-core developer machine the UNet's 3x3 convolution took 34 ms on 2
 cores against 28.5 on 1, where torch halves; without that fusion kind XLA runs the convolution itself, on
-every core (13.5 ms). The whole demo ``generate`` makes 1.11-1.30x more videos a minute with it, and the
-small UNet call is 1.10-1.22x faster on 2 cores and as fast on 1 (``benchmarks/RESULTS.md``, issue 30).
+every core (14.7 ms, against 29.3). With it the small UNet call is 1.21x (16 frames) and 1.15x (64) faster
+on 2 cores and as fast on 1, and the demo ``generate`` at 64 frames makes 1.12-1.17x more videos a minute
+(``benchmarks/RESULTS.md``, issue 30).
 
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` says the same, but an XLA
 that does not know an ``XLA_FLAGS`` entry aborts the process at start, and the flag is experimental. A
@@ -19,8 +20,8 @@ per-compile option is refused with a catchable error instead. So :func:`options_
 * the first use compiles a one-convolution program with the options: a jaxlib that refuses them gets
   none, and one ``warning:`` line says so.
 
-The options change how a CPU convolution rounds (about 1e-7 relative; the UNet stays 1.4-1.6e-6 from
-torch either way). Every program of one run gets the same options, so a run is still bit-reproducible.
+The options change how a CPU convolution rounds (the UNet call is 1.4e-6 from torch, relative, with them
+and 1.6e-6 without). Every program of one run gets the same options, so a run is still bit-reproducible.
 
 :func:`jit` is ``jax.jit`` with these options, decided at the first call (when JAX's backend is up);
 :func:`vstar_jax.compile_cache.compile_lowered` passes them to the programs it compiles.
@@ -76,6 +77,8 @@ def _fields(buf: bytes):
             value, i = buf[i:i + 4], i + 4
         else:
             raise ValueError(f"protobuf wire type {wire} (field {number})")
+        if i > len(buf):
+            raise ValueError(f"protobuf field {number} runs past the end of its message")
         yield number, wire, value
 
 
@@ -134,7 +137,7 @@ def options_for(platform: str) -> Optional[dict]:
     check_environment()
     try:
         opts = cpu_options(ynn_fusion_kinds(private_jax().default_compile_options()))
-    except VstarError as e:
+    except (VstarError, ValueError, IndexError) as e:  # JAX moved, or options this reader cannot parse
         warn_once("XLA:CPU convolutions stay on one thread", e)
         return None
     if opts is None:
