@@ -39,6 +39,7 @@ from vstar_jax.checkpoints_convert.text import openclip_plan, openclip_text_conf
 from vstar_jax.checkpoints_convert.unet import plan_unet_lvdm, unet_config_from_lvdm
 from vstar_jax.checkpoints_convert.vae import ldm_plan, vae_config_from_ldm
 from vstar_jax.checkpoints_convert.videocrafter2 import PREFIXES, read_yaml
+from vstar_jax.compile_options import jit
 from vstar_jax.io.checkpoint import load_checkpoint, read_config
 from vstar_jax.models.clip_vision import CLIPVisionTransformer
 from vstar_jax.models.streaming import build_unet
@@ -106,9 +107,7 @@ def _jitted(kind: str, cfg, make: Callable):
 
     key = (kind, json.dumps(_f32_config(cfg).to_dict(), sort_keys=True, default=str))
     if key not in _JITTED:
-        import jax
-
-        _JITTED[key] = jax.jit(make(_f32_config(cfg)))
+        _JITTED[key] = jit(make(_f32_config(cfg)))
     return _JITTED[key]
 
 

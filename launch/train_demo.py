@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
+from vstar_jax.compile_options import jit
 from vstar_jax.configs import demo_tiny, demo_vc  # noqa: E402
 from vstar_jax.demo import model as demo_model  # noqa: E402
 from vstar_jax.demo import world  # noqa: E402
@@ -159,7 +160,7 @@ def make_train_step(config, unet, text, optimizer):
         per_clip = jnp.mean(weight * (out - target(x0, noise, a, prediction)) ** 2, axis=(1, 2, 3, 4))
         return jnp.mean(min_snr_weight(ac[t], gamma, prediction) * per_clip)
 
-    @jax.jit
+    @jit
     def train_step(params, opt_state, ema, video, tokens, mask, step):
         loss, grads = jax.value_and_grad(loss_fn)(params, video, tokens, mask, step)
         updates, opt_state = optimizer.update(grads, opt_state, params)

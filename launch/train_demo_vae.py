@@ -28,6 +28,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from vstar_jax.compile_options import jit
 from vstar_jax.configs import vae_demo  # noqa: E402
 from launch.resumable import train_loop  # noqa: E402
 from launch.train_demo import apply_overrides  # noqa: E402
@@ -69,7 +70,7 @@ def make_step(vae, optimizer, kl_weight: float, seed: int):
         kl = 0.5 * jnp.mean(jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
         return jnp.mean(jnp.abs(rec - x)) + kl_weight * kl
 
-    @jax.jit
+    @jit
     def step(params, opt_state, frames, s):
         x = jnp.transpose(jnp.asarray(frames, jnp.float32) / 127.5 - 1.0, (0, 3, 1, 2))
         key = jax.random.fold_in(jax.random.PRNGKey(seed + 1), s)
@@ -84,7 +85,7 @@ def train(config, out, *, export=None, progress=True, command=""):
     tr = config.train
     vae = AutoencoderKL(ml_collections.FrozenConfigDict(config.vae))
     x = jnp.zeros((1, 3, config.size, config.size))
-    params = jax.jit(vae.init)(jax.random.PRNGKey(int(tr.init_seed)), x)["params"]
+    params = jit(vae.init)(jax.random.PRNGKey(int(tr.init_seed)), x)["params"]
     sched = optax.warmup_cosine_decay_schedule(0.0, tr.lr, tr.warmup, max(tr.steps, tr.warmup + 1),
                                                end_value=tr.lr * 0.05)
     optimizer = optax.chain(optax.clip_by_global_norm(tr.clip), optax.adamw(sched, weight_decay=tr.weight_decay))

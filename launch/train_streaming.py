@@ -42,6 +42,7 @@ import optax  # noqa: E402
 from flax.traverse_util import flatten_dict, unflatten_dict  # noqa: E402
 
 from launch.train_demo import _manager, _save, apply_overrides, path_mask, restore_latest, sample_timesteps  # noqa: E402
+from vstar_jax.compile_options import jit
 from vstar_jax.demo import model as demo_model  # noqa: E402
 from vstar_jax.demo import streaming as demo_streaming  # noqa: E402
 from vstar_jax.demo import world  # noqa: E402
@@ -114,7 +115,7 @@ def make_train_step(config, unet, text, base_unet, text_params, optimizer):
 
     ema_decay = float(tr.ema)
 
-    @jax.jit
+    @jit
     def train_step(extra, opt_state, ema, video, anchor, tokens, drop, mask, step):
         loss, grads = jax.value_and_grad(loss_fn)(extra, video, anchor, tokens, drop, mask, step)
         updates, opt_state = optimizer.update(grads, opt_state, extra)
@@ -133,7 +134,7 @@ def initial_params(config, base_params: dict) -> dict:
     shape = demo_model.latent_shape(config, config.frames)
     x = jnp.zeros(shape)
     ctx = jnp.zeros((1, config.text.context_length, config.unet.context_dim))
-    fresh = jax.jit(lambda k: unet.init(k, x, jnp.zeros((1,), jnp.int32), ctx, cam_frames=x[:, :, :n_cond],
+    fresh = jit(lambda k: unet.init(k, x, jnp.zeros((1,), jnp.int32), ctx, cam_frames=x[:, :, :n_cond],
                                         image_embed=jnp.zeros((1, config.unet.apm.image_dim))))(
         jax.random.PRNGKey(config.train.init_seed))["params"]
     flat = flatten_dict(jax.device_get(fresh), sep="/")

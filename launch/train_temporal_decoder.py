@@ -36,7 +36,6 @@ which ``vstar-jax generate --checkpoint DIR`` decodes in windows (docs/vidrd-dec
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
@@ -57,6 +56,7 @@ from flax.traverse_util import flatten_dict  # noqa: E402
 from vstar_jax.checkpoints_convert.vae import parse_temporal_spec  # noqa: E402
 from launch.resumable import train_loop  # noqa: E402
 from launch.train_demo import apply_overrides  # noqa: E402
+from vstar_jax.compile_options import jit
 from vstar_jax.errors import VstarError  # noqa: E402
 from vstar_jax.io.checkpoint import load_checkpoint, read_config, save_checkpoint  # noqa: E402
 from vstar_jax.io.video_tfds import prepared_clips  # noqa: E402
@@ -151,7 +151,7 @@ def make_optimizer(hp: tuple):
     return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, weight_decay=weight_decay))
 
 
-@functools.partial(jax.jit, static_argnames=("vae", "hp"))
+@jit(static_argnames=("vae", "hp"))
 def train_step(temporal, opt_state, frozen, clips, step, *, vae, hp):
     """One AdamW step of the temporal params (nested) on uint8 clips; ``frozen``: the flat image params,
     an argument rather than constants baked into the program. Compiled once per (VAE, hyperparameters)."""

@@ -128,3 +128,36 @@ def test_a_jaxlib_that_refuses_the_option_or_moved_compiles_without_it_and_says_
     finally:
         monkeypatch.undo()
         co.options_for.cache_clear()
+
+
+# the one place that calls jax.jit, and the module that only exports (lowers for TPU/CUDA, never compiles here)
+JIT_OWNERS = {"vstar_jax/compile_options.py", "vstar_jax/lowering.py"}
+
+
+def direct_jits(root: str = ROOT) -> list:
+    """``path:line`` of each ``jax.jit`` / ``from jax import jit`` in the project's code outside JIT_OWNERS."""
+    import ast
+    import pathlib
+
+    out = []
+    for folder in ("vstar_jax", "checkpoints_convert", "configs", "launch"):
+        for path in sorted(pathlib.Path(root, folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in JIT_OWNERS:
+                continue
+            for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (isinstance(n, ast.Attribute) and n.attr == "jit" and isinstance(n.value, ast.Name)
+                        and n.value.id == "jax") or (isinstance(n, ast.ImportFrom) and n.module == "jax"
+                                                     and any(a.name == "jit" for a in n.names)):
+                    out.append(f"{rel}:{n.lineno}")
+    return out
+
+
+def test_every_program_compiles_through_compile_options(tmp_path):
+    # so no CPU program is left with one-thread convolutions, and a sidecar's xla_options say what ran
+    assert direct_jits() == []
+    (tmp_path / "vstar_jax").mkdir()
+    (tmp_path / "vstar_jax" / "bad.py").write_text("import jax\nf = jax.jit(lambda x: x)\n")
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "worse.py").write_text("from jax import jit\n")
+    assert direct_jits(str(tmp_path)) == ["vstar_jax/bad.py:2", "launch/worse.py:1"]

@@ -284,7 +284,7 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(jax.image.resize(v, (v.shape[0], height, width, 3), "linear", antialias=False))
 
 
-@jax.jit
+@jit
 def _to_unit(v):
     return 2.0 * v - 1.0
 

@@ -7,11 +7,11 @@ transformers ``CLIPModel`` or an OpenCLIP checkpoint via ``vstar_jax.checkpoints
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vstar_jax.compile_options import jit
 from vstar_jax.io.checkpoint import load_checkpoint
 from vstar_jax.models.clip_vision import CLIPVisionTransformer, preprocess
 from vstar_jax.models.text import TextTransformer
@@ -37,8 +37,8 @@ class ClipScorer:
         self.batch = int(batch)
         vision = CLIPVisionTransformer(vision_config)
         text = TextTransformer(text_config)
-        self._image = jax.jit(lambda p, x: vision.apply({"params": p}, x))
-        self._text = jax.jit(lambda p, t: text.apply({"params": p}, t, return_pooled=True)[1])
+        self._image = jit(lambda p, x: vision.apply({"params": p}, x))
+        self._text = jit(lambda p, t: text.apply({"params": p}, t, return_pooled=True)[1])
 
     @classmethod
     def from_converted(cls, params: dict, configs: dict, **kw) -> "ClipScorer":

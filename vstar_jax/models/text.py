@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.compile_options import jit
 from vstar_jax.models.attention import attention
 
 LAYERS = ("last", "penultimate")
@@ -153,7 +154,7 @@ def text_param_shapes(config, dtype=jnp.float32):
 
 @functools.lru_cache(maxsize=8)
 def _jitted_apply(text_model: TextTransformer):
-    return jax.jit(text_model.apply, static_argnames=("layer", "return_pooled"))
+    return jit(text_model.apply, static_argnames=("layer", "return_pooled"))
 
 
 def _apply(text_model: TextTransformer, params, tokens, **kw):
