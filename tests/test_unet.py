@@ -161,7 +161,9 @@ def test_bfloat16_config_runs_close_to_float32(golden_unet):
     cfg = unet_tiny.get_config()
     cfg.dtype = cfg.param_dtype = "bfloat16"
     p16 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.bfloat16), params)
-    y = UNet3D(cfg).apply({"params": p16}, io["x"], io["t"], io["context"], fps=28)
+    # jitted (one compile) rather than eager: op-by-op dispatch of the whole UNet in bf16 took ~40 s of CI
+    y = jax.jit(lambda p, x, t, c: UNet3D(cfg).apply({"params": p}, x, t, c, fps=28))(p16, io["x"], io["t"],
+                                                                                       io["context"])
     assert y.dtype == jnp.float32
     err = rel_err(y, io["y"])
     assert 1e-5 < err < 5e-2  # really ran in bf16, and still the same function
